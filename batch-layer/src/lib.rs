@@ -1,0 +1,173 @@
+//! `strata-batch`: the batch layer. It keeps the master dataset (each source's raw table)
+//! compacted and recomputes every view's partial states from it with DataFusion.
+//!
+//! ```text
+//!  strata batch run [--from T1 --to T2]          strata batch (on a schedule)
+//!        │                                              │
+//!        ▼                                              ▼
+//!  take the lake's batch lease ─► per source: compact small raw files (one atomic commit)
+//!                              └► per view: recompute states from one raw snapshot,
+//!                                           publish atomically with what they cover
+//! ```
+//!
+//! Also here: [`import`], the backfill of history from files into raw tables.
+
+pub mod compact;
+pub mod import;
+pub mod lease;
+pub mod recompute;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
+use strata_core::clock::{Clock, Schedule};
+use strata_core::config::Config;
+use strata_core::executor::CpuRuntime;
+use strata_core::lake::Lake;
+use strata_core::schema::SourceSchema;
+use strata_core::view::ViewPlan;
+use strata_core::{Error, Result};
+use tokio_util::sync::CancellationToken;
+
+pub use compact::{CompactionReport, CompactionSizes};
+pub use recompute::{Range, ViewOutcome, ViewReport};
+
+/// Parquet settings of every file Strata writes: zstd level 1 (fast to write, compact).
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
+        .build()
+}
+
+/// What one batch run did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunReport {
+    pub compactions: Vec<CompactionReport>,
+    pub views: Vec<ViewReport>,
+    pub elapsed: Duration,
+}
+
+impl RunReport {
+    /// Whether the run changed anything in the lake.
+    pub fn changed_anything(&self) -> bool {
+        self.compactions.iter().any(|c| c.version.is_some())
+            || self
+                .views
+                .iter()
+                .any(|v| matches!(v.outcome, ViewOutcome::Published { .. }))
+    }
+}
+
+/// The batch layer of one configuration.
+#[derive(Debug, Clone)]
+pub struct BatchLayer {
+    config: Arc<Config>,
+    lake: Lake,
+    sources: Vec<Arc<SourceSchema>>,
+    views: Vec<ViewPlan>,
+    cpu: CpuRuntime,
+}
+
+impl BatchLayer {
+    pub fn new(config: Arc<Config>, cpu: CpuRuntime) -> Result<Self> {
+        let lake = Lake::new(&config.lake, config.base_dir())?;
+        let sources = config.sources.iter().map(SourceSchema::new).collect();
+        let views = config.view_plans()?;
+        Ok(BatchLayer {
+            config,
+            lake,
+            sources,
+            views,
+            cpu,
+        })
+    }
+
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
+    fn sizes(&self) -> CompactionSizes {
+        CompactionSizes {
+            small_file_bytes: self.config.batch.small_file_mb << 20,
+            target_file_bytes: self.config.batch.target_file_mb << 20,
+        }
+    }
+
+    /// One run: compact every source, then recompute every view (or only the windows of
+    /// `range`, when given).
+    pub async fn run_once(&self, range: Option<Range>) -> Result<RunReport> {
+        let started = std::time::Instant::now();
+        let lease = lease::Lease::acquire(&self.lake).await?;
+        let result = self.run_locked(range).await;
+        let released = lease.release().await;
+        let mut report = result?;
+        released?;
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    async fn run_locked(&self, range: Option<Range>) -> Result<RunReport> {
+        let mut report = RunReport::default();
+        for source in &self.sources {
+            let mut raw = self.lake.open(&self.lake.raw_url(&source.name)).await?;
+            if let Some(table) = raw.as_mut()
+                && range.is_none()
+            {
+                import::check_schema(table, &source.raw, &format!("raw table of source `{}`", source.name))?;
+                let c = compact::compact(table, source, self.sizes()).await?;
+                if c.version.is_some() {
+                    tracing::debug!(source = %source.name, files_in = c.files_in, files_out = c.files_out, rows = c.rows, "compacted");
+                }
+                report.compactions.push(c);
+            }
+            for plan in self.views.iter().filter(|v| v.source == source.name) {
+                let v = recompute::recompute(&self.lake, raw.as_ref(), source, plan, range, &self.cpu).await?;
+                tracing::debug!(view = %v.view, outcome = ?v.outcome, "view");
+                report.views.push(v);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Runs on `schedule` until `stop` is cancelled; a failed run is logged and the next
+    /// one happens at its scheduled time.
+    pub async fn run_scheduled(
+        &self,
+        schedule: &Schedule,
+        clock: Arc<dyn Clock>,
+        stop: CancellationToken,
+        on_run: &(dyn Fn(&Result<RunReport>) + Sync),
+    ) -> Result<()> {
+        loop {
+            let now = clock.now();
+            let Some(next) = schedule.next_after(now) else {
+                return Err(Error::Input("the batch schedule has no future run".to_string()));
+            };
+            let wait = (next - now).to_std().unwrap_or_default();
+            tracing::info!(next = %next.to_rfc3339(), "next batch run");
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                () = tokio::time::sleep(wait) => {}
+            }
+            let result = self.run_once(None).await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, at = %Utc::now().to_rfc3339(), "batch run failed");
+            }
+            on_run(&result);
+        }
+    }
+}
+
+/// The schedule configured in `[batch]`, if any.
+pub fn schedule(config: &Config) -> Option<Schedule> {
+    match (&config.batch.interval, &config.batch.cron) {
+        (Some(d), _) => Some(Schedule::Every(*d)),
+        (None, Some(expr)) => strata_core::clock::CronSchedule::parse(expr)
+            .ok()
+            .map(|c| Schedule::Cron(Box::new(c))),
+        (None, None) => None,
+    }
+}

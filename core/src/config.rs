@@ -1,0 +1,763 @@
+//! `strata.toml`: the one configuration file, documented key by key in
+//! `strata.example.toml` at the repository root.
+//!
+//! Loading is strict: an unknown key, a wrong type or a bad value is an error naming the
+//! file, the dotted key and what is expected. Environment variables override addresses and
+//! secrets (see [`ENV_OVERRIDES`]), so one file serves every environment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Deserializer};
+
+use crate::error::{Error, Result};
+
+/// Environment variables that override keys of the file, and the key each overrides.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("STRATA_LAKE_URL", "lake.url"),
+    ("STRATA_S3_ENDPOINT", "lake.s3.endpoint"),
+    ("STRATA_S3_REGION", "lake.s3.region"),
+    ("STRATA_S3_ACCESS_KEY_ID", "lake.s3.access_key_id"),
+    ("STRATA_S3_SECRET_ACCESS_KEY", "lake.s3.secret_access_key"),
+    ("STRATA_SERVE_ADDRESS", "serve.address"),
+    ("STRATA_AUTH_TOKEN", "serve.auth.token"),
+];
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The file this configuration was read from (for error messages and relative paths).
+    #[serde(skip)]
+    pub file: PathBuf,
+    pub lake: LakeConfig,
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub views: Vec<ViewConfig>,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LakeConfig {
+    /// `file:///abs/path`, a plain path (relative to the config file), `s3://bucket/prefix`
+    /// or `hdfs://namenode:port/path`.
+    pub url: String,
+    #[serde(default)]
+    pub s3: S3Config,
+    /// Extra storage options passed to the object store as they are.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    /// Kafka topics this source reads (used by the speed layer).
+    #[serde(default)]
+    pub topics: Vec<String>,
+    #[serde(default)]
+    pub format: SourceFormat,
+    pub event_time: EventTimeConfig,
+    /// Column name -> type, in the order the columns are stored.
+    pub schema: IndexMap<String, ColumnType>,
+    /// Records larger than this are rejected as too large.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+}
+
+fn default_max_record_bytes() -> usize {
+    1024 * 1024
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    /// One JSON object per line (files) or per message (Kafka).
+    #[default]
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeConfig {
+    /// The column holding each event's time; it must be in `schema` with type `timestamp`.
+    pub column: String,
+    #[serde(default)]
+    pub format: TimeFormat,
+}
+
+/// How an event time is written in the input.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TimeFormat {
+    /// `2026-11-21T10:00:00.123Z` or with an offset.
+    #[default]
+    Rfc3339,
+    EpochSeconds,
+    EpochMillis,
+    EpochMicros,
+    /// A chrono strftime pattern, read as UTC, e.g. `%Y-%m-%d %H:%M:%S%.f`.
+    Pattern(String),
+}
+
+impl<'de> Deserialize<'de> for TimeFormat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "rfc3339" => TimeFormat::Rfc3339,
+            "epoch_seconds" => TimeFormat::EpochSeconds,
+            "epoch_millis" => TimeFormat::EpochMillis,
+            "epoch_micros" => TimeFormat::EpochMicros,
+            p if p.contains('%') => TimeFormat::Pattern(p.to_string()),
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "unknown time format `{other}`: expected rfc3339, epoch_seconds, epoch_millis, \
+                     epoch_micros or a strftime pattern such as \"%Y-%m-%d %H:%M:%S\""
+                )));
+            }
+        })
+    }
+}
+
+/// The type of a source column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    String,
+    Int32,
+    Int64,
+    Float64,
+    Boolean,
+    /// Microseconds since the epoch, UTC.
+    Timestamp,
+    Date,
+}
+
+impl ColumnType {
+    pub const NAMES: &'static str = "string, int32, int64, float64, boolean, timestamp, date";
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "string" | "utf8" | "varchar" | "text" => ColumnType::String,
+            "int32" | "int" | "integer" => ColumnType::Int32,
+            "int64" | "bigint" | "long" => ColumnType::Int64,
+            "float64" | "double" | "float" => ColumnType::Float64,
+            "boolean" | "bool" => ColumnType::Boolean,
+            "timestamp" => ColumnType::Timestamp,
+            "date" => ColumnType::Date,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ColumnType::String => "string",
+            ColumnType::Int32 => "int32",
+            ColumnType::Int64 => "int64",
+            ColumnType::Float64 => "float64",
+            ColumnType::Boolean => "boolean",
+            ColumnType::Timestamp => "timestamp",
+            ColumnType::Date => "date",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ColumnType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ColumnType::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown column type `{s}`: expected one of {}",
+                ColumnType::NAMES
+            ))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewConfig {
+    pub name: String,
+    /// `SELECT window_start, ... FROM <source> [WHERE ...] GROUP BY tumble(...)|hop(...), ...`
+    pub sql: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Run every this long, e.g. "5m", "1h" (exclusive with `cron`).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub interval: Option<Duration>,
+    /// Run on a cron schedule in UTC: "sec min hour day-of-month month day-of-week [year]".
+    pub cron: Option<String>,
+    /// Raw files smaller than this are compacted.
+    #[serde(default = "default_small_file_mb")]
+    pub small_file_mb: u64,
+    /// Compaction writes files of about this size.
+    #[serde(default = "default_target_file_mb")]
+    pub target_file_mb: u64,
+}
+
+fn default_small_file_mb() -> u64 {
+    32
+}
+fn default_target_file_mb() -> u64 {
+    128
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            interval: None,
+            cron: None,
+            small_file_mb: default_small_file_mb(),
+            target_file_mb: default_target_file_mb(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    #[serde(default = "default_address")]
+    pub address: String,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Serve without authentication on an address beyond loopback. Off by default: a
+    /// server reachable from the network refuses to start without auth.
+    #[serde(default)]
+    pub allow_unauthenticated_remote: bool,
+}
+
+pub const DEFAULT_ADDRESS: &str = "127.0.0.1:50051";
+
+fn default_address() -> String {
+    DEFAULT_ADDRESS.to_string()
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            address: default_address(),
+            auth: AuthConfig::default(),
+            allow_unauthenticated_remote: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A static bearer token clients send as `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Users who may log in with the Flight handshake (Basic) and get a bearer token.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// How long a token from the handshake stays valid.
+    #[serde(default = "default_token_ttl", deserialize_with = "de_duration")]
+    pub token_ttl: Duration,
+}
+
+fn default_token_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token: None,
+            users: Vec::new(),
+            token_ttl: default_token_ttl(),
+        }
+    }
+}
+
+impl AuthConfig {
+    pub fn enabled(&self) -> bool {
+        self.token.is_some() || !self.users.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub username: String,
+    /// The password, or use `password_env` to read it from an environment variable.
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+/// Parses "5m", "90s", "1h 30m", "5 minutes".
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration ({e}): expected e.g. \"30s\", \"5m\", \"1h\""))
+}
+
+impl Config {
+    /// Reads, parses, applies environment overrides and validates a config file.
+    pub fn load(file: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| Error::config(file, "(file)", format!("cannot read the config file: {e}")))?;
+        Self::parse(&text, file, &std::env::vars().collect())
+    }
+
+    /// Parses `text` as if read from `file`, with `env` as the environment.
+    pub fn parse(text: &str, file: &Path, env: &BTreeMap<String, String>) -> Result<Self> {
+        let de = toml::Deserializer::parse(text).map_err(|e| toml_error(file, text, "(syntax)", e))?;
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = match e.path().to_string() {
+                p if p == "." => "(top level)".to_string(),
+                p => p,
+            };
+            toml_error(file, text, &key, e.into_inner())
+        })?;
+        config.file = file.to_path_buf();
+        config.apply_env(env);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: &BTreeMap<String, String>) {
+        let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+        if let Some(v) = get("STRATA_LAKE_URL") {
+            self.lake.url = v;
+        }
+        if let Some(v) = get("STRATA_S3_ENDPOINT") {
+            self.lake.s3.endpoint = Some(v);
+        }
+        if let Some(v) = get("STRATA_S3_REGION") {
+            self.lake.s3.region = Some(v);
+        }
+        if let Some(v) = get("STRATA_S3_ACCESS_KEY_ID") {
+            self.lake.s3.access_key_id = Some(v);
+        }
+        if let Some(v) = get("STRATA_S3_SECRET_ACCESS_KEY") {
+            self.lake.s3.secret_access_key = Some(v);
+        }
+        if let Some(v) = get("STRATA_SERVE_ADDRESS") {
+            self.serve.address = v;
+        }
+        if let Some(v) = get("STRATA_AUTH_TOKEN") {
+            self.serve.auth.token = Some(v);
+        }
+        for user in &mut self.serve.auth.users {
+            if let Some(var) = &user.password_env
+                && let Some(v) = get(var)
+            {
+                user.password = Some(v);
+            }
+        }
+    }
+
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> Error {
+        Error::config(&self.file, key, message)
+    }
+
+    /// Checks what serde cannot: names, references between keys, schemas, schedules.
+    fn validate(&self) -> Result<()> {
+        if self.lake.url.trim().is_empty() {
+            return Err(self.err(
+                "lake.url",
+                "must not be empty: expected file:///path, s3://bucket/prefix or hdfs://host:port/path",
+            ));
+        }
+        crate::lake::LakeUrl::parse(&self.lake.url, self.base_dir()).map_err(|m| self.err("lake.url", m))?;
+
+        let mut names = std::collections::HashSet::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            let key = |k: &str| format!("sources[{i}].{k}");
+            check_identifier(&source.name).map_err(|m| self.err(key("name"), m))?;
+            if !names.insert(source.name.to_ascii_lowercase()) {
+                return Err(self.err(
+                    key("name"),
+                    format!("a source named `{}` is already defined", source.name),
+                ));
+            }
+            if source.schema.is_empty() {
+                return Err(self.err(key("schema"), "must list at least one column: name = \"type\""));
+            }
+            for column in source.schema.keys() {
+                check_identifier(column).map_err(|m| self.err(key(&format!("schema.{column}")), m))?;
+                if crate::schema::RESERVED_COLUMNS.contains(&column.as_str()) {
+                    return Err(self.err(
+                        key(&format!("schema.{column}")),
+                        format!(
+                            "`{column}` is reserved by Strata (reserved: {}); rename the column",
+                            crate::schema::RESERVED_COLUMNS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            match source.schema.get(&source.event_time.column) {
+                Some(ColumnType::Timestamp) => {}
+                Some(other) => {
+                    return Err(self.err(
+                        key("event_time.column"),
+                        format!(
+                            "column `{}` has type {other}; the event-time column must have type timestamp",
+                            source.event_time.column
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(self.err(
+                        key("event_time.column"),
+                        format!(
+                            "`{}` is not a column of the schema (columns: {})",
+                            source.event_time.column,
+                            source.schema.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
+            if source.max_record_bytes == 0 {
+                return Err(self.err(key("max_record_bytes"), "must be greater than 0"));
+            }
+        }
+
+        let mut view_names = std::collections::HashSet::new();
+        for (i, view) in self.views.iter().enumerate() {
+            check_identifier(&view.name).map_err(|m| self.err(format!("views[{i}].name"), m))?;
+            if !view_names.insert(view.name.to_ascii_lowercase()) {
+                return Err(self.err(
+                    format!("views[{i}].name"),
+                    format!("a view named `{}` is already defined", view.name),
+                ));
+            }
+            // Each view must compile: the engine must be able to maintain it.
+            crate::view::ViewPlan::compile(view, &self.sources)
+                .map_err(|e| self.err(format!("views[{i}].sql"), e.to_string()))?;
+        }
+
+        match (&self.batch.interval, &self.batch.cron) {
+            (Some(_), Some(_)) => {
+                return Err(self.err("batch", "set either `interval` or `cron`, not both"));
+            }
+            (Some(d), None) if d.is_zero() => {
+                return Err(self.err("batch.interval", "must be greater than 0"));
+            }
+            (None, Some(expr)) => {
+                crate::clock::CronSchedule::parse(expr).map_err(|m| self.err("batch.cron", m))?;
+            }
+            _ => {}
+        }
+        if self.batch.target_file_mb == 0 {
+            return Err(self.err("batch.target_file_mb", "must be greater than 0"));
+        }
+
+        self.serve.address.parse::<std::net::SocketAddr>().map_err(|e| {
+            self.err(
+                "serve.address",
+                format!("`{}` is not host:port ({e})", self.serve.address),
+            )
+        })?;
+        for (i, user) in self.serve.auth.users.iter().enumerate() {
+            if user.password.is_none() {
+                let why = match &user.password_env {
+                    Some(var) => format!("the environment variable {var} (from `password_env`) is not set"),
+                    None => "set `password` or `password_env`".to_string(),
+                };
+                return Err(self.err(
+                    format!("serve.auth.users[{i}].password"),
+                    format!("user `{}` has no password: {why}", user.username),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory relative lake paths are resolved against: the config file's.
+    pub fn base_dir(&self) -> &Path {
+        self.file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    }
+
+    pub fn source(&self, name: &str) -> Result<&SourceConfig> {
+        self.sources
+            .iter()
+            .find(|s| s.name.eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                let known: Vec<_> = self.sources.iter().map(|s| s.name.as_str()).collect();
+                Error::Input(format!(
+                    "no source named `{name}` in {} (sources: {})",
+                    self.file.display(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+            })
+    }
+
+    /// The compiled plans of every view.
+    pub fn view_plans(&self) -> Result<Vec<crate::view::ViewPlan>> {
+        self.views
+            .iter()
+            .map(|v| crate::view::ViewPlan::compile(v, &self.sources))
+            .collect()
+    }
+}
+
+/// Names of sources, views and columns: letters, digits and `_`, not starting with a digit.
+/// They become table and column names in SQL and directory names in the lake.
+pub fn check_identifier(name: &str) -> std::result::Result<(), String> {
+    let mut chars = name.chars();
+    let ok = match chars.next() {
+        Some(c) if c.is_ascii_alphabetic() || c == '_' => chars.all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid name: use letters, digits and _, starting with a letter"
+        ))
+    }
+}
+
+fn toml_error(file: &Path, text: &str, key: &str, e: toml::de::Error) -> Error {
+    let position = e
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(" (line {line}, column {column})")
+        })
+        .unwrap_or_default();
+    Error::config(file, format!("{key}{position}"), e.message().trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[lake]
+url = "file:///tmp/lake"
+
+[[sources]]
+name = "page_views"
+topics = ["page_views"]
+event_time = { column = "ts" }
+[sources.schema]
+ts = "timestamp"
+country = "string"
+amount = "float64"
+user_id = "string"
+
+[[views]]
+name = "per_country"
+sql = "SELECT window_start, country, count(*) AS views FROM page_views GROUP BY tumble(ts, INTERVAL '1 minute'), country"
+
+[serve]
+address = "127.0.0.1:50051"
+"#;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/etc/strata/strata.toml"), &BTreeMap::new())
+    }
+
+    fn parse_err(text: &str) -> String {
+        parse(text).expect_err("the config should be refused").to_string()
+    }
+
+    #[test]
+    fn a_good_config_loads() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(
+            c.sources[0].schema.keys().collect::<Vec<_>>(),
+            ["ts", "country", "amount", "user_id"]
+        );
+        assert_eq!(c.sources[0].event_time.format, TimeFormat::Rfc3339);
+        assert_eq!(c.serve.address, "127.0.0.1:50051");
+    }
+
+    #[test]
+    fn a_wrong_column_type_names_file_key_and_choices() {
+        let msg = parse_err(&GOOD.replace("amount = \"float64\"", "amount = \"dubble\""));
+        assert!(
+            msg.starts_with("/etc/strata/strata.toml: sources[0].schema.amount"),
+            "{msg}"
+        );
+        assert!(msg.contains("unknown column type `dubble`"), "{msg}");
+        assert!(msg.contains("expected one of string, int32"), "{msg}");
+        assert!(msg.contains("line "), "{msg}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let msg = parse_err(&GOOD.replace("[serve]", "[serve]\nadress = \"x\""));
+        assert!(msg.contains("serve"), "{msg}");
+        assert!(msg.contains("unknown field `adress`"), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_key_is_named() {
+        let msg = parse_err(&GOOD.replace("url = \"file:///tmp/lake\"", ""));
+        assert!(msg.contains("lake"), "{msg}");
+        assert!(msg.contains("missing field `url`"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_errors_give_the_line() {
+        let msg = parse_err("[lake\nurl = 1");
+        assert!(msg.starts_with("/etc/strata/strata.toml: (syntax) (line 1"), "{msg}");
+    }
+
+    #[test]
+    fn the_event_time_column_must_be_a_timestamp_in_the_schema() {
+        let msg = parse_err(&GOOD.replace("column = \"ts\"", "column = \"time\""));
+        assert!(
+            msg.contains("sources[0].event_time.column: `time` is not a column of the schema"),
+            "{msg}"
+        );
+        let msg = parse_err(&GOOD.replace("column = \"ts\"", "column = \"country\""));
+        assert!(msg.contains("must have type timestamp"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_time_format_lists_the_choices() {
+        let msg = parse_err(&GOOD.replace("{ column = \"ts\" }", "{ column = \"ts\", format = \"iso\" }"));
+        assert!(msg.contains("sources[0].event_time.format"), "{msg}");
+        assert!(msg.contains("rfc3339, epoch_seconds"), "{msg}");
+    }
+
+    #[test]
+    fn reserved_and_invalid_names_are_refused() {
+        let msg = parse_err(&GOOD.replace("country = \"string\"", "event_date = \"string\""));
+        assert!(
+            msg.contains("sources[0].schema.event_date: `event_date` is reserved"),
+            "{msg}"
+        );
+        let msg = parse_err(&GOOD.replace("name = \"page_views\"", "name = \"page views\""));
+        assert!(
+            msg.contains("sources[0].name: `page views` is not a valid name"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_bad_view_names_the_view_key() {
+        let msg = parse_err(&GOOD.replace("count(*) AS views", "median(amount) AS m"));
+        assert!(msg.contains("views[0].sql"), "{msg}");
+        assert!(msg.contains("median"), "{msg}");
+    }
+
+    #[test]
+    fn schedule_and_address_are_checked() {
+        let msg = parse_err(&format!("{GOOD}\n[batch]\ninterval = \"5 parsecs\"\n"));
+        assert!(msg.contains("batch.interval"), "{msg}");
+        let msg = parse_err(&format!("{GOOD}\n[batch]\ninterval = \"5m\"\ncron = \"0 * * * * *\"\n"));
+        assert!(msg.contains("batch: set either `interval` or `cron`"), "{msg}");
+        let msg = parse_err(&format!("{GOOD}\n[batch]\ncron = \"every tuesday\"\n"));
+        assert!(msg.contains("batch.cron"), "{msg}");
+        let msg = parse_err(&GOOD.replace("address = \"127.0.0.1:50051\"", "address = \"localhost\""));
+        assert!(msg.contains("serve.address: `localhost` is not host:port"), "{msg}");
+    }
+
+    #[test]
+    fn environment_overrides_addresses_and_secrets() {
+        let env: BTreeMap<String, String> = [
+            ("STRATA_LAKE_URL", "s3://bucket/lake"),
+            ("STRATA_S3_ENDPOINT", "http://127.0.0.1:9000"),
+            ("STRATA_SERVE_ADDRESS", "0.0.0.0:6000"),
+            ("STRATA_AUTH_TOKEN", "secret"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let c = Config::parse(GOOD, Path::new("strata.toml"), &env).unwrap();
+        assert_eq!(c.lake.url, "s3://bucket/lake");
+        assert_eq!(c.lake.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(c.serve.address, "0.0.0.0:6000");
+        assert_eq!(c.serve.auth.token.as_deref(), Some("secret"));
+    }
+
+    #[test]
+    fn a_user_without_password_is_refused() {
+        let text = format!("{GOOD}\n[[serve.auth.users]]\nusername = \"ana\"\npassword_env = \"ANA_PASSWORD\"\n");
+        let msg = parse_err(&text);
+        assert!(msg.contains("serve.auth.users[0].password"), "{msg}");
+        assert!(msg.contains("ANA_PASSWORD"), "{msg}");
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The documented example is a valid configuration, and documents every key there is.
+    #[test]
+    fn the_example_config_loads_and_documents_every_key() {
+        let text = include_str!("../../strata.example.toml");
+        let c = Config::parse(text, Path::new("strata.example.toml"), &BTreeMap::new()).unwrap();
+        assert_eq!(c.views.len(), 2);
+        assert_eq!(c.batch.interval, Some(Duration::from_secs(300)));
+        for key in [
+            "url",
+            "endpoint",
+            "region",
+            "access_key_id",
+            "secret_access_key",
+            "[lake.options]",
+            "name",
+            "topics",
+            "format",
+            "max_record_bytes",
+            "event_time",
+            "[sources.schema]",
+            "[[views]]",
+            "sql",
+            "interval",
+            "cron",
+            "small_file_mb",
+            "target_file_mb",
+            "address",
+            "allow_unauthenticated_remote",
+            "token",
+            "token_ttl",
+            "[[serve.auth.users]]",
+            "username",
+            "password_env",
+        ] {
+            assert!(text.contains(key), "strata.example.toml does not document `{key}`");
+        }
+        for (var, key) in ENV_OVERRIDES {
+            assert!(
+                text.contains(var),
+                "strata.example.toml does not mention {var} (for {key})"
+            );
+        }
+    }
+}

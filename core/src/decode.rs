@@ -1,0 +1,903 @@
+//! Decoding JSON records (file lines, Kafka messages) into Arrow, row by row, so that one bad
+//! record is rejected with a precise reason while the records around it are kept.
+//!
+//! ```text
+//!  bytes ──► serde_json, driven by the source schema ──► column buffers ──► RecordBatch
+//!               │ a field of the wrong type, no event time,                (raw table schema)
+//!               │ invalid JSON, too large
+//!               └──────────────► Err(reason) ──► [`Rejects`] ──► RecordBatch (rejected table)
+//! ```
+//!
+//! Values go straight from the parser into growable column buffers; a record that fails
+//! half way is rolled back by truncating them. No allocation per record.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanArray, Date32Array, Float64Array, Int32Array, Int32Builder,
+    Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    TimestampMicrosecondBuilder,
+};
+use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
+
+use crate::config::{ColumnType, TimeFormat};
+use crate::schema::{SourceSchema, TIMESTAMP_TZ, rejected_schema};
+
+use crate::schema::MICROS_PER_DAY;
+
+/// Where a record in Kafka came from.
+#[derive(Debug, Clone, Copy)]
+pub struct KafkaPosition<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Decodes JSON records of one source into batches of its raw table.
+pub struct JsonDecoder {
+    schema: Arc<SourceSchema>,
+    columns: Vec<ColumnBuf>,
+    seen: Vec<bool>,
+    /// The column matched by the previous key: JSON producers keep keys in order, so the
+    /// next key is usually the next column.
+    last_key: usize,
+    topic: StringBuilder,
+    partition: Int32Builder,
+    offset: Int64Builder,
+    event_dates: Vec<i32>,
+    rows: usize,
+    bytes: usize,
+}
+
+impl fmt::Debug for JsonDecoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonDecoder")
+            .field("source", &self.schema.name)
+            .field("rows", &self.rows)
+            .finish()
+    }
+}
+
+impl JsonDecoder {
+    pub fn new(schema: Arc<SourceSchema>) -> Self {
+        let columns = schema.columns.iter().map(|(_, t)| ColumnBuf::new(*t)).collect();
+        let n = schema.columns.len();
+        JsonDecoder {
+            schema,
+            columns,
+            seen: vec![false; n],
+            last_key: 0,
+            topic: StringBuilder::new(),
+            partition: Int32Builder::new(),
+            offset: Int64Builder::new(),
+            event_dates: Vec::new(),
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    pub fn schema(&self) -> &Arc<SourceSchema> {
+        &self.schema
+    }
+
+    /// Rows decoded since the last [`finish`](Self::finish).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Approximate bytes buffered since the last [`finish`](Self::finish).
+    pub fn buffered_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Decodes one record into a row, or says why it cannot be used (nothing is kept then).
+    pub fn decode(&mut self, record: &[u8], kafka: Option<KafkaPosition<'_>>) -> Result<(), String> {
+        if record.len() > self.schema.max_record_bytes {
+            return Err(format!(
+                "record too large: {} bytes, more than max_record_bytes = {}",
+                record.len(),
+                self.schema.max_record_bytes
+            ));
+        }
+        self.seen.fill(false);
+        let result = self.decode_row(record);
+        if let Err(e) = result {
+            for c in &mut self.columns {
+                c.truncate(self.rows);
+            }
+            return Err(e);
+        }
+        let micros = self.columns[self.schema.event_time].last_timestamp();
+        let Some(micros) = micros else {
+            for c in &mut self.columns {
+                c.truncate(self.rows);
+            }
+            return Err(format!(
+                "no event time: field `{}` is missing or null",
+                self.schema.event_time_column()
+            ));
+        };
+        self.event_dates.push(micros.div_euclid(MICROS_PER_DAY) as i32);
+        match kafka {
+            Some(k) => {
+                self.topic.append_value(k.topic);
+                self.partition.append_value(k.partition);
+                self.offset.append_value(k.offset);
+            }
+            None => {
+                self.topic.append_null();
+                self.partition.append_null();
+                self.offset.append_null();
+            }
+        }
+        self.rows += 1;
+        self.bytes += record.len();
+        Ok(())
+    }
+
+    fn decode_row(&mut self, record: &[u8]) -> Result<(), String> {
+        let mut de = serde_json::Deserializer::from_slice(record);
+        RowSeed { decoder: self }
+            .deserialize(&mut de)
+            .and_then(|()| de.end())
+            .map_err(|e| describe_json_error(&e))?;
+        for (i, seen) in self.seen.iter().enumerate() {
+            if !seen {
+                self.columns[i].push_null();
+            }
+        }
+        Ok(())
+    }
+
+    /// The decoded rows as a batch of the raw table's schema; the decoder starts afresh.
+    pub fn finish(&mut self) -> RecordBatch {
+        let mut arrays: Vec<ArrayRef> = self.columns.iter_mut().map(ColumnBuf::finish).collect();
+        arrays.push(Arc::new(self.topic.finish()));
+        arrays.push(Arc::new(self.partition.finish()));
+        arrays.push(Arc::new(self.offset.finish()));
+        arrays.push(Arc::new(Date32Array::from(std::mem::take(&mut self.event_dates))));
+        self.rows = 0;
+        self.bytes = 0;
+        RecordBatch::try_new(self.schema.raw.clone(), arrays).expect("decoder columns match the raw schema")
+    }
+}
+
+fn describe_json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    // A record is one line: its position is a column (byte offset), not a line.
+    let text = e.to_string();
+    let message = text.rsplit_once(" at line ").map_or(text.as_str(), |(m, _)| m);
+    let position = format!(" (at byte {})", e.column());
+    match e.classify() {
+        Category::Syntax | Category::Eof => format!("invalid JSON: {message}{position}"),
+        Category::Data => format!("{message}{position}"),
+        Category::Io => format!("I/O error: {message}"),
+    }
+}
+
+struct RowSeed<'d> {
+    decoder: &'d mut JsonDecoder,
+}
+
+impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let d = self.decoder;
+        while let Some(index) = map.next_key_seed(KeySeed {
+            columns: &d.schema.columns,
+            hint: d.last_key,
+        })? {
+            let Some(i) = index else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            };
+            d.last_key = i + 1;
+            if d.seen[i] {
+                // A repeated key: the last value wins, as in most JSON readers.
+                d.columns[i].pop();
+            }
+            d.seen[i] = true;
+            let (name, ty) = &d.schema.columns[i];
+            map.next_value_seed(ValueSeed {
+                column: &mut d.columns[i],
+                name,
+                ty: *ty,
+                time_format: &d.schema.time_format,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Maps a key to its column without allocating.
+struct KeySeed<'s> {
+    columns: &'s [(String, ColumnType)],
+    hint: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
+        if let Some((name, _)) = self.columns.get(self.hint)
+            && name == key
+        {
+            return Ok(Some(self.hint));
+        }
+        Ok(self.columns.iter().position(|(name, _)| name == key))
+    }
+}
+
+/// Parses one value straight into its column buffer.
+struct ValueSeed<'s> {
+    column: &'s mut ColumnBuf,
+    name: &'s str,
+    ty: ColumnType,
+    time_format: &'s TimeFormat,
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl ValueSeed<'_> {
+    fn wrong<E: serde::de::Error>(&self, got: fmt::Arguments<'_>) -> E {
+        let expected = match (self.ty, self.time_format) {
+            (ColumnType::Timestamp, TimeFormat::Rfc3339) => "an RFC 3339 timestamp string",
+            (ColumnType::Timestamp, TimeFormat::Pattern(_)) => "a timestamp string",
+            (ColumnType::Timestamp, _) => "a number (epoch time)",
+            (ColumnType::String, _) => "a string",
+            (ColumnType::Int32 | ColumnType::Int64, _) => "an integer",
+            (ColumnType::Float64, _) => "a number",
+            (ColumnType::Boolean, _) => "true or false",
+            (ColumnType::Date, _) => "a date string YYYY-MM-DD",
+        };
+        E::custom(format_args!("field `{}`: expected {expected}, got {got}", self.name))
+    }
+
+    fn epoch_factor(&self) -> Option<i64> {
+        match self.time_format {
+            TimeFormat::EpochSeconds => Some(1_000_000),
+            TimeFormat::EpochMillis => Some(1_000),
+            TimeFormat::EpochMicros => Some(1),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a {} value for field `{}`", self.ty, self.name)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.column.push_null();
+        Ok(())
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        self.visit_unit()
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        match self.column {
+            ColumnBuf::Bool(b) => {
+                b.push(v);
+                Ok(())
+            }
+            _ => Err(self.wrong(format_args!("{v}"))),
+        }
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        match self.column {
+            ColumnBuf::I64(b) => b.push(v),
+            ColumnBuf::I32(b) => match i32::try_from(v) {
+                Ok(v) => b.push(v),
+                Err(_) => {
+                    return Err(E::custom(format_args!(
+                        "field `{}`: {v} does not fit in int32",
+                        self.name
+                    )));
+                }
+            },
+            ColumnBuf::F64(b) => b.push(v as f64),
+            ColumnBuf::Ts(_) => {
+                let factor = self
+                    .epoch_factor()
+                    .ok_or_else(|| self.wrong(format_args!("the number {v}")))?;
+                let micros = v
+                    .checked_mul(factor)
+                    .ok_or_else(|| E::custom(format_args!("field `{}`: epoch time {v} is out of range", self.name)))?;
+                let ColumnBuf::Ts(b) = self.column else { unreachable!() };
+                b.push(micros);
+            }
+            _ => return Err(self.wrong(format_args!("the number {v}"))),
+        }
+        Ok(())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        match i64::try_from(v) {
+            Ok(v) => self.visit_i64(v),
+            Err(_) => Err(E::custom(format_args!("field `{}`: {v} is out of range", self.name))),
+        }
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        match self.column {
+            ColumnBuf::F64(b) => {
+                b.push(v);
+                Ok(())
+            }
+            ColumnBuf::I64(_) | ColumnBuf::I32(_) if v.fract() == 0.0 && v.abs() < 9.0e15 => self.visit_i64(v as i64),
+            ColumnBuf::Ts(_) => {
+                let factor = self
+                    .epoch_factor()
+                    .ok_or_else(|| self.wrong(format_args!("the number {v}")))?;
+                let micros = (v * factor as f64).round();
+                if !micros.is_finite() || micros.abs() > 9.0e18 {
+                    return Err(E::custom(format_args!(
+                        "field `{}`: epoch time {v} is out of range",
+                        self.name
+                    )));
+                }
+                let ColumnBuf::Ts(b) = self.column else { unreachable!() };
+                b.push(micros as i64);
+                Ok(())
+            }
+            _ => Err(self.wrong(format_args!("the number {v}"))),
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        match self.column {
+            ColumnBuf::Utf8(b) => {
+                b.push(v);
+                Ok(())
+            }
+            ColumnBuf::Ts(_) => {
+                let micros = match self.time_format {
+                    TimeFormat::Rfc3339 => DateTime::parse_from_rfc3339(v)
+                        .map(|t| t.timestamp_micros())
+                        .map_err(|e| e.to_string()),
+                    TimeFormat::Pattern(p) => parse_with_pattern(v, p),
+                    _ => return Err(self.wrong(format_args!("the string {v:?}"))),
+                }
+                .map_err(|e| {
+                    E::custom(format_args!(
+                        "field `{}`: {v:?} is not a valid timestamp ({e})",
+                        self.name
+                    ))
+                })?;
+                let ColumnBuf::Ts(b) = self.column else { unreachable!() };
+                b.push(micros);
+                Ok(())
+            }
+            ColumnBuf::Date(_) => {
+                let date = NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|e| {
+                    E::custom(format_args!(
+                        "field `{}`: {v:?} is not a date YYYY-MM-DD ({e})",
+                        self.name
+                    ))
+                })?;
+                let days = date
+                    .signed_duration_since(NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch"))
+                    .num_days();
+                let ColumnBuf::Date(b) = self.column else {
+                    unreachable!()
+                };
+                b.push(days as i32);
+                Ok(())
+            }
+            _ => Err(self.wrong(format_args!("the string {v:?}"))),
+        }
+    }
+}
+
+fn parse_with_pattern(v: &str, pattern: &str) -> Result<i64, String> {
+    match NaiveDateTime::parse_from_str(v, pattern) {
+        Ok(t) => Ok(t.and_utc().timestamp_micros()),
+        // A pattern with only a date part.
+        Err(e) => NaiveDate::parse_from_str(v, pattern)
+            .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_micros())
+            .map_err(|_| e.to_string()),
+    }
+}
+
+/// A growable column that can drop its last rows: a record that fails half way leaves
+/// nothing behind.
+enum ColumnBuf {
+    Utf8(StrBuf),
+    I32(PrimBuf<i32>),
+    I64(PrimBuf<i64>),
+    F64(PrimBuf<f64>),
+    Bool(PrimBuf<bool>),
+    Ts(PrimBuf<i64>),
+    Date(PrimBuf<i32>),
+}
+
+impl ColumnBuf {
+    fn new(t: ColumnType) -> Self {
+        match t {
+            ColumnType::String => ColumnBuf::Utf8(StrBuf::default()),
+            ColumnType::Int32 => ColumnBuf::I32(PrimBuf::default()),
+            ColumnType::Int64 => ColumnBuf::I64(PrimBuf::default()),
+            ColumnType::Float64 => ColumnBuf::F64(PrimBuf::default()),
+            ColumnType::Boolean => ColumnBuf::Bool(PrimBuf::default()),
+            ColumnType::Timestamp => ColumnBuf::Ts(PrimBuf::default()),
+            ColumnType::Date => ColumnBuf::Date(PrimBuf::default()),
+        }
+    }
+
+    fn push_null(&mut self) {
+        match self {
+            ColumnBuf::Utf8(b) => b.push_null(),
+            ColumnBuf::I32(b) | ColumnBuf::Date(b) => b.push_null(),
+            ColumnBuf::I64(b) | ColumnBuf::Ts(b) => b.push_null(),
+            ColumnBuf::F64(b) => b.push_null(),
+            ColumnBuf::Bool(b) => b.push_null(),
+        }
+    }
+
+    fn pop(&mut self) {
+        let len = self.len();
+        self.truncate(len - 1);
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            ColumnBuf::Utf8(b) => b.valid.len(),
+            ColumnBuf::I32(b) | ColumnBuf::Date(b) => b.valid.len(),
+            ColumnBuf::I64(b) | ColumnBuf::Ts(b) => b.valid.len(),
+            ColumnBuf::F64(b) => b.valid.len(),
+            ColumnBuf::Bool(b) => b.valid.len(),
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        match self {
+            ColumnBuf::Utf8(b) => b.truncate(len),
+            ColumnBuf::I32(b) | ColumnBuf::Date(b) => b.truncate(len),
+            ColumnBuf::I64(b) | ColumnBuf::Ts(b) => b.truncate(len),
+            ColumnBuf::F64(b) => b.truncate(len),
+            ColumnBuf::Bool(b) => b.truncate(len),
+        }
+    }
+
+    fn last_timestamp(&self) -> Option<i64> {
+        match self {
+            ColumnBuf::Ts(b) if b.valid.last() == Some(&true) => b.values.last().copied(),
+            _ => None,
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColumnBuf::Utf8(b) => {
+                let (offsets, values, nulls) = b.take();
+                Arc::new(StringArray::new(
+                    OffsetBuffer::new(ScalarBuffer::from(offsets)),
+                    Buffer::from_vec(values),
+                    nulls,
+                ))
+            }
+            ColumnBuf::I32(b) => {
+                let (v, n) = b.take();
+                Arc::new(Int32Array::new(v.into(), n))
+            }
+            ColumnBuf::Date(b) => {
+                let (v, n) = b.take();
+                Arc::new(Date32Array::new(v.into(), n))
+            }
+            ColumnBuf::I64(b) => {
+                let (v, n) = b.take();
+                Arc::new(Int64Array::new(v.into(), n))
+            }
+            ColumnBuf::Ts(b) => {
+                let (v, n) = b.take();
+                Arc::new(TimestampMicrosecondArray::new(v.into(), n).with_timezone(TIMESTAMP_TZ))
+            }
+            ColumnBuf::F64(b) => {
+                let (v, n) = b.take();
+                Arc::new(Float64Array::new(v.into(), n))
+            }
+            ColumnBuf::Bool(b) => {
+                let (v, n) = b.take();
+                Arc::new(BooleanArray::new(v.into_iter().collect(), n))
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct PrimBuf<T> {
+    values: Vec<T>,
+    valid: Vec<bool>,
+}
+
+impl<T: Default + Copy> PrimBuf<T> {
+    fn push(&mut self, v: T) {
+        self.values.push(v);
+        self.valid.push(true);
+    }
+    fn push_null(&mut self) {
+        self.values.push(T::default());
+        self.valid.push(false);
+    }
+    fn truncate(&mut self, len: usize) {
+        self.values.truncate(len);
+        self.valid.truncate(len);
+    }
+    fn take(&mut self) -> (Vec<T>, Option<NullBuffer>) {
+        let valid = std::mem::take(&mut self.valid);
+        (std::mem::take(&mut self.values), nulls(valid))
+    }
+}
+
+struct StrBuf {
+    offsets: Vec<i32>,
+    values: Vec<u8>,
+    valid: Vec<bool>,
+}
+
+impl Default for StrBuf {
+    fn default() -> Self {
+        StrBuf {
+            offsets: vec![0],
+            values: Vec::new(),
+            valid: Vec::new(),
+        }
+    }
+}
+
+impl StrBuf {
+    fn push(&mut self, s: &str) {
+        self.values.extend_from_slice(s.as_bytes());
+        self.offsets.push(self.values.len() as i32);
+        self.valid.push(true);
+    }
+    fn push_null(&mut self) {
+        self.offsets.push(self.values.len() as i32);
+        self.valid.push(false);
+    }
+    fn truncate(&mut self, len: usize) {
+        self.offsets.truncate(len + 1);
+        self.values.truncate(self.offsets[len] as usize);
+        self.valid.truncate(len);
+    }
+    fn take(&mut self) -> (Vec<i32>, Vec<u8>, Option<NullBuffer>) {
+        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
+        let values = std::mem::take(&mut self.values);
+        let valid = std::mem::take(&mut self.valid);
+        (offsets, values, nulls(valid))
+    }
+}
+
+fn nulls(valid: Vec<bool>) -> Option<NullBuffer> {
+    if valid.iter().all(|v| *v) {
+        None
+    } else {
+        Some(NullBuffer::from(valid))
+    }
+}
+
+/// Where a rejected record came from.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// A line of an imported file (1-based).
+    Line {
+        file: &'a str,
+        line: u64,
+    },
+    Kafka(KafkaPosition<'a>),
+    /// A row of an imported Parquet file (1-based).
+    Row {
+        file: &'a str,
+        row: u64,
+    },
+}
+
+/// Accumulates rejected records into batches of the rejected table.
+#[derive(Debug)]
+pub struct Rejects {
+    source: String,
+    rejected_at: i64,
+    source_col: StringBuilder,
+    file: StringBuilder,
+    line: Int64Builder,
+    topic: StringBuilder,
+    partition: Int32Builder,
+    offset: Int64Builder,
+    raw: BinaryBuilder,
+    reason: StringBuilder,
+    at: TimestampMicrosecondBuilder,
+}
+
+impl Rejects {
+    /// `rejected_at` (micros since the epoch) is stamped on every record of this batch.
+    pub fn new(source: &str, rejected_at: i64) -> Self {
+        Rejects {
+            source: source.to_string(),
+            rejected_at,
+            source_col: StringBuilder::new(),
+            file: StringBuilder::new(),
+            line: Int64Builder::new(),
+            topic: StringBuilder::new(),
+            partition: Int32Builder::new(),
+            offset: Int64Builder::new(),
+            raw: BinaryBuilder::new(),
+            reason: StringBuilder::new(),
+            at: TimestampMicrosecondBuilder::new().with_timezone(TIMESTAMP_TZ),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.reason.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn push(&mut self, origin: Origin<'_>, raw: &[u8], reason: &str) {
+        self.source_col.append_value(&self.source);
+        match origin {
+            Origin::Line { file, line } | Origin::Row { file, row: line } => {
+                self.file.append_value(file);
+                self.line.append_value(line as i64);
+                self.topic.append_null();
+                self.partition.append_null();
+                self.offset.append_null();
+            }
+            Origin::Kafka(k) => {
+                self.file.append_null();
+                self.line.append_null();
+                self.topic.append_value(k.topic);
+                self.partition.append_value(k.partition);
+                self.offset.append_value(k.offset);
+            }
+        }
+        self.raw.append_value(raw);
+        self.reason.append_value(reason);
+        self.at.append_value(self.rejected_at);
+    }
+
+    pub fn finish(&mut self) -> RecordBatch {
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(self.source_col.finish()),
+            Arc::new(self.file.finish()),
+            Arc::new(self.line.finish()),
+            Arc::new(self.topic.finish()),
+            Arc::new(self.partition.finish()),
+            Arc::new(self.offset.finish()),
+            Arc::new(self.raw.finish()),
+            Arc::new(self.reason.finish()),
+            Arc::new(self.at.finish()),
+        ];
+        RecordBatch::try_new(rejected_schema(), arrays).expect("rejects match the rejected schema")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use arrow::util::pretty::pretty_format_batches;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn source(time_format: &str) -> Arc<SourceSchema> {
+        let text = format!(
+            r#"
+[lake]
+url = "file:///tmp/x"
+[[sources]]
+name = "clicks"
+event_time = {{ column = "ts", format = "{time_format}" }}
+max_record_bytes = 200
+[sources.schema]
+ts = "timestamp"
+user = "string"
+n = "int64"
+small = "int32"
+amount = "float64"
+ok = "boolean"
+day = "date"
+"#
+        );
+        let c = Config::parse(&text, Path::new("t.toml"), &BTreeMap::new()).unwrap();
+        SourceSchema::new(&c.sources[0])
+    }
+
+    #[test]
+    fn good_records_become_rows_and_bad_ones_say_why() {
+        let mut d = JsonDecoder::new(source("rfc3339"));
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                r#"{"ts":"2026-11-21T10:00:00Z","user":"a","n":1,"amount":2.5,"ok":true,"day":"2026-11-20","extra":[1]}"#,
+                None,
+            ),
+            (r#"{"n":2, "user":"b\u00e9", "ts":"2026-11-21T10:00:01.5+01:00"}"#, None),
+            (r#"{"ts":"2026-11-21T10:00:02Z","n":3.0,"user":null}"#, None),
+            (r#"{"ts":"2026-11-21T10:00:02Z","user":"x","user":"y"}"#, None),
+            (
+                r#"{"ts":"2026-11-21T10:00:00Z","n":"abc"}"#,
+                Some("field `n`: expected an integer, got the string \"abc\""),
+            ),
+            (
+                r#"{"ts":"2026-11-21T10:00:00Z","n":1.5}"#,
+                Some("field `n`: expected an integer, got the number 1.5"),
+            ),
+            (
+                r#"{"ts":"2026-11-21T10:00:00Z","small":3000000000}"#,
+                Some("does not fit in int32"),
+            ),
+            (r#"{"user":"a"}"#, Some("no event time: field `ts` is missing or null")),
+            (r#"{"ts":null,"user":"a"}"#, Some("no event time")),
+            (
+                r#"{"ts":"yesterday"}"#,
+                Some("field `ts`: \"yesterday\" is not a valid timestamp"),
+            ),
+            (
+                r#"{"ts":"2026-11-21T10:00:00Z","user":"a""#,
+                Some("invalid JSON: EOF while parsing"),
+            ),
+            (
+                r#"{"ts":"2026-11-21T10:00:00Z"} {"ts":"2026-11-21T10:00:00Z"}"#,
+                Some("trailing characters"),
+            ),
+            (r#"[1,2]"#, Some("expected a JSON object")),
+            (
+                r#"{"ts":"2026-11-21T10:00:00Z","user":{"a":1}}"#,
+                Some("expected a string value for field `user`"),
+            ),
+            (
+                r#"{"ts":"2026-11-21T10:00:00Z","day":"21/11/2026"}"#,
+                Some("is not a date YYYY-MM-DD"),
+            ),
+            ("", Some("invalid JSON")),
+        ];
+        for (record, expected) in cases {
+            let got = d.decode(record.as_bytes(), None);
+            match (expected, got) {
+                (None, Ok(())) => {}
+                (Some(want), Err(reason)) => assert!(reason.contains(want), "{record}: {reason:?} lacks {want:?}"),
+                (want, got) => panic!("{record}: expected {want:?}, got {got:?}"),
+            }
+        }
+        let too_large = format!(r#"{{"ts":"2026-11-21T10:00:00Z","user":"{}"}}"#, "x".repeat(300));
+        let reason = d.decode(too_large.as_bytes(), None).unwrap_err();
+        assert!(
+            reason.starts_with(&format!(
+                "record too large: {} bytes, more than max_record_bytes = 200",
+                too_large.len()
+            )),
+            "{reason}"
+        );
+        assert_eq!(d.rows(), 4);
+        let batch = d.finish();
+        let expected = [
+            "+--------------------------+------+---+-------+--------+------+------------+--------+------------+---------+------------+",
+            "| ts                       | user | n | small | amount | ok   | day        | _topic | _partition | _offset | event_date |",
+            "+--------------------------+------+---+-------+--------+------+------------+--------+------------+---------+------------+",
+            "| 2026-11-21T10:00:00Z     | a    | 1 |       | 2.5    | true | 2026-11-20 |        |            |         | 2026-11-21 |",
+            "| 2026-11-21T09:00:01.500Z | bé   | 2 |       |        |      |            |        |            |         | 2026-11-21 |",
+            "| 2026-11-21T10:00:02Z     |      | 3 |       |        |      |            |        |            |         | 2026-11-21 |",
+            "| 2026-11-21T10:00:02Z     | y    |   |       |        |      |            |        |            |         | 2026-11-21 |",
+            "+--------------------------+------+---+-------+--------+------+------------+--------+------------+---------+------------+",
+        ];
+        assert_eq!(
+            pretty_format_batches(&[batch]).unwrap().to_string(),
+            expected.join("\n")
+        );
+        assert_eq!(d.rows(), 0);
+    }
+
+    #[test]
+    fn epoch_and_pattern_time_formats() {
+        let mut d = JsonDecoder::new(source("epoch_millis"));
+        d.decode(
+            br#"{"ts":1795255200123}"#,
+            Some(KafkaPosition {
+                topic: "t",
+                partition: 2,
+                offset: 7,
+            }),
+        )
+        .unwrap();
+        d.decode(br#"{"ts":1795255200123.6}"#, None).unwrap();
+        assert!(
+            d.decode(br#"{"ts":"1795255200123"}"#, None)
+                .unwrap_err()
+                .contains("expected a number (epoch time)")
+        );
+        let b = d.finish();
+        let ts = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        assert_eq!(ts.values(), &[1_795_255_200_123_000, 1_795_255_200_123_600]);
+        assert_eq!(
+            b.column_by_name("_offset")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0),
+            7
+        );
+
+        let mut d = JsonDecoder::new(source("%Y-%m-%d %H:%M:%S"));
+        d.decode(br#"{"ts":"2026-11-21 10:00:00"}"#, None).unwrap();
+        let b = d.finish();
+        let ts = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        assert_eq!(ts.value(0), 1_795_255_200_000_000);
+    }
+
+    #[test]
+    fn rejects_keep_raw_bytes_and_origin() {
+        let mut r = Rejects::new("clicks", 0);
+        r.push(
+            Origin::Line {
+                file: "a.jsonl",
+                line: 3,
+            },
+            b"{oops",
+            "invalid JSON",
+        );
+        r.push(
+            Origin::Kafka(KafkaPosition {
+                topic: "t",
+                partition: 1,
+                offset: 9,
+            }),
+            &[0xff, 0x00],
+            "invalid JSON",
+        );
+        let b = r.finish();
+        assert_eq!(b.num_rows(), 2);
+        let text = pretty_format_batches(&[b]).unwrap().to_string();
+        assert!(text.contains("a.jsonl"), "{text}");
+        assert!(text.contains("7b6f6f7073"), "{text}");
+        assert!(text.contains("ff00"), "{text}");
+    }
+}

@@ -1,0 +1,360 @@
+//! The lake: Delta Lake tables on a local directory, S3 or HDFS.
+//!
+//! ```text
+//! <lake>/raw/<source>/        every valid event: Parquet, Hive partitions event_date=YYYY-MM-DD,
+//!                             a Delta log whose commits carry the position of what they hold
+//!                             (txn actions: kafka:<topic>/<partition> -> next offset,
+//!                             import:<file>@<size>:<mtime> -> next line)
+//! <lake>/rejected/<source>/   every record that could not be used, with its raw bytes and why
+//! <lake>/views/<view>/        partial states of a view, replaced atomically by each batch run;
+//!                             the commit says what the states cover ([`ViewCommit`])
+//! <lake>/_strata/             Strata's own objects (the batch layer's lease)
+//! ```
+//!
+//! Spark, DuckDB and Trino read the tables as they are (Delta, or plain Parquet with Hive
+//! partitions).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::kernel::{Action, StructType};
+use deltalake::logstore::get_actions;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+use object_store::ObjectStore;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::config::LakeConfig;
+use crate::error::{Error, Result};
+
+/// The key under which Strata records what a commit means, in the commit's `commitInfo`.
+pub const COMMIT_INFO_KEY: &str = "strata";
+
+/// A lake location: the parsed form of `lake.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LakeUrl(Url);
+
+impl LakeUrl {
+    /// Accepts `file://`, `s3://`, `s3a://`, `hdfs://`, `viewfs://`, `memory://`, or a plain
+    /// path (relative paths are taken from `base`).
+    pub fn parse(text: &str, base: &Path) -> std::result::Result<Self, String> {
+        let text = text.trim();
+        let url = match Url::parse(text) {
+            Ok(url) if url.scheme().len() > 1 => url,
+            // No scheme (or a Windows drive letter): a local path.
+            _ => {
+                let path = Path::new(text);
+                let path = if path.is_absolute() {
+                    path.to_path_buf()
+                } else {
+                    base.join(path)
+                };
+                let path = if path.is_absolute() {
+                    path
+                } else {
+                    std::env::current_dir()
+                        .map_err(|e| format!("cannot resolve `{text}`: {e}"))?
+                        .join(path)
+                };
+                let path = normalize_path(&path);
+                Url::from_directory_path(&path).map_err(|()| format!("`{text}` is not a usable local path"))?
+            }
+        };
+        match url.scheme() {
+            "file" | "s3" | "s3a" | "hdfs" | "viewfs" | "memory" => {}
+            other => {
+                return Err(format!(
+                    "unsupported scheme `{other}://`: expected file:///path, s3://bucket/prefix, hdfs://host:port/path or a local path"
+                ));
+            }
+        }
+        if matches!(url.scheme(), "s3" | "s3a") && url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("`{text}` has no bucket: expected s3://bucket/prefix"));
+        }
+        let mut url = url;
+        if !url.path().ends_with('/') {
+            url.set_path(&format!("{}/", url.path()));
+        }
+        Ok(LakeUrl(url))
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.0
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.0.scheme() == "file"
+    }
+
+    /// A location under the lake root, as a directory URL.
+    pub fn join(&self, parts: &[&str]) -> Url {
+        let mut url = self.0.clone();
+        let path = format!("{}{}/", url.path(), parts.join("/"));
+        url.set_path(&path);
+        url
+    }
+}
+
+fn normalize_path(path: &Path) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// What a view table's commit covers: written by the batch layer with each published
+/// version, read by the serving layer to merge exactly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ViewCommit {
+    /// The view definition the states were computed with ([`crate::view::ViewPlan::fingerprint`]).
+    pub fingerprint: String,
+    /// The raw table version the states were computed from.
+    pub raw_version: u64,
+    /// Kafka positions covered: `topic/partition` -> next offset (events below it are in the states).
+    #[serde(default)]
+    pub offsets: BTreeMap<String, i64>,
+    /// For a partial recompute, the window-start range `[from, to)` in microseconds.
+    pub range: Option<(i64, i64)>,
+    /// When the run started (microseconds since the epoch).
+    pub started_at: i64,
+    pub duration_ms: u64,
+    /// Raw events read and state rows written.
+    pub events: u64,
+    pub rows: u64,
+}
+
+/// One published version of a view, as recorded in its table's log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewVersion {
+    pub version: u64,
+    pub commit: ViewCommit,
+}
+
+/// Access to the lake's tables.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    root: LakeUrl,
+    options: HashMap<String, String>,
+}
+
+impl Lake {
+    pub fn new(config: &LakeConfig, base: &Path) -> Result<Self> {
+        register_object_stores();
+        let root = LakeUrl::parse(&config.url, base).map_err(Error::Input)?;
+        let mut options: HashMap<String, String> = config.options.clone().into_iter().collect();
+        let s3 = &config.s3;
+        let mut set = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                options.insert(k.to_string(), v.clone());
+            }
+        };
+        set("AWS_ENDPOINT_URL", &s3.endpoint);
+        set("AWS_REGION", &s3.region);
+        set("AWS_ACCESS_KEY_ID", &s3.access_key_id);
+        set("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key);
+        // An endpoint configured as http:// (a local S3 server) is allowed as such.
+        if s3.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")) {
+            options.insert("AWS_ALLOW_HTTP".into(), "true".into());
+        }
+        Ok(Lake { root, options })
+    }
+
+    pub fn root(&self) -> &LakeUrl {
+        &self.root
+    }
+
+    pub fn storage_options(&self) -> &HashMap<String, String> {
+        &self.options
+    }
+
+    pub fn raw_url(&self, source: &str) -> Url {
+        self.root.join(&["raw", source])
+    }
+
+    pub fn rejected_url(&self, source: &str) -> Url {
+        self.root.join(&["rejected", source])
+    }
+
+    pub fn view_url(&self, view: &str) -> Url {
+        self.root.join(&["views", view])
+    }
+
+    /// An object store rooted at `<lake>/_strata/`.
+    pub fn strata_store(&self) -> Result<Arc<dyn ObjectStore>> {
+        let url = self.root.join(&["_strata"]);
+        self.ensure_local_dir(&url)?;
+        deltalake::logstore::store_for(&url, self.options.clone()).map_err(|e| Error::lake(format!("open {url}"), e))
+    }
+
+    fn ensure_local_dir(&self, url: &Url) -> Result<()> {
+        if url.scheme() == "file" {
+            let path = url
+                .to_file_path()
+                .map_err(|()| Error::Input(format!("`{url}` is not a local path")))?;
+            std::fs::create_dir_all(&path).map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Opens a table; `None` when nothing has been written there yet.
+    pub async fn open(&self, url: &Url) -> Result<Option<DeltaTable>> {
+        if url.scheme() == "file" {
+            let path = url
+                .to_file_path()
+                .map_err(|()| Error::Input(format!("`{url}` is not a local path")))?;
+            if !path.join("_delta_log").exists() {
+                return Ok(None);
+            }
+        }
+        let table = DeltaTable::try_from_url_with_storage_options(url.clone(), self.options.clone())
+            .await
+            .map_err(|e| Error::lake(format!("open {}", redact(url)), e))?;
+        Ok(table.version().is_some().then_some(table))
+    }
+
+    /// Opens a table, creating it with `schema` when it does not exist yet.
+    pub async fn open_or_create(
+        &self,
+        url: &Url,
+        schema: &SchemaRef,
+        partition_columns: &[&str],
+        name: &str,
+    ) -> Result<DeltaTable> {
+        if let Some(table) = self.open(url).await? {
+            return Ok(table);
+        }
+        self.ensure_local_dir(url)?;
+        // Not loaded: we know there is no table there yet (a load would log an error).
+        let table = deltalake::DeltaTableBuilder::from_url(url.clone())
+            .and_then(|b| b.with_storage_options(self.options.clone()).build())
+            .map_err(|e| Error::lake(format!("open {}", redact(url)), e))?;
+        let kernel: StructType = schema
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e| Error::Internal(format!("schema of {name} is not a Delta schema: {e}")))?;
+        let created = table
+            .create()
+            .with_columns(kernel.fields().cloned())
+            .with_partition_columns(partition_columns.iter().copied())
+            .with_table_name(name)
+            .with_save_mode(SaveMode::Ignore)
+            .await;
+        match created {
+            Ok(table) => Ok(table),
+            // Another process created it at the same moment: use theirs.
+            Err(DeltaTableError::VersionAlreadyExists(_)) => self
+                .open(url)
+                .await?
+                .ok_or_else(|| Error::Internal(format!("table {} vanished after creation", redact(url)))),
+            Err(e) => Err(Error::lake(format!("create table {name} at {}", redact(url)), e)),
+        }
+    }
+
+    /// The Strata commit record of one version of a table, if it has one.
+    pub async fn commit_info<T: for<'de> Deserialize<'de>>(table: &DeltaTable, version: u64) -> Result<Option<T>> {
+        let log_store = table.log_store();
+        let Some(bytes) = log_store
+            .read_commit_entry(version)
+            .await
+            .map_err(|e| Error::lake(format!("read commit {version}"), e))?
+        else {
+            return Ok(None);
+        };
+        let actions = get_actions(version, &bytes).map_err(|e| Error::lake(format!("parse commit {version}"), e))?;
+        for action in actions {
+            if let Action::CommitInfo(ci) = action
+                && let Some(value) = ci.info.get(COMMIT_INFO_KEY)
+            {
+                let parsed = serde_json::from_value(value.clone())
+                    .map_err(|e| Error::lake(format!("Strata record of commit {version}"), e))?;
+                return Ok(Some(parsed));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The published versions of a view, newest first (at most `limit`).
+    pub async fn view_versions(table: &DeltaTable, limit: usize) -> Result<Vec<ViewVersion>> {
+        let Some(latest) = table.version() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for version in (0..=latest).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(commit) = Self::commit_info::<ViewCommit>(table, version).await? {
+                out.push(ViewVersion { version, commit });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest published version of a view.
+    pub async fn latest_view_version(table: &DeltaTable) -> Result<Option<ViewVersion>> {
+        Ok(Self::view_versions(table, 1).await?.into_iter().next())
+    }
+}
+
+/// Registers the S3 and HDFS object stores with the Delta library (idempotent).
+pub fn register_object_stores() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        deltalake::aws::register_handlers(None);
+        deltalake::hdfs::register_handlers(None);
+    });
+}
+
+/// A URL without credentials, for messages.
+pub fn redact(url: &Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_password(None);
+    let _ = url.set_username("");
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lake_urls() {
+        let base = Path::new("/etc/strata");
+        assert_eq!(
+            LakeUrl::parse("lake", base).unwrap().url().as_str(),
+            "file:///etc/strata/lake/"
+        );
+        assert_eq!(
+            LakeUrl::parse("../data/lake/", base).unwrap().url().as_str(),
+            "file:///etc/data/lake/"
+        );
+        assert_eq!(
+            LakeUrl::parse("file:///var/lake", base).unwrap().url().as_str(),
+            "file:///var/lake/"
+        );
+        let s3 = LakeUrl::parse("s3://bucket/prefix", base).unwrap();
+        assert_eq!(s3.join(&["raw", "clicks"]).as_str(), "s3://bucket/prefix/raw/clicks/");
+        assert!(LakeUrl::parse("hdfs://nn:8020/lake", base).is_ok());
+        assert!(
+            LakeUrl::parse("ftp://x/y", base)
+                .unwrap_err()
+                .contains("unsupported scheme `ftp://`")
+        );
+        assert!(
+            LakeUrl::parse("s3:///nobucket", base)
+                .unwrap_err()
+                .contains("no bucket")
+        );
+    }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what the tests and benchmarks need, skipping what is already there:
+# the Python environment (.venv: DuckDB, ADBC, pyarrow, moto, confluent-kafka, pyspark).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+stamp=.venv/.requirements.sha
+want=$(sha256sum scripts/requirements.txt | cut -d' ' -f1)
+if [ -x .venv/bin/python ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+  echo "setup: Python environment up to date (.venv)"
+else
+  echo "setup: installing the Python environment into .venv"
+  "$python" -m venv .venv
+  .venv/bin/pip install --quiet --upgrade pip
+  .venv/bin/pip install --quiet -r scripts/requirements.txt
+  echo "$want" > "$stamp"
+fi

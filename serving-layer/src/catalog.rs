@@ -1,0 +1,428 @@
+//! The catalog served over Flight SQL, resolved against the lake each time a query plans.
+//!
+//! ```text
+//!  strata (catalog)
+//!  ├── public     one table per view: finalize(merge(published states))      VIEW
+//!  ├── raw        one table per source: every valid event                    TABLE
+//!  ├── rejected   one table per source: every rejected record and why        TABLE
+//!  └── system     views, view_versions                                       SYSTEM TABLE
+//! ```
+//!
+//! A table is resolved to the newest committed version of its Delta table when a query
+//! plans, and the query reads that version to the end: a batch run publishing meanwhile is
+//! seen wholly by the next query, never partly by this one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::prelude::SessionContext;
+use deltalake::DeltaTable;
+use strata_core::config::Config;
+use strata_core::lake::{Lake, ViewVersion};
+use strata_core::schema::{SourceSchema, TIMESTAMP_TZ, rejected_schema, timestamp_type};
+use strata_core::session::{CATALOG, DEFAULT_SCHEMA, new_context, session_config};
+use strata_core::view::{ViewPlan, WindowKind};
+use strata_core::{Error, Result};
+use url::Url;
+
+pub const RAW_SCHEMA: &str = "raw";
+pub const REJECTED_SCHEMA: &str = "rejected";
+pub const SYSTEM_SCHEMA: &str = "system";
+pub const SYSTEM_VIEWS: &str = "views";
+pub const SYSTEM_VIEW_VERSIONS: &str = "view_versions";
+
+/// The schemas of the catalog, in listing order.
+pub const SCHEMAS: &[&str] = &[DEFAULT_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA, SYSTEM_SCHEMA];
+
+/// A view as served: its plan and schemas, known at startup.
+#[derive(Debug)]
+pub struct ServedView {
+    pub plan: ViewPlan,
+    /// Schema of the state rows (the view table in the lake).
+    pub state_schema: SchemaRef,
+    /// Schema of the finalized view.
+    pub schema: SchemaRef,
+}
+
+/// Everything the serving layer knows about the lake's tables.
+#[derive(Debug)]
+pub struct Catalog {
+    lake: Lake,
+    sources: Vec<Arc<SourceSchema>>,
+    views: Vec<ServedView>,
+    runtime: Arc<RuntimeEnv>,
+    /// Delta tables already opened, kept to update incrementally.
+    tables: Mutex<HashMap<Url, DeltaTable>>,
+}
+
+impl Catalog {
+    /// Builds the catalog and checks that every view plans with DataFusion.
+    pub async fn new(config: &Config) -> Result<Arc<Self>> {
+        let lake = Lake::new(&config.lake, config.base_dir())?;
+        let sources: Vec<Arc<SourceSchema>> = config.sources.iter().map(SourceSchema::new).collect();
+        let mut views = Vec::new();
+        for plan in config.view_plans()? {
+            let source = sources
+                .iter()
+                .find(|s| s.name == plan.source)
+                .ok_or_else(|| Error::Internal(format!("view {} without its source", plan.name)))?;
+            let (state_schema, schema) = view_schemas(&plan, source).await?;
+            views.push(ServedView {
+                plan,
+                state_schema,
+                schema,
+            });
+        }
+        Ok(Arc::new(Catalog {
+            lake,
+            sources,
+            views,
+            runtime: Arc::new(RuntimeEnv::default()),
+            tables: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
+    pub fn views(&self) -> &[ServedView] {
+        &self.views
+    }
+
+    pub fn sources(&self) -> &[Arc<SourceSchema>] {
+        &self.sources
+    }
+
+    /// A fresh session for one query, with this catalog as its default.
+    pub fn session(self: &Arc<Self>) -> Result<SessionContext> {
+        let state = SessionStateBuilder::new()
+            .with_config(session_config())
+            .with_runtime_env(self.runtime.clone())
+            .with_default_features()
+            .build();
+        let mut state = state;
+        strata_core::functions::register(&mut state)?;
+        let ctx = SessionContext::new_with_state(state);
+        ctx.register_catalog(CATALOG, Arc::new(StrataCatalog { catalog: self.clone() }));
+        Ok(ctx)
+    }
+
+    /// The newest version of a Delta table, or `None` if nothing was written there yet.
+    async fn latest(&self, url: &Url) -> Result<Option<DeltaTable>> {
+        let cached = self.tables.lock().expect("table cache lock").get(url).cloned();
+        let table = match cached {
+            Some(mut table) => {
+                table
+                    .update_incremental(None)
+                    .await
+                    .map_err(|e| Error::lake(format!("refresh {}", strata_core::lake::redact(url)), e))?;
+                table
+            }
+            None => match self.lake.open(url).await? {
+                Some(table) => table,
+                None => return Ok(None),
+            },
+        };
+        self.tables
+            .lock()
+            .expect("table cache lock")
+            .insert(url.clone(), table.clone());
+        Ok(Some(table))
+    }
+
+    async fn delta_provider(&self, table: &DeltaTable) -> Result<Arc<dyn TableProvider>> {
+        let ctx = self.session_for_tables()?;
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| Error::lake("register the lake's store", e))?;
+        table
+            .table_provider()
+            .with_session(Arc::new(ctx.state()))
+            .await
+            .map_err(|e| Error::lake("read a table", e))
+    }
+
+    /// A session on the shared runtime, used to register the lake's object store once.
+    fn session_for_tables(&self) -> Result<SessionContext> {
+        let state = SessionStateBuilder::new()
+            .with_config(session_config())
+            .with_runtime_env(self.runtime.clone())
+            .build();
+        Ok(SessionContext::new_with_state(state))
+    }
+
+    /// The published states of a view (empty before its first batch run), pinned to the
+    /// newest version, and the version.
+    pub async fn view_states(&self, view: &ServedView) -> Result<(Arc<dyn TableProvider>, Option<u64>)> {
+        match self.latest(&self.lake.view_url(&view.plan.name)).await? {
+            Some(table) => Ok((self.delta_provider(&table).await?, table.version())),
+            None => Ok((empty(&view.state_schema)?, None)),
+        }
+    }
+
+    /// A view: its states merged and finalized.
+    async fn view_table(&self, view: &ServedView) -> Result<Arc<dyn TableProvider>> {
+        let (states, _) = self.view_states(view).await?;
+        let ctx = new_context(session_config())?;
+        ctx.register_table("__states", states)?;
+        let df = ctx.sql(&view.plan.merge_sql("__states")).await?;
+        Ok(df.into_view())
+    }
+
+    async fn source_table(&self, url: &Url, schema: &SchemaRef) -> Result<Arc<dyn TableProvider>> {
+        match self.latest(url).await? {
+            Some(table) => self.delta_provider(&table).await,
+            None => empty(schema),
+        }
+    }
+
+    fn source(&self, name: &str) -> Option<&Arc<SourceSchema>> {
+        self.sources.iter().find(|s| s.name.eq_ignore_ascii_case(name))
+    }
+
+    fn view(&self, name: &str) -> Option<&ServedView> {
+        self.views.iter().find(|v| v.plan.name.eq_ignore_ascii_case(name))
+    }
+
+    /// The names of the tables of a schema.
+    pub fn table_names(&self, schema: &str) -> Vec<String> {
+        match schema {
+            DEFAULT_SCHEMA => self.views.iter().map(|v| v.plan.name.clone()).collect(),
+            RAW_SCHEMA | REJECTED_SCHEMA => self.sources.iter().map(|s| s.name.clone()).collect(),
+            SYSTEM_SCHEMA => vec![SYSTEM_VIEWS.to_string(), SYSTEM_VIEW_VERSIONS.to_string()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The table type shown to SQL clients.
+    pub fn table_type(schema: &str) -> &'static str {
+        match schema {
+            DEFAULT_SCHEMA => "VIEW",
+            SYSTEM_SCHEMA => "SYSTEM TABLE",
+            RAW_SCHEMA | REJECTED_SCHEMA => "TABLE",
+            _ => "VIEW",
+        }
+    }
+
+    /// Resolves a table of one of Strata's schemas.
+    pub async fn table(&self, schema: &str, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        Ok(match schema {
+            DEFAULT_SCHEMA => match self.view(name) {
+                Some(v) => Some(self.view_table(v).await?),
+                None => None,
+            },
+            RAW_SCHEMA => match self.source(name) {
+                Some(s) => Some(self.source_table(&self.lake.raw_url(&s.name), &s.raw).await?),
+                None => None,
+            },
+            REJECTED_SCHEMA => match self.source(name) {
+                Some(s) => Some(
+                    self.source_table(&self.lake.rejected_url(&s.name), &rejected_schema())
+                        .await?,
+                ),
+                None => None,
+            },
+            SYSTEM_SCHEMA => match name {
+                SYSTEM_VIEWS => Some(self.system_views()?),
+                SYSTEM_VIEW_VERSIONS => Some(self.system_view_versions().await?),
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
+    /// The schema of a table, known without reading the lake.
+    pub fn table_schema(&self, schema: &str, name: &str) -> Option<SchemaRef> {
+        match schema {
+            DEFAULT_SCHEMA => self.view(name).map(|v| v.schema.clone()),
+            RAW_SCHEMA => self.source(name).map(|s| s.raw.clone()),
+            REJECTED_SCHEMA => self.source(name).map(|_| rejected_schema()),
+            SYSTEM_SCHEMA => match name {
+                SYSTEM_VIEWS => Some(system_views_schema()),
+                SYSTEM_VIEW_VERSIONS => Some(system_view_versions_schema()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn system_views(&self) -> Result<Arc<dyn TableProvider>> {
+        let schema = system_views_schema();
+        let v = &self.views;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(v.iter().map(|v| v.plan.name.as_str()))),
+            Arc::new(StringArray::from_iter_values(v.iter().map(|v| v.plan.source.as_str()))),
+            Arc::new(StringArray::from_iter_values(v.iter().map(
+                |v| match v.plan.window.kind {
+                    WindowKind::Tumble => "tumble",
+                    WindowKind::Hop => "hop",
+                },
+            ))),
+            Arc::new(Int64Array::from_iter_values(v.iter().map(|v| v.plan.window.size_us))),
+            Arc::new(Int64Array::from_iter_values(v.iter().map(|v| v.plan.window.slide_us))),
+            Arc::new(StringArray::from_iter_values(v.iter().map(|v| v.plan.fingerprint()))),
+            Arc::new(StringArray::from_iter_values(v.iter().map(|v| v.plan.sql.as_str()))),
+        ];
+        table_of(schema, columns)
+    }
+
+    async fn system_view_versions(&self) -> Result<Arc<dyn TableProvider>> {
+        let schema = system_view_versions_schema();
+        let mut rows: Vec<(String, ViewVersion, bool)> = Vec::new();
+        for view in &self.views {
+            if let Some(table) = self.latest(&self.lake.view_url(&view.plan.name)).await? {
+                for (i, v) in Lake::view_versions(&table, 100).await?.into_iter().enumerate() {
+                    rows.push((view.plan.name.clone(), v, i == 0));
+                }
+            }
+        }
+        let ts_col = |f: &dyn Fn(&ViewVersion) -> Option<i64>| -> ArrayRef {
+            Arc::new(
+                TimestampMicrosecondArray::from(rows.iter().map(|(_, v, _)| f(v)).collect::<Vec<_>>())
+                    .with_timezone(TIMESTAMP_TZ),
+            )
+        };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(n, _, _)| n.as_str()))),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|(_, v, _)| v.version as i64),
+            )),
+            Arc::new(BooleanArray::from(rows.iter().map(|(_, _, c)| *c).collect::<Vec<_>>())),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|(_, v, _)| v.commit.fingerprint.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|(_, v, _)| v.commit.raw_version as i64),
+            )),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, v, _)| {
+                serde_json::to_string(&v.commit.offsets).unwrap_or_default()
+            }))),
+            ts_col(&|v| v.commit.range.map(|r| r.0)),
+            ts_col(&|v| v.commit.range.map(|r| r.1)),
+            ts_col(&|v| Some(v.commit.started_at)),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|(_, v, _)| v.commit.duration_ms as i64),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|(_, v, _)| v.commit.events as i64),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|(_, v, _)| v.commit.rows as i64),
+            )),
+        ];
+        table_of(schema, columns)
+    }
+}
+
+fn system_views_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("view", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("window", DataType::Utf8, false),
+        Field::new("window_size_us", DataType::Int64, false),
+        Field::new("window_slide_us", DataType::Int64, false),
+        Field::new("fingerprint", DataType::Utf8, false),
+        Field::new("definition", DataType::Utf8, false),
+    ]))
+}
+
+fn system_view_versions_schema() -> SchemaRef {
+    let ts = |name: &str, nullable| Field::new(name, timestamp_type(), nullable);
+    Arc::new(Schema::new(vec![
+        Field::new("view", DataType::Utf8, false),
+        Field::new("version", DataType::Int64, false),
+        Field::new("current", DataType::Boolean, false),
+        Field::new("fingerprint", DataType::Utf8, false),
+        Field::new("raw_version", DataType::Int64, false),
+        Field::new("kafka_offsets", DataType::Utf8, false),
+        ts("range_from", true),
+        ts("range_to", true),
+        ts("started_at", false),
+        Field::new("duration_ms", DataType::Int64, false),
+        Field::new("events", DataType::Int64, false),
+        Field::new("rows", DataType::Int64, false),
+    ]))
+}
+
+fn empty(schema: &SchemaRef) -> Result<Arc<dyn TableProvider>> {
+    Ok(Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?))
+}
+
+fn table_of(schema: SchemaRef, columns: Vec<ArrayRef>) -> Result<Arc<dyn TableProvider>> {
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+}
+
+/// Plans a view over empty tables: the state schema and the finalized schema. A view whose
+/// SQL does not type-check against its source fails here, at startup.
+pub async fn view_schemas(plan: &ViewPlan, source: &SourceSchema) -> Result<(SchemaRef, SchemaRef)> {
+    let ctx = new_context(session_config())?;
+    ctx.register_table(&source.name, empty(&source.raw)?)?;
+    let states = ctx.sql(&plan.state_sql(&source.name)).await.map_err(|e| {
+        Error::view(
+            &plan.name,
+            "SQL",
+            format!("does not plan over source `{}`: {}", source.name, e.strip_backtrace()),
+        )
+    })?;
+    let state_schema: SchemaRef = Arc::new(states.schema().as_arrow().clone());
+    ctx.register_table("__states", empty(&state_schema)?)?;
+    let merged = ctx
+        .sql(&plan.merge_sql("__states"))
+        .await
+        .map_err(|e| Error::Internal(format!("view `{}`: the merge does not plan: {e}", plan.name)))?;
+    Ok((state_schema, Arc::new(merged.schema().as_arrow().clone())))
+}
+
+/// The `strata` catalog as DataFusion sees it.
+#[derive(Debug)]
+struct StrataCatalog {
+    catalog: Arc<Catalog>,
+}
+
+impl CatalogProvider for StrataCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        SCHEMAS.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        SCHEMAS.iter().find(|s| **s == name).map(|s| {
+            Arc::new(StrataSchema {
+                catalog: self.catalog.clone(),
+                name: s,
+            }) as Arc<dyn SchemaProvider>
+        })
+    }
+}
+
+#[derive(Debug)]
+struct StrataSchema {
+    catalog: Arc<Catalog>,
+    name: &'static str,
+}
+
+#[async_trait]
+impl SchemaProvider for StrataSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.catalog.table_names(self.name)
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
+        self.catalog
+            .table(self.name, name)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.table_names().iter().any(|t| t.eq_ignore_ascii_case(name))
+    }
+}

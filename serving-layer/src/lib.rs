@@ -1,0 +1,120 @@
+//! `strata-serving`: the serving layer, an Arrow Flight SQL server over the lake.
+//!
+//! ```text
+//!  SQL clients (ADBC, JDBC/DBeaver, pyarrow.flight, strata query)
+//!        │  Flight SQL over gRPC (auth: handshake Basic -> Bearer, or a static token)
+//!        ▼
+//!  service: read-only check ─► DataFusion plan over the catalog ─► stream from do_get
+//!        ▼
+//!  catalog: views (finalize(merge(states))), raw and rejected tables, system tables,
+//!           each resolved to its newest committed Delta version when a query plans
+//! ```
+
+pub mod auth;
+pub mod catalog;
+pub mod metadata;
+pub mod service;
+pub mod sql;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use strata_core::config::Config;
+use strata_core::executor::CpuRuntime;
+use strata_core::{Error, Result};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+pub use catalog::Catalog;
+pub use service::StrataFlightSql;
+
+/// Largest message a client may send (parameters) or receive.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// A running Flight SQL server; stopped when `stop` is cancelled (or the handle dropped).
+#[derive(Debug)]
+pub struct RunningServer {
+    pub address: SocketAddr,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
+}
+
+impl RunningServer {
+    /// Stops accepting calls, lets the calls in flight finish, and waits.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.stop.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after `stop` is cancelled).
+    pub async fn wait(&mut self) -> Result<()> {
+        if let Some(task) = self.task.take() {
+            task.await
+                .map_err(|e| Error::Internal(format!("the Flight server task failed: {e}")))?
+                .map_err(|e| Error::Internal(format!("the Flight server failed: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Refuses to serve beyond loopback without authentication, unless told to.
+pub fn check_exposure(config: &Config, address: &SocketAddr) -> Result<()> {
+    if !address.ip().is_loopback() && !config.serve.auth.enabled() && !config.serve.allow_unauthenticated_remote {
+        return Err(Error::config(
+            &config.file,
+            "serve.auth",
+            format!(
+                "refusing to serve on {address} without authentication: anyone who can reach it could read the lake. \
+                 Set serve.auth.token (or STRATA_AUTH_TOKEN) or serve.auth.users, bind to 127.0.0.1, \
+                 or set serve.allow_unauthenticated_remote = true to accept the risk"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Binds `address` (port 0 picks a free port) and serves the catalog until `stop`.
+pub async fn start(
+    config: &Config,
+    address: SocketAddr,
+    cpu: CpuRuntime,
+    stop: CancellationToken,
+) -> Result<RunningServer> {
+    check_exposure(config, &address)?;
+    let catalog = Catalog::new(config).await?;
+    let auth = Arc::new(auth::Authenticator::new(&config.serve.auth));
+    let service = StrataFlightSql::new(catalog, auth, cpu);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| Error::io(format!("cannot listen on {address}"), e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::io("read the bound address", e))?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let svc = FlightServiceServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let signal = stop.clone();
+    let task = tokio::spawn(async move {
+        Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, signal.cancelled_owned())
+            .await
+    });
+    Ok(RunningServer {
+        address: bound,
+        stop,
+        task: Some(task),
+    })
+}

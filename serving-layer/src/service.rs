@@ -1,0 +1,674 @@
+//! The Flight SQL service.
+//!
+//! ```text
+//!  GetFlightInfo(CommandStatementQuery{sql})      plan (read-only check, DataFusion) -> schema,
+//!                                                 ticket = TicketStatementQuery{handle: sql}
+//!  DoGet(ticket)                                  plan again, execute on the CPU runtime,
+//!                                                 stream batches as they come (never collected)
+//!  DoAction(CreatePreparedStatement{sql})         handle = {sql}; dataset and parameter schemas
+//!  DoPut(CommandPreparedStatementQuery, params)   handle = {sql, params}
+//!  GetFlightInfo/DoGet(CommandPreparedStatementQuery{handle})
+//! ```
+//!
+//! Handles carry everything needed to run (the SQL and bound parameters), so any replica
+//! can answer any ticket.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::metadata::{GetCatalogsBuilder, GetDbSchemasBuilder, GetTablesBuilder};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionBeginTransactionRequest, ActionBeginTransactionResult, ActionClosePreparedStatementRequest,
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, CommandGetCatalogs,
+    CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys,
+    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
+    CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
+};
+use base64::Engine as _;
+use base64::prelude::BASE64_STANDARD;
+use bytes::Bytes;
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::prelude::DataFrame;
+use futures::{Stream, StreamExt, TryStreamExt, stream};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use strata_core::executor::CpuRuntime;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::Authenticator;
+use crate::catalog::{Catalog, SCHEMAS};
+use crate::metadata::{SQL_INFO, XDBC_TYPES, foreign_keys_schema, primary_keys_schema};
+use crate::sql::{check_read_only, df_status, read_only_options, status};
+
+type DoGetStream = <StrataFlightSql as FlightService>::DoGetStream;
+
+/// What a statement handle and a ticket carry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Handle {
+    sql: String,
+    /// Bound parameters: an Arrow IPC stream, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    params: Option<String>,
+}
+
+impl Handle {
+    fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("a handle serializes"))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Handle, Status> {
+        serde_json::from_slice(bytes)
+            .map_err(|_| Status::invalid_argument("unknown statement handle: prepare the statement again"))
+    }
+
+    fn params(&self) -> Result<Option<ParamValues>, Status> {
+        let Some(encoded) = &self.params else {
+            return Ok(None);
+        };
+        let bytes = BASE64_STANDARD
+            .decode(encoded)
+            .map_err(|_| Status::invalid_argument("corrupt parameters in the statement handle"))?;
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .map_err(|e| Status::invalid_argument(format!("corrupt parameters: {e}")))?;
+        let batches = reader
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(format!("corrupt parameters: {e}")))?;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let Some(batch) = batches.into_iter().find(|b| b.num_rows() > 0) else {
+            return Ok(None);
+        };
+        if rows > 1 {
+            return Err(Status::invalid_argument(format!(
+                "a query takes one row of parameters, got {rows}"
+            )));
+        }
+        let values = batch
+            .columns()
+            .iter()
+            .map(|c| ScalarValue::try_from_array(c, 0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| df_status(&e))?;
+        Ok(Some(ParamValues::from(values)))
+    }
+}
+
+/// The Flight SQL service over a [`Catalog`].
+#[derive(Debug, Clone)]
+pub struct StrataFlightSql {
+    catalog: Arc<Catalog>,
+    auth: Arc<Authenticator>,
+    cpu: CpuRuntime,
+}
+
+impl StrataFlightSql {
+    pub fn new(catalog: Arc<Catalog>, auth: Arc<Authenticator>, cpu: CpuRuntime) -> Self {
+        StrataFlightSql { catalog, auth, cpu }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.auth.check(request.metadata())
+    }
+
+    /// Plans a statement: refused if it is not read-only, the planner's message if it does
+    /// not plan.
+    async fn plan(&self, handle: &Handle) -> Result<DataFrame, Status> {
+        check_read_only(&handle.sql)?;
+        let ctx = self.catalog.session().map_err(|e| status(&e))?;
+        let df = ctx
+            .sql_with_options(&handle.sql, read_only_options())
+            .await
+            .map_err(|e| df_status(&e))?;
+        match handle.params()? {
+            Some(params) => df.with_param_values(params).map_err(|e| df_status(&e)),
+            None => Ok(df),
+        }
+    }
+
+    async fn flight_info(
+        &self,
+        handle: &Handle,
+        ticket: Ticket,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        let df = self.plan(handle).await?;
+        let schema = output_schema(df.schema().as_arrow());
+        FlightInfo::new()
+            .try_with_schema(&schema)
+            .map_err(|e| Status::internal(format!("encode the schema: {e}")))
+            .map(|info| {
+                info.with_endpoint(FlightEndpoint::new().with_ticket(ticket))
+                    .with_descriptor(descriptor)
+            })
+    }
+
+    /// Runs a statement and streams its batches as they are produced.
+    async fn execute(&self, handle: Handle) -> Result<Response<DoGetStream>, Status> {
+        let started = Instant::now();
+        let df = self.plan(&handle).await?;
+        let schema = output_schema(df.schema().as_arrow());
+        let stream = self
+            .cpu
+            .spawn(df.execute_stream())
+            .await
+            .map_err(|e| df_status(&e))?
+            .map_err(|e| df_status(&e))?;
+        let stream = self.cpu.run_stream(stream);
+        let out_schema = schema.clone();
+        let batches = stream.map(move |b| {
+            b.map_err(|e| FlightError::Tonic(Box::new(df_status(&e))))
+                .and_then(|b| cast_to(&b, &out_schema).map_err(FlightError::Arrow))
+        });
+        tracing::debug!(sql = %handle.sql, planned_in = ?started.elapsed(), "query started");
+        encode(schema, batches)
+    }
+
+    fn handle_from_any(bytes: &[u8]) -> Result<Handle, Status> {
+        Handle::decode(bytes)
+    }
+}
+
+/// The schema sent to clients: no view types (the JDBC driver cannot read them).
+pub fn output_schema(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let t = match f.data_type() {
+                DataType::Utf8View => DataType::Utf8,
+                DataType::BinaryView => DataType::Binary,
+                t => t.clone(),
+            };
+            f.as_ref().clone().with_data_type(t)
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+fn cast_to(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch.clone());
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                arrow::compute::cast(c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+}
+
+fn encode<S>(schema: SchemaRef, batches: S) -> Result<Response<DoGetStream>, Status>
+where
+    S: Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
+{
+    let stream = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(batches)
+        .map_err(Status::from);
+    Ok(Response::new(Box::pin(stream)))
+}
+
+fn one_batch(schema: SchemaRef, batch: Result<RecordBatch, FlightError>) -> Result<Response<DoGetStream>, Status> {
+    encode(schema, stream::once(async move { batch }))
+}
+
+fn empty_answer(schema: SchemaRef) -> Result<Response<DoGetStream>, Status> {
+    encode(schema, stream::empty())
+}
+
+fn info_for(
+    schema: &Schema,
+    command_ticket: Vec<u8>,
+    request: Request<FlightDescriptor>,
+) -> Result<Response<FlightInfo>, Status> {
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(format!("encode the schema: {e}")))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(command_ticket)))
+        .with_descriptor(request.into_inner());
+    Ok(Response::new(info))
+}
+
+fn schema_bytes(schema: &Schema) -> Result<Bytes, Status> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(|e: arrow::error::ArrowError| Status::internal(format!("encode a schema: {e}")))?;
+    Ok(bytes)
+}
+
+const READ_ONLY: &str = "Strata's SQL is read-only: it serves views defined in strata.toml and the lake's tables";
+
+#[tonic::async_trait]
+impl FlightSqlService for StrataFlightSql {
+    type FlightService = StrataFlightSql;
+
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
+        let token = self.auth.handshake(request.metadata())?;
+        let bearer: MetadataValue<_> = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::internal("token is not ASCII"))?;
+        let response = HandshakeResponse {
+            protocol_version: 0,
+            payload: Bytes::from(token),
+        };
+        let output: Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>> =
+            Box::pin(stream::iter(vec![Ok(response)]));
+        let mut response = Response::new(output);
+        response.metadata_mut().insert("authorization", bearer);
+        Ok(response)
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authorize(&request)?;
+        let handle = Handle {
+            sql: query.query,
+            params: None,
+        };
+        let ticket = Ticket::new(
+            TicketStatementQuery {
+                statement_handle: handle.encode(),
+            }
+            .as_any()
+            .encode_to_vec(),
+        );
+        let info = self.flight_info(&handle, ticket, request.into_inner()).await?;
+        Ok(Response::new(info))
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authorize(&request)?;
+        let handle = Self::handle_from_any(&cmd.prepared_statement_handle)?;
+        let ticket = Ticket::new(cmd.as_any().encode_to_vec());
+        let info = self.flight_info(&handle, ticket, request.into_inner()).await?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.authorize(&request)?;
+        self.execute(Handle::decode(&ticket.statement_handle)?).await
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.authorize(&request)?;
+        self.execute(Handle::decode(&query.prepared_statement_handle)?).await
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        self.authorize(&request)?;
+        let handle = Handle {
+            sql: query.query,
+            params: None,
+        };
+        let df = self.plan(&handle).await?;
+        let dataset_schema = output_schema(df.schema().as_arrow());
+        let mut parameters: Vec<(String, Option<DataType>)> = df
+            .logical_plan()
+            .get_parameter_types()
+            .map_err(|e| df_status(&e))?
+            .into_iter()
+            .collect();
+        parameters.sort_by_key(|(name, _)| name.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX));
+        let parameter_schema = Schema::new(
+            parameters
+                .into_iter()
+                .map(|(name, t)| Field::new(name, t.unwrap_or(DataType::Null), true))
+                .collect::<Vec<_>>(),
+        );
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.encode(),
+            dataset_schema: schema_bytes(&dataset_schema)?,
+            parameter_schema: schema_bytes(&parameter_schema)?,
+        })
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        self.authorize(&request)?;
+        let mut handle = Handle::decode(&query.prepared_statement_handle)?;
+        let batches: Vec<RecordBatch> = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+            request.into_inner().map_err(FlightError::from),
+        )
+        .try_collect()
+        .await?;
+        let mut ipc = Vec::new();
+        if let Some(first) = batches.first() {
+            let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &first.schema())
+                .map_err(|e| Status::invalid_argument(format!("parameters: {e}")))?;
+            for b in &batches {
+                writer
+                    .write(b)
+                    .map_err(|e| Status::invalid_argument(format!("parameters: {e}")))?;
+            }
+            writer
+                .finish()
+                .map_err(|e| Status::invalid_argument(format!("parameters: {e}")))?;
+        }
+        handle.params = (!ipc.is_empty()).then(|| BASE64_STANDARD.encode(&ipc));
+        // Planning now reports a bad binding at bind time.
+        self.plan(&handle).await?;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(handle.encode()),
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        _query: ActionClosePreparedStatementRequest,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<(), Status> {
+        // Handles hold no server state: nothing to free.
+        self.authorize(&request)
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        _ticket: CommandStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        self.authorize(&request)?;
+        Err(Status::permission_denied(READ_ONLY))
+    }
+
+    async fn do_put_statement_ingest(
+        &self,
+        _ticket: CommandStatementIngest,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        self.authorize(&request)?;
+        Err(Status::permission_denied(READ_ONLY))
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        _query: CommandPreparedStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        self.authorize(&request)?;
+        Err(Status::permission_denied(READ_ONLY))
+    }
+
+    async fn do_action_begin_transaction(
+        &self,
+        _query: ActionBeginTransactionRequest,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<ActionBeginTransactionResult, Status> {
+        self.authorize(&request)?;
+        Err(Status::unimplemented(
+            "Strata has no transactions: its SQL is read-only",
+        ))
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authorize(&request)?;
+        let schema = query.into_builder().schema();
+        info_for(&schema, query.as_any().encode_to_vec(), request)
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.authorize(&request)?;
+        let mut builder: GetCatalogsBuilder = query.into_builder();
+        builder.append(strata_core::session::CATALOG);
+        let schema = builder.schema();
+        one_batch(schema, builder.build())
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authorize(&request)?;
+        let schema = query.clone().into_builder().schema();
+        info_for(&schema, query.as_any().encode_to_vec(), request)
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.authorize(&request)?;
+        let mut builder: GetDbSchemasBuilder = query.into_builder();
+        for schema in SCHEMAS {
+            builder.append(strata_core::session::CATALOG, schema);
+        }
+        let schema = builder.schema();
+        one_batch(schema, builder.build())
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authorize(&request)?;
+        let schema = query.clone().into_builder().schema();
+        info_for(&schema, query.as_any().encode_to_vec(), request)
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.authorize(&request)?;
+        let mut builder: GetTablesBuilder = query.into_builder();
+        for schema in SCHEMAS {
+            for table in self.catalog.table_names(schema) {
+                let table_schema = self
+                    .catalog
+                    .table_schema(schema, &table)
+                    .map(|s| output_schema(&s))
+                    .unwrap_or_else(|| Arc::new(Schema::empty()));
+                builder
+                    .append(
+                        strata_core::session::CATALOG,
+                        schema,
+                        &table,
+                        Catalog::table_type(schema),
+                        &table_schema,
+                    )
+                    .map_err(Status::from)?;
+            }
+        }
+        let schema = builder.schema();
+        one_batch(schema, builder.build())
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authorize(&request)?;
+        let schema = query.into_builder().schema();
+        info_for(&schema, query.as_any().encode_to_vec(), request)
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.authorize(&request)?;
+        let mut builder = query.into_builder();
+        for t in ["SYSTEM TABLE", "TABLE", "VIEW"] {
+            builder.append(t);
+        }
+        let schema = builder.schema();
+        one_batch(schema, builder.build())
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authorize(&request)?;
+        let schema = query.clone().into_builder(&SQL_INFO).schema();
+        info_for(&schema, query.as_any().encode_to_vec(), request)
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.authorize(&request)?;
+        let builder = query.into_builder(&SQL_INFO);
+        let schema = builder.schema();
+        one_batch(schema, builder.build())
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authorize(&request)?;
+        let schema = query.into_builder(&XDBC_TYPES).schema();
+        info_for(&schema, query.as_any().encode_to_vec(), request)
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.authorize(&request)?;
+        let builder = query.into_builder(&XDBC_TYPES);
+        let schema = builder.schema();
+        one_batch(schema, builder.build())
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authorize(&request)?;
+        info_for(&primary_keys_schema(), query.as_any().encode_to_vec(), request)
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        _query: CommandGetPrimaryKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.authorize(&request)?;
+        empty_answer(primary_keys_schema())
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        query: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authorize(&request)?;
+        info_for(&foreign_keys_schema(), query.as_any().encode_to_vec(), request)
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        _query: CommandGetExportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.authorize(&request)?;
+        empty_answer(foreign_keys_schema())
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        query: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authorize(&request)?;
+        info_for(&foreign_keys_schema(), query.as_any().encode_to_vec(), request)
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        _query: CommandGetImportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.authorize(&request)?;
+        empty_answer(foreign_keys_schema())
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        query: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authorize(&request)?;
+        info_for(&foreign_keys_schema(), query.as_any().encode_to_vec(), request)
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        _query: CommandGetCrossReference,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.authorize(&request)?;
+        empty_answer(foreign_keys_schema())
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}

@@ -1,0 +1,178 @@
+//! SQL over Flight is read-only: queries, EXPLAIN and SHOW. Anything that writes or reads
+//! outside the catalog (DDL, DML, COPY, CREATE EXTERNAL TABLE, SET) is refused before
+//! planning with a message that says so; DataFusion's own SQL options refuse them again.
+//!
+//! Errors become `tonic::Status` here, in one place.
+
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
+use datafusion::sql::parser::{DFParser, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use strata_core::{Error, ErrorDomain};
+use tonic::Status;
+
+/// DataFusion's options for every statement Strata plans.
+pub fn read_only_options() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// Refuses what is not a read-only query, naming it.
+pub fn check_read_only(sql: &str) -> Result<(), Status> {
+    let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
+        .map_err(|e| Status::invalid_argument(e.strip_backtrace()))?;
+    if statements.len() != 1 {
+        return Err(Status::invalid_argument(format!(
+            "expected exactly one SQL statement, got {}",
+            statements.len()
+        )));
+    }
+    let refuse = |what: &str, why: &str| Err(Status::permission_denied(format!("{what} is not allowed: {why}")));
+    const READ_ONLY: &str = "Strata's SQL is read-only (views are defined in strata.toml)";
+    match &statements[0] {
+        DFStatement::CreateExternalTable(_) => refuse(
+            "CREATE EXTERNAL TABLE",
+            "it would let a client read any file the server can reach; Strata's SQL is read-only",
+        ),
+        DFStatement::CopyTo(_) => refuse("COPY", "it writes files on the server; Strata's SQL is read-only"),
+        DFStatement::Reset(_) => refuse("RESET", READ_ONLY),
+        DFStatement::Explain(explain) => match explain.statement.as_ref() {
+            DFStatement::Statement(s) => check_statement(s),
+            other => check_read_only(&other.to_string()),
+        },
+        DFStatement::Statement(s) => check_statement(s),
+    }
+}
+
+fn check_statement(s: &Statement) -> Result<(), Status> {
+    let what = match s {
+        Statement::Query(_)
+        | Statement::ShowTables { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::ShowFunctions { .. }
+        | Statement::ShowSchemas { .. } => return Ok(()),
+        Statement::Explain { statement, .. } => return check_statement(statement),
+        Statement::Insert(_) => "INSERT",
+        Statement::Update { .. } => "UPDATE",
+        Statement::Delete(_) => "DELETE",
+        Statement::Merge { .. } => "MERGE",
+        Statement::Truncate { .. } => "TRUNCATE",
+        Statement::Copy { .. } => "COPY",
+        Statement::CreateTable(_) => "CREATE TABLE",
+        Statement::CreateView { .. } => "CREATE VIEW",
+        Statement::CreateSchema { .. } => "CREATE SCHEMA",
+        Statement::CreateDatabase { .. } => "CREATE DATABASE",
+        Statement::CreateFunction(_) => "CREATE FUNCTION",
+        Statement::CreateIndex(_) => "CREATE INDEX",
+        Statement::Drop { .. } => "DROP",
+        Statement::AlterTable { .. } => "ALTER TABLE",
+        Statement::Set(_) => "SET",
+        Statement::StartTransaction { .. } | Statement::Commit { .. } | Statement::Rollback { .. } => "a transaction",
+        Statement::Prepare { .. } | Statement::Execute { .. } | Statement::Deallocate { .. } => {
+            return Err(Status::permission_denied(
+                "PREPARE/EXECUTE in SQL is not allowed: use Flight SQL prepared statements",
+            ));
+        }
+        _ => "this statement",
+    };
+    Err(Status::permission_denied(format!(
+        "{what} is not allowed: Strata's SQL is read-only (views are defined in strata.toml)"
+    )))
+}
+
+/// A Strata error as a Flight status.
+pub fn status(e: &Error) -> Status {
+    match e {
+        Error::DataFusion(df) => df_status(df),
+        e => match e.domain() {
+            ErrorDomain::User => Status::invalid_argument(e.to_string()),
+            ErrorDomain::External => Status::unavailable(e.to_string()),
+            ErrorDomain::Internal => Status::internal(e.to_string()),
+        },
+    }
+}
+
+/// A DataFusion error as a Flight status: planning mistakes are the client's.
+pub fn df_status(e: &DataFusionError) -> Status {
+    if let DataFusionError::External(inner) = e
+        && let Some(strata) = inner.downcast_ref::<Error>()
+    {
+        return status(strata);
+    }
+    if let DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) = e
+        && matches!(inner.as_ref(), DataFusionError::External(_))
+    {
+        return df_status(inner);
+    }
+    let message = e.clone_message();
+    match strata_core::error::datafusion_domain(e) {
+        ErrorDomain::User => Status::invalid_argument(message),
+        ErrorDomain::External => Status::unavailable(message),
+        ErrorDomain::Internal => Status::internal(message),
+    }
+}
+
+trait CloneMessage {
+    fn clone_message(&self) -> String;
+}
+
+impl CloneMessage for DataFusionError {
+    fn clone_message(&self) -> String {
+        self.to_string()
+            .split("\nbacktrace")
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn only_reads_pass() {
+        for ok in [
+            "SELECT 1",
+            "WITH a AS (SELECT 1) SELECT * FROM a",
+            "EXPLAIN SELECT 1",
+            "SHOW TABLES",
+            "select * from raw.page_views where x = $1",
+        ] {
+            assert!(check_read_only(ok).is_ok(), "{ok}");
+        }
+        for (bad, what) in [
+            ("CREATE TABLE t (a INT)", "CREATE TABLE"),
+            (
+                "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
+                "CREATE EXTERNAL TABLE",
+            ),
+            ("COPY (SELECT 1) TO '/tmp/x.parquet'", "COPY"),
+            ("INSERT INTO t VALUES (1)", "INSERT"),
+            ("DELETE FROM t", "DELETE"),
+            ("UPDATE t SET a = 1", "UPDATE"),
+            ("DROP TABLE t", "DROP"),
+            ("CREATE VIEW v AS SELECT 1", "CREATE VIEW"),
+            ("SET datafusion.execution.batch_size = 1", "SET"),
+            ("EXPLAIN INSERT INTO t VALUES (1)", "INSERT"),
+        ] {
+            let e = check_read_only(bad).unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{bad}");
+            assert!(
+                e.message().starts_with(&format!("{what} is not allowed")),
+                "{bad}: {}",
+                e.message()
+            );
+        }
+        let e = check_read_only("SELEC 1").unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        let e = check_read_only("SELECT 1; SELECT 2").unwrap_err();
+        assert!(e.message().contains("exactly one"));
+    }
+}

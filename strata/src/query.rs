@@ -1,0 +1,136 @@
+//! `strata query`: a Flight SQL client that prints a result as a table, CSV, JSON or Parquet.
+
+use std::io::Write;
+
+use anyhow::{Context, Result, bail};
+use arrow::array::RecordBatch;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::TryStreamExt;
+use tonic::transport::Endpoint;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+    Parquet,
+}
+
+/// How to reach and log in to a server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connection {
+    /// The Flight SQL endpoint.
+    #[arg(long, env = "STRATA_ENDPOINT", default_value = "http://127.0.0.1:50051")]
+    pub endpoint: String,
+    /// A bearer token (the server's serve.auth.token).
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Log in with the Flight handshake as this user.
+    #[arg(long, env = "STRATA_USER")]
+    pub user: Option<String>,
+    /// The user's password.
+    #[arg(long, env = "STRATA_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+}
+
+impl Connection {
+    pub async fn connect(&self) -> Result<FlightSqlServiceClient<tonic::transport::Channel>> {
+        let endpoint = if self.endpoint.contains("://") {
+            self.endpoint.clone()
+        } else {
+            format!("http://{}", self.endpoint)
+        };
+        let channel = Endpoint::from_shared(endpoint.clone())
+            .with_context(|| format!("`{endpoint}` is not an endpoint URL"))?
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {endpoint}: is `strata serve` running there?"))?;
+        let inner = FlightServiceClient::new(channel).max_decoding_message_size(64 << 20);
+        let mut client = FlightSqlServiceClient::new_from_inner(inner);
+        match (&self.token, &self.user) {
+            (Some(token), _) => client.set_token(token.clone()),
+            (None, Some(user)) => {
+                let password = self.password.clone().unwrap_or_default();
+                client
+                    .handshake(user, &password)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("login as {user} failed: {}", flight_message(&e)))?;
+            }
+            (None, None) => {}
+        }
+        Ok(client)
+    }
+}
+
+/// The message of a Flight error, with the server's status when there is one.
+pub fn flight_message(e: &arrow_flight::error::FlightError) -> String {
+    match e {
+        arrow_flight::error::FlightError::Tonic(status) => format!("{:?}: {}", status.code(), status.message()),
+        other => other.to_string(),
+    }
+}
+
+/// Runs `sql` and returns every batch.
+pub async fn run(connection: &Connection, sql: &str) -> Result<Vec<RecordBatch>> {
+    let mut client = connection.connect().await?;
+    let info = client
+        .execute(sql.to_string(), None)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", flight_message(&e)))?;
+    let mut batches = Vec::new();
+    for endpoint in &info.endpoint {
+        let Some(ticket) = endpoint.ticket.clone() else {
+            bail!("the server returned an endpoint without a ticket");
+        };
+        let stream = client
+            .do_get(ticket)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", flight_message(&e)))?;
+        let mut got: Vec<RecordBatch> = stream
+            .try_collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", flight_message(&e)))?;
+        batches.append(&mut got);
+    }
+    if batches.is_empty() {
+        let schema = info.try_decode_schema().context("decode the result schema")?;
+        batches.push(RecordBatch::new_empty(std::sync::Arc::new(schema)));
+    }
+    Ok(batches)
+}
+
+/// Writes batches in `format`.
+pub fn write(batches: &[RecordBatch], format: Format, out: &mut dyn Write) -> Result<()> {
+    match format {
+        Format::Table => {
+            writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(batches)?)?;
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            writeln!(out, "{rows} row{}", if rows == 1 { "" } else { "s" })?;
+        }
+        Format::Csv => {
+            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(out);
+            for b in batches {
+                w.write(b)?;
+            }
+        }
+        Format::Json => {
+            let mut w = arrow::json::ArrayWriter::new(out);
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+        Format::Parquet => {
+            let schema = batches.first().map(|b| b.schema()).context("no result")?;
+            let mut buf = Vec::new();
+            let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None)?;
+            for b in batches {
+                w.write(b)?;
+            }
+            w.close()?;
+            out.write_all(&buf)?;
+        }
+    }
+    Ok(())
+}
