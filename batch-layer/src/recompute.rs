@@ -59,12 +59,13 @@ fn ts_lit(micros: i64) -> Expr {
     ))
 }
 
-/// Aligns a range outward to the view's slide, so that whole windows are recomputed.
+/// The window starts to recompute for an event-time range `[from, to)`: every window that
+/// overlaps it (for a hopping window, also those starting before `from`), aligned to the slide.
 pub fn align_range(plan: &ViewPlan, (from, to): Range) -> Range {
-    let slide = plan.window.slide_us;
-    let from = from.div_euclid(slide) * slide;
-    let to = (to + slide - 1).div_euclid(slide) * slide;
-    (from, to.max(from + slide))
+    let (slide, size) = (plan.window.slide_us, plan.window.size_us);
+    let first = from.div_euclid(slide) * slide - size + slide;
+    let end = (to + slide - 1).div_euclid(slide) * slide;
+    (first, end.max(first + slide))
 }
 
 /// Whether the raw table's data changed between two versions (compactions do not count).
@@ -195,6 +196,9 @@ pub async fn recompute(
             );
             let events = ctx.sql(&sql).await?;
             ctx.register_table(&source.name, events.into_view())?;
+            // Windows outside the range still reflect the published version's snapshot: the
+            // coverage stays that version's, so the next full run sees the new data.
+            commit.raw_version = previous.commit.raw_version;
             commit.offsets = previous.commit.offsets.clone();
             commit.range = Some((from, to));
         }

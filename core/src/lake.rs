@@ -119,7 +119,8 @@ fn normalize_path(path: &Path) -> std::path::PathBuf {
 pub struct ViewCommit {
     /// The view definition the states were computed with ([`crate::view::ViewPlan::fingerprint`]).
     pub fingerprint: String,
-    /// The raw table version the states were computed from.
+    /// The raw table version the states were computed from. A partial (range) recompute
+    /// keeps the version of the states it patches: outside its range they reflect that one.
     pub raw_version: u64,
     /// Kafka positions covered: `topic/partition` -> next offset (events below it are in the states).
     #[serde(default)]

@@ -1242,3 +1242,169 @@ latency_ms = "int64"
         assert!(parse_interval("0 seconds").is_err());
     }
 }
+
+/// Property: for every aggregate, the states of any split of the events, merged, finalize to
+/// the same answer as the states of all the events (the exactness the speed/batch merge
+/// relies on). Runs the views' own SQL with DataFusion.
+#[cfg(test)]
+mod merge_properties {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+    use datafusion::datasource::MemTable;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::schema::SourceSchema;
+    use crate::session::{new_context, session_config};
+
+    const CONFIG: &str = r#"
+[lake]
+url = "file:///tmp/unused"
+[[sources]]
+name = "events"
+event_time = { column = "ts" }
+[sources.schema]
+ts = "timestamp"
+k = "string"
+u = "string"
+x = "int64"
+[[views]]
+name = "tumbling"
+sql = """SELECT window_start, window_end, k, count(*) AS n, count(x) AS nx, sum(x) AS s, min(x) AS lo, max(x) AS hi,
+  avg(x) AS mean, approx_distinct(u) AS users, approx_percentile(x, 0.5) AS median,
+  count(*) FILTER (WHERE x > 50) AS big FROM events WHERE k <> 'skip' GROUP BY tumble(ts, INTERVAL '10 seconds'), k"""
+[[views]]
+name = "hopping"
+sql = """SELECT window_start, count(*) AS n, sum(x) AS s, avg(x) AS mean, approx_distinct(u) AS users
+  FROM events GROUP BY hop(ts, INTERVAL '5 seconds', INTERVAL '15 seconds')"""
+"#;
+
+    #[derive(Debug, Clone)]
+    struct Event {
+        t: i64,
+        k: &'static str,
+        u: u8,
+        x: Option<i64>,
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        (
+            0i64..60_000_000,
+            prop::sample::select(vec!["a", "b", "c", "skip"]),
+            any::<u8>(),
+            prop::option::of(0i64..100),
+        )
+            .prop_map(|(t, k, u, x)| Event { t, k, u, x })
+    }
+
+    fn batch(source: &SourceSchema, events: &[Event]) -> RecordBatch {
+        let columns: Vec<arrow::array::ArrayRef> = vec![
+            Arc::new(
+                TimestampMicrosecondArray::from(events.iter().map(|e| e.t).collect::<Vec<_>>()).with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from(events.iter().map(|e| Some(e.k)).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(
+                events.iter().map(|e| Some(format!("u{}", e.u))).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(events.iter().map(|e| e.x).collect::<Vec<_>>())),
+        ];
+        crate::schema::complete_raw_batch(source, columns).unwrap()
+    }
+
+    /// Finalized view rows keyed by their key columns, values as text (floats rounded).
+    async fn finalized(
+        plan: &ViewPlan,
+        source: &Arc<SourceSchema>,
+        parts: &[&[Event]],
+    ) -> BTreeMap<String, Vec<String>> {
+        let ctx = new_context(session_config()).unwrap();
+        let mut states = Vec::new();
+        for part in parts {
+            let table = MemTable::try_new(source.raw.clone(), vec![vec![batch(source, part)]]).unwrap();
+            let _ = ctx.deregister_table("events");
+            ctx.register_table("events", Arc::new(table)).unwrap();
+            states.extend(
+                ctx.sql(&plan.state_sql("events"))
+                    .await
+                    .unwrap()
+                    .collect()
+                    .await
+                    .unwrap(),
+            );
+        }
+        let schema = states.first().map(|b| b.schema());
+        let Some(schema) = schema else { return BTreeMap::new() };
+        ctx.register_table("states", Arc::new(MemTable::try_new(schema, vec![states]).unwrap()))
+            .unwrap();
+        let rows = ctx
+            .sql(&plan.merge_sql("states"))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut out = BTreeMap::new();
+        for b in rows {
+            for r in 0..b.num_rows() {
+                let mut key = String::new();
+                let mut values = Vec::new();
+                for (i, f) in b.schema().fields().iter().enumerate() {
+                    let c = b.column(i);
+                    let v = if c.is_null(r) {
+                        "NULL".to_string()
+                    } else if let Some(a) = c.as_primitive_opt::<Float64Type>() {
+                        format!("{:.9}", a.value(r))
+                    } else if let Some(a) = c.as_primitive_opt::<Int64Type>() {
+                        a.value(r).to_string()
+                    } else if let Some(a) = c.as_primitive_opt::<TimestampMicrosecondType>() {
+                        a.value(r).to_string()
+                    } else {
+                        c.as_string::<i32>().value(r).to_string()
+                    };
+                    if f.name() == WINDOW_START || f.name() == "k" {
+                        key.push_str(&v);
+                        key.push('|');
+                    } else {
+                        values.push(format!("{}={v}", f.name()));
+                    }
+                }
+                out.insert(key, values);
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+        #[test]
+        fn states_of_any_split_merge_to_the_states_of_the_whole(
+            events in proptest::collection::vec(event(), 0..400),
+            cuts in proptest::collection::vec(0usize..400, 0..6),
+        ) {
+            let config = Config::parse(CONFIG, Path::new("t.toml"), &Default::default()).unwrap();
+            let source = SourceSchema::new(&config.sources[0]);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(events.len())).collect();
+            cuts.sort();
+            let mut parts: Vec<&[Event]> = Vec::new();
+            let mut start = 0;
+            for c in cuts {
+                parts.push(&events[start..c]);
+                start = c;
+            }
+            parts.push(&events[start..]);
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            for plan in config.view_plans().unwrap() {
+                let whole = rt.block_on(finalized(&plan, &source, &[&events]));
+                let split = rt.block_on(finalized(&plan, &source, &parts));
+                // Cells have fewer than 256 distinct users and 200 values: the sketches are
+                // exact, so every aggregate must agree exactly.
+                prop_assert_eq!(&whole, &split, "view {}", plan.name);
+            }
+        }
+    }
+}

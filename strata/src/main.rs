@@ -118,10 +118,11 @@ enum Command {
 enum BatchCommand {
     /// One run now: compact, then recompute views (all windows, or only --from..--to).
     Run {
-        /// Recompute only windows starting at or after this time (RFC 3339 or a date).
+        /// Recompute only the windows overlapping event times from this time (RFC 3339 or a
+        /// date), e.g. after a backfill of that period.
         #[arg(long, requires = "to")]
         from: Option<String>,
-        /// ... and before this time.
+        /// ... to this time (exclusive).
         #[arg(long, requires = "from")]
         to: Option<String>,
     },
