@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need, skipping what is already there:
-# the Python environment (.venv: DuckDB, ADBC, pyarrow, moto, confluent-kafka, pyspark).
+# - the Python environment (.venv: DuckDB, ADBC, pyarrow, moto, confluent-kafka, pyspark);
+# - tansu, the Kafka broker of the tests (built once, kept in $STRATA_TOOLS, ~8 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,4 +16,12 @@ else
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -r scripts/requirements.txt
   echo "$want" > "$stamp"
+fi
+
+tools="${STRATA_TOOLS:-$HOME/.cache/strata-tools}"
+if command -v tansu >/dev/null 2>&1 || [ -x "$tools/bin/tansu" ]; then
+  echo "setup: tansu present"
+else
+  echo "setup: building tansu (the Kafka broker of the tests) into $tools; this takes a few minutes once"
+  env -u CARGO_TARGET_DIR cargo install tansu --locked --features dynostore,libsql --root "$tools" --quiet
 fi

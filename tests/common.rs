@@ -55,7 +55,10 @@ impl Drop for Scratch {
 /// `strata` with a config.
 pub fn strata(config: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
-    c.arg("--config").arg(config).env("STRATA_LOG", "warn");
+    c.arg("--config").arg(config).env(
+        "STRATA_LOG",
+        "warn,strata_speed=info,deltalake_core=error,buoyant_kernel=off",
+    );
     c
 }
 
@@ -172,14 +175,20 @@ pub struct StrataServer {
 
 impl StrataServer {
     pub fn start(config: &Path, extra_env: &[(&str, &str)]) -> StrataServer {
+        Self::start_command(config, "serve", extra_env)
+    }
+
+    /// `strata <command> --address 127.0.0.1:0` for a command that serves Flight SQL
+    /// (`serve`, `run`).
+    pub fn start_command(config: &Path, command: &str, extra_env: &[(&str, &str)]) -> StrataServer {
         let mut cmd = strata(config);
-        cmd.args(["serve", "--address", "127.0.0.1:0"])
+        cmd.args([command, "--address", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start strata serve");
+        let mut child = cmd.spawn().expect("start strata");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)
@@ -197,7 +206,7 @@ impl StrataServer {
         StrataServer {
             process: Process {
                 child,
-                name: "strata serve".into(),
+                name: format!("strata {command}"),
             },
             address,
         }

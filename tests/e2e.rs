@@ -8,3 +8,4 @@
 mod common;
 mod historical;
 mod security;
+mod speed;

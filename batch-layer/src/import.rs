@@ -25,16 +25,12 @@ use arrow::datatypes::DataType;
 use arrow::util::display::FormatOptions;
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use strata_core::decode::{JsonDecoder, Origin, Rejects};
-use strata_core::lake::{COMMIT_INFO_KEY, Lake};
+use strata_core::lake::Lake;
 use strata_core::schema::{SourceSchema, rejected_schema};
 use strata_core::{Error, Result};
 use tokio::sync::mpsc;
-
-use crate::writer_properties;
 
 /// Rows per raw-table commit.
 pub const DEFAULT_CHUNK_ROWS: usize = 1_000_000;
@@ -255,28 +251,10 @@ async fn import_file(
 }
 
 /// Appends one batch to a table in one commit carrying `txn`.
-pub(crate) async fn append(
-    table: &mut DeltaTable,
-    batch: RecordBatch,
-    txn: Transaction,
-    info: serde_json::Value,
-) -> Result<()> {
-    let properties = CommitProperties::default()
-        .with_application_transaction(txn)
-        .with_metadata([(COMMIT_INFO_KEY.to_string(), info)]);
-    let mut writer = RecordBatchWriter::for_table(table)
-        .map_err(|e| Error::lake("open a writer", e))?
-        .with_writer_properties(writer_properties())
-        .with_commit_properties(properties);
-    writer
-        .write(batch)
+async fn append(table: &mut DeltaTable, batch: RecordBatch, txn: Transaction, info: serde_json::Value) -> Result<()> {
+    strata_core::lake::append(table, vec![batch], vec![txn], info)
         .await
-        .map_err(|e| Error::lake("write a data file", e))?;
-    writer
-        .flush_and_commit(table)
-        .await
-        .map_err(|e| Error::lake("commit to the lake", e))?;
-    Ok(())
+        .map(|_| ())
 }
 
 fn is_parquet(file: &Path) -> Result<bool> {

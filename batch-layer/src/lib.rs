@@ -21,12 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use deltalake::parquet::basic::{Compression, ZstdLevel};
-use deltalake::parquet::file::properties::WriterProperties;
 use strata_core::clock::{Clock, Schedule};
 use strata_core::config::Config;
 use strata_core::executor::CpuRuntime;
 use strata_core::lake::Lake;
+use strata_core::metrics::global;
 use strata_core::schema::SourceSchema;
 use strata_core::view::ViewPlan;
 use strata_core::{Error, Result};
@@ -35,11 +34,14 @@ use tokio_util::sync::CancellationToken;
 pub use compact::{CompactionReport, CompactionSizes};
 pub use recompute::{Range, ViewOutcome, ViewReport};
 
-/// Parquet settings of every file Strata writes: zstd level 1 (fast to write, compact).
-pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
-        .build()
+pub use strata_core::lake::writer_properties;
+
+/// What a run does: every window (the default) or only a range; skip views already up to
+/// date (the default) or recompute them anyway.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RunOptions {
+    pub range: Option<Range>,
+    pub force: bool,
 }
 
 /// What one batch run did.
@@ -96,20 +98,33 @@ impl BatchLayer {
         }
     }
 
-    /// One run: compact every source, then recompute every view (or only the windows of
-    /// `range`, when given).
-    pub async fn run_once(&self, range: Option<Range>) -> Result<RunReport> {
+    /// One run: compact every source, then recompute every view (or only the windows
+    /// overlapping `options.range`).
+    pub async fn run_once(&self, options: RunOptions) -> Result<RunReport> {
         let started = std::time::Instant::now();
         let lease = lease::Lease::acquire(&self.lake).await?;
-        let result = self.run_locked(range).await;
+        let result = self.run_locked(options).await;
         let released = lease.release().await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        global()
+            .counter("strata_batch_runs_total", "Batch runs.", &[("result", outcome)])
+            .inc();
+        global()
+            .histogram(
+                "strata_batch_run_seconds",
+                "Duration of batch runs.",
+                &[],
+                &[0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0],
+            )
+            .observe(started.elapsed().as_secs_f64());
         let mut report = result?;
         released?;
         report.elapsed = started.elapsed();
         Ok(report)
     }
 
-    async fn run_locked(&self, range: Option<Range>) -> Result<RunReport> {
+    async fn run_locked(&self, options: RunOptions) -> Result<RunReport> {
+        let range = options.range;
         let mut report = RunReport::default();
         for source in &self.sources {
             let mut raw = self.lake.open(&self.lake.raw_url(&source.name)).await?;
@@ -124,7 +139,7 @@ impl BatchLayer {
                 report.compactions.push(c);
             }
             for plan in self.views.iter().filter(|v| v.source == source.name) {
-                let v = recompute::recompute(&self.lake, raw.as_ref(), source, plan, range, &self.cpu).await?;
+                let v = recompute::recompute(&self.lake, raw.as_ref(), source, plan, options, &self.cpu).await?;
                 tracing::debug!(view = %v.view, outcome = ?v.outcome, "view");
                 report.views.push(v);
             }
@@ -152,7 +167,7 @@ impl BatchLayer {
                 () = stop.cancelled() => return Ok(()),
                 () = tokio::time::sleep(wait) => {}
             }
-            let result = self.run_once(None).await;
+            let result = self.run_once(RunOptions::default()).await;
             if let Err(e) = &result {
                 tracing::error!(error = %e, at = %Utc::now().to_rfc3339(), "batch run failed");
             }

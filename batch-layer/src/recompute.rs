@@ -24,7 +24,7 @@ use deltalake::logstore::get_actions;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use strata_core::executor::CpuRuntime;
-use strata_core::lake::{COMMIT_INFO_KEY, Lake, ViewCommit};
+use strata_core::lake::{COMMIT_INFO_KEY, Lake, ViewCommit, app_transactions, kafka_offsets};
 use strata_core::schema::{OFFSET, PARTITION, SourceSchema, TIMESTAMP_TZ, TOPIC};
 use strata_core::session::{new_context, session_config};
 use strata_core::view::{ViewPlan, WINDOW_START, quote};
@@ -101,9 +101,10 @@ pub async fn recompute(
     raw: Option<&DeltaTable>,
     source: &SourceSchema,
     plan: &ViewPlan,
-    range: Option<Range>,
+    options: crate::RunOptions,
     cpu: &CpuRuntime,
 ) -> Result<ViewReport> {
+    let range = options.range;
     let started = Instant::now();
     let done = |outcome| ViewReport {
         view: plan.name.clone(),
@@ -134,6 +135,7 @@ pub async fn recompute(
         }
         let _ = range;
     } else if let Some(latest) = &latest
+        && !options.force
         && same_definition
         && (latest.commit.raw_version == raw_version
             || !data_changed(raw, latest.commit.raw_version, raw_version).await?)
@@ -169,6 +171,8 @@ pub async fn recompute(
                 .iter()
                 .map(|f| f.num_records().unwrap_or(0) as u64)
                 .sum();
+            // What the snapshot holds of Kafka: the archive's positions at this version.
+            commit.offsets = kafka_offsets(&app_transactions(raw, raw_version).await?);
         }
         Some((from, to)) => {
             // Only the events of the windows in range, and of Kafka only what the published

@@ -13,7 +13,7 @@ use arrow::datatypes::TimestampMicrosecondType;
 use arrow::util::pretty::pretty_format_batches;
 use futures::StreamExt;
 use strata_batch::import::import;
-use strata_batch::{BatchLayer, CompactionSizes, ViewOutcome};
+use strata_batch::{BatchLayer, CompactionSizes, RunOptions, ViewOutcome};
 use strata_core::clock::{Schedule, SystemClock};
 use strata_core::config::Config;
 use strata_core::executor::CpuRuntime;
@@ -246,7 +246,7 @@ async fn a_run_without_new_data_publishes_nothing_and_a_range_run_equals_a_full_
     let batch = BatchLayer::new(config.clone(), cpu()).unwrap();
 
     // No data at all: nothing to do, nothing published.
-    let report = batch.run_once(None).await.unwrap();
+    let report = batch.run_once(RunOptions::default()).await.unwrap();
     assert!(!report.changed_anything(), "{report:?}");
     assert!(report.views.iter().all(|v| v.outcome == ViewOutcome::NoData));
 
@@ -255,7 +255,7 @@ async fn a_run_without_new_data_publishes_nothing_and_a_range_run_equals_a_full_
         &[events_file(&scratch.0, "day.jsonl", START_MS, 10_000, 8_640, 1)],
     )
     .await;
-    let report = batch.run_once(None).await.unwrap();
+    let report = batch.run_once(RunOptions::default()).await.unwrap();
     assert!(
         report
             .views
@@ -265,7 +265,7 @@ async fn a_run_without_new_data_publishes_nothing_and_a_range_run_equals_a_full_
     );
 
     // Again, with nothing new: nothing compacted, nothing published, same versions.
-    let again = batch.run_once(None).await.unwrap();
+    let again = batch.run_once(RunOptions::default()).await.unwrap();
     assert!(!again.changed_anything(), "{again:?}");
     for v in &again.views {
         assert!(matches!(v.outcome, ViewOutcome::UpToDate { version: 1 }), "{v:?}");
@@ -287,7 +287,13 @@ async fn a_run_without_new_data_publishes_nothing_and_a_range_run_equals_a_full_
     .await;
     let from = (START_MS + 2 * 3_600_000) * 1000;
     let to = (START_MS + 5 * 3_600_000) * 1000;
-    let ranged = batch.run_once(Some((from, to))).await.unwrap();
+    let ranged = batch
+        .run_once(RunOptions {
+            range: Some((from, to)),
+            force: false,
+        })
+        .await
+        .unwrap();
     for v in &ranged.views {
         let ViewOutcome::Published { commit, .. } = &v.outcome else {
             panic!("{v:?}")
@@ -301,7 +307,7 @@ async fn a_run_without_new_data_publishes_nothing_and_a_range_run_equals_a_full_
     assert_ne!(ranged_rows[0], before_per_page, "the backfill did not reach the view");
 
     // A full recompute gives exactly the same views: the range covered every changed window.
-    let full = batch.run_once(None).await.unwrap();
+    let full = batch.run_once(RunOptions::default()).await.unwrap();
     assert!(
         full.views
             .iter()
@@ -326,10 +332,10 @@ async fn a_second_batch_run_at_the_same_time_is_refused() {
     let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
     let held = strata_batch::lease::Lease::acquire(&lake).await.unwrap();
     let batch = BatchLayer::new(config.clone(), cpu()).unwrap();
-    let err = batch.run_once(None).await.unwrap_err().to_string();
+    let err = batch.run_once(RunOptions::default()).await.unwrap_err().to_string();
     assert!(err.contains("another batch run (pid"), "{err}");
     held.release().await.unwrap();
-    batch.run_once(None).await.unwrap();
+    batch.run_once(RunOptions::default()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

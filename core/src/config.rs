@@ -24,6 +24,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("STRATA_S3_SECRET_ACCESS_KEY", "lake.s3.secret_access_key"),
     ("STRATA_SERVE_ADDRESS", "serve.address"),
     ("STRATA_AUTH_TOKEN", "serve.auth.token"),
+    ("STRATA_KAFKA_BROKERS", "kafka.brokers"),
+    ("STRATA_SPEED_ADDRESS", "speed.address"),
+    ("STRATA_SPEED_ENDPOINTS", "serve.speed_endpoints"),
+    ("STRATA_METRICS_ADDRESS", "ops.metrics_address"),
 ];
 
 /// The whole configuration.
@@ -42,6 +46,106 @@ pub struct Config {
     pub batch: BatchConfig,
     #[serde(default)]
     pub serve: ServeConfig,
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub speed: SpeedConfig,
+    #[serde(default)]
+    pub ops: OpsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, host:port[,host:port].
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// The consumer group of the speed layer.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Any librdkafka property, passed as it is (e.g. security.protocol, sasl.*).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".to_string()
+}
+fn default_group() -> String {
+    "strata".to_string()
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: default_brokers(),
+            group_id: default_group(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeedConfig {
+    /// Archive consumed events to the lake at least this often.
+    #[serde(default = "default_flush_interval", deserialize_with = "de_duration")]
+    pub flush_interval: Duration,
+    /// ... or when this many events are buffered.
+    #[serde(default = "default_flush_rows")]
+    pub flush_rows: usize,
+    /// Events become visible to queries in micro-batches of at most this long.
+    #[serde(default = "default_batch_interval", deserialize_with = "de_duration")]
+    pub batch_interval: Duration,
+    /// Where `strata speed` serves its states over Arrow Flight.
+    #[serde(default = "default_speed_address")]
+    pub address: String,
+    /// How often to look for new batch view versions (to drop covered states).
+    #[serde(default = "default_coverage_refresh", deserialize_with = "de_duration")]
+    pub coverage_refresh: Duration,
+    /// States covered by a batch version are kept this long after it is seen, for queries
+    /// that started on the previous version.
+    #[serde(default = "default_retention_grace", deserialize_with = "de_duration")]
+    pub retention_grace: Duration,
+}
+
+fn default_flush_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_flush_rows() -> usize {
+    200_000
+}
+fn default_batch_interval() -> Duration {
+    Duration::from_millis(10)
+}
+fn default_speed_address() -> String {
+    "127.0.0.1:50052".to_string()
+}
+fn default_coverage_refresh() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_retention_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for SpeedConfig {
+    fn default() -> Self {
+        SpeedConfig {
+            flush_interval: default_flush_interval(),
+            flush_rows: default_flush_rows(),
+            batch_interval: default_batch_interval(),
+            address: default_speed_address(),
+            coverage_refresh: default_coverage_refresh(),
+            retention_grace: default_retention_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    /// Where to serve Prometheus /metrics and /health (off when unset).
+    pub metrics_address: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -245,6 +349,10 @@ pub struct ServeConfig {
     /// server reachable from the network refuses to start without auth.
     #[serde(default)]
     pub allow_unauthenticated_remote: bool,
+    /// Speed layers to merge with (Flight endpoints of `strata speed`, e.g.
+    /// "http://127.0.0.1:50052"). `strata run` merges with its own speed layer.
+    #[serde(default)]
+    pub speed_endpoints: Vec<String>,
 }
 
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:50051";
@@ -259,6 +367,7 @@ impl Default for ServeConfig {
             address: default_address(),
             auth: AuthConfig::default(),
             allow_unauthenticated_remote: false,
+            speed_endpoints: Vec::new(),
         }
     }
 }
@@ -366,6 +475,22 @@ impl Config {
         }
         if let Some(v) = get("STRATA_AUTH_TOKEN") {
             self.serve.auth.token = Some(v);
+        }
+        if let Some(v) = get("STRATA_KAFKA_BROKERS") {
+            self.kafka.brokers = v;
+        }
+        if let Some(v) = get("STRATA_SPEED_ADDRESS") {
+            self.speed.address = v;
+        }
+        if let Some(v) = get("STRATA_SPEED_ENDPOINTS") {
+            self.serve.speed_endpoints = v
+                .split(',')
+                .map(|e| e.trim().to_string())
+                .filter(|e| !e.is_empty())
+                .collect();
+        }
+        if let Some(v) = get("STRATA_METRICS_ADDRESS") {
+            self.ops.metrics_address = Some(v);
         }
         for user in &mut self.serve.auth.users {
             if let Some(var) = &user.password_env
@@ -478,6 +603,49 @@ impl Config {
                 format!("`{}` is not host:port ({e})", self.serve.address),
             )
         })?;
+        for (key, value) in [
+            ("speed.address", Some(&self.speed.address)),
+            ("ops.metrics_address", self.ops.metrics_address.as_ref()),
+        ] {
+            if let Some(v) = value {
+                v.parse::<std::net::SocketAddr>()
+                    .map_err(|e| self.err(key, format!("`{v}` is not host:port ({e})")))?;
+            }
+        }
+        if self.speed.flush_rows == 0 {
+            return Err(self.err("speed.flush_rows", "must be greater than 0"));
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(self.err("kafka.brokers", "must list at least one host:port"));
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return Err(self.err("kafka.group_id", "must not be empty"));
+        }
+        for key in ["enable.auto.commit", "group.id", "bootstrap.servers"] {
+            if self.kafka.properties.contains_key(key) {
+                return Err(self.err(
+                    format!("kafka.properties.\"{key}\""),
+                    match key {
+                        "enable.auto.commit" => {
+                            "Strata manages offsets itself (in the lake, exactly once); remove this property"
+                        }
+                        "group.id" => "set kafka.group_id instead",
+                        _ => "set kafka.brokers instead",
+                    },
+                ));
+            }
+        }
+        let mut topics = std::collections::HashMap::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            for t in &source.topics {
+                if let Some(other) = topics.insert(t.clone(), source.name.clone()) {
+                    return Err(self.err(
+                        format!("sources[{i}].topics"),
+                        format!("topic `{t}` is already read by source `{other}`"),
+                    ));
+                }
+            }
+        }
         for (i, user) in self.serve.auth.users.iter().enumerate() {
             if user.password.is_none() {
                 let why = match &user.password_env {

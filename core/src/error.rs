@@ -58,6 +58,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A speed layer no longer holds states as far back as a batch version's coverage (a
+    /// newer version covers them): plan again on the newest version.
+    #[error("stale: {0}")]
+    Stale(String),
+
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),
 
@@ -75,7 +80,7 @@ impl Error {
     pub fn domain(&self) -> ErrorDomain {
         match self {
             Error::Config { .. } | Error::View { .. } | Error::Input(_) => ErrorDomain::User,
-            Error::Lake { .. } | Error::Io { .. } => ErrorDomain::External,
+            Error::Lake { .. } | Error::Io { .. } | Error::Stale(_) => ErrorDomain::External,
             Error::DataFusion(e) => datafusion_domain(e),
             Error::Arrow(_) => ErrorDomain::User,
             Error::Internal(_) => ErrorDomain::Internal,

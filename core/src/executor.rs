@@ -61,6 +61,11 @@ impl CpuRuntime {
         })
     }
 
+    /// The runtime's handle, for tasks that own their lifetime (joined by their owner).
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
     /// Runs a future on the CPU runtime; the task is aborted if the returned future is dropped.
     pub fn spawn<F>(&self, fut: F) -> impl Future<Output = Result<F::Output, DataFusionError>> + Send + 'static
     where

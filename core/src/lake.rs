@@ -308,6 +308,207 @@ impl Lake {
     }
 }
 
+/// The application transactions (`txn` actions) of a table as of `version`: app id -> the
+/// latest version recorded for it. Reads the newest checkpoint at or before `version` and
+/// the commits after it, once (the library only looks ids up one at a time, each a replay).
+pub async fn app_transactions(table: &DeltaTable, version: u64) -> Result<BTreeMap<String, i64>> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt as _;
+    use object_store::path::Path as StorePath;
+
+    let store = table.log_store().object_store(None);
+    let log = StorePath::from("_delta_log");
+    let mut checkpoint: Option<(u64, Vec<StorePath>)> = None;
+    let listed: Vec<object_store::ObjectMeta> = store
+        .list(Some(&log))
+        .try_collect()
+        .await
+        .map_err(|e| Error::lake("list the Delta log", e))?;
+    for meta in listed {
+        let name = meta.location.filename().unwrap_or_default();
+        let Some((v, rest)) = name.split_once('.') else {
+            continue;
+        };
+        let Ok(v) = v.parse::<u64>() else { continue };
+        if v > version || !rest.starts_with("checkpoint") || !rest.ends_with("parquet") {
+            continue;
+        }
+        match &mut checkpoint {
+            Some((c, parts)) if *c == v => parts.push(meta.location),
+            Some((c, _)) if *c > v => {}
+            _ => checkpoint = Some((v, vec![meta.location])),
+        }
+    }
+    let mut txns = BTreeMap::new();
+    let first_commit = match &checkpoint {
+        Some((c, parts)) => {
+            for part in parts {
+                let bytes = store
+                    .get(part)
+                    .await
+                    .map_err(|e| Error::lake(format!("read checkpoint {part}"), e))?
+                    .bytes()
+                    .await
+                    .map_err(|e| Error::lake(format!("read checkpoint {part}"), e))?;
+                read_checkpoint_txns(bytes, &mut txns)
+                    .map_err(|e| Error::lake(format!("read checkpoint {part}"), e))?;
+            }
+            c + 1
+        }
+        None => 0,
+    };
+    let log_store = table.log_store();
+    for v in first_commit..=version {
+        let Some(bytes) = log_store
+            .read_commit_entry(v)
+            .await
+            .map_err(|e| Error::lake(format!("read commit {v}"), e))?
+        else {
+            continue;
+        };
+        for action in get_actions(v, &bytes).map_err(|e| Error::lake(format!("parse commit {v}"), e))? {
+            if let Action::Txn(t) = action {
+                txns.insert(t.app_id, t.version);
+            }
+        }
+    }
+    Ok(txns)
+}
+
+fn read_checkpoint_txns(
+    bytes: bytes::Bytes,
+    txns: &mut BTreeMap<String, i64>,
+) -> std::result::Result<(), parquet::errors::ParquetError> {
+    use arrow::array::{Array, AsArray};
+    use parquet::arrow::ProjectionMask;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let Some(index) = builder.schema().fields().iter().position(|f| f.name() == "txn") else {
+        return Ok(());
+    };
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
+    for batch in builder.with_projection(mask).build()? {
+        let batch = batch?;
+        let txn = batch.column(0).as_struct();
+        let (Some(app), Some(ver)) = (txn.column_by_name("appId"), txn.column_by_name("version")) else {
+            continue;
+        };
+        let app = arrow::compute::cast(app, &arrow::datatypes::DataType::Utf8)?;
+        let app = app.as_string::<i32>();
+        let ver = arrow::compute::cast(ver, &arrow::datatypes::DataType::Int64)?;
+        let ver = ver.as_primitive::<arrow::datatypes::Int64Type>();
+        for row in 0..batch.num_rows() {
+            if txn.is_valid(row) && app.is_valid(row) && ver.is_valid(row) {
+                txns.insert(app.value(row).to_string(), ver.value(row));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `txn` actions of each commit after `after` (exclusive) up to `until` (inclusive), in
+/// commit order; commits without any are left out. `None` if some of those commits are no
+/// longer in the log (cleaned up).
+pub async fn txn_history(
+    table: &DeltaTable,
+    after: Option<u64>,
+    until: u64,
+) -> Result<Option<Vec<(u64, BTreeMap<String, i64>)>>> {
+    let log_store = table.log_store();
+    let mut out = Vec::new();
+    let first = after.map_or(0, |a| a + 1);
+    for v in first..=until {
+        let Some(bytes) = log_store
+            .read_commit_entry(v)
+            .await
+            .map_err(|e| Error::lake(format!("read commit {v}"), e))?
+        else {
+            return Ok(None);
+        };
+        let mut txns = BTreeMap::new();
+        for action in get_actions(v, &bytes).map_err(|e| Error::lake(format!("parse commit {v}"), e))? {
+            if let Action::Txn(t) = action {
+                txns.insert(t.app_id, t.version);
+            }
+        }
+        if !txns.is_empty() {
+            out.push((v, txns));
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The app id under which the archive records the next offset of a Kafka partition.
+pub fn kafka_app_id(topic: &str, partition: i32) -> String {
+    format!("kafka:{topic}/{partition}")
+}
+
+/// Kafka coverage from app transactions: `topic/partition` -> next offset.
+pub fn kafka_offsets(txns: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
+    txns.iter()
+        .filter_map(|(app, v)| app.strip_prefix("kafka:").map(|tp| (tp.to_string(), *v)))
+        .collect()
+}
+
+/// Parquet settings of every file Strata writes: zstd level 1 (fast to write, compact).
+pub fn writer_properties() -> parquet::file::properties::WriterProperties {
+    use parquet::basic::{Compression, ZstdLevel};
+    parquet::file::properties::WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
+        .build()
+}
+
+/// Appends batches to a table in one commit that also records `txns` (the position of what
+/// it holds) and Strata's `info`. The commit is made even without rows: positions advance
+/// when every record of a range was rejected. Returns the committed version.
+pub async fn append(
+    table: &mut DeltaTable,
+    batches: Vec<arrow::array::RecordBatch>,
+    txns: Vec<deltalake::kernel::Transaction>,
+    info: serde_json::Value,
+) -> Result<u64> {
+    use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
+    use deltalake::protocol::DeltaOperation;
+    use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
+
+    let mut writer = RecordBatchWriter::for_table(table)
+        .map_err(|e| Error::lake("open a writer", e))?
+        .with_writer_properties(writer_properties());
+    for batch in batches {
+        if batch.num_rows() > 0 {
+            writer
+                .write(batch)
+                .await
+                .map_err(|e| Error::lake("write a data file", e))?;
+        }
+    }
+    let adds = writer.flush().await.map_err(|e| Error::lake("write a data file", e))?;
+    let snapshot = table.snapshot().map_err(|e| Error::lake("read the table state", e))?;
+    let partition_by = snapshot.metadata().partition_columns().to_vec();
+    let properties = CommitProperties::default()
+        .with_application_transactions(txns)
+        .with_metadata([(COMMIT_INFO_KEY.to_string(), info)]);
+    let committed = CommitBuilder::from(properties)
+        .with_actions(adds.into_iter().map(Action::Add).collect())
+        .build(
+            Some(snapshot as &dyn TableReference),
+            table.log_store(),
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: (!partition_by.is_empty()).then_some(partition_by),
+                predicate: None,
+            },
+        )
+        .await
+        .map_err(|e| Error::lake("commit to the lake", e))?;
+    let version = committed.version();
+    table
+        .update_incremental(Some(version))
+        .await
+        .map_err(|e| Error::lake("reload the table", e))?;
+    Ok(version)
+}
+
 /// Registers the S3 and HDFS object stores with the Delta library (idempotent).
 pub fn register_object_stores() {
     static ONCE: std::sync::Once = std::sync::Once::new();

@@ -16,8 +16,10 @@ pub mod error;
 pub mod executor;
 pub mod functions;
 pub mod lake;
+pub mod metrics;
 pub mod schema;
 pub mod session;
+pub mod speed;
 pub mod view;
 
 pub use error::{Error, ErrorDomain, Result};

@@ -183,6 +183,13 @@ impl ViewPlan {
     /// SQL computing the view's states from `table`, a table with the source's schema.
     /// Produces one row per (window_start, group columns...) with the state columns.
     pub fn state_sql(&self, table: &str) -> String {
+        self.state_sql_keyed(table, &[])
+    }
+
+    /// [`state_sql`](Self::state_sql) with `extra` key expressions (as `(sql, alias)`) grouped
+    /// and selected after the view's keys: states kept apart per Kafka partition, or per
+    /// archive segment.
+    pub fn state_sql_keyed(&self, table: &str, extra: &[(&str, &str)]) -> String {
         let window = match self.window.kind {
             WindowKind::Tumble => format!(
                 "{}({}, {})",
@@ -200,14 +207,18 @@ impl ViewPlan {
         };
         let mut keys = vec![quote(WINDOW_START)];
         keys.extend(self.group_columns.iter().map(|c| quote(c)));
+        let mut inner = format!("{window} AS {}", quote(WINDOW_START));
+        for (expr, alias) in extra {
+            keys.push(quote(alias));
+            inner.push_str(&format!(", {expr} AS {}", quote(alias)));
+        }
         let mut select = keys.clone();
         for s in self.state_columns() {
             select.push(format!("{} AS {}", s.compute, quote(&s.name)));
         }
         let mut sql = format!(
-            "SELECT {} FROM (SELECT {window} AS {}, * FROM {}",
+            "SELECT {} FROM (SELECT {inner}, * FROM {}",
             select.join(", "),
-            quote(WINDOW_START),
             quote(table)
         );
         if let Some(filter) = &self.filter {

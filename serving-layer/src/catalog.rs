@@ -2,10 +2,11 @@
 //!
 //! ```text
 //!  strata (catalog)
-//!  ├── public     one table per view: finalize(merge(published states))      VIEW
+//!  ├── public     one table per view: finalize(merge(batch states, speed     VIEW
+//!  │              states beyond the batch version's Kafka offsets))
 //!  ├── raw        one table per source: every valid event                    TABLE
 //!  ├── rejected   one table per source: every rejected record and why        TABLE
-//!  └── system     views, view_versions                                       SYSTEM TABLE
+//!  └── system     views, view_versions, partitions, freshness, lateness      SYSTEM TABLE
 //! ```
 //!
 //! A table is resolved to the newest committed version of its Delta table when a query
@@ -15,7 +16,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
@@ -28,6 +31,7 @@ use strata_core::config::Config;
 use strata_core::lake::{Lake, ViewVersion};
 use strata_core::schema::{SourceSchema, TIMESTAMP_TZ, rejected_schema, timestamp_type};
 use strata_core::session::{CATALOG, DEFAULT_SCHEMA, new_context, session_config};
+use strata_core::speed::{Offsets, PartitionStatus, SpeedSource};
 use strata_core::view::{ViewPlan, WindowKind};
 use strata_core::{Error, Result};
 use url::Url;
@@ -37,6 +41,9 @@ pub const REJECTED_SCHEMA: &str = "rejected";
 pub const SYSTEM_SCHEMA: &str = "system";
 pub const SYSTEM_VIEWS: &str = "views";
 pub const SYSTEM_VIEW_VERSIONS: &str = "view_versions";
+pub const SYSTEM_PARTITIONS: &str = "partitions";
+pub const SYSTEM_FRESHNESS: &str = "freshness";
+pub const SYSTEM_LATENESS: &str = "lateness";
 
 /// The schemas of the catalog, in listing order.
 pub const SCHEMAS: &[&str] = &[DEFAULT_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA, SYSTEM_SCHEMA];
@@ -60,11 +67,16 @@ pub struct Catalog {
     runtime: Arc<RuntimeEnv>,
     /// Delta tables already opened, kept to update incrementally.
     tables: Mutex<HashMap<Url, DeltaTable>>,
+    /// What each view version covers (read once per version).
+    coverage: Mutex<HashMap<(Url, u64), Offsets>>,
+    /// Speed layers whose states complete the batch views.
+    speed: Vec<Arc<dyn SpeedSource>>,
 }
 
 impl Catalog {
-    /// Builds the catalog and checks that every view plans with DataFusion.
-    pub async fn new(config: &Config) -> Result<Arc<Self>> {
+    /// Builds the catalog and checks that every view plans with DataFusion. Views merge
+    /// their batch states with the states of `speed` layers.
+    pub async fn new(config: &Config, speed: Vec<Arc<dyn SpeedSource>>) -> Result<Arc<Self>> {
         let lake = Lake::new(&config.lake, config.base_dir())?;
         let sources: Vec<Arc<SourceSchema>> = config.sources.iter().map(SourceSchema::new).collect();
         let mut views = Vec::new();
@@ -86,6 +98,8 @@ impl Catalog {
             views,
             runtime: Arc::new(RuntimeEnv::default()),
             tables: Mutex::new(HashMap::new()),
+            coverage: Mutex::new(HashMap::new()),
+            speed,
         }))
     }
 
@@ -160,21 +174,91 @@ impl Catalog {
     }
 
     /// The published states of a view (empty before its first batch run), pinned to the
-    /// newest version, and the version.
-    pub async fn view_states(&self, view: &ServedView) -> Result<(Arc<dyn TableProvider>, Option<u64>)> {
-        match self.latest(&self.lake.view_url(&view.plan.name)).await? {
-            Some(table) => Ok((self.delta_provider(&table).await?, table.version())),
-            None => Ok((empty(&view.state_schema)?, None)),
+    /// newest version, with the version and the Kafka offsets it covers.
+    pub async fn view_states(&self, view: &ServedView) -> Result<(Arc<dyn TableProvider>, Option<u64>, Offsets)> {
+        let url = self.lake.view_url(&view.plan.name);
+        match self.latest(&url).await? {
+            Some(table) => {
+                let version = table.version();
+                let coverage = match version {
+                    Some(v) => self.coverage_of(&url, &table, v).await?,
+                    None => Offsets::new(),
+                };
+                Ok((self.delta_provider(&table).await?, version, coverage))
+            }
+            None => Ok((empty(&view.state_schema)?, None, Offsets::new())),
         }
     }
 
-    /// A view: its states merged and finalized.
+    async fn coverage_of(&self, url: &Url, table: &DeltaTable, version: u64) -> Result<Offsets> {
+        if let Some(c) = self
+            .coverage
+            .lock()
+            .expect("coverage lock")
+            .get(&(url.clone(), version))
+        {
+            return Ok(c.clone());
+        }
+        // The newest version carrying a Strata record (every publication does).
+        let commit = Lake::latest_view_version(table)
+            .await?
+            .map(|v| v.commit.offsets)
+            .unwrap_or_default();
+        self.coverage
+            .lock()
+            .expect("coverage lock")
+            .insert((url.clone(), version), commit.clone());
+        Ok(commit)
+    }
+
+    /// A view: `finalize(merge(batch states, speed states beyond the batch coverage))`.
     async fn view_table(&self, view: &ServedView) -> Result<Arc<dyn TableProvider>> {
-        let (states, _) = self.view_states(view).await?;
-        let ctx = new_context(session_config())?;
-        ctx.register_table("__states", states)?;
-        let df = ctx.sql(&view.plan.merge_sql("__states")).await?;
-        Ok(df.into_view())
+        let mut attempt = 0;
+        loop {
+            let (batch, _, coverage) = self.view_states(view).await?;
+            let mut speed = Vec::new();
+            let mut stale = None;
+            for s in &self.speed {
+                match s.states(&view.plan.name, &coverage).await {
+                    Ok(b) => speed.extend(b),
+                    Err(Error::Stale(m)) => {
+                        stale = Some(m);
+                        break;
+                    }
+                    Err(e) => {
+                        return Err(Error::Lake {
+                            context: format!("speed layer {} (recent events would be missing)", s.name()),
+                            source: Box::new(e),
+                        });
+                    }
+                }
+            }
+            if let Some(m) = stale {
+                // A newer batch version covers what the speed layer dropped: plan on it.
+                attempt += 1;
+                if attempt >= 5 {
+                    return Err(Error::Stale(m));
+                }
+                continue;
+            }
+            let ctx = new_context(session_config())?;
+            let schema = batch.schema();
+            ctx.register_table("__batch", batch)?;
+            let states = if self.speed.is_empty() {
+                "__batch"
+            } else {
+                let speed = speed
+                    .iter()
+                    .map(|b| cast_batch(b, &schema))
+                    .collect::<Result<Vec<_>>>()?;
+                ctx.register_table("__speed", Arc::new(MemTable::try_new(schema.clone(), vec![speed])?))?;
+                let union = ctx.sql("SELECT * FROM __batch UNION ALL SELECT * FROM __speed").await?;
+                ctx.register_table("__states", union.into_view())?;
+                "__states"
+            };
+            let df = ctx.sql(&view.plan.merge_sql(states)).await?;
+            return Ok(df.into_view());
+        }
     }
 
     async fn source_table(&self, url: &Url, schema: &SchemaRef) -> Result<Arc<dyn TableProvider>> {
@@ -197,7 +281,15 @@ impl Catalog {
         match schema {
             DEFAULT_SCHEMA => self.views.iter().map(|v| v.plan.name.clone()).collect(),
             RAW_SCHEMA | REJECTED_SCHEMA => self.sources.iter().map(|s| s.name.clone()).collect(),
-            SYSTEM_SCHEMA => vec![SYSTEM_VIEWS.to_string(), SYSTEM_VIEW_VERSIONS.to_string()],
+            SYSTEM_SCHEMA => [
+                SYSTEM_VIEWS,
+                SYSTEM_VIEW_VERSIONS,
+                SYSTEM_PARTITIONS,
+                SYSTEM_FRESHNESS,
+                SYSTEM_LATENESS,
+            ]
+            .map(String::from)
+            .to_vec(),
             _ => Vec::new(),
         }
     }
@@ -233,6 +325,7 @@ impl Catalog {
             SYSTEM_SCHEMA => match name {
                 SYSTEM_VIEWS => Some(self.system_views()?),
                 SYSTEM_VIEW_VERSIONS => Some(self.system_view_versions().await?),
+                SYSTEM_PARTITIONS | SYSTEM_FRESHNESS | SYSTEM_LATENESS => Some(self.system_speed(name).await?),
                 _ => None,
             },
             _ => None,
@@ -248,6 +341,9 @@ impl Catalog {
             SYSTEM_SCHEMA => match name {
                 SYSTEM_VIEWS => Some(system_views_schema()),
                 SYSTEM_VIEW_VERSIONS => Some(system_view_versions_schema()),
+                SYSTEM_PARTITIONS => Some(system_partitions_schema()),
+                SYSTEM_FRESHNESS => Some(system_freshness_schema()),
+                SYSTEM_LATENESS => Some(system_lateness_schema()),
                 _ => None,
             },
             _ => None,
@@ -272,6 +368,137 @@ impl Catalog {
             Arc::new(StringArray::from_iter_values(v.iter().map(|v| v.plan.sql.as_str()))),
         ];
         table_of(schema, columns)
+    }
+
+    /// The speed layers' positions, memory and lateness.
+    async fn system_speed(&self, table: &str) -> Result<Arc<dyn TableProvider>> {
+        let mut statuses = Vec::new();
+        for s in &self.speed {
+            statuses.push(s.status().await?);
+        }
+        match table {
+            SYSTEM_PARTITIONS => {
+                let rows: Vec<(&str, &PartitionStatus)> = statuses
+                    .iter()
+                    .flat_map(|s| s.partitions.iter().map(move |p| (s.instance.as_str(), p)))
+                    .collect();
+                table_of(
+                    system_partitions_schema(),
+                    vec![
+                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.source.as_str()))),
+                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.topic.as_str()))),
+                        Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1.partition))),
+                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1.consumed))),
+                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1.archived))),
+                        Arc::new(Int64Array::from(
+                            rows.iter().map(|r| r.1.high_watermark).collect::<Vec<_>>(),
+                        )),
+                        Arc::new(Int64Array::from(
+                            rows.iter()
+                                .map(|r| r.1.high_watermark.map(|h| (h - r.1.consumed).max(0)))
+                                .collect::<Vec<_>>(),
+                        )),
+                        Arc::new(
+                            TimestampMicrosecondArray::from(
+                                rows.iter().map(|r| r.1.max_event_time).collect::<Vec<_>>(),
+                            )
+                            .with_timezone(TIMESTAMP_TZ),
+                        ),
+                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1.events as i64))),
+                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1.rejected as i64))),
+                        Arc::new(Int64Array::from_iter_values(
+                            rows.iter().map(|r| r.1.late_events as i64),
+                        )),
+                    ],
+                )
+            }
+            SYSTEM_LATENESS => {
+                let rows: Vec<(&str, &strata_core::speed::LatenessBucket)> = statuses
+                    .iter()
+                    .flat_map(|s| s.lateness.iter().map(move |l| (s.instance.as_str(), l)))
+                    .collect();
+                table_of(
+                    system_lateness_schema(),
+                    vec![
+                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.source.as_str()))),
+                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.le.as_str()))),
+                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1.events as i64))),
+                    ],
+                )
+            }
+            _ => {
+                let mut rows = Vec::new();
+                for view in &self.views {
+                    let url = self.lake.view_url(&view.plan.name);
+                    let (version, ran_at, coverage) = match self.latest(&url).await? {
+                        Some(t) => match Lake::latest_view_version(&t).await? {
+                            Some(v) => (Some(v.version as i64), Some(v.commit.started_at), v.commit.offsets),
+                            None => (None, None, Offsets::new()),
+                        },
+                        None => (None, None, Offsets::new()),
+                    };
+                    let mut position = Offsets::new();
+                    let (mut generations, mut states, mut bytes, mut late) = (0, 0, 0, 0);
+                    let mut max_event_time: Option<i64> = None;
+                    for s in &statuses {
+                        for p in s.partitions.iter().filter(|p| p.source == view.plan.source) {
+                            position.insert(strata_core::speed::partition_key(&p.topic, p.partition), p.consumed);
+                            max_event_time = max_event_time.max(p.max_event_time);
+                            late += p.late_events;
+                        }
+                        for v in s.views.iter().filter(|v| v.view == view.plan.name) {
+                            generations += v.generations;
+                            states += v.state_rows;
+                            bytes += v.state_bytes;
+                        }
+                    }
+                    rows.push((
+                        view.plan.name.clone(),
+                        version,
+                        ran_at,
+                        coverage,
+                        position,
+                        generations,
+                        states,
+                        bytes,
+                        max_event_time,
+                        late,
+                    ));
+                }
+                table_of(
+                    system_freshness_schema(),
+                    vec![
+                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0.as_str()))),
+                        Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+                        Arc::new(
+                            TimestampMicrosecondArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+                                .with_timezone(TIMESTAMP_TZ),
+                        ),
+                        Arc::new(StringArray::from_iter_values(
+                            rows.iter().map(|r| serde_json::to_string(&r.3).unwrap_or_default()),
+                        )),
+                        Arc::new(StringArray::from_iter_values(
+                            rows.iter().map(|r| serde_json::to_string(&r.4).unwrap_or_default()),
+                        )),
+                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.5 as i64))),
+                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.6 as i64))),
+                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.7 as i64))),
+                        Arc::new(Float64Array::from(
+                            rows.iter()
+                                .map(|r| (r.6 > 0).then(|| r.7 as f64 / r.6 as f64))
+                                .collect::<Vec<_>>(),
+                        )),
+                        Arc::new(
+                            TimestampMicrosecondArray::from(rows.iter().map(|r| r.8).collect::<Vec<_>>())
+                                .with_timezone(TIMESTAMP_TZ),
+                        ),
+                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.9 as i64))),
+                    ],
+                )
+            }
+        }
     }
 
     async fn system_view_versions(&self) -> Result<Arc<dyn TableProvider>> {
@@ -320,6 +547,69 @@ impl Catalog {
         ];
         table_of(schema, columns)
     }
+}
+
+fn system_partitions_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("instance", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("consumed_offset", DataType::Int64, false),
+        Field::new("archived_offset", DataType::Int64, false),
+        Field::new("high_watermark", DataType::Int64, true),
+        Field::new("lag", DataType::Int64, true),
+        Field::new("max_event_time", timestamp_type(), true),
+        Field::new("events", DataType::Int64, false),
+        Field::new("rejected", DataType::Int64, false),
+        Field::new("late_events", DataType::Int64, false),
+    ]))
+}
+
+fn system_freshness_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("view", DataType::Utf8, false),
+        Field::new("batch_version", DataType::Int64, true),
+        Field::new("batch_ran_at", timestamp_type(), true),
+        Field::new("batch_coverage", DataType::Utf8, false),
+        Field::new("speed_position", DataType::Utf8, false),
+        Field::new("speed_generations", DataType::Int64, false),
+        Field::new("speed_states", DataType::Int64, false),
+        Field::new("speed_state_bytes", DataType::Int64, false),
+        Field::new("bytes_per_state", DataType::Float64, true),
+        Field::new("max_event_time", timestamp_type(), true),
+        Field::new("late_events", DataType::Int64, false),
+    ]))
+}
+
+fn system_lateness_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("instance", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("late_by_at_most", DataType::Utf8, false),
+        Field::new("events", DataType::Int64, false),
+    ]))
+}
+
+/// A batch cast to `schema` (same columns, possibly other encodings or nullability).
+fn cast_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                arrow::compute::cast(c, f.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
 }
 
 fn system_views_schema() -> SchemaRef {

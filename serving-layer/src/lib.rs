@@ -84,15 +84,17 @@ pub fn check_exposure(config: &Config, address: &SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// Binds `address` (port 0 picks a free port) and serves the catalog until `stop`.
+/// Binds `address` (port 0 picks a free port) and serves the catalog, merging views with
+/// the `speed` layers' states, until `stop`.
 pub async fn start(
     config: &Config,
     address: SocketAddr,
+    speed: Vec<Arc<dyn strata_core::speed::SpeedSource>>,
     cpu: CpuRuntime,
     stop: CancellationToken,
 ) -> Result<RunningServer> {
     check_exposure(config, &address)?;
-    let catalog = Catalog::new(config).await?;
+    let catalog = Catalog::new(config, speed).await?;
     let auth = Arc::new(auth::Authenticator::new(&config.serve.auth));
     let service = StrataFlightSql::new(catalog, auth, cpu);
     let listener = tokio::net::TcpListener::bind(address)

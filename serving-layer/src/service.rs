@@ -45,6 +45,7 @@ use futures::{Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use strata_core::executor::CpuRuntime;
+use strata_core::metrics::{LATENCY_BUCKETS, global};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -157,6 +158,16 @@ impl StrataFlightSql {
     /// Runs a statement and streams its batches as they are produced.
     async fn execute(&self, handle: Handle) -> Result<Response<DoGetStream>, Status> {
         let started = Instant::now();
+        let result = self.execute_metered(handle, started).await;
+        if result.is_err() {
+            global()
+                .counter("strata_queries_total", "Queries answered.", &[("result", "error")])
+                .inc();
+        }
+        result
+    }
+
+    async fn execute_metered(&self, handle: Handle, started: Instant) -> Result<Response<DoGetStream>, Status> {
         let df = self.plan(&handle).await?;
         let schema = output_schema(df.schema().as_arrow());
         let stream = self
@@ -167,7 +178,11 @@ impl StrataFlightSql {
             .map_err(|e| df_status(&e))?;
         let stream = self.cpu.run_stream(stream);
         let out_schema = schema.clone();
+        let mut metered = Metered { started, ok: true };
         let batches = stream.map(move |b| {
+            if b.is_err() {
+                metered.failed();
+            }
             b.map_err(|e| FlightError::Tonic(Box::new(df_status(&e))))
                 .and_then(|b| cast_to(&b, &out_schema).map_err(FlightError::Arrow))
         });
@@ -177,6 +192,35 @@ impl StrataFlightSql {
 
     fn handle_from_any(bytes: &[u8]) -> Result<Handle, Status> {
         Handle::decode(bytes)
+    }
+}
+
+/// Records a query's duration when its stream ends (or the client goes away).
+struct Metered {
+    started: Instant,
+    ok: bool,
+}
+
+impl Metered {
+    fn failed(&mut self) {
+        self.ok = false;
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        let result = if self.ok { "ok" } else { "error" };
+        global()
+            .counter("strata_queries_total", "Queries answered.", &[("result", result)])
+            .inc();
+        global()
+            .histogram(
+                "strata_query_seconds",
+                "Time from a query's arrival to its last batch.",
+                &[],
+                LATENCY_BUCKETS,
+            )
+            .observe(self.started.elapsed().as_secs_f64());
     }
 }
 

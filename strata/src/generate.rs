@@ -78,10 +78,28 @@ impl Generator {
         }
     }
 
+    /// A live record with an event time around `now_us` (a share late by up to two
+    /// hours), and whether it is malformed.
+    pub fn live_record(&mut self, now_us: i64) -> (String, bool) {
+        self.manifest.lines += 1;
+        if self.rng.random_bool(self.spec.malformed_ratio) {
+            let (record, _) = self.malformed_at(now_us);
+            (record, true)
+        } else {
+            let (record, _) = self.event_at(now_us);
+            (record, false)
+        }
+    }
+
     /// A valid event at position `i`, as JSON, and whether it is late.
     fn event(&mut self, i: u64) -> (String, bool) {
+        let t = self.spec.start.timestamp_micros() + (i as f64 * self.step_us) as i64;
+        self.event_at(t)
+    }
+
+    fn event_at(&mut self, base_us: i64) -> (String, bool) {
         let rng = &mut self.rng;
-        let mut t = self.spec.start.timestamp_micros() + (i as f64 * self.step_us) as i64 + rng.random_range(0..1000);
+        let mut t = base_us + rng.random_range(0..1000);
         let late = rng.random_bool(self.spec.late_ratio);
         if late {
             // Between a minute and two hours behind the stream.
@@ -119,7 +137,12 @@ impl Generator {
     }
 
     fn malformed(&mut self, i: u64) -> (String, &'static str) {
-        let (good, _) = self.event(i);
+        let t = self.spec.start.timestamp_micros() + (i as f64 * self.step_us) as i64;
+        self.malformed_at(t)
+    }
+
+    fn malformed_at(&mut self, base_us: i64) -> (String, &'static str) {
+        let (good, _) = self.event_at(base_us);
         let kinds: &[&'static str] = if self.spec.max_record_bytes > 0 {
             &[
                 "truncated",

@@ -4,12 +4,18 @@
 //!  strata import <source> <files…>   backfill history into a source's raw table
 //!  strata batch run [--from --to]    compact the lake and recompute views, once
 //!  strata batch                      the same, on the configured schedule
-//!  strata serve                      Arrow Flight SQL over the lake
+//!  strata speed                      consume Kafka: live views, exactly-once archive
+//!  strata serve                      Arrow Flight SQL over the lake (and speed layers)
+//!  strata run                        speed, batch schedule and serving in one process
+//!  strata demo                       all of it on embedded defaults, with a live view
+//!  strata produce                    a live clickstream to a Kafka topic
 //!  strata query "SQL"                a Flight SQL client
 //!  strata generate                   a clickstream with known flaws, for tests and trials
 //! ```
 
+mod demo;
 mod generate;
+mod produce;
 mod query;
 
 use std::io::{IsTerminal, Write};
@@ -25,6 +31,8 @@ use strata_core::clock::SystemClock;
 use strata_core::config::Config;
 use strata_core::executor::CpuRuntime;
 use strata_core::schema::SourceSchema;
+use strata_core::speed::SpeedSource;
+use strata_speed::SpeedLayer;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -68,11 +76,50 @@ enum Command {
         #[command(subcommand)]
         command: Option<BatchCommand>,
     },
-    /// Serve SQL over Arrow Flight SQL.
+    /// Serve SQL over Arrow Flight SQL, merging batch views with speed layers' states.
     Serve {
         /// Address to listen on (overrides serve.address).
         #[arg(long, env = "STRATA_SERVE_ADDRESS")]
         address: Option<SocketAddr>,
+        /// Flight endpoints of `strata speed` processes (overrides serve.speed_endpoints).
+        #[arg(long = "speed-endpoint", env = "STRATA_SPEED_ENDPOINTS", value_delimiter = ',')]
+        speed_endpoints: Vec<String>,
+        #[command(flatten)]
+        ops: Ops,
+    },
+    /// The speed layer: consume Kafka, keep views live in memory, archive to the lake.
+    Speed {
+        /// Where to serve states to `strata serve` (overrides speed.address).
+        #[arg(long, env = "STRATA_SPEED_ADDRESS")]
+        address: Option<SocketAddr>,
+        #[command(flatten)]
+        ops: Ops,
+    },
+    /// Everything in one process: the speed layer, the batch layer on its schedule, and
+    /// Flight SQL serving both merged.
+    Run {
+        /// Address of Flight SQL (overrides serve.address).
+        #[arg(long, env = "STRATA_SERVE_ADDRESS")]
+        address: Option<SocketAddr>,
+        #[command(flatten)]
+        ops: Ops,
+    },
+    /// Strata working in one command: an in-process Kafka, a live clickstream, every layer,
+    /// Flight SQL on 127.0.0.1:50051 and a live terminal view.
+    Demo(demo::DemoArgs),
+    /// Produce a live clickstream (with late and malformed records) to a Kafka topic.
+    Produce {
+        /// Bootstrap servers (default: kafka.brokers of the config).
+        #[arg(long, env = "STRATA_KAFKA_BROKERS")]
+        brokers: Option<String>,
+        #[arg(long, env = "STRATA_PRODUCE_TOPIC", default_value = "page_views")]
+        topic: String,
+        /// Records per second.
+        #[arg(long, env = "STRATA_PRODUCE_RATE", default_value_t = 1000.0)]
+        rate: f64,
+        /// Stop after this many records (default: until Ctrl-C).
+        #[arg(long, env = "STRATA_PRODUCE_RECORDS")]
+        records: Option<u64>,
     },
     /// Run SQL against a Strata server and print the result.
     Query {
@@ -114,6 +161,24 @@ enum Command {
     },
 }
 
+/// Operations endpoints.
+#[derive(Debug, Clone, clap::Args)]
+struct Ops {
+    /// Serve Prometheus /metrics and /health here (overrides ops.metrics_address).
+    #[arg(long, env = "STRATA_METRICS_ADDRESS")]
+    metrics_address: Option<SocketAddr>,
+}
+
+impl Ops {
+    fn address(&self, config: &Config) -> Result<Option<SocketAddr>> {
+        match (&self.metrics_address, &config.ops.metrics_address) {
+            (Some(a), _) => Ok(Some(*a)),
+            (None, Some(a)) => Ok(Some(a.parse().context("ops.metrics_address")?)),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum BatchCommand {
     /// One run now: compact, then recompute views (all windows, or only --from..--to).
@@ -125,6 +190,9 @@ enum BatchCommand {
         /// ... to this time (exclusive).
         #[arg(long, requires = "from")]
         to: Option<String>,
+        /// Recompute views even when they are up to date.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -179,7 +247,7 @@ async fn run(cli: Cli) -> Result<()> {
             let cpu = CpuRuntime::new(None)?;
             let batch = BatchLayer::new(config.clone(), cpu)?;
             match command {
-                Some(BatchCommand::Run { from, to }) => {
+                Some(BatchCommand::Run { from, to, force }) => {
                     let range = match (from, to) {
                         (Some(f), Some(t)) => {
                             let (f, t) = (parse_time(&f)?, parse_time(&t)?);
@@ -190,7 +258,7 @@ async fn run(cli: Cli) -> Result<()> {
                         }
                         _ => None,
                     };
-                    let report = batch.run_once(range).await?;
+                    let report = batch.run_once(strata_batch::RunOptions { range, force }).await?;
                     print_report(&report);
                     Ok(())
                 }
@@ -213,21 +281,76 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Serve { address } => {
+        Command::Serve {
+            address,
+            speed_endpoints,
+            ops,
+        } => {
             let config = load_config(&cli.config)?;
-            let address = match address {
-                Some(a) => a,
-                None => config.serve.address.parse().context("serve.address")?,
+            let address = serve_address(&config, address)?;
+            let endpoints = if speed_endpoints.is_empty() {
+                config.serve.speed_endpoints.clone()
+            } else {
+                speed_endpoints
             };
+            let speed = endpoints
+                .iter()
+                .map(|e| {
+                    strata_speed::flight::RemoteSpeed::new(e, config.serve.auth.token.clone())
+                        .map(|r| Arc::new(r) as Arc<dyn SpeedSource>)
+                })
+                .collect::<strata_core::Result<Vec<_>>>()?;
             let cpu = CpuRuntime::new(None)?;
             let stop = shutdown_signal();
-            let mut server = strata_serving::start(&config, address, cpu, stop).await?;
+            let ops = start_ops(
+                ops.address(&config)?,
+                Arc::new(|| Ok("{\"status\":\"serving\"}".to_string())),
+                stop.clone(),
+            )
+            .await?;
+            let mut server = strata_serving::start(&config, address, speed, cpu, stop).await?;
             // Tests and scripts read this line to learn the port.
             println!("strata serving Flight SQL on {}", server.address);
             std::io::stdout().flush()?;
             server.wait().await?;
+            finish_ops(ops).await;
             eprintln!("strata serve stopped");
             Ok(())
+        }
+        Command::Speed { address, ops } => {
+            let config = load_config(&cli.config)?;
+            let address = match address {
+                Some(a) => a,
+                None => config.speed.address.parse().context("speed.address")?,
+            };
+            let cpu = CpuRuntime::new(None)?;
+            let stop = shutdown_signal();
+            let speed = SpeedLayer::start(&config, cpu).await?;
+            let flight_stop = CancellationToken::new();
+            let (bound, flight) = strata_speed::flight::serve(
+                speed.clone(),
+                address,
+                config.serve.auth.token.clone(),
+                flight_stop.clone(),
+            )
+            .await?;
+            let health = speed_health(&speed);
+            let ops = start_ops(ops.address(&config)?, health, flight_stop.clone()).await?;
+            println!("strata speed serving states on {bound}");
+            std::io::stdout().flush()?;
+            wait_or_fail(&stop, &speed).await;
+            // Ordered: archive everything consumed, then stop answering.
+            let archived = speed.shutdown().await;
+            flight_stop.cancel();
+            let _ = flight.await;
+            finish_ops(ops).await;
+            archived?;
+            eprintln!("strata speed stopped");
+            Ok(())
+        }
+        Command::Run { address, ops } => {
+            let config = load_config(&cli.config)?;
+            run_all(config, address, ops.metrics_address).await
         }
         Command::Query {
             sql,
@@ -253,6 +376,40 @@ async fn run(cli: Cli) -> Result<()> {
                     Ok(())
                 }
             }
+        }
+        Command::Demo(args) => demo::run(args).await,
+        Command::Produce {
+            brokers,
+            topic,
+            rate,
+            records,
+        } => {
+            let brokers = match brokers {
+                Some(b) => b,
+                None => load_config(&cli.config)?.kafka.brokers.clone(),
+            };
+            let stop = shutdown_signal();
+            let counts = Arc::new(produce::Produced::default());
+            let spec = generate::Spec {
+                events: u64::MAX,
+                start: Utc::now(),
+                span: std::time::Duration::from_secs(1),
+                malformed_ratio: 0.01,
+                late_ratio: 0.05,
+                seed: rand::random(),
+                max_record_bytes: 0,
+                users: 100_000,
+                pages: 500,
+            };
+            let c = counts.clone();
+            tokio::task::spawn_blocking(move || produce::produce(&brokers, &topic, rate, records, spec, &stop, &c))
+                .await
+                .context("the producer")??;
+            eprintln!(
+                "produced {} records",
+                counts.records.load(std::sync::atomic::Ordering::Relaxed)
+            );
+            Ok(())
         }
         Command::Generate {
             events,
@@ -307,6 +464,151 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+fn serve_address(config: &Config, flag: Option<SocketAddr>) -> Result<SocketAddr> {
+    match flag {
+        Some(a) => Ok(a),
+        None => config.serve.address.parse().context("serve.address"),
+    }
+}
+
+/// A running /metrics and /health endpoint.
+type OpsTask = Option<(SocketAddr, tokio::task::JoinHandle<()>)>;
+
+async fn start_ops(
+    address: Option<SocketAddr>,
+    health: strata_core::metrics::HealthCheck,
+    stop: CancellationToken,
+) -> Result<OpsTask> {
+    let Some(address) = address else { return Ok(None) };
+    let (bound, task) = strata_core::metrics::serve_ops(address, health, stop).await?;
+    eprintln!("metrics on http://{bound}/metrics, health on http://{bound}/health");
+    Ok(Some((bound, task)))
+}
+
+async fn finish_ops(task: OpsTask) {
+    if let Some((_, task)) = task {
+        let _ = task.await;
+    }
+}
+
+fn speed_health(speed: &Arc<SpeedLayer>) -> strata_core::metrics::HealthCheck {
+    let speed = speed.clone();
+    Arc::new(move || match speed.failure() {
+        None => Ok("{\"status\":\"consuming\"}".to_string()),
+        Some(f) => Err(serde_json::json!({ "status": "failed", "reason": f }).to_string()),
+    })
+}
+
+/// Waits for a shutdown signal, or for the speed layer to fail.
+async fn wait_or_fail(stop: &CancellationToken, speed: &Arc<SpeedLayer>) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                if let Some(f) = speed.failure() {
+                    eprintln!("error: the speed layer failed: {f}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `strata run`: speed, batch on its schedule and serving, in one process.
+async fn run_all(config: Arc<Config>, address: Option<SocketAddr>, metrics: Option<SocketAddr>) -> Result<()> {
+    let address = serve_address(&config, address)?;
+    let metrics = match metrics {
+        Some(m) => Some(m),
+        None => config
+            .ops
+            .metrics_address
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .context("ops.metrics_address")?,
+    };
+    let stop = shutdown_signal();
+    let node = Node::start(&config, address, metrics, true).await?;
+    println!("strata serving Flight SQL on {}", node.server.address);
+    std::io::stdout().flush()?;
+    wait_or_fail(&stop, &node.speed).await;
+    node.shutdown().await?;
+    eprintln!("strata run stopped: everything consumed is archived");
+    Ok(())
+}
+
+/// Every layer in one process: speed, batch on its schedule, Flight SQL, /metrics.
+struct Node {
+    speed: Arc<SpeedLayer>,
+    server: strata_serving::RunningServer,
+    /// Where /metrics is served, if it is.
+    metrics: Option<SocketAddr>,
+    batch: Option<tokio::task::JoinHandle<strata_core::Result<()>>>,
+    batch_stop: CancellationToken,
+    serve_stop: CancellationToken,
+    ops: OpsTask,
+}
+
+impl Node {
+    async fn start(
+        config: &Arc<Config>,
+        address: SocketAddr,
+        metrics: Option<SocketAddr>,
+        print_batch_runs: bool,
+    ) -> Result<Node> {
+        let cpu = CpuRuntime::new(None)?;
+        let speed = SpeedLayer::start(config, cpu.clone()).await?;
+        let serve_stop = CancellationToken::new();
+        let ops = start_ops(metrics, speed_health(&speed), serve_stop.clone()).await?;
+        let speed_source = speed.clone() as Arc<dyn SpeedSource>;
+        let server =
+            strata_serving::start(config, address, vec![speed_source], cpu.clone(), serve_stop.clone()).await?;
+        let batch_stop = CancellationToken::new();
+        let batch = match strata_batch::schedule(config) {
+            Some(schedule) => {
+                let layer = BatchLayer::new(config.clone(), cpu.clone())?;
+                let batch_stop = batch_stop.clone();
+                Some(tokio::spawn(async move {
+                    layer
+                        .run_scheduled(&schedule, Arc::new(SystemClock), batch_stop, &|r| {
+                            if let (Ok(report), true) = (r, print_batch_runs) {
+                                print_report(report);
+                            }
+                        })
+                        .await
+                }))
+            }
+            None => {
+                eprintln!("warning: [batch] has no schedule: the batch layer will not run (use `strata batch run`)");
+                None
+            }
+        };
+        Ok(Node {
+            speed,
+            server,
+            metrics: ops.as_ref().map(|(a, _)| *a),
+            batch,
+            batch_stop,
+            serve_stop,
+            ops,
+        })
+    }
+
+    /// Ordered: no new batch run; archive what the speed layer consumed; then stop serving.
+    async fn shutdown(mut self) -> Result<()> {
+        self.batch_stop.cancel();
+        if let Some(b) = self.batch.take() {
+            let _ = b.await;
+        }
+        let archived = self.speed.shutdown().await;
+        self.serve_stop.cancel();
+        self.server.wait().await?;
+        finish_ops(self.ops.take()).await;
+        archived?;
+        Ok(())
+    }
+}
+
 async fn import(config: &Config, source: &str, files: &[PathBuf], chunk_rows: usize) -> Result<()> {
     let source = SourceSchema::new(config.source(source)?);
     let lake = strata_core::lake::Lake::new(&config.lake, config.base_dir())?;
@@ -351,7 +653,7 @@ fn print_report(report: &RunReport) {
     for c in &report.compactions {
         match c.version {
             Some(v) => println!(
-                "compacted raw.{}: {} files into {} ({} rows, {:.1} MB -> {:.1} MB) in {:.1}s, version {v}",
+                "compacted raw.{}: {} files into {} ({} rows, {:.1} MB -> {:.1} MB) in {:.3}s, version {v}",
                 c.source,
                 c.files_in,
                 c.files_out,
@@ -366,7 +668,7 @@ fn print_report(report: &RunReport) {
     for v in &report.views {
         match &v.outcome {
             ViewOutcome::Published { version, commit } => println!(
-                "published view {} version {version}: {} state rows from {} events (raw version {}) in {:.1}s",
+                "published view {} version {version}: {} state rows from {} events (raw version {}) in {:.3}s",
                 v.view,
                 commit.rows,
                 commit.events,

@@ -8,6 +8,12 @@ minute / 5 minutes by device, with a FILTER); the SQL below is their DuckDB tran
 
 Usage: oracle.py --endpoint grpc://HOST:PORT --scratch DIR DATA.jsonl [DATA2.jsonl ...]
 (each DATA file has DATA.manifest.json next to it)
+
+For the speed layer (events produced to Kafka, line n to partition (n-1) % P at offset
+(n-1) // P): --lines N compares with the first N lines only, after waiting until the speed
+layer has consumed them (--wait-consumed); --kafka-partitions P checks the rejected table by
+Kafka position instead of file line; --check-archive waits until everything consumed is
+archived and checks the raw and rejected tables hold each record exactly once.
 """
 
 import argparse
@@ -46,21 +52,46 @@ def micros(ts):
     return int(ts.timestamp() * 1_000_000) if not hasattr(ts, "value") else ts.value // 1000
 
 
-def load_valid(files, scratch):
-    """Writes the valid lines of every file to one JSONL file; returns it and the manifests."""
+def load_valid(files, scratch, lines=None):
+    """Writes the valid lines of every file (of the first `lines` only, if given) to one
+    JSONL file; returns it and the manifests restricted to those lines."""
     valid_path = os.path.join(scratch, "oracle-valid.jsonl")
     manifests = []
     with open(valid_path, "wb") as out:
         for path in files:
             with open(path + ".manifest.json") as f:
                 manifest = json.load(f)
+            if lines is not None:
+                manifest["malformed"] = [m for m in manifest["malformed"] if m["line"] <= lines]
+                manifest["valid"] = lines - len(manifest["malformed"])
+                manifest["lines"] = lines
             manifests.append((path, manifest))
             bad = {m["line"] for m in manifest["malformed"]}
             with open(path, "rb") as f:
                 for n, line in enumerate(f, start=1):
+                    if lines is not None and n > lines:
+                        break
                     if n not in bad and line.strip():
                         out.write(line)
     return valid_path, manifests
+
+
+def wait_for(endpoint, column, want, timeout=180):
+    """Polls system.partitions until sum(column) reaches want (the speed layer's progress)."""
+    import time
+
+    client = PyArrowFlightSql(endpoint)
+    deadline = time.monotonic() + timeout
+    got = None
+    while time.monotonic() < deadline:
+        try:
+            got = client.query(f"SELECT coalesce(sum({column}), 0) AS n FROM system.partitions").to_pylist()[0]["n"]
+        except Exception as e:  # the server may be restarting
+            got = f"error: {e}"
+        if got == want:
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"timed out waiting for {column} to reach {want} (last seen: {got})")
 
 
 def duck(valid_path):
@@ -165,15 +196,36 @@ def check_device_5m(conn, con):
     print(f"device_5m: {len(truth)} rows equal (max approx_distinct error {max_hll:.2%})")
 
 
-def check_raw_and_rejected(endpoint, con, manifests):
+def check_raw_and_rejected(endpoint, con, manifests, kafka_partitions=None):
     client = PyArrowFlightSql(endpoint)
     raw = client.query("SELECT count(*) AS n, count(DISTINCT ts) AS t FROM raw.page_views").to_pylist()[0]
     valid = sum(m["valid"] for _, m in manifests)
     duck_valid = con.execute("SELECT count(*) FROM events").fetchone()[0]
     if not (raw["n"] == valid == duck_valid):
         fail(f"raw.page_views holds {raw['n']} events; manifest says {valid}, DuckDB read {duck_valid}")
-    rejected = client.query("SELECT file, line, reason, raw FROM rejected.page_views").to_pylist()
-    expected = {(os.path.abspath(path), m["line"]): m["kind"] for path, m in manifests for m in m["malformed"]}
+    if kafka_partitions:
+        # Each valid line exactly once, at the Kafka position it was produced to.
+        dups = client.query(
+            "SELECT count(*) AS n FROM (SELECT _partition, _offset FROM raw.page_views GROUP BY 1, 2 HAVING count(*) > 1)"
+        ).to_pylist()[0]["n"]
+        if dups:
+            fail(f"raw.page_views holds {dups} Kafka positions more than once")
+        bad = {m["line"] for _, man in manifests for m in man["malformed"]}
+        archived = client.query("SELECT _partition AS p, _offset AS o FROM raw.page_views").to_pylist()
+        lines = {r["o"] * kafka_partitions + r["p"] + 1 for r in archived}
+        wrong = [n for n in lines if n in bad]
+        if wrong:
+            fail(f"malformed lines archived as events: {wrong[:5]}")
+    rejected = client.query(
+        "SELECT file, line, kafka_partition AS p, kafka_offset AS o, reason, raw FROM rejected.page_views"
+    ).to_pylist()
+    if kafka_partitions:
+        path = manifests[0][0]
+        expected = {(os.path.abspath(path), m["line"]): m["kind"] for m in manifests[0][1]["malformed"]}
+        for r in rejected:
+            r["file"], r["line"] = path, r["o"] * kafka_partitions + r["p"] + 1
+    else:
+        expected = {(os.path.abspath(path), m["line"]): m["kind"] for path, m in manifests for m in m["malformed"]}
     seen = {}
     for r in rejected:
         key = (os.path.abspath(r["file"]), r["line"])
@@ -233,18 +285,28 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--scratch", required=True)
+    parser.add_argument("--lines", type=int)
+    parser.add_argument("--wait-consumed", action="store_true")
+    parser.add_argument("--check-archive", action="store_true")
+    parser.add_argument("--kafka-partitions", type=int)
+    parser.add_argument("--views-only", action="store_true")
     parser.add_argument("data", nargs="+")
     args = parser.parse_args()
 
-    valid_path, manifests = load_valid(args.data, args.scratch)
+    valid_path, manifests = load_valid(args.data, args.scratch, args.lines)
+    if args.wait_consumed:
+        wait_for(args.endpoint, "consumed_offset", args.lines)
     con = duck(valid_path)
     conn = adbc_connect(args.endpoint)
     try:
         check_page_stats(conn, con)
         check_device_5m(conn, con)
-        check_raw_and_rejected(args.endpoint, con, manifests)
-        check_get_objects(conn)
-        check_prepared(conn, con)
+        if args.check_archive:
+            wait_for(args.endpoint, "archived_offset", args.lines)
+        if not args.views_only:
+            check_raw_and_rejected(args.endpoint, con, manifests, args.kafka_partitions)
+            check_get_objects(conn)
+            check_prepared(conn, con)
     finally:
         conn.close()
     if failures:

@@ -1,0 +1,228 @@
+"""Speed-layer benchmark, in one run on one broker (tansu) and machine:
+
+  ingest     events/s (and per core) of `strata speed` consuming the generated clickstream
+             (JSON records of 100-200 bytes) with the example config's two views, a tumbling
+             and a hopping one, both with approx_distinct, the archive to the lake on; beside
+             librdkafka's raw consume rate (speed-layer/examples/raw_consume.rs) as ceiling.
+  freshness  p50/p99 from produce (acknowledged) to visible through Flight SQL, under a
+             steady load at half the measured ingest rate.
+  memory     bytes per live (window, group) state, from system.freshness.
+
+Run it with scripts/bench.sh speed [EVENTS]. Prints a Markdown table for BENCHMARKS.md.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
+from confluent_kafka import Producer  # noqa: E402
+from flightsql import PyArrowFlightSql  # noqa: E402
+
+TOPIC = "page_views"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, what):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit(f"{what} exited")
+            time.sleep(0.02)
+    raise SystemExit(f"{what} did not listen on {port}")
+
+
+def metric(port, name):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def produce_file(brokers, path, partitions=4):
+    p = Producer({"bootstrap.servers": brokers, "linger.ms": 5, "batch.num.messages": 10000,
+                  "queue.buffering.max.messages": 2000000})
+    n = 0
+    with open(path, "rb") as f:
+        for line in f:
+            while True:
+                try:
+                    p.produce(TOPIC, value=line.rstrip(b"\n"), partition=n % partitions)
+                    break
+                except BufferError:
+                    p.poll(0.05)
+            n += 1
+    p.flush(120)
+    return n
+
+
+def main():
+    a = argparse.ArgumentParser()
+    a.add_argument("--strata", required=True)
+    a.add_argument("--raw-consume", required=True)
+    a.add_argument("--tansu", required=True)
+    a.add_argument("--repo", required=True)
+    a.add_argument("--work", required=True)
+    a.add_argument("--events", type=int, default=2_000_000)
+    a.add_argument("--probes", type=int, default=300)
+    args = a.parse_args()
+
+    shutil.rmtree(args.work, ignore_errors=True)
+    os.makedirs(args.work)
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    brokers = f"127.0.0.1:{port}"
+    tansu = subprocess.Popen([args.tansu, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                              "--storage-engine", "memory://tansu/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [tansu]
+    try:
+        wait_port(port, tansu, "tansu")
+        subprocess.run([args.tansu, "topic", "create", TOPIC, "--partitions", "4", "--broker", url], check=True,
+                       capture_output=True)
+        config = os.path.join(args.work, "strata.toml")
+        text = open(os.path.join(args.repo, "strata.example.toml")).read().replace('interval = "5m"\n', "")
+        open(config, "w").write(text)
+        env = dict(os.environ, STRATA_LOG="warn", STRATA_KAFKA_BROKERS=brokers)
+        data = os.path.join(args.work, "events.jsonl")
+        subprocess.run([args.strata, "--config", config, "generate", "--events", str(args.events), "--out", data,
+                        "--start", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600)), "--span", "1h"],
+                       check=True, capture_output=True)
+        sizes = [len(l) for l in open(data, "rb")]
+        print(f"{len(sizes):,} records, {statistics.mean(sizes):.0f} bytes on average "
+              f"(p5 {sorted(sizes)[len(sizes) // 20]}, p95 {sorted(sizes)[len(sizes) * 19 // 20]})", flush=True)
+        started = time.perf_counter()
+        n = produce_file(brokers, data)
+        print(f"produced {n:,} in {time.perf_counter() - started:.1f} s", flush=True)
+
+        # The ceiling: librdkafka alone.
+        out = subprocess.run([args.raw_consume, brokers, TOPIC, str(n)], check=True, capture_output=True, text=True).stdout
+        messages, seconds, _, _ = out.split()
+        ceiling = int(messages) / float(seconds)
+        print(f"librdkafka raw consume: {ceiling:,.0f} messages/s", flush=True)
+
+        # Strata's speed layer: consume, compute both views' states, archive.
+        metrics_port = free_port()
+        speed = subprocess.Popen([args.strata, "--config", config, "speed", "--address", f"127.0.0.1:{free_port()}",
+                                  "--metrics-address", f"127.0.0.1:{metrics_port}"], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(speed)
+        wait_port(metrics_port, speed, "strata speed")
+        first = None
+        while True:
+            done = metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total")
+            if done > 0 and first is None:
+                first = (time.perf_counter(), done)
+            if done >= n:
+                break
+            time.sleep(0.05)
+        seconds = time.perf_counter() - first[0]
+        ingest = (n - first[1]) / seconds
+        cores = os.cpu_count()
+        print(f"strata speed: {ingest:,.0f} events/s ({ingest / cores:,.0f} per core)", flush=True)
+        speed.terminate()
+        speed.wait(60)
+        procs.remove(speed)
+
+        # Freshness under half the ingest rate, through strata run (speed + serving).
+        subprocess.run([args.tansu, "topic", "create", "fresh", "--partitions", "4", "--broker", url], check=True,
+                       capture_output=True)
+        fresh_config = os.path.join(args.work, "fresh.toml")
+        open(fresh_config, "w").write(text.replace('topics = ["page_views"]', 'topics = ["fresh"]')
+                                      .replace('url = "./lake"', 'url = "./fresh-lake"'))
+        serve_port = free_port()
+        run = subprocess.Popen([args.strata, "--config", fresh_config, "run", "--address", f"127.0.0.1:{serve_port}"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(run)
+        wait_port(serve_port, run, "strata run")
+        rate = ingest / 2
+        stop = threading.Event()
+
+        def background():
+            p = Producer({"bootstrap.servers": brokers, "linger.ms": 1})
+            lines = open(data, "rb").read().split(b"\n")
+            i, t0 = 0, time.perf_counter()
+            while not stop.is_set():
+                due = int((time.perf_counter() - t0) * rate)
+                while i < due:
+                    try:
+                        p.produce("fresh", value=lines[i % (len(lines) - 1)], partition=i % 4)
+                    except BufferError:
+                        p.poll(0.01)
+                        continue
+                    i += 1
+                p.poll(0)
+                time.sleep(0.002)
+            p.flush(30)
+
+        bg = threading.Thread(target=background)
+        bg.start()
+        client = PyArrowFlightSql(f"grpc://127.0.0.1:{serve_port}")
+        client.query("SELECT 1")
+        probe = Producer({"bootstrap.servers": brokers, "linger.ms": 0})
+        latencies = []
+        time.sleep(2)  # let the load settle into a steady state before probing
+        for k in range(args.probes):
+            country = f"Z{k:05d}"
+            record = json.dumps({"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "user_id": "probe",
+                                 "country": country, "url": "/probe", "device": "probe", "latency_ms": 1})
+            acked = threading.Event()
+            probe.produce("fresh", value=record.encode(), partition=k % 4, on_delivery=lambda e, m: acked.set())
+            while not acked.is_set():
+                probe.poll(0.0005)
+            sent = time.perf_counter()
+            while True:
+                rows = client.query(f"SELECT views FROM page_stats WHERE country = '{country}'").num_rows
+                if rows:
+                    latencies.append(time.perf_counter() - sent)
+                    break
+                if time.perf_counter() - sent > 30:
+                    raise SystemExit(f"probe {country} never became visible")
+        stop.set()
+        bg.join()
+        latencies.sort()
+        p50 = latencies[len(latencies) // 2] * 1000
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+        print(f"freshness at {rate:,.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(latencies)} probes)", flush=True)
+        memory = client.query("SELECT view, speed_states, speed_state_bytes, bytes_per_state FROM system.freshness ORDER BY view").to_pylist()
+        run.terminate()
+        run.wait(60)
+        procs.remove(run)
+
+        print()
+        print(f"{n:,} records of {statistics.mean(sizes):.0f} bytes on average, 4 partitions, {cores} cores")
+        print("| measure | strata | librdkafka raw consume (ceiling) | ratio | goal |")
+        print("|---|---:|---:|---:|---|")
+        print(f"| ingest, events/s | {ingest:,.0f} | {ceiling:,.0f} | {ingest / ceiling:.2f} | >= 0.5 |")
+        print(f"| ingest, events/s per core | {ingest / cores:,.0f} | {ceiling / cores:,.0f} | | |")
+        print(f"| freshness p50 (produce -> visible in Flight SQL) at {rate:,.0f} events/s | {p50:.1f} ms | | | |")
+        print(f"| freshness p99 | {p99:.1f} ms | | | < 100 ms |")
+        for m in memory:
+            print(f"| memory, {m['view']}: {m['speed_states']:,} live states | {m['bytes_per_state'] or 0:.0f} bytes/state | | | |")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+if __name__ == "__main__":
+    main()

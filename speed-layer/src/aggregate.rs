@@ -1,0 +1,526 @@
+//! The aggregator: turns micro-batches into view states in the open segment of each
+//! partition, cuts segments when the archive flushes, and rebuilds states from the lake for
+//! partitions it starts owning (recovery).
+//!
+//! ```text
+//!  consumer ──Input──► aggregator ──ArchiveJob──► archiver ──► lake (raw, rejected)
+//!                          │ states per view, per partition segment
+//!                          ▼
+//!                        Store ◄── queries (states beyond a batch coverage)
+//! ```
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Int32Type, TimestampMicrosecondType};
+use strata_core::lake::{Lake, kafka_app_id, txn_history};
+use strata_core::metrics::{Histogram, LATENCY_BUCKETS, global};
+use strata_core::schema::{OFFSET, PARTITION, SourceSchema, TOPIC, rejected};
+use strata_core::speed::{LATENESS_BUCKETS, Offsets, partition_key};
+use strata_core::view::quote;
+use strata_core::{Error, Result};
+use tokio::sync::mpsc;
+
+use crate::consumer::{Assigned, Input, MicroBatch};
+use crate::engine::ViewEngine;
+use crate::store::{PartitionStates, Store};
+
+/// Fold a segment's state batches into one when it holds more than this many.
+const FOLD_AT: usize = 32;
+
+/// What the archiver commits: the events and rejects of one source since the last flush,
+/// and the offset range of every partition they cover.
+#[derive(Debug)]
+pub struct ArchiveJob {
+    pub source: usize,
+    pub events: Vec<RecordBatch>,
+    pub rejects: Vec<RecordBatch>,
+    /// (topic, partition, start, end): the segment each partition closed.
+    pub ranges: Vec<(String, i32, i64, i64)>,
+}
+
+pub struct Aggregator {
+    pub engines: Vec<ViewEngine>,
+    pub view_source: Vec<usize>,
+    pub sources: Vec<Arc<SourceSchema>>,
+    pub store: Arc<Mutex<Store>>,
+    pub lake: Lake,
+    pub flush_interval: Duration,
+    pub flush_rows: usize,
+    pub archive: mpsc::Sender<ArchiveJob>,
+    /// Buffered since the last flush, per source.
+    pub events: Vec<Vec<RecordBatch>>,
+    pub rejects: Vec<Vec<RecordBatch>>,
+    pub buffered_rows: usize,
+    pub visible: Histogram,
+}
+
+impl Aggregator {
+    pub fn new(
+        engines: Vec<ViewEngine>,
+        view_source: Vec<usize>,
+        sources: Vec<Arc<SourceSchema>>,
+        store: Arc<Mutex<Store>>,
+        lake: Lake,
+        (flush_interval, flush_rows): (Duration, usize),
+        archive: mpsc::Sender<ArchiveJob>,
+    ) -> Self {
+        let n = sources.len();
+        Aggregator {
+            engines,
+            view_source,
+            sources,
+            store,
+            lake,
+            flush_interval,
+            flush_rows,
+            archive,
+            events: vec![Vec::new(); n],
+            rejects: vec![Vec::new(); n],
+            buffered_rows: 0,
+            visible: global().histogram(
+                "strata_speed_visible_seconds",
+                "From an event's consumption to its visibility in queries.",
+                &[],
+                LATENCY_BUCKETS,
+            ),
+        }
+    }
+
+    /// Runs until the consumer's channel closes, then archives what is left.
+    pub async fn run(mut self, mut input: mpsc::Receiver<Input>) -> Result<()> {
+        let mut last_flush = Instant::now();
+        loop {
+            let wait = self.flush_interval.saturating_sub(last_flush.elapsed());
+            tokio::select! {
+                next = input.recv() => match next {
+                    Some(Input::Batch(batch)) => self.batch(batch).await?,
+                    Some(Input::Assigned(list)) => self.assigned(list).await?,
+                    Some(Input::Revoked(keys)) => self.revoked(&keys),
+                    None => {
+                        self.flush().await?;
+                        return Ok(());
+                    }
+                },
+                () = tokio::time::sleep(wait) => {}
+            }
+            if last_flush.elapsed() >= self.flush_interval || self.buffered_rows >= self.flush_rows {
+                self.flush().await?;
+                last_flush = Instant::now();
+            }
+        }
+    }
+
+    async fn batch(&mut self, batch: MicroBatch) -> Result<()> {
+        let source = batch.source;
+        // States of every view of this source, per partition.
+        let mut states: Vec<(usize, BTreeMap<String, Vec<RecordBatch>>)> = Vec::new();
+        if let Some(events) = &batch.events {
+            for (v, engine) in self
+                .engines
+                .iter()
+                .enumerate()
+                .filter(|(v, _)| self.view_source[*v] == source)
+            {
+                states.push((v, engine.states_by_partition(events.clone()).await?));
+            }
+        }
+        let event_time = self.sources[source].event_time;
+        let lateness = batch
+            .events
+            .as_ref()
+            .map(|e| per_partition_times(e, event_time))
+            .unwrap_or_default();
+        let mut to_fold = Vec::new();
+        {
+            let mut store = self.store.lock().expect("store lock");
+            let views = store.views.len();
+            for (topic, partition, first, next) in &batch.positions {
+                let key = partition_key(topic, *partition);
+                let p = store
+                    .partitions
+                    .entry(key.clone())
+                    .or_insert_with(|| new_partition(source, topic, *partition, *first, views));
+                let segment = p.open_segment(views);
+                segment.end = *next;
+                for (v, by_partition) in &states {
+                    if let Some(b) = by_partition.get(&key) {
+                        segment.states[*v].extend(b.iter().cloned());
+                        if segment.states[*v].len() > FOLD_AT {
+                            to_fold.push((key.clone(), *v));
+                        }
+                    }
+                }
+            }
+            for (key, times) in lateness {
+                if let Some(p) = store.partitions.get_mut(&key) {
+                    let mut buckets = vec![0u64; LATENESS_BUCKETS.len()];
+                    for t in times {
+                        match p.max_event_time {
+                            Some(max) if t < max => {
+                                p.late += 1;
+                                let behind = max - t;
+                                let i = LATENESS_BUCKETS
+                                    .iter()
+                                    .position(|(b, _)| behind <= *b)
+                                    .unwrap_or(LATENESS_BUCKETS.len() - 1);
+                                buckets[i] += 1;
+                            }
+                            _ => p.max_event_time = Some(t),
+                        }
+                        p.events += 1;
+                    }
+                    for (i, n) in buckets.into_iter().enumerate() {
+                        store.lateness[source][i] += n;
+                    }
+                }
+            }
+            if let Some(r) = &batch.rejects {
+                let topics = r.column_by_name(rejected::TOPIC).map(|c| c.as_string::<i32>().clone());
+                let partitions = r
+                    .column_by_name(rejected::PARTITION)
+                    .map(|c| c.as_primitive::<Int32Type>().clone());
+                if let (Some(t), Some(p)) = (topics, partitions) {
+                    for row in 0..r.num_rows() {
+                        if let Some(ps) = store.partitions.get_mut(&partition_key(t.value(row), p.value(row))) {
+                            ps.rejected += 1;
+                        }
+                    }
+                }
+            }
+        }
+        self.visible.observe(batch.consumed_at.elapsed().as_secs_f64());
+        for (key, v) in to_fold {
+            self.fold_open(&key, v).await?;
+        }
+        let rows = batch.events.as_ref().map_or(0, RecordBatch::num_rows)
+            + batch.rejects.as_ref().map_or(0, RecordBatch::num_rows);
+        self.buffered_rows += rows;
+        if let Some(e) = batch.events {
+            self.events[source].push(e);
+        }
+        if let Some(r) = batch.rejects {
+            self.rejects[source].push(r);
+        }
+        Ok(())
+    }
+
+    /// Folds the state batches of a segment into one, replacing exactly those it folded.
+    async fn fold_open(&mut self, key: &str, v: usize) -> Result<()> {
+        let (index, batches) = {
+            let store = self.store.lock().expect("store lock");
+            let Some(p) = store.partitions.get(key) else {
+                return Ok(());
+            };
+            let Some(i) = p.segments.len().checked_sub(1) else {
+                return Ok(());
+            };
+            (i, p.segments[i].states[v].clone())
+        };
+        let n = batches.len();
+        let folded = self.engines[v].fold(batches).await?;
+        let mut store = self.store.lock().expect("store lock");
+        if let Some(segment) = store.partitions.get_mut(key).and_then(|p| p.segments.get_mut(index)) {
+            let keep = n.min(segment.states[v].len());
+            let rest = segment.states[v].split_off(keep);
+            segment.states[v] = folded;
+            segment.states[v].extend(rest);
+        }
+        Ok(())
+    }
+
+    /// Closes every open segment and hands what they hold to the archiver.
+    pub async fn flush(&mut self) -> Result<()> {
+        let mut jobs = Vec::new();
+        let mut closed = Vec::new();
+        {
+            let mut store = self.store.lock().expect("store lock");
+            for s in 0..self.sources.len() {
+                let mut ranges = Vec::new();
+                for (key, p) in store.partitions.iter_mut().filter(|(_, p)| p.source == s) {
+                    if let Some(segment) = p.segments.back_mut().filter(|seg| seg.open) {
+                        segment.open = false;
+                        ranges.push((p.topic.clone(), p.partition, segment.start, segment.end));
+                        closed.push((key.clone(), p.segments.len() - 1));
+                    }
+                }
+                if ranges.is_empty() {
+                    continue;
+                }
+                jobs.push(ArchiveJob {
+                    source: s,
+                    events: std::mem::take(&mut self.events[s]),
+                    rejects: std::mem::take(&mut self.rejects[s]),
+                    ranges,
+                });
+            }
+        }
+        self.buffered_rows = 0;
+        for job in jobs {
+            if self.archive.send(job).await.is_err() {
+                return Err(Error::Internal("the archiver stopped".into()));
+            }
+        }
+        // Closed segments hold one row per (window, group): fold them.
+        for (key, index) in closed {
+            for v in 0..self.engines.len() {
+                let batches = {
+                    let store = self.store.lock().expect("store lock");
+                    match store.partitions.get(&key).and_then(|p| p.segments.get(index)) {
+                        Some(s) if s.states[v].len() > 1 => s.states[v].clone(),
+                        _ => continue,
+                    }
+                };
+                let n = batches.len();
+                let folded = self.engines[v].fold(batches).await?;
+                let mut store = self.store.lock().expect("store lock");
+                if let Some(s) = store.partitions.get_mut(&key).and_then(|p| p.segments.get_mut(index))
+                    && s.states[v].len() == n
+                {
+                    s.states[v] = folded;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn revoked(&mut self, keys: &[String]) {
+        let mut store = self.store.lock().expect("store lock");
+        for key in keys {
+            store.partitions.remove(key);
+        }
+        // Their unarchived events go too: the new owner resumes from the lake.
+        for batches in &mut self.events {
+            for b in batches.iter_mut() {
+                *b = drop_partitions(b, keys, TOPIC, PARTITION);
+            }
+        }
+        for batches in &mut self.rejects {
+            for b in batches.iter_mut() {
+                *b = drop_partitions(b, keys, rejected::TOPIC, rejected::PARTITION);
+            }
+        }
+    }
+
+    /// Rebuilds the states of newly owned partitions from the lake: the events archived
+    /// beyond each view's batch coverage, in segments at the archive commits' boundaries.
+    async fn assigned(&mut self, list: Vec<Assigned>) -> Result<()> {
+        let views = self.engines.len();
+        for s in 0..self.sources.len() {
+            let mine: Vec<&Assigned> = list.iter().filter(|a| a.source == s).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            // Each view's batch coverage, and the raw version it was computed from.
+            let mut coverage: Vec<Option<(Offsets, u64)>> = vec![None; views];
+            for v in (0..views).filter(|v| self.view_source[*v] == s) {
+                let url = self.lake.view_url(&self.engines[v].plan.name);
+                if let Some(table) = self.lake.open(&url).await?
+                    && let Some(latest) = Lake::latest_view_version(&table).await?
+                {
+                    coverage[v] = Some((latest.commit.offsets.clone(), latest.commit.raw_version));
+                }
+            }
+            let raw = self.lake.open(&self.lake.raw_url(&self.sources[s].name)).await?;
+            // Built aside, published at once: a query never sees a partition without its states.
+            let mut fresh: BTreeMap<String, PartitionStates> = BTreeMap::new();
+            for a in &mine {
+                let key = partition_key(&a.topic, a.partition);
+                let mut p = new_partition(s, &a.topic, a.partition, a.archived.unwrap_or(0), views);
+                for (floor, covered) in p.floor.iter_mut().zip(&coverage) {
+                    *floor = covered.as_ref().and_then(|(o, _)| o.get(&key).copied()).unwrap_or(0);
+                }
+                fresh.insert(key, p);
+            }
+            if let Some(raw) = raw {
+                let to_recover: Vec<&Assigned> = mine.iter().copied().filter(|a| a.archived.is_some()).collect();
+                if !to_recover.is_empty() {
+                    let latest = raw.version().unwrap_or(0);
+                    let since = coverage.iter().flatten().map(|(_, r)| *r).min();
+                    let uncovered_view = (0..views).any(|v| self.view_source[v] == s && coverage[v].is_none());
+                    let history = txn_history(&raw, if uncovered_view { None } else { since }, latest).await?;
+                    self.recover(s, &raw, &to_recover, &coverage, history, &mut fresh)
+                        .await?;
+                }
+            }
+            let mut store = self.store.lock().expect("store lock");
+            store.partitions.extend(fresh);
+            for (v, c) in coverage.iter().enumerate() {
+                if let Some((offsets, _)) = c {
+                    store.observe_coverage(v, offsets.clone(), Instant::now(), Duration::MAX);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn recover(
+        &mut self,
+        s: usize,
+        raw: &deltalake::DeltaTable,
+        partitions: &[&Assigned],
+        coverage: &[Option<(Offsets, u64)>],
+        history: Option<Vec<(u64, BTreeMap<String, i64>)>>,
+        fresh: &mut BTreeMap<String, PartitionStates>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let views = self.engines.len();
+        // Per partition: the archive boundaries since the oldest coverage.
+        let mut boundaries: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for a in partitions {
+            let key = partition_key(&a.topic, a.partition);
+            let app = kafka_app_id(&a.topic, a.partition);
+            let mut b: Vec<i64> = match &history {
+                Some(h) => h.iter().filter_map(|(_, txns)| txns.get(&app).copied()).collect(),
+                // The log was cleaned up: one segment for everything since the coverage.
+                None => vec![a.archived.unwrap_or(0)],
+            };
+            b.dedup();
+            boundaries.insert(key, b);
+        }
+        let ctx = strata_core::session::new_context(strata_core::session::session_config())?;
+        raw.update_datafusion_session(&ctx.state())
+            .map_err(|e| Error::lake("register the raw table's store", e))?;
+        let provider = raw
+            .table_provider()
+            .with_session(Arc::new(ctx.state()))
+            .await
+            .map_err(|e| Error::lake("read the raw table", e))?;
+        ctx.register_table("raw", provider)?;
+        for v in (0..views).filter(|v| self.view_source[*v] == s) {
+            // Events of each partition from this view's coverage to the archived position.
+            let mut conditions = Vec::new();
+            let mut segment_cases = Vec::new();
+            for a in partitions {
+                let key = partition_key(&a.topic, a.partition);
+                let from = coverage[v]
+                    .as_ref()
+                    .and_then(|(o, _)| o.get(&key).copied())
+                    .unwrap_or(0);
+                let until = a.archived.unwrap_or(0);
+                if until <= from {
+                    continue;
+                }
+                let topic = a.topic.replace('\'', "''");
+                conditions.push(format!(
+                    "({} = '{topic}' AND {} = {} AND {} >= {from} AND {} < {until})",
+                    quote(TOPIC),
+                    quote(PARTITION),
+                    a.partition,
+                    quote(OFFSET),
+                    quote(OFFSET)
+                ));
+                // Segment = the first archive boundary above the offset.
+                let mut case = String::from("CASE");
+                for b in boundaries[&key].iter().filter(|b| **b > from) {
+                    case.push_str(&format!(" WHEN {} < {b} THEN {b}", quote(OFFSET)));
+                }
+                case.push_str(&format!(" ELSE {until} END"));
+                segment_cases.push(format!(
+                    "WHEN {} = '{topic}' AND {} = {} THEN {case}",
+                    quote(TOPIC),
+                    quote(PARTITION),
+                    a.partition
+                ));
+            }
+            if conditions.is_empty() {
+                continue;
+            }
+            let events = ctx
+                .sql(&format!("SELECT * FROM raw WHERE {}", conditions.join(" OR ")))
+                .await?
+                .collect()
+                .await?;
+            let segment = format!("CAST(CASE {} END AS BIGINT)", segment_cases.join(" "));
+            let states = self.engines[v].states_by_segment(events, &segment).await?;
+            for ((key, end), batches) in states {
+                let Some(p) = fresh.get_mut(&key) else { continue };
+                insert_recovered(p, v, end, batches, views);
+            }
+        }
+        // Segment starts follow from the boundaries; empty segments are not needed.
+        for a in partitions {
+            if let Some(p) = fresh.get_mut(&partition_key(&a.topic, a.partition)) {
+                let mut start = p.floor.iter().copied().min().unwrap_or(0);
+                for seg in p.segments.iter_mut() {
+                    seg.start = start;
+                    start = seg.end;
+                }
+            }
+        }
+        tracing::info!(source = %self.sources[s].name, elapsed = ?started.elapsed(), "recovered speed states from the lake");
+        Ok(())
+    }
+}
+
+fn new_partition(source: usize, topic: &str, partition: i32, archived: i64, views: usize) -> PartitionStates {
+    PartitionStates {
+        source,
+        topic: topic.to_string(),
+        partition,
+        segments: VecDeque::new(),
+        floor: vec![0; views],
+        archived,
+        events: 0,
+        rejected: 0,
+        late: 0,
+        max_event_time: None,
+        high_watermark: None,
+    }
+}
+
+/// Puts recovered states of a view into the closed segment ending at `end`.
+fn insert_recovered(p: &mut PartitionStates, v: usize, end: i64, batches: Vec<RecordBatch>, views: usize) {
+    let index = match p.segments.iter().position(|s| s.end >= end) {
+        Some(i) if p.segments[i].end == end => i,
+        Some(i) => {
+            p.segments.insert(i, closed_segment(end, views));
+            i
+        }
+        None => {
+            p.segments.push_back(closed_segment(end, views));
+            p.segments.len() - 1
+        }
+    };
+    p.segments[index].states[v].extend(batches);
+}
+
+fn closed_segment(end: i64, views: usize) -> crate::store::Segment {
+    crate::store::Segment {
+        start: end,
+        end,
+        open: false,
+        states: vec![Vec::new(); views],
+    }
+}
+
+/// Event times per partition, in consumption order.
+fn per_partition_times(events: &RecordBatch, event_time: usize) -> BTreeMap<String, Vec<i64>> {
+    let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let (Some(t), Some(p)) = (events.column_by_name(TOPIC), events.column_by_name(PARTITION)) else {
+        return out;
+    };
+    let t = t.as_string::<i32>();
+    let p = p.as_primitive::<Int32Type>();
+    let ts = events.column(event_time).as_primitive::<TimestampMicrosecondType>();
+    for row in 0..events.num_rows() {
+        out.entry(partition_key(t.value(row), p.value(row)))
+            .or_default()
+            .push(ts.value(row));
+    }
+    out
+}
+
+fn drop_partitions(batch: &RecordBatch, keys: &[String], topic: &str, partition: &str) -> RecordBatch {
+    let (Some(t), Some(p)) = (batch.column_by_name(topic), batch.column_by_name(partition)) else {
+        return batch.clone();
+    };
+    let t = t.as_string::<i32>();
+    let p = p.as_primitive::<Int32Type>();
+    let keep: arrow::array::BooleanArray = (0..batch.num_rows())
+        .map(|row| Some(!keys.contains(&partition_key(t.value(row), p.value(row)))))
+        .collect();
+    arrow::compute::filter_record_batch(batch, &keep).unwrap_or_else(|_| batch.clone())
+}

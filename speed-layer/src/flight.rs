@@ -1,0 +1,296 @@
+//! The speed layer over Arrow Flight: `strata speed` serves its states so that `strata serve`
+//! can run in other processes; [`RemoteSpeed`] is the serving side's client.
+//!
+//! ```text
+//!  DoGet(ticket = {"view": V, "coverage": {"topic/partition": offset, ...}})
+//!      -> the state rows of V beyond the coverage (FAILED_PRECONDITION "stale" if the
+//!         speed layer no longer holds states that far back)
+//!  DoAction("status") -> SpeedStatus as JSON
+//! ```
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest, HandshakeResponse,
+    PollInfo, PutResult, SchemaResult, Ticket,
+};
+use futures::{Stream, StreamExt, TryStreamExt, stream};
+use serde::{Deserialize, Serialize};
+use strata_core::speed::{Offsets, SpeedSource, SpeedStatus};
+use strata_core::{Error, Result};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::SpeedLayer;
+
+const STATUS_ACTION: &str = "status";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StatesTicket {
+    view: String,
+    coverage: Offsets,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
+
+/// The Flight service of a speed layer.
+pub struct SpeedFlight {
+    speed: Arc<SpeedLayer>,
+    token: Option<String>,
+}
+
+impl SpeedFlight {
+    fn authorize<T>(&self, request: &Request<T>) -> std::result::Result<(), Status> {
+        let Some(token) = &self.token else { return Ok(()) };
+        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        if header == Some(&format!("Bearer {token}")) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "the speed layer needs the serving token (serve.auth.token)",
+            ))
+        }
+    }
+}
+
+fn status_of(e: &Error) -> Status {
+    match e {
+        Error::Stale(m) => Status::failed_precondition(format!("stale: {m}")),
+        Error::Input(m) => Status::invalid_argument(m.clone()),
+        e => Status::unavailable(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl FlightService for SpeedFlight {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+    type DoExchangeStream = BoxStream<FlightData>;
+
+    async fn handshake(
+        &self,
+        _: Request<Streaming<HandshakeRequest>>,
+    ) -> std::result::Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented(
+            "the speed layer takes a bearer token, no handshake",
+        ))
+    }
+
+    async fn list_flights(
+        &self,
+        _: Request<Criteria>,
+    ) -> std::result::Result<Response<Self::ListFlightsStream>, Status> {
+        Err(Status::unimplemented("list_flights"))
+    }
+
+    async fn get_flight_info(&self, _: Request<FlightDescriptor>) -> std::result::Result<Response<FlightInfo>, Status> {
+        Err(Status::unimplemented(
+            "get_flight_info: use do_get with a states ticket",
+        ))
+    }
+
+    async fn poll_flight_info(&self, _: Request<FlightDescriptor>) -> std::result::Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("poll_flight_info"))
+    }
+
+    async fn get_schema(&self, _: Request<FlightDescriptor>) -> std::result::Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented("get_schema"))
+    }
+
+    async fn do_get(&self, request: Request<Ticket>) -> std::result::Result<Response<Self::DoGetStream>, Status> {
+        self.authorize(&request)?;
+        let ticket: StatesTicket = serde_json::from_slice(&request.into_inner().ticket)
+            .map_err(|e| Status::invalid_argument(format!("not a states ticket: {e}")))?;
+        let schema = self
+            .speed
+            .state_schema(&ticket.view)
+            .ok_or_else(|| Status::not_found(format!("no view named `{}`", ticket.view)))?;
+        let batches = self
+            .speed
+            .states(&ticket.view, &ticket.coverage)
+            .await
+            .map_err(|e| status_of(&e))?;
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(stream::iter(batches.into_iter().map(Ok)))
+            .map_err(Status::from);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn do_put(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented("do_put"))
+    }
+
+    async fn do_action(&self, request: Request<Action>) -> std::result::Result<Response<Self::DoActionStream>, Status> {
+        self.authorize(&request)?;
+        let action = request.into_inner();
+        if action.r#type != STATUS_ACTION {
+            return Err(Status::invalid_argument(format!("unknown action `{}`", action.r#type)));
+        }
+        let status = self.speed.status().await.map_err(|e| status_of(&e))?;
+        let body = serde_json::to_vec(&status).map_err(|e| Status::internal(e.to_string()))?;
+        let result = arrow_flight::Result { body: body.into() };
+        Ok(Response::new(Box::pin(stream::iter(vec![Ok(result)]))))
+    }
+
+    async fn list_actions(&self, _: Request<Empty>) -> std::result::Result<Response<Self::ListActionsStream>, Status> {
+        let action = ActionType {
+            r#type: STATUS_ACTION.into(),
+            description: "positions, lateness and memory of the speed layer (JSON)".into(),
+        };
+        Ok(Response::new(Box::pin(stream::iter(vec![Ok(action)]))))
+    }
+
+    async fn do_exchange(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("do_exchange"))
+    }
+}
+
+/// Serves a speed layer's states on `address` until `stop`. Beyond loopback a token is
+/// required (the serving layer's `serve.auth.token`).
+pub async fn serve(
+    speed: Arc<SpeedLayer>,
+    address: SocketAddr,
+    token: Option<String>,
+    stop: CancellationToken,
+) -> Result<(
+    SocketAddr,
+    tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+)> {
+    if !address.ip().is_loopback() && token.is_none() {
+        return Err(Error::Input(format!(
+            "refusing to serve speed states on {address} without a token: set serve.auth.token (or STRATA_AUTH_TOKEN), \
+             which `strata serve` also uses to call the speed layer, or bind to 127.0.0.1"
+        )));
+    }
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| Error::io(format!("cannot listen on {address}"), e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::io("read the bound address", e))?;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let service = FlightServiceServer::new(SpeedFlight { speed, token })
+        .max_encoding_message_size(64 << 20)
+        .max_decoding_message_size(64 << 20);
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+            .await
+    });
+    Ok((bound, task))
+}
+
+/// A speed layer in another process, reached over Flight.
+#[derive(Debug, Clone)]
+pub struct RemoteSpeed {
+    endpoint: String,
+    channel: Channel,
+    token: Option<String>,
+}
+
+impl RemoteSpeed {
+    pub fn new(endpoint: &str, token: Option<String>) -> Result<RemoteSpeed> {
+        let url = if endpoint.contains("://") {
+            endpoint.to_string()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let channel = Endpoint::from_shared(url.clone())
+            .map_err(|e| Error::Input(format!("`{endpoint}` is not a speed endpoint URL: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy();
+        Ok(RemoteSpeed {
+            endpoint: url,
+            channel,
+            token,
+        })
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(token) = &self.token
+            && let Ok(v) = format!("Bearer {token}").parse()
+        {
+            request.metadata_mut().insert("authorization", v);
+        }
+        request
+    }
+
+    fn error(&self, status: Status) -> Error {
+        match status.code() {
+            tonic::Code::FailedPrecondition => Error::Stale(status.message().to_string()),
+            _ => Error::Lake {
+                context: format!("speed layer {}", self.endpoint),
+                source: format!("{:?}: {}", status.code(), status.message()).into(),
+            },
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SpeedSource for RemoteSpeed {
+    fn name(&self) -> String {
+        self.endpoint.clone()
+    }
+
+    async fn states(&self, view: &str, coverage: &Offsets) -> Result<Vec<RecordBatch>> {
+        let ticket = serde_json::to_vec(&StatesTicket {
+            view: view.to_string(),
+            coverage: coverage.clone(),
+        })
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        let mut client = FlightServiceClient::new(self.channel.clone()).max_decoding_message_size(64 << 20);
+        let response = client
+            .do_get(self.request(Ticket::new(ticket)))
+            .await
+            .map_err(|s| self.error(s))?;
+        let stream = FlightRecordBatchStream::new_from_flight_data(response.into_inner().map_err(FlightError::from));
+        stream.try_collect().await.map_err(|e| match e {
+            FlightError::Tonic(s) => self.error(*s),
+            other => Error::Lake {
+                context: format!("speed layer {}", self.endpoint),
+                source: Box::new(other),
+            },
+        })
+    }
+
+    async fn status(&self) -> Result<SpeedStatus> {
+        let mut client = FlightServiceClient::new(self.channel.clone());
+        let action = Action {
+            r#type: STATUS_ACTION.into(),
+            body: Default::default(),
+        };
+        let mut results = client
+            .do_action(self.request(action))
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner();
+        let first = results
+            .next()
+            .await
+            .ok_or_else(|| Error::Internal("empty status answer".into()))?
+            .map_err(|s| self.error(s))?;
+        serde_json::from_slice(&first.body).map_err(|e| Error::Internal(format!("bad status answer: {e}")))
+    }
+}

@@ -1,0 +1,349 @@
+//! `strata-speed`: the speed layer. It consumes each source's Kafka topics, makes every event
+//! visible in the views' in-memory states within milliseconds, and archives every raw event
+//! to the lake exactly once.
+//!
+//! ```text
+//!  Kafka ──► consumer thread ──micro-batches──► aggregator ──flush──► archiver ──► lake
+//!            (decode, reject)   (bounded)        │ states per view,      (raw + rejected,
+//!                                                │ per partition segment   offsets in txn)
+//!                                                ▼
+//!  refresher: batch coverage of each view ──► Store ◄── states(view, coverage): serving
+//! ```
+//!
+//! Shutdown is ordered: the consumer stops, the aggregator archives what it holds, the
+//! archiver commits it, and only then do the Flight endpoint and the process stop.
+
+pub mod aggregate;
+pub mod archive;
+pub mod consumer;
+pub mod engine;
+pub mod flight;
+pub mod store;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use rdkafka::consumer::Consumer as _;
+use strata_core::config::Config;
+use strata_core::executor::CpuRuntime;
+use strata_core::lake::Lake;
+use strata_core::metrics::global;
+use strata_core::schema::SourceSchema;
+use strata_core::speed::{LATENESS_BUCKETS, LatenessBucket, Offsets, SpeedSource, SpeedStatus};
+use strata_core::{Error, Result};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::Aggregator;
+use crate::archive::Archiver;
+use crate::consumer::{KafkaConsumer, Poller};
+use crate::engine::ViewEngine;
+use crate::store::Store;
+
+/// A running speed layer.
+pub struct SpeedLayer {
+    name: String,
+    store: Arc<Mutex<Store>>,
+    sources: Vec<Arc<SourceSchema>>,
+    state_schemas: Vec<arrow::datatypes::SchemaRef>,
+    consumer: Arc<KafkaConsumer>,
+    stop: CancellationToken,
+    tasks: Mutex<Option<Tasks>>,
+    failed: Arc<Mutex<Option<String>>>,
+    /// The runtime the aggregator runs on, kept alive as long as the speed layer.
+    _cpu: CpuRuntime,
+}
+
+struct Tasks {
+    poller: std::thread::JoinHandle<Result<()>>,
+    aggregator: JoinHandle<Result<()>>,
+    archiver: JoinHandle<Result<()>>,
+    refresher: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for SpeedLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpeedLayer")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SpeedLayer {
+    /// Starts consuming. `cpu` runs the state computations.
+    pub async fn start(config: &Config, cpu: CpuRuntime) -> Result<Arc<SpeedLayer>> {
+        let lake = Lake::new(&config.lake, config.base_dir())?;
+        let sources: Vec<Arc<SourceSchema>> = config.sources.iter().map(SourceSchema::new).collect();
+        let plans = config.view_plans()?;
+        let mut engines = Vec::new();
+        let mut view_source = Vec::new();
+        for plan in plans {
+            let s = sources
+                .iter()
+                .position(|s| s.name == plan.source)
+                .ok_or_else(|| Error::Internal(format!("view {} without its source", plan.name)))?;
+            engines.push(ViewEngine::new(plan, &sources[s].name, sources[s].raw.clone()).await?);
+            view_source.push(s);
+        }
+        let views: Vec<String> = engines.iter().map(|e| e.plan.name.clone()).collect();
+        let state_schemas = engines.iter().map(|e| e.state_schema.clone()).collect();
+        let store = Arc::new(Mutex::new(Store::new(views, view_source.clone(), sources.len())));
+        let (consumer, rebalances) = consumer::create(config, &lake, tokio::runtime::Handle::current())?;
+        let stop = CancellationToken::new();
+        let failed = Arc::new(Mutex::new(None));
+
+        let (input_tx, input_rx) = mpsc::channel(8);
+        let (archive_tx, archive_rx) = mpsc::channel(2);
+        let archiver = Archiver::new(lake.clone(), sources.clone(), store.clone(), Some(consumer.clone()));
+        let archiver = tokio::spawn(watch(
+            archiver.run(archive_rx),
+            "archiver",
+            failed.clone(),
+            stop.clone(),
+        ));
+        let aggregator = Aggregator::new(
+            engines,
+            view_source,
+            sources.clone(),
+            store.clone(),
+            lake.clone(),
+            (config.speed.flush_interval, config.speed.flush_rows),
+            archive_tx,
+        );
+        let aggregator = cpu.handle().spawn(watch(
+            aggregator.run(input_rx),
+            "aggregator",
+            failed.clone(),
+            stop.clone(),
+        ));
+        let poller = Poller {
+            consumer: consumer.clone(),
+            rebalances,
+            sources: sources.clone(),
+            batch_interval: config.speed.batch_interval,
+            output: input_tx,
+            stop: stop.clone(),
+        };
+        let poller = std::thread::Builder::new()
+            .name("strata-kafka".into())
+            .spawn(move || poller.run())
+            .map_err(|e| Error::io("start the Kafka consumer thread", e))?;
+        let refresher = tokio::spawn(refresh(
+            lake,
+            store.clone(),
+            consumer.clone(),
+            config.speed.coverage_refresh,
+            config.speed.retention_grace,
+            stop.clone(),
+        ));
+        Ok(Arc::new(SpeedLayer {
+            name: format!("speed@{}", config.speed.address),
+            store,
+            sources,
+            state_schemas,
+            consumer,
+            stop,
+            tasks: Mutex::new(Some(Tasks {
+                poller,
+                aggregator,
+                archiver,
+                refresher,
+            })),
+            failed,
+            _cpu: cpu,
+        }))
+    }
+
+    /// Why the speed layer stopped working, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().expect("lock").clone()
+    }
+
+    /// The state schema of a view.
+    pub fn state_schema(&self, view: &str) -> Option<arrow::datatypes::SchemaRef> {
+        let store = self.store.lock().expect("store lock");
+        store.view_index(view).map(|v| self.state_schemas[v].clone())
+    }
+
+    /// Stops consuming, archives everything consumed, and waits until it is committed.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.stop.cancel();
+        let Some(tasks) = self.tasks.lock().expect("lock").take() else {
+            return Ok(());
+        };
+        let poller = tokio::task::spawn_blocking(move || tasks.poller.join())
+            .await
+            .map_err(|e| Error::Internal(format!("join the consumer: {e}")))?
+            .map_err(|_| Error::Internal("the Kafka consumer thread panicked".into()))?;
+        let aggregator = tasks
+            .aggregator
+            .await
+            .map_err(|e| Error::Internal(format!("aggregator: {e}")))?;
+        let archiver = tasks
+            .archiver
+            .await
+            .map_err(|e| Error::Internal(format!("archiver: {e}")))?;
+        let _ = tasks.refresher.await;
+        self.consumer.unsubscribe();
+        poller?;
+        aggregator?;
+        archiver?;
+        tracing::info!("speed layer stopped: everything consumed is archived");
+        Ok(())
+    }
+}
+
+/// Records a task's failure and stops the speed layer (a process supervisor restarts it;
+/// nothing is lost: the lake holds the position).
+async fn watch(
+    task: impl Future<Output = Result<()>>,
+    name: &str,
+    failed: Arc<Mutex<Option<String>>>,
+    stop: CancellationToken,
+) -> Result<()> {
+    let result = task.await;
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "speed layer {name} failed");
+        *failed.lock().expect("lock") = Some(format!("{name}: {e}"));
+        stop.cancel();
+    }
+    result
+}
+
+/// Follows the batch layer's coverage of every view, and Kafka's high watermarks.
+async fn refresh(
+    lake: Lake,
+    store: Arc<Mutex<Store>>,
+    consumer: Arc<KafkaConsumer>,
+    every: Duration,
+    grace: Duration,
+    stop: CancellationToken,
+) {
+    let views: Vec<String> = store.lock().expect("store lock").views.clone();
+    let mut tables: Vec<Option<deltalake::DeltaTable>> = views.iter().map(|_| None).collect();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        for (v, name) in views.iter().enumerate() {
+            let url = lake.view_url(name);
+            let table = match tables[v].take() {
+                Some(mut t) => match t.update_incremental(None).await {
+                    Ok(()) => Some(t),
+                    Err(e) => {
+                        tracing::warn!(view = %name, error = %e, "cannot refresh the batch coverage");
+                        None
+                    }
+                },
+                None => lake.open(&url).await.ok().flatten(),
+            };
+            if let Some(t) = &table
+                && let Ok(Some(latest)) = Lake::latest_view_version(t).await
+            {
+                store
+                    .lock()
+                    .expect("store lock")
+                    .observe_coverage(v, latest.commit.offsets, Instant::now(), grace);
+            }
+            tables[v] = table;
+        }
+        // High watermarks, for lag.
+        let partitions: Vec<(String, String, i32)> = store
+            .lock()
+            .expect("store lock")
+            .partitions
+            .iter()
+            .map(|(k, p)| (k.clone(), p.topic.clone(), p.partition))
+            .collect();
+        let c = consumer.clone();
+        let marks = tokio::task::spawn_blocking(move || {
+            partitions
+                .into_iter()
+                .filter_map(|(k, t, p)| {
+                    c.fetch_watermarks(&t, p, Duration::from_secs(2))
+                        .ok()
+                        .map(|(_, high)| (k, t, p, high))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut store = store.lock().expect("store lock");
+        for (k, t, p, high) in marks {
+            if let Some(ps) = store.partitions.get_mut(&k) {
+                ps.high_watermark = Some(high);
+                let lag = (high - ps.consumed()).max(0);
+                global()
+                    .gauge(
+                        "strata_consumer_lag",
+                        "Messages in Kafka not yet consumed.",
+                        &[("topic", &t), ("partition", &p.to_string())],
+                    )
+                    .set(lag);
+            }
+        }
+        for status in store.view_status() {
+            let l = [("view", status.view.as_str())];
+            global()
+                .gauge("strata_speed_generations", "Speed-layer generations held.", &l)
+                .set(status.generations as i64);
+            global()
+                .gauge(
+                    "strata_speed_states",
+                    "Live (window, group) states in the speed layer.",
+                    &l,
+                )
+                .set(status.state_rows as i64);
+            global()
+                .gauge("strata_speed_state_bytes", "Memory of the speed layer's states.", &l)
+                .set(status.state_bytes as i64);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SpeedSource for SpeedLayer {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    async fn states(&self, view: &str, coverage: &Offsets) -> Result<Vec<RecordBatch>> {
+        if let Some(f) = self.failure() {
+            return Err(Error::Lake {
+                context: "the speed layer stopped".into(),
+                source: f.into(),
+            });
+        }
+        self.store.lock().expect("store lock").states(view, coverage)
+    }
+
+    async fn status(&self) -> Result<SpeedStatus> {
+        let store = self.store.lock().expect("store lock");
+        let mut partitions = store.partition_status();
+        for p in &mut partitions {
+            let key = strata_core::speed::partition_key(&p.topic, p.partition);
+            if let Some(ps) = store.partitions.get(&key) {
+                p.source = self.sources[ps.source].name.clone();
+            }
+        }
+        let mut lateness = Vec::new();
+        for (s, counts) in store.lateness.iter().enumerate() {
+            for (i, n) in counts.iter().enumerate() {
+                lateness.push(LatenessBucket {
+                    source: self.sources[s].name.clone(),
+                    le: LATENESS_BUCKETS[i].1.to_string(),
+                    events: *n,
+                });
+            }
+        }
+        Ok(SpeedStatus {
+            instance: self.name.clone(),
+            partitions,
+            views: store.view_status(),
+            lateness,
+        })
+    }
+}

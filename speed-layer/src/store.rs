@@ -1,0 +1,359 @@
+//! The in-memory states of the speed layer, kept in generations aligned with archive commits.
+//!
+//! ```text
+//!  partition t/0:  [100, 250) [250, 400) [400, 520) [520, ...open
+//!                  └ archived, covered by batch ┘   └ archived ┘ └ consumed, not yet archived
+//!  batch coverage of view V: t/0 -> 400
+//!  states(V, {t/0: 400}) = states of [400, 520) and of the open segment
+//! ```
+//!
+//! Every segment holds, per view, the partial states of its events. Segment boundaries are
+//! the offsets archive commits record, and batch coverage is read from those same commits,
+//! so a batch version covers whole segments: merging batch states with the segments it does
+//! not cover counts every event exactly once. A segment is dropped once the batch versions
+//! of every view cover it (after a grace period, for queries planned on the previous
+//! version); memory is bounded by what the batch layer has not covered yet.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use strata_core::speed::{LATENESS_BUCKETS, Offsets, PartitionStatus, ViewSpeedStatus, partition_key};
+use strata_core::{Error, Result};
+
+/// The events of one partition between two archive commits.
+#[derive(Debug)]
+pub struct Segment {
+    pub start: i64,
+    /// Exclusive; for the open segment, the next offset to consume.
+    pub end: i64,
+    pub open: bool,
+    /// Per view: state batches (folded when many).
+    pub states: Vec<Vec<RecordBatch>>,
+}
+
+impl Segment {
+    fn new(start: i64, views: usize) -> Segment {
+        Segment {
+            start,
+            end: start,
+            open: true,
+            states: vec![Vec::new(); views],
+        }
+    }
+
+    fn rows(&self, view: usize) -> u64 {
+        self.states[view].iter().map(|b| b.num_rows() as u64).sum()
+    }
+
+    fn bytes(&self, view: usize) -> u64 {
+        self.states[view].iter().map(|b| b.get_array_memory_size() as u64).sum()
+    }
+}
+
+/// One Kafka partition this speed layer owns.
+#[derive(Debug)]
+pub struct PartitionStates {
+    pub source: usize,
+    pub topic: String,
+    pub partition: i32,
+    pub segments: VecDeque<Segment>,
+    /// Per view: no states are held for offsets below this (dropped, or before recovery).
+    pub floor: Vec<i64>,
+    pub archived: i64,
+    pub events: u64,
+    pub rejected: u64,
+    pub late: u64,
+    pub max_event_time: Option<i64>,
+    pub high_watermark: Option<i64>,
+}
+
+impl PartitionStates {
+    pub fn key(&self) -> String {
+        partition_key(&self.topic, self.partition)
+    }
+
+    /// The next offset to consume.
+    pub fn consumed(&self) -> i64 {
+        self.segments.back().map_or(self.archived, |s| s.end)
+    }
+
+    /// The open segment, opened at the consumed position if there is none.
+    pub fn open_segment(&mut self, views: usize) -> &mut Segment {
+        if !self.segments.back().is_some_and(|s| s.open) {
+            let start = self.consumed();
+            self.segments.push_back(Segment::new(start, views));
+        }
+        self.segments.back_mut().expect("just pushed")
+    }
+}
+
+/// A batch version's coverage as seen by the speed layer, and when it was seen.
+#[derive(Debug, Clone)]
+struct SeenCoverage {
+    offsets: Offsets,
+    seen: Instant,
+}
+
+/// All states of the speed layer.
+#[derive(Debug)]
+pub struct Store {
+    pub views: Vec<String>,
+    /// View index -> source index.
+    pub view_source: Vec<usize>,
+    pub partitions: BTreeMap<String, PartitionStates>,
+    /// Per view: coverages seen, oldest first (the newest older than the grace is applied).
+    coverage: Vec<VecDeque<SeenCoverage>>,
+    /// Per source: lateness histogram counts (see [`LATENESS_BUCKETS`]).
+    pub lateness: Vec<Vec<u64>>,
+}
+
+impl Store {
+    pub fn new(views: Vec<String>, view_source: Vec<usize>, sources: usize) -> Store {
+        let n = views.len();
+        Store {
+            views,
+            view_source,
+            partitions: BTreeMap::new(),
+            coverage: vec![VecDeque::new(); n],
+            lateness: vec![vec![0; LATENESS_BUCKETS.len()]; sources],
+        }
+    }
+
+    pub fn view_index(&self, view: &str) -> Option<usize> {
+        self.views.iter().position(|v| v.eq_ignore_ascii_case(view))
+    }
+
+    /// The state batches of `view` for every owned partition beyond `coverage`.
+    pub fn states(&self, view: &str, coverage: &Offsets) -> Result<Vec<RecordBatch>> {
+        let v = self
+            .view_index(view)
+            .ok_or_else(|| Error::Input(format!("the speed layer has no view named `{view}`")))?;
+        let mut out = Vec::new();
+        for p in self.partitions.values().filter(|p| p.source == self.view_source[v]) {
+            let covered = coverage.get(&p.key()).copied().unwrap_or(0);
+            if covered < p.floor[v] {
+                return Err(Error::Stale(format!(
+                    "the batch version of `{view}` covers {} up to offset {covered}, but the speed layer holds states only from offset {} (a newer batch version covers them)",
+                    p.key(),
+                    p.floor[v]
+                )));
+            }
+            for s in &p.segments {
+                if s.end <= covered && !s.open {
+                    continue;
+                }
+                if s.start < covered {
+                    return Err(Error::Internal(format!(
+                        "batch coverage {} -> {covered} falls inside speed segment [{}, {}) of view `{view}`",
+                        p.key(),
+                        s.start,
+                        s.end
+                    )));
+                }
+                out.extend(s.states[v].iter().cloned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records the newest batch coverage of a view, and drops the segments that every view's
+    /// coverage, seen at least `grace` ago, covers.
+    pub fn observe_coverage(&mut self, view: usize, offsets: Offsets, now: Instant, grace: Duration) {
+        let seen = &mut self.coverage[view];
+        if seen.back().is_none_or(|c| c.offsets != offsets) {
+            seen.push_back(SeenCoverage { offsets, seen: now });
+        }
+        self.drop_covered(now, grace);
+    }
+
+    fn drop_covered(&mut self, now: Instant, grace: Duration) {
+        // Per view, the newest coverage seen at least `grace` ago.
+        let applicable: Vec<Option<Offsets>> = self
+            .coverage
+            .iter_mut()
+            .map(|seen| {
+                while seen.len() > 1 && now.duration_since(seen[1].seen) >= grace {
+                    seen.pop_front();
+                }
+                seen.front()
+                    .filter(|c| now.duration_since(c.seen) >= grace)
+                    .map(|c| c.offsets.clone())
+            })
+            .collect();
+        for p in self.partitions.values_mut() {
+            for (v, coverage) in applicable.iter().enumerate() {
+                if self.view_source[v] != p.source {
+                    continue;
+                }
+                let Some(coverage) = coverage else { continue };
+                let covered = coverage.get(&p.key()).copied().unwrap_or(0);
+                for s in p.segments.iter_mut().filter(|s| !s.open && s.end <= covered) {
+                    if !s.states[v].is_empty() {
+                        s.states[v] = Vec::new();
+                    }
+                    p.floor[v] = p.floor[v].max(s.end);
+                }
+            }
+            // A segment without states for any view and covered for all views goes.
+            while let Some(front) = p.segments.front() {
+                let done = !front.open
+                    && (0..front.states.len()).all(|v| self.view_source[v] != p.source || p.floor[v] >= front.end);
+                if done {
+                    p.segments.pop_front();
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The newest coverage seen for a view.
+    pub fn latest_coverage(&self, view: usize) -> Offsets {
+        self.coverage[view]
+            .back()
+            .map(|c| c.offsets.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn partition_status(&self) -> Vec<PartitionStatus> {
+        self.partitions
+            .values()
+            .map(|p| PartitionStatus {
+                source: String::new(),
+                topic: p.topic.clone(),
+                partition: p.partition,
+                consumed: p.consumed(),
+                archived: p.archived,
+                high_watermark: p.high_watermark,
+                max_event_time: p.max_event_time,
+                events: p.events,
+                rejected: p.rejected,
+                late_events: p.late,
+            })
+            .collect()
+    }
+
+    pub fn view_status(&self) -> Vec<ViewSpeedStatus> {
+        (0..self.views.len())
+            .map(|v| {
+                let mut status = ViewSpeedStatus {
+                    view: self.views[v].clone(),
+                    batch_coverage: self.latest_coverage(v),
+                    ..Default::default()
+                };
+                for p in self.partitions.values().filter(|p| p.source == self.view_source[v]) {
+                    for s in p.segments.iter().filter(|s| !s.states[v].is_empty() || s.open) {
+                        status.generations += 1;
+                        status.state_rows += s.rows(v);
+                        status.state_bytes += s.bytes(v);
+                    }
+                }
+                status
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn batch(v: i64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![v]))]).unwrap()
+    }
+
+    fn values(batches: &[RecordBatch]) -> Vec<i64> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    }
+
+    fn store_with_segments() -> Store {
+        let mut store = Store::new(vec!["v".into(), "w".into()], vec![0, 0], 1);
+        let mut p = PartitionStates {
+            source: 0,
+            topic: "t".into(),
+            partition: 0,
+            segments: VecDeque::new(),
+            floor: vec![100, 100],
+            archived: 100,
+            events: 0,
+            rejected: 0,
+            late: 0,
+            max_event_time: None,
+            high_watermark: None,
+        };
+        for (i, (start, end)) in [(100, 250), (250, 400), (400, 520)].into_iter().enumerate() {
+            let mut s = Segment::new(start, 2);
+            s.end = end;
+            s.open = false;
+            s.states[0].push(batch(i as i64));
+            s.states[1].push(batch(10 + i as i64));
+            p.segments.push_back(s);
+        }
+        let mut open = Segment::new(520, 2);
+        open.end = 600;
+        open.states[0].push(batch(3));
+        p.segments.push_back(open);
+        store.partitions.insert(p.key(), p);
+        store
+    }
+
+    fn cov(o: i64) -> Offsets {
+        [("t/0".to_string(), o)].into_iter().collect()
+    }
+
+    #[test]
+    fn states_beyond_a_coverage_are_whole_segments() {
+        let store = store_with_segments();
+        assert_eq!(values(&store.states("v", &cov(100)).unwrap()), [0, 1, 2, 3]);
+        assert_eq!(values(&store.states("v", &cov(400)).unwrap()), [2, 3]);
+        assert_eq!(values(&store.states("v", &cov(520)).unwrap()), [3]);
+        assert!(matches!(store.states("v", &cov(300)), Err(Error::Internal(_))));
+        // Older than what is held: stale, plan again.
+        assert!(matches!(store.states("v", &cov(0)), Err(Error::Stale(_))));
+        assert!(matches!(store.states("v", &Offsets::new()), Err(Error::Stale(_))));
+        assert!(store.states("nosuch", &cov(100)).is_err());
+    }
+
+    #[test]
+    fn covered_segments_are_dropped_after_the_grace_for_every_view() {
+        let mut store = store_with_segments();
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(10);
+        store.observe_coverage(0, cov(400), t0, grace);
+        // Within the grace: nothing dropped.
+        assert_eq!(values(&store.states("v", &cov(100)).unwrap()), [0, 1, 2, 3]);
+        store.observe_coverage(0, cov(400), t0 + grace, grace);
+        assert!(matches!(store.states("v", &cov(100)), Err(Error::Stale(_))));
+        assert_eq!(values(&store.states("v", &cov(400)).unwrap()), [2, 3]);
+        // View w still needs them: the segments stay.
+        assert_eq!(store.partitions["t/0"].segments.len(), 4);
+        assert_eq!(values(&store.states("w", &cov(100)).unwrap()), [10, 11, 12]);
+        store.observe_coverage(1, cov(520), t0 + grace, grace);
+        store.observe_coverage(1, cov(520), t0 + 2 * grace, grace);
+        assert_eq!(
+            store.partitions["t/0"].segments.len(),
+            2,
+            "covered for both views: dropped"
+        );
+        let status = store.view_status();
+        assert_eq!((status[0].generations, status[0].state_rows), (2, 2));
+        assert_eq!(status[1].generations, 1, "w: only the open segment");
+    }
+}

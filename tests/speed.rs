@@ -1,0 +1,338 @@
+//! The speed layer against a real Kafka broker (tansu): events produced to a 4-partition
+//! topic, batch runs interleaved, the speed process killed with SIGKILL twice at random
+//! moments and restarted; at every query point each view equals DuckDB over exactly the
+//! valid events produced so far, and at the end the lake holds each valid event and each
+//! malformed record exactly once.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::common::{
+    Process, Scratch, StrataServer, free_port, python, repo, run_ok, run_python, strata, wait_for_port,
+};
+use crate::historical::{example_config, generate};
+
+const PARTITIONS: u32 = 4;
+const TOPIC: &str = "page_views";
+
+fn events() -> u64 {
+    std::env::var("STRATA_E2E_KAFKA_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500_000)
+}
+
+/// The tansu binary, installed by scripts/setup.sh.
+fn tansu() -> PathBuf {
+    if let Some(p) = std::env::var_os("STRATA_TANSU") {
+        return PathBuf::from(p);
+    }
+    let candidates = [
+        repo().join(".tools/bin/tansu"),
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu"),
+    ];
+    for c in &candidates {
+        if c.exists() {
+            return c.clone();
+        }
+    }
+    if let Ok(out) = Command::new("which").arg("tansu").output()
+        && out.status.success()
+    {
+        return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    }
+    panic!("tansu (the Kafka broker of the tests) is not installed: run scripts/setup.sh");
+}
+
+/// A tansu Kafka broker on a free port of 127.0.0.1, in memory.
+pub struct Tansu {
+    _process: Process,
+    pub brokers: String,
+}
+
+impl Tansu {
+    pub fn start(scratch: &Scratch) -> Tansu {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(scratch.path("tansu.log")).expect("tansu log"))
+            .spawn()
+            .expect("start tansu");
+        let mut process = Process {
+            child,
+            name: "tansu".into(),
+        };
+        wait_for_port(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            &mut process.child,
+            "tansu",
+        );
+        Tansu {
+            _process: process,
+            brokers: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        run_ok(Command::new(tansu()).args([
+            "topic",
+            "create",
+            name,
+            "--partitions",
+            &partitions.to_string(),
+            "--broker",
+            &format!("tcp://{}", self.brokers),
+        ]));
+    }
+}
+
+/// Produces lines [from, to) of the data file in the background.
+fn produce(brokers: &str, data: &Path, from: u64, to: u64) -> std::process::Child {
+    Command::new(python())
+        .arg(repo().join("tests/python/produce.py"))
+        .args([
+            "--brokers",
+            brokers,
+            "--topic",
+            TOPIC,
+            "--partitions",
+            &PARTITIONS.to_string(),
+        ])
+        .arg("--file")
+        .arg(data)
+        .args(["--from-line", &from.to_string(), "--to-line", &to.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the producer")
+}
+
+fn wait_produced(child: std::process::Child) {
+    let out = child.wait_with_output().expect("producer");
+    assert!(
+        out.status.success(),
+        "producer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs the oracle on the first `lines` lines.
+fn oracle(endpoint: &str, scratch: &Scratch, data: &Path, lines: u64, full: bool) {
+    let lines = lines.to_string();
+    let mut args = vec![
+        "--endpoint",
+        endpoint,
+        "--scratch",
+        scratch.0.to_str().unwrap(),
+        "--lines",
+        &lines,
+        "--wait-consumed",
+        "--kafka-partitions",
+        "4",
+    ];
+    if full {
+        args.push("--check-archive");
+    } else {
+        args.push("--views-only");
+    }
+    args.push(data.to_str().unwrap());
+    let out = run_python("oracle.py", &args);
+    assert!(out.contains("oracle: every view equals DuckDB"), "{out}");
+    println!(
+        "after {lines} lines: {}",
+        out.lines().take(2).collect::<Vec<_>>().join("; ")
+    );
+}
+
+/// Polls the served consumed position until it reaches `at_least`.
+fn wait_consumed(endpoint: &str, at_least: u64) {
+    let script = format!(
+        "import sys, time\nsys.path.insert(0, '{}')\nfrom flightsql import PyArrowFlightSql\nc = PyArrowFlightSql('{endpoint}')\n\
+         deadline = time.monotonic() + 120\nwhile time.monotonic() < deadline:\n    try:\n        n = c.query('SELECT coalesce(sum(consumed_offset), 0) AS n FROM system.partitions').to_pylist()[0]['n']\n        if n >= {at_least}: sys.exit(0)\n    except Exception: pass\n    time.sleep(0.01)\nsys.exit('never consumed {at_least}')\n",
+        repo().join("tests/python").display()
+    );
+    run_ok(Command::new(python()).args(["-c", &script]));
+}
+
+/// The speed layer under test: in `strata run`, or `strata speed` + `strata serve`.
+enum Deployment {
+    OneProcess,
+    Separate,
+}
+
+struct Running {
+    speed: Process,
+    server: Option<StrataServer>,
+    endpoint: String,
+}
+
+fn start(
+    deployment: &Deployment,
+    config: &Path,
+    env: &[(&str, &str)],
+    speed_address: SocketAddr,
+    server: Option<StrataServer>,
+) -> Running {
+    match deployment {
+        Deployment::OneProcess => {
+            let s = StrataServer::start_command(config, "run", env);
+            let endpoint = s.endpoint();
+            Running {
+                speed: s.process,
+                server: None,
+                endpoint,
+            }
+        }
+        Deployment::Separate => {
+            let mut cmd = strata(config);
+            cmd.args(["speed", "--address", &speed_address.to_string()])
+                .envs(env.iter().copied())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            let mut child = cmd.spawn().expect("start strata speed");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert!(line.contains("strata speed serving states on"), "{line}");
+            let server = server.unwrap_or_else(|| {
+                let endpoint = format!("http://{speed_address}");
+                let mut env = env.to_vec();
+                env.push(("STRATA_SPEED_ENDPOINTS", &endpoint));
+                StrataServer::start(config, &env)
+            });
+            let endpoint = server.endpoint();
+            Running {
+                speed: Process {
+                    child,
+                    name: "strata speed".into(),
+                },
+                server: Some(server),
+                endpoint,
+            }
+        }
+    }
+}
+
+fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
+    let scratch = Scratch::new(name);
+    let broker = Tansu::start(&scratch);
+    broker.create_topic(TOPIC, PARTITIONS);
+    let lake = scratch.path("lake");
+    // Archive often, and let a restarted consumer rejoin the group quickly.
+    let config = example_config(&scratch.0, lake.to_str().unwrap(), "").to_path_buf();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("flush_interval = \"1s\"", "flush_interval = \"300ms\"")
+        .replace("interval = \"5m\"\n", "")
+        .replace("\"auto.offset.reset\" = \"earliest\"", "\"auto.offset.reset\" = \"earliest\"\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"");
+    std::fs::write(&config, text).unwrap();
+    let data = scratch.path("events.jsonl");
+    let total = events();
+    generate(&config, &data, total, seed);
+    let env = [("STRATA_KAFKA_BROKERS", broker.brokers.as_str())];
+
+    let speed_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut running = start(&deployment, &config, &env, speed_address, None);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let chunks = 8u64;
+    let per_chunk = total / chunks;
+    let kills: Vec<u64> = {
+        let first = rng.random_range(1..4);
+        vec![first, rng.random_range(first + 1..chunks - 1)]
+    };
+    let batch_after = [1u64, 3, 4, 6];
+    let mut produced = 0u64;
+    for chunk in 0..chunks {
+        let to = if chunk == chunks - 1 {
+            total
+        } else {
+            produced + per_chunk
+        };
+        let producer = produce(&broker.brokers, &data, produced + 1, to + 1);
+        if kills.contains(&chunk) {
+            // A random moment: once the speed layer has consumed a random share of the chunk.
+            let at = produced + rng.random_range(1..per_chunk);
+            wait_consumed(&running.endpoint, at);
+            println!("chunk {chunk}: SIGKILL to the speed process after {at}+ lines");
+            let _ = running.speed.child.kill();
+            let _ = running.speed.child.wait();
+            wait_produced(producer);
+            let server = running.server.take();
+            running = start(&deployment, &config, &env, speed_address, server);
+        } else {
+            wait_produced(producer);
+        }
+        produced = to;
+        if batch_after.contains(&chunk) {
+            let out = run_ok(strata(&config).args(["batch", "run"]).envs(env));
+            println!(
+                "chunk {chunk}: {}",
+                out.lines()
+                    .filter(|l| l.contains("published"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+        oracle(&running.endpoint, &scratch, &data, produced, false);
+    }
+    // The end: everything archived exactly once, rejects exactly once, views still exact.
+    oracle(&running.endpoint, &scratch, &data, produced, true);
+    let out = run_ok(strata(&config).args(["batch", "run"]).envs(env));
+    assert!(out.contains("published view page_stats"), "{out}");
+    oracle(&running.endpoint, &scratch, &data, produced, true);
+    let status = run_ok(strata(&config).args([
+        "query",
+        "SELECT view, batch_version IS NOT NULL AS published, speed_generations >= 0 AS live FROM system.freshness ORDER BY view",
+        "--endpoint",
+        &running.endpoint,
+        "--format",
+        "csv",
+    ]));
+    assert_eq!(
+        status,
+        "view,published,live\ndevice_5m,true,true\npage_stats,true,true\n"
+    );
+    let late = run_ok(strata(&config).args([
+        "query",
+        "SELECT sum(late_events) AS late FROM system.partitions",
+        "--endpoint",
+        &running.endpoint,
+        "--format",
+        "csv",
+    ]));
+    let late: u64 = late.lines().nth(1).unwrap().parse().unwrap();
+    assert!(late > 0, "late events are counted");
+    assert!(
+        running.speed.terminate(),
+        "the speed process did not stop cleanly on SIGTERM"
+    );
+    if let Some(mut s) = running.server.take() {
+        assert!(s.process.terminate());
+    }
+}
+
+#[test]
+fn speed_layer_equals_duckdb_through_kills_in_one_process() {
+    speed_oracle(Deployment::OneProcess, "speed-run", 11);
+}
+
+#[test]
+fn speed_layer_equals_duckdb_through_kills_with_serve_in_another_process() {
+    speed_oracle(Deployment::Separate, "speed-separate", 12);
+}
