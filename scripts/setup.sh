@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need, skipping what is already there:
 # - the Python environment (.venv: DuckDB, ADBC, pyarrow, moto, confluent-kafka, pyspark);
-# - tansu, the Kafka broker of the tests (built once, kept in $STRATA_TOOLS, ~8 min).
+# - tansu, the Kafka broker of the tests (built once, kept in $STRATA_TOOLS, ~8 min);
+# - docker-compose, to validate docker-compose.yml (Debian package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,4 +25,18 @@ if command -v tansu >/dev/null 2>&1 || [ -x "$tools/bin/tansu" ]; then
 else
   echo "setup: building tansu (the Kafka broker of the tests) into $tools; this takes a few minutes once"
   env -u CARGO_TARGET_DIR cargo install tansu --locked --features dynostore,libsql --root "$tools" --quiet
+fi
+
+# docker-compose validates docker-compose.yml in CI (`docker-compose config`; no engine runs).
+if command -v docker-compose >/dev/null 2>&1; then
+  echo "setup: docker-compose present"
+elif command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing docker-compose (to validate docker-compose.yml)"
+  sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+  $sudo apt-get install -y -qq docker-compose >/dev/null || {
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq docker-compose >/dev/null
+  }
+else
+  echo "setup: docker-compose is missing and there is no apt-get: install docker-compose to validate docker-compose.yml" >&2
+  exit 1
 fi

@@ -6,6 +6,7 @@
 //! test command, scripts/test.sh, sets everything up and runs them.
 
 mod common;
+mod demo;
 mod historical;
 mod security;
 mod speed;

@@ -18,12 +18,14 @@ use std::time::{Duration, Instant};
 use arrow::array::{ArrayRef, Date32Array, RecordBatch};
 use deltalake::DeltaTable;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
-use deltalake::kernel::{Action, LogicalFileView};
+use deltalake::kernel::{Action, Add, LogicalFileView};
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
+use futures::StreamExt as _;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt as _};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use strata_core::executor::CpuRuntime;
 use strata_core::lake::COMMIT_INFO_KEY;
 use strata_core::schema::{EVENT_DATE, SourceSchema};
 use strata_core::{Error, Result};
@@ -66,6 +68,7 @@ pub async fn compact(
     table: &mut DeltaTable,
     source: &SourceSchema,
     sizes: CompactionSizes,
+    cpu: &CpuRuntime,
 ) -> Result<CompactionReport> {
     let started = Instant::now();
     let mut report = CompactionReport {
@@ -78,41 +81,43 @@ pub async fn compact(
         return Ok(report);
     }
     let store = table.object_store();
-    let schema = source.raw.clone();
-    let mut writer = RecordBatchWriter::for_table(table)
-        .map_err(|e| Error::lake("open a compaction writer", e))?
-        .with_writer_properties(writer_properties())
-        .with_target_file_size(sizes.target_file_bytes);
-    let mut actions = Vec::new();
+    let mut removes = Vec::new();
     let mut dates = std::collections::BTreeSet::new();
+    let mut work = Vec::with_capacity(bins.len());
     for bin in &bins {
         dates.insert(bin.date.clone());
-        let mut batches = Vec::new();
-        for file in &bin.files {
-            report.files_in += 1;
-            report.bytes_in += file.size().max(0) as u64;
-            batches.extend(read_file(&store, file).await?);
-        }
-        let date = parse_date(&bin.date)?;
-        let sorted = sorted_batch(&schema, source.event_time, batches, date)?;
-        report.rows += sorted.num_rows() as u64;
-        writer
-            .write(sorted)
-            .await
-            .map_err(|e| Error::lake("write a compacted file", e))?;
-        // Flush per bin: one bin is at most one target file of input.
-        for mut add in writer
-            .flush()
-            .await
-            .map_err(|e| Error::lake("write a compacted file", e))?
-        {
+        report.files_in += bin.files.len();
+        report.bytes_in += bin.files.iter().map(|f| f.size().max(0) as u64).sum::<u64>();
+        removes.extend(bin.files.iter().map(|f| Action::Remove(f.remove_action(false))));
+        let writer = RecordBatchWriter::for_table(table)
+            .map_err(|e| Error::lake("open a compaction writer", e))?
+            .with_writer_properties(writer_properties())
+            .with_target_file_size(sizes.target_file_bytes);
+        work.push(BinWork {
+            paths: bin.files.iter().map(|f| StorePath::from(f.path().as_ref())).collect(),
+            date: parse_date(&bin.date)?,
+            writer,
+        });
+    }
+    // Bins are independent: as many at once as there are cores (each holds at most one
+    // target file of input in memory), their files added in plan order.
+    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (schema, event_time) = (source.raw.clone(), source.event_time);
+    let mut done = futures::stream::iter(work)
+        .map(|w| cpu.spawn(w.run(store.clone(), schema.clone(), event_time)))
+        .buffered(parallel);
+    let mut actions = Vec::new();
+    while let Some(result) = done.next().await {
+        let (rows, adds) = result.map_err(|e| Error::Internal(format!("a compaction task failed: {e}")))??;
+        report.rows += rows;
+        for mut add in adds {
             add.data_change = false;
             report.files_out += 1;
             report.bytes_out += add.size.max(0) as u64;
             actions.push(Action::Add(add));
         }
-        actions.extend(bin.files.iter().map(|f| Action::Remove(f.remove_action(false))));
     }
+    actions.extend(removes);
     report.partitions = dates.len();
     let info = serde_json::json!({ "compaction": {
         "files_in": report.files_in, "files_out": report.files_out, "rows": report.rows,
@@ -193,11 +198,45 @@ fn plan(table: &DeltaTable, sizes: CompactionSizes) -> Result<Vec<Bin>> {
     Ok(bins)
 }
 
-async fn read_file(store: &Arc<dyn ObjectStore>, file: &LogicalFileView) -> Result<Vec<RecordBatch>> {
+/// One bin's rewrite: its small files read, sorted into one batch, written as large files.
+struct BinWork {
+    paths: Vec<StorePath>,
+    date: i32,
+    writer: RecordBatchWriter,
+}
+
+impl BinWork {
+    /// Returns the rows written and the files added.
+    async fn run(
+        mut self,
+        store: Arc<dyn ObjectStore>,
+        schema: arrow::datatypes::SchemaRef,
+        event_time: usize,
+    ) -> Result<(u64, Vec<Add>)> {
+        let mut batches = Vec::new();
+        for path in &self.paths {
+            batches.extend(read_file(&store, path).await?);
+        }
+        let sorted = sorted_batch(&schema, event_time, batches, self.date)?;
+        let rows = sorted.num_rows() as u64;
+        self.writer
+            .write(sorted)
+            .await
+            .map_err(|e| Error::lake("write a compacted file", e))?;
+        // Flush per bin: one bin is at most one target file of input.
+        let adds = self
+            .writer
+            .flush()
+            .await
+            .map_err(|e| Error::lake("write a compacted file", e))?;
+        Ok((rows, adds))
+    }
+}
+
+async fn read_file(store: &Arc<dyn ObjectStore>, path: &StorePath) -> Result<Vec<RecordBatch>> {
     // Small files by definition: read each whole, then decode from memory.
-    let path = StorePath::from(file.path().as_ref());
     let bytes = store
-        .get(&path)
+        .get(path)
         .await
         .map_err(|e| Error::lake(format!("read {path}"), e))?
         .bytes()

@@ -132,7 +132,7 @@ impl BatchLayer {
                 && range.is_none()
             {
                 import::check_schema(table, &source.raw, &format!("raw table of source `{}`", source.name))?;
-                let c = compact::compact(table, source, self.sizes()).await?;
+                let c = compact::compact(table, source, self.sizes(), &self.cpu).await?;
                 if c.version.is_some() {
                     tracing::debug!(source = %source.name, files_in = c.files_in, files_out = c.files_out, rows = c.rows, "compacted");
                 }

@@ -177,7 +177,10 @@ async fn compaction_changes_no_answer_even_for_a_query_already_running() {
         small_file_bytes: 32 << 20,
         target_file_bytes: 128 << 20,
     };
-    let report = strata_batch::compact::compact(&mut raw, &source, sizes).await.unwrap();
+    let cpu = cpu();
+    let report = strata_batch::compact::compact(&mut raw, &source, sizes, &cpu)
+        .await
+        .unwrap();
     assert_eq!(
         (report.files_in, report.files_out, report.rows),
         (10, 2, 150_000),
@@ -234,7 +237,9 @@ async fn compaction_changes_no_answer_even_for_a_query_already_running() {
     // Nothing left to compact: no commit.
     let mut raw = raw;
     let version = raw.version();
-    let report = strata_batch::compact::compact(&mut raw, &source, sizes).await.unwrap();
+    let report = strata_batch::compact::compact(&mut raw, &source, sizes, &cpu)
+        .await
+        .unwrap();
     assert_eq!(report.version, None);
     assert_eq!(raw.version(), version);
 }

@@ -33,65 +33,92 @@ const MAX_BATCH_ROWS: usize = 64 * 1024;
 ///
 /// Kafka answers a fetch from an offset inside a record batch with that whole batch (the
 /// client drops the records before the offset). Some brokers answer with the next batch
-/// instead, which would silently skip records. So: a first record beyond the expected
-/// offset makes the consumer
-/// re-read the partition from its beginning, skipping what the lake already holds. (Such a
-/// broker answers nothing at all while no record follows that batch; the re-read happens
-/// when one does. tansu 0.6 behaves this way.)
+/// instead, which would silently skip records (tansu 0.6 does; it also answers nothing at
+/// all while no record follows that batch). So a first record beyond the expected offset
+/// makes the consumer seek back — 4096 records, then twice as far each time the answer
+/// still starts beyond it, down to the partition's beginning — and skip what the lake
+/// already holds. Only a gap seen when reading from the beginning is a real one (compacted
+/// or control records), and is taken.
 struct Cursor {
     /// The next offset to take (None: whatever comes first).
     expected: Option<i64>,
-    /// Re-reading from the beginning to reach `expected`.
-    rescanning: bool,
+    /// Where the consumer sought back to, to reach `expected`.
+    rewound_to: Option<i64>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Take,
+    Skip,
+    Rewind(i64),
+}
+
+/// How far the first seek back goes.
+const FIRST_REWIND: i64 = 4096;
 
 impl Cursor {
     fn new(expected: Option<i64>) -> Cursor {
         Cursor {
             expected,
-            rescanning: false,
+            rewound_to: None,
         }
     }
 
-    /// Whether to take this record.
-    fn accept(&mut self, consumer: &KafkaConsumer, topic: &str, partition: i32, offset: i64) -> bool {
+    /// What to do with the record at `offset`.
+    fn step(&mut self, offset: i64) -> Step {
         let Some(next) = self.expected else {
             self.expected = Some(offset + 1);
-            return true;
+            return Step::Take;
         };
         if offset < next {
-            return false; // archived already
-        }
-        if offset > next && !self.rescanning {
-            tracing::warn!(
-                topic,
-                partition,
-                asked = next,
-                got = offset,
-                "the broker returned records after the requested offset: re-reading the partition from its beginning so that none is skipped"
-            );
-            self.rescan(consumer, topic, partition);
-            return false;
+            return Step::Skip; // archived already
         }
         if offset > next {
+            if let Some(target) = self.rewind_target(next) {
+                return Step::Rewind(target);
+            }
             tracing::warn!(
-                topic,
-                partition,
                 from = next,
                 to = offset,
-                "offsets missing in the partition (compacted or control records)"
+                "offsets missing in a partition (compacted or control records)"
             );
         }
-        self.rescanning = false;
+        self.rewound_to = None;
         self.expected = Some(offset + 1);
-        true
+        Step::Take
     }
 
-    fn rescan(&mut self, consumer: &KafkaConsumer, topic: &str, partition: i32) {
-        match consumer.seek(topic, partition, Offset::Beginning, Duration::from_secs(10)) {
-            Ok(()) => self.rescanning = true,
-            Err(e) => tracing::warn!(error = %e, topic, partition, "cannot seek; will try again"),
+    /// Whether to take this record, seeking back when the broker skipped ahead.
+    fn accept(&mut self, consumer: &KafkaConsumer, topic: &str, partition: i32, offset: i64) -> bool {
+        match self.step(offset) {
+            Step::Take => true,
+            Step::Skip => false,
+            Step::Rewind(target) => {
+                tracing::debug!(
+                    topic,
+                    partition,
+                    got = offset,
+                    target,
+                    "the broker skipped ahead: rewinding"
+                );
+                match consumer.seek(topic, partition, Offset::Offset(target), Duration::from_secs(10)) {
+                    Ok(()) => self.rewound_to = Some(target),
+                    Err(e) => tracing::warn!(error = %e, topic, partition, "cannot seek; will try again"),
+                }
+                false
+            }
         }
+    }
+
+    /// Where to seek back to after an answer that started beyond `next`; None once the
+    /// partition was read from its beginning.
+    fn rewind_target(&self, next: i64) -> Option<i64> {
+        let distance = match self.rewound_to {
+            None => FIRST_REWIND,
+            Some(0) => return None,
+            Some(at) => (next - at).saturating_mul(2),
+        };
+        Some((next - distance).max(0))
     }
 }
 
@@ -493,5 +520,73 @@ impl Poller {
 
     fn send(&self, input: Input) -> Result<bool> {
         Ok(self.output.blocking_send(input).is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A broker like tansu 0.6: a fetch from the base offset of a batch returns that batch,
+    /// a fetch from inside a batch returns the next one. The cursor still takes every
+    /// record once, in order, from any starting point.
+    #[test]
+    fn cursor_takes_every_record_from_a_broker_that_skips_ahead() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut bases = vec![0i64];
+        while *bases.last().unwrap() < 300_000 {
+            let size = if rng.random_bool(0.1) {
+                rng.random_range(4000..40_000)
+            } else {
+                rng.random_range(1..3000)
+            };
+            bases.push(bases.last().unwrap() + size);
+        }
+        // The records checked; the broker holds one more batch beyond them.
+        let end = bases[bases.len() - 2];
+        let fetch = |from: i64| -> std::ops::Range<i64> {
+            let i = bases.partition_point(|&b| b <= from) - 1;
+            let i = if bases[i] == from { i } else { i + 1 };
+            bases[i]..bases[i + 1]
+        };
+        for _ in 0..200 {
+            let start = rng.random_range(0..end);
+            let mut cursor = Cursor::new(Some(start));
+            let (mut position, mut taken, mut fetches) = (start, Vec::new(), 0);
+            'fetching: while taken.last().map_or(start, |o| o + 1) < end {
+                fetches += 1;
+                assert!(fetches < 1000, "no progress from {start}");
+                let batch = fetch(position);
+                position = batch.end;
+                for offset in batch {
+                    match cursor.step(offset) {
+                        Step::Take => taken.push(offset),
+                        Step::Skip => {}
+                        Step::Rewind(target) => {
+                            cursor.rewound_to = Some(target);
+                            position = target;
+                            continue 'fetching;
+                        }
+                    }
+                }
+            }
+            taken.retain(|&o| o < end);
+            assert_eq!(taken, (start..end).collect::<Vec<_>>(), "from {start}");
+        }
+    }
+
+    #[test]
+    fn rewinds_double_down_to_the_beginning_then_take_a_real_gap() {
+        let mut cursor = Cursor::new(Some(10_000));
+        assert_eq!(cursor.step(10_500), Step::Rewind(10_000 - FIRST_REWIND));
+        cursor.rewound_to = Some(10_000 - FIRST_REWIND);
+        assert_eq!(cursor.step(10_500), Step::Rewind(10_000 - 2 * FIRST_REWIND));
+        cursor.rewound_to = Some(10_000 - 2 * FIRST_REWIND);
+        assert_eq!(cursor.step(10_500), Step::Rewind(0));
+        cursor.rewound_to = Some(0);
+        assert_eq!(cursor.step(100), Step::Skip);
+        assert_eq!(cursor.step(10_500), Step::Take, "a gap seen from the beginning is real");
+        assert_eq!(cursor.step(10_501), Step::Take);
     }
 }

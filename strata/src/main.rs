@@ -75,6 +75,10 @@ enum Command {
     Batch {
         #[command(subcommand)]
         command: Option<BatchCommand>,
+        /// (On the schedule) serve Prometheus /metrics and /health here (overrides
+        /// ops.metrics_address).
+        #[arg(long, env = "STRATA_METRICS_ADDRESS")]
+        metrics_address: Option<SocketAddr>,
     },
     /// Serve SQL over Arrow Flight SQL, merging batch views with speed layers' states.
     Serve {
@@ -242,7 +246,10 @@ async fn run(cli: Cli) -> Result<()> {
             let config = load_config(&cli.config)?;
             import(&config, &source, &files, chunk_rows).await
         }
-        Command::Batch { command } => {
+        Command::Batch {
+            command,
+            metrics_address,
+        } => {
             let config = load_config(&cli.config)?;
             let cpu = CpuRuntime::new(None)?;
             let batch = BatchLayer::new(config.clone(), cpu)?;
@@ -270,6 +277,13 @@ async fn run(cli: Cli) -> Result<()> {
                         );
                     };
                     let stop = shutdown_signal();
+                    let ops = Ops { metrics_address }.address(&config)?;
+                    let ops = start_ops(
+                        ops,
+                        Arc::new(|| Ok("{\"status\":\"scheduled\"}".to_string())),
+                        stop.clone(),
+                    )
+                    .await?;
                     batch
                         .run_scheduled(&schedule, Arc::new(SystemClock), stop, &|r| {
                             if let Ok(report) = r {
@@ -277,6 +291,7 @@ async fn run(cli: Cli) -> Result<()> {
                             }
                         })
                         .await?;
+                    finish_ops(ops).await;
                     Ok(())
                 }
             }
