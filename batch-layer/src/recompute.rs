@@ -146,13 +146,7 @@ pub async fn recompute(
     }
 
     let ctx = new_context(session_config())?;
-    raw.update_datafusion_session(&ctx.state())
-        .map_err(|e| Error::lake("register the raw table's store", e))?;
-    let provider = raw
-        .table_provider()
-        .with_session(Arc::new(ctx.state()))
-        .await
-        .map_err(|e| Error::lake("read the raw table", e))?;
+    let provider = strata_core::lake::table_provider(&ctx, raw).await?;
     let time = quote(&plan.window.time_column);
     let mut commit = ViewCommit {
         fingerprint,

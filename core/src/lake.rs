@@ -526,6 +526,22 @@ pub fn redact(url: &Url) -> String {
     url.to_string()
 }
 
+/// A DataFusion provider of `table` for queries in `ctx` (whose runtime learns the table's
+/// object store).
+pub async fn table_provider(
+    ctx: &datafusion::prelude::SessionContext,
+    table: &DeltaTable,
+) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| Error::lake("register the lake's store", e))?;
+    table
+        .table_provider()
+        .with_session(Arc::new(ctx.state()))
+        .await
+        .map_err(|e| Error::lake("read a table", e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

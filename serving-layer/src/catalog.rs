@@ -154,14 +154,7 @@ impl Catalog {
 
     async fn delta_provider(&self, table: &DeltaTable) -> Result<Arc<dyn TableProvider>> {
         let ctx = self.session_for_tables()?;
-        table
-            .update_datafusion_session(&ctx.state())
-            .map_err(|e| Error::lake("register the lake's store", e))?;
-        table
-            .table_provider()
-            .with_session(Arc::new(ctx.state()))
-            .await
-            .map_err(|e| Error::lake("read a table", e))
+        strata_core::lake::table_provider(&ctx, table).await
     }
 
     /// A session on the shared runtime, used to register the lake's object store once.

@@ -381,13 +381,7 @@ impl Aggregator {
             boundaries.insert(key, b);
         }
         let ctx = strata_core::session::new_context(strata_core::session::session_config())?;
-        raw.update_datafusion_session(&ctx.state())
-            .map_err(|e| Error::lake("register the raw table's store", e))?;
-        let provider = raw
-            .table_provider()
-            .with_session(Arc::new(ctx.state()))
-            .await
-            .map_err(|e| Error::lake("read the raw table", e))?;
+        let provider = strata_core::lake::table_provider(&ctx, raw).await?;
         ctx.register_table("raw", provider)?;
         for v in (0..views).filter(|v| self.view_source[*v] == s) {
             // Events of each partition from this view's coverage to the archived position.
