@@ -242,7 +242,7 @@ impl Catalog {
             } else {
                 let speed = speed
                     .iter()
-                    .map(|b| cast_batch(b, &schema))
+                    .map(|b| Ok(crate::service::cast_to(b, &schema)?))
                     .collect::<Result<Vec<_>>>()?;
                 ctx.register_table("__speed", Arc::new(MemTable::try_new(schema.clone(), vec![speed])?))?;
                 let union = ctx.sql("SELECT * FROM __batch UNION ALL SELECT * FROM __speed").await?;
@@ -582,27 +582,6 @@ fn system_lateness_schema() -> SchemaRef {
         Field::new("late_by_at_most", DataType::Utf8, false),
         Field::new("events", DataType::Int64, false),
     ]))
-}
-
-/// A batch cast to `schema` (same columns, possibly other encodings or nullability).
-fn cast_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(c, f)| {
-            if c.data_type() == f.data_type() {
-                Ok(c.clone())
-            } else {
-                arrow::compute::cast(c, f.data_type())
-            }
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new_with_options(
-        schema.clone(),
-        columns,
-        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-    )?)
 }
 
 fn system_views_schema() -> SchemaRef {

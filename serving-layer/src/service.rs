@@ -241,7 +241,8 @@ pub fn output_schema(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
-fn cast_to(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, arrow::error::ArrowError> {
+/// A batch cast to `schema` (same columns, possibly other encodings or nullability).
+pub(crate) fn cast_to(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, arrow::error::ArrowError> {
     if batch.schema().fields() == schema.fields() {
         return Ok(batch.clone());
     }
