@@ -34,7 +34,8 @@ struct SourceTables {
     /// The raw table's positions: a range ending at or below them is archived already (a
     /// commit that landed although it reported an error, before a retry).
     raw_positions: std::collections::BTreeMap<String, i64>,
-    /// The rejected table's positions: rejects below them are already there.
+    /// The rejected table's positions: rejects below them are already there. They only
+    /// move forward (after a crash between the two commits of a flush they are ahead).
     rejected_positions: std::collections::BTreeMap<String, i64>,
 }
 
@@ -175,10 +176,24 @@ impl Archiver {
             .filter(|b| b.num_rows() > 0)
             .collect();
         if !rejects.is_empty() {
-            strata_core::lake::append(&mut tables.rejected, rejects, txns.clone(), info.clone()).await?;
-            for (t, p, _, end) in &job.ranges {
-                tables.rejected_positions.insert(kafka_app_id(t, *p), *end);
-            }
+            // The rejected table's positions only move forward: after a crash between the two
+            // commits it is ahead of the raw table, and the flushes that catch up may end
+            // below it (they need not fall where the lost one did).
+            let positions: Vec<(String, i64)> = job
+                .ranges
+                .iter()
+                .map(|(t, p, _, end)| {
+                    let id = kafka_app_id(t, *p);
+                    let at = tables.rejected_positions.get(&id).map_or(*end, |&done| done.max(*end));
+                    (id, at)
+                })
+                .collect();
+            let rejected_txns = positions
+                .iter()
+                .map(|(id, at)| Transaction::new(id.clone(), *at))
+                .collect();
+            strata_core::lake::append(&mut tables.rejected, rejects, rejected_txns, info.clone()).await?;
+            tables.rejected_positions.extend(positions);
         }
         let rows: usize = job.events.iter().map(RecordBatch::num_rows).sum();
         let events: Vec<RecordBatch> = job.events.iter().filter(|b| b.num_rows() > 0).cloned().collect();
@@ -245,4 +260,153 @@ fn not_yet_rejected(batch: &RecordBatch, positions: &std::collections::BTreeMap<
         })
         .collect();
     Ok(filter_record_batch(batch, &keep)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use strata_core::config::Config;
+    use strata_core::decode::{KafkaPosition, Origin, Rejects};
+    use strata_core::session::{new_context, session_config};
+
+    use super::*;
+
+    const TOPIC: &str = "clicks";
+
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn setup(name: &str) -> (Scratch, Lake, Arc<SourceSchema>) {
+        let dir = std::env::temp_dir().join(format!("strata-archive-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = r#"
+[lake]
+url = "lake"
+[[sources]]
+name = "clicks"
+topics = ["clicks"]
+event_time = { column = "ts", format = "epoch_millis" }
+[sources.schema]
+ts = "timestamp"
+page = "string"
+[[views]]
+name = "per_page"
+sql = "SELECT window_start, page, count(*) AS n FROM clicks GROUP BY tumble(ts, INTERVAL '1 hour'), page"
+"#;
+        let config = Config::parse(text, &dir.join("strata.toml"), &BTreeMap::new()).unwrap();
+        let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
+        let source = SourceSchema::new(&config.sources[0]);
+        (Scratch(dir), lake, source)
+    }
+
+    fn archiver(lake: &Lake, source: &Arc<SourceSchema>) -> Archiver {
+        let store = Store::new(vec!["per_page".into()], vec![0], 1);
+        Archiver::new(lake.clone(), vec![source.clone()], Arc::new(Mutex::new(store)), None)
+    }
+
+    /// A flush of partitions `(partition, start, end)` whose records at `bad` (partition,
+    /// offset) were malformed; the valid events are left out (the rejected table is checked).
+    fn job(ranges: &[(i32, i64, i64)], bad: &[(i32, i64)]) -> ArchiveJob {
+        let mut rejects = Rejects::new("clicks", 0);
+        for &(partition, offset) in bad {
+            let inside = ranges
+                .iter()
+                .any(|&(p, s, e)| p == partition && (s..e).contains(&offset));
+            assert!(inside, "reject {partition}@{offset} outside the flush");
+            let position = KafkaPosition {
+                topic: TOPIC,
+                partition,
+                offset,
+            };
+            rejects.push(Origin::Kafka(position), b"{oops", "invalid JSON");
+        }
+        ArchiveJob {
+            source: 0,
+            events: vec![],
+            rejects: vec![rejects.finish()],
+            ranges: ranges.iter().map(|&(p, s, e)| (TOPIC.to_string(), p, s, e)).collect(),
+        }
+    }
+
+    async fn rejected_positions(lake: &Lake) -> Vec<(i32, i64)> {
+        let table = lake.open(&lake.rejected_url("clicks")).await.unwrap().unwrap();
+        let ctx = new_context(session_config()).unwrap();
+        ctx.register_table(
+            "rejected",
+            strata_core::lake::table_provider(&ctx, &table).await.unwrap(),
+        )
+        .unwrap();
+        let batches = ctx
+            .sql("SELECT kafka_partition, kafka_offset FROM rejected ORDER BY 1, 2")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        batches
+            .iter()
+            .flat_map(|b| {
+                let p = b.column(0).as_primitive::<Int32Type>().clone();
+                let o = b.column(1).as_primitive::<Int64Type>().clone();
+                (0..b.num_rows()).map(move |i| (p.value(i), o.value(i)))
+            })
+            .collect()
+    }
+
+    async fn raw_positions(lake: &Lake) -> BTreeMap<String, i64> {
+        let table = lake.open(&lake.raw_url("clicks")).await.unwrap().unwrap();
+        app_transactions(&table, table.version().unwrap()).await.unwrap()
+    }
+
+    /// A kill between the rejected-table commit and the raw-table commit of a flush leaves the
+    /// rejected table ahead. The flushes that catch up fall elsewhere: one ends below the
+    /// rejected table's position on a partition while it writes rejects of another. Every
+    /// malformed record is still in the rejected table once, whether the archiver goes on
+    /// or restarts in between.
+    #[tokio::test]
+    async fn rejects_archived_once_after_a_kill_between_the_two_commits() {
+        let lost = || job(&[(0, 0, 100), (1, 0, 100)], &[(0, 50), (0, 90), (1, 10)]);
+        let catch_up = || job(&[(0, 0, 80), (1, 0, 130)], &[(0, 50), (1, 10), (1, 120)]);
+        let next = || job(&[(0, 80, 200)], &[(0, 90), (0, 150)]);
+        for restart in [false, true] {
+            let (_scratch, lake, source) = setup(&format!("kill-{restart}"));
+            // The flush whose rejected commit landed and whose raw commit was lost.
+            {
+                let mut archiver = archiver(&lake, &source);
+                let job = lost();
+                let tables = archiver.tables(0).await.unwrap();
+                let txns = job
+                    .ranges
+                    .iter()
+                    .map(|(t, p, _, end)| Transaction::new(kafka_app_id(t, *p), *end))
+                    .collect();
+                strata_core::lake::append(&mut tables.rejected, job.rejects, txns, serde_json::json!({}))
+                    .await
+                    .unwrap();
+            }
+            // The restarted speed layer resumes at the raw table's position (nothing).
+            let mut archiver = archiver(&lake, &source);
+            archiver.commit(&catch_up()).await.unwrap();
+            if restart {
+                archiver = self::archiver(&lake, &source);
+            }
+            archiver.commit(&next()).await.unwrap();
+            assert_eq!(
+                rejected_positions(&lake).await,
+                vec![(0, 50), (0, 90), (0, 150), (1, 10), (1, 120)],
+                "restart between the flushes: {restart}"
+            );
+            let raw = raw_positions(&lake).await;
+            assert_eq!(raw.get(&kafka_app_id(TOPIC, 0)), Some(&200));
+            assert_eq!(raw.get(&kafka_app_id(TOPIC, 1)), Some(&130));
+        }
+    }
 }
