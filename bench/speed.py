@@ -72,33 +72,23 @@ def produce_file(brokers, path, partitions=4):
     return n
 
 
-def probe_freshness(brokers, client, metrics_port, lines, rate, probes):
-    """Produces `lines` to topic `fresh` at `rate` in the background; meanwhile sends `probes`
-    records of their own country, one every 50 ms, timing each from its produce call to its
-    first appearance in page_stats over Flight SQL. Returns p50 and p99 in ms and how far the
-    consumer was behind the producer when the probes ended."""
-    stop = threading.Event()
+def probe_freshness(brokers, client, metrics_port, produce_load, data, rate, probes):
+    """Produces the records of `data` to topic `fresh` at `rate` in the background (with
+    speed-layer/examples/produce_load.rs: a Python producer would take a core); meanwhile
+    sends `probes` records of their own country, one every 50 ms, timing each from its
+    produce call to its first appearance in page_stats over Flight SQL. Returns p50 and p99
+    in ms and how far the consumer was behind the producer when the probes ended."""
     sent = [0]
+    load = subprocess.Popen([produce_load, brokers, "fresh", "4", data, str(int(rate))],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def background():
-        p = Producer({"bootstrap.servers": brokers, "linger.ms": 1})
-        t0 = time.perf_counter()
-        while not stop.is_set():
-            due = int((time.perf_counter() - t0) * rate)
-            while sent[0] < due:
-                try:
-                    p.produce("fresh", value=lines[sent[0] % len(lines)], partition=sent[0] % 4)
-                except BufferError:
-                    p.poll(0.01)
-                    continue
-                sent[0] += 1
-            p.poll(0)
-            time.sleep(0.002)
-        p.flush(30)
+    def count():
+        for line in load.stdout:
+            sent[0] = int(line)
 
+    counter = threading.Thread(target=count)
     consumed_before = metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total")
-    bg = threading.Thread(target=background)
-    bg.start()
+    counter.start()
     probe = Producer({"bootstrap.servers": brokers, "linger.ms": 0})
     latencies = []
     # Steady state first: the consumer keeps pace with the load for a second.
@@ -128,8 +118,10 @@ def probe_freshness(brokers, client, metrics_port, lines, rate, probes):
         time.sleep(max(0.0, 0.05 - (time.perf_counter() - started)))
     consumed = metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total")
     behind = max(0, sent[0] + len(latencies) - (consumed - consumed_before))
-    stop.set()
-    bg.join()
+    load.stdin.close()
+    counter.join()
+    if load.wait(60) != 0:
+        raise SystemExit("the load generator failed")
     # Let the consumer drain before the next load.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -147,6 +139,7 @@ def main():
     a = argparse.ArgumentParser()
     a.add_argument("--strata", required=True)
     a.add_argument("--raw-consume", required=True)
+    a.add_argument("--produce-load", required=True)
     a.add_argument("--tansu", required=True)
     a.add_argument("--repo", required=True)
     a.add_argument("--work", required=True)
@@ -229,10 +222,9 @@ def main():
         procs.append(run)
         wait_port(serve_port, run, "strata run")
         client = PyArrowFlightSql(f"grpc://127.0.0.1:{serve_port}")
-        lines = open(data, "rb").read().split(b"\n")[:-1]
         freshness = []
         for rate in (args.light_rate, ingest / 2):
-            freshness.append((rate, *probe_freshness(brokers, client, metrics_port, lines, rate, args.probes)))
+            freshness.append((rate, *probe_freshness(brokers, client, metrics_port, args.produce_load, data, rate, args.probes)))
             p50, p99, behind = freshness[-1][1:]
             print(f"freshness at {rate:,.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
                   f"consumer behind the producer by {behind:,.0f} events at the end", flush=True)

@@ -8,7 +8,12 @@ use std::sync::Arc;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Int32Type, Int64Type, SchemaRef};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::MemTable;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use strata_core::schema::{PARTITION, TOPIC};
 use strata_core::session::{new_context, session_config};
@@ -29,6 +34,10 @@ pub struct ViewEngine {
     /// Schema of the state rows (the view table's).
     pub state_schema: SchemaRef,
     ctx: SessionContext,
+    /// The states of raw events keyed by partition, planned once.
+    by_partition: Prepared,
+    /// The merge of state rows, planned once.
+    merge: Prepared,
 }
 
 impl std::fmt::Debug for ViewEngine {
@@ -52,12 +61,25 @@ impl ViewEngine {
         })?;
         let state_schema = Arc::new(df.schema().as_arrow().clone());
         ctx.deregister_table(source)?;
+        let keys = [(quote(TOPIC), KEY_TOPIC), (quote(PARTITION), KEY_PARTITION)];
+        let keys: Vec<(&str, &str)> = keys.iter().map(|(e, a)| (e.as_str(), *a)).collect();
+        let by_partition =
+            Prepared::new(&ctx, source, raw_schema.clone(), &plan.state_sql_keyed(source, &keys)).await?;
+        let merge = Prepared::new(
+            &ctx,
+            "__states",
+            state_schema.clone(),
+            &plan.merge_states_sql("__states"),
+        )
+        .await?;
         Ok(ViewEngine {
             plan,
             source: source.to_string(),
             raw_schema,
             state_schema,
             ctx,
+            by_partition,
+            merge,
         })
     }
 
@@ -81,13 +103,7 @@ impl ViewEngine {
         if events.num_rows() == 0 {
             return Ok(BTreeMap::new());
         }
-        let sql = self.plan.state_sql_keyed(
-            &self.source,
-            &[(&quote(TOPIC), KEY_TOPIC), (&quote(PARTITION), KEY_PARTITION)],
-        );
-        let keyed = self
-            .run(&self.source, vec![events], self.raw_schema.clone(), &sql)
-            .await?;
+        let keyed = self.by_partition.run(&self.ctx, vec![events]).await?;
         let mut out: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
         for batch in keyed {
             for (key, part) in self.split(&batch, |b, row| {
@@ -176,14 +192,7 @@ impl ViewEngine {
         if states.len() <= 1 {
             return Ok(states);
         }
-        let merged = self
-            .run(
-                "__states",
-                states,
-                self.state_schema.clone(),
-                &self.plan.merge_states_sql("__states"),
-            )
-            .await?;
+        let merged = self.merge.run(&self.ctx, states).await?;
         merged
             .into_iter()
             .map(|b| RecordBatch::try_new(self.state_schema.clone(), b.columns().to_vec()).map_err(Error::from))
@@ -192,10 +201,178 @@ impl ViewEngine {
     }
 }
 
+/// A query over one in-memory table, planned and optimized once and run over new batches
+/// each time: over a micro-batch of a few hundred events, parsing and planning a view's SQL
+/// costs more than computing its states.
+struct Prepared {
+    plan: Arc<dyn ExecutionPlan>,
+}
+
+impl Prepared {
+    async fn new(ctx: &SessionContext, table: &str, schema: SchemaRef, sql: &str) -> Result<Self> {
+        ctx.register_table(table, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
+        let planned = match ctx.sql(sql).await {
+            Ok(df) => df.create_physical_plan().await,
+            Err(e) => Err(e),
+        };
+        ctx.deregister_table(table)?;
+        let plan = planned?;
+        let mut inputs = 0;
+        plan.apply(|node| {
+            inputs += usize::from(memory_source(node).is_some());
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })?;
+        if inputs != 1 {
+            return Err(Error::Internal(format!(
+                "a prepared query reads its table {inputs} times (once expected): {sql}"
+            )));
+        }
+        Ok(Prepared { plan })
+    }
+
+    /// Runs the plan over `batches` in place of its (empty) table.
+    async fn run(&self, ctx: &SessionContext, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let data = [batches];
+        let plan = Arc::clone(&self.plan)
+            .transform_down(|node| match memory_source(&node) {
+                Some(source) => Ok(Transformed::yes(MemorySourceConfig::try_new_exec(
+                    &data,
+                    source.original_schema(),
+                    source.projection().clone(),
+                )? as Arc<dyn ExecutionPlan>)),
+                None => Ok(Transformed::no(node)),
+            })
+            .map_err(|e: DataFusionError| Error::from(e))?
+            .data;
+        Ok(datafusion::physical_plan::collect(plan, ctx.task_ctx()).await?)
+    }
+}
+
+fn memory_source(node: &Arc<dyn ExecutionPlan>) -> Option<&MemorySourceConfig> {
+    node.downcast_ref::<DataSourceExec>()
+        .and_then(|exec| exec.data_source().downcast_ref::<MemorySourceConfig>())
+}
+
 fn rows_all(mask: &[bool]) -> bool {
     mask.iter().all(|m| *m)
 }
 
 fn quote(name: &str) -> String {
     strata_core::view::quote(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap as Map;
+
+    use arrow::util::pretty::pretty_format_batches;
+    use strata_core::config::Config;
+    use strata_core::decode::{JsonDecoder, KafkaPosition};
+    use strata_core::schema::SourceSchema;
+
+    use super::*;
+
+    fn sorted_rows(batches: &[RecordBatch]) -> Vec<String> {
+        let text = pretty_format_batches(batches).unwrap().to_string();
+        let mut rows: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("| "))
+            .skip(1)
+            .map(String::from)
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// The plans prepared once give, run after run, what planning the same SQL afresh gives.
+    #[tokio::test]
+    async fn prepared_plans_equal_fresh_plans_run_after_run() {
+        let text = r#"
+[lake]
+url = "lake"
+[[sources]]
+name = "clicks"
+topics = ["clicks"]
+event_time = { column = "ts", format = "epoch_millis" }
+[sources.schema]
+ts = "timestamp"
+user = "string"
+page = "string"
+ms = "int64"
+[[views]]
+name = "per_page"
+sql = "SELECT window_start, page, count(*) AS n, sum(ms) AS total, avg(ms) AS mean, approx_distinct(user) AS users FROM clicks GROUP BY tumble(ts, INTERVAL '1 minute'), page"
+[[views]]
+name = "sliding"
+sql = "SELECT window_start, count(*) AS n, max(ms) AS worst FROM clicks WHERE ms > 10 GROUP BY hop(ts, INTERVAL '1 minute', INTERVAL '3 minutes')"
+"#;
+        let config = Config::parse(text, std::path::Path::new("/tmp/strata.toml"), &Map::new()).unwrap();
+        let source = SourceSchema::new(&config.sources[0]);
+        for plan in config.view_plans().unwrap() {
+            let engine = ViewEngine::new(plan, "clicks", source.raw.clone()).await.unwrap();
+            let mut all_states = Vec::new();
+            for round in 0..4i64 {
+                let mut decoder = JsonDecoder::new(source.clone());
+                for i in 0..300i64 {
+                    let k = i * 7919 + round * 104_729;
+                    let record = format!(
+                        r#"{{"ts":{},"user":"u{}","page":"/p{}","ms":{}}}"#,
+                        1_795_219_200_000 + k % 600_000,
+                        k % 37,
+                        k % 5,
+                        k % 100
+                    );
+                    let position = KafkaPosition {
+                        topic: "clicks",
+                        partition: (i % 3) as i32,
+                        offset: round * 1000 + i,
+                    };
+                    decoder.decode(record.as_bytes(), Some(position)).unwrap();
+                }
+                let events = decoder.finish();
+                let prepared = engine.states_by_partition(events.clone()).await.unwrap();
+                let sql = engine.plan.state_sql_keyed(
+                    "clicks",
+                    &[(&quote(TOPIC), KEY_TOPIC), (&quote(PARTITION), KEY_PARTITION)],
+                );
+                let fresh = engine
+                    .run("clicks", vec![events], source.raw.clone(), &sql)
+                    .await
+                    .unwrap();
+                let prepared_all: Vec<RecordBatch> = prepared.values().flatten().cloned().collect();
+                assert_eq!(prepared.len(), 3, "{}: one entry per partition", engine.plan.name);
+                let fresh_projected: Vec<RecordBatch> = fresh
+                    .iter()
+                    .map(|b| {
+                        let columns = engine
+                            .state_schema
+                            .fields()
+                            .iter()
+                            .map(|f| b.column_by_name(f.name()).unwrap().clone())
+                            .collect();
+                        RecordBatch::try_new(engine.state_schema.clone(), columns).unwrap()
+                    })
+                    .collect();
+                assert_eq!(
+                    sorted_rows(&prepared_all),
+                    sorted_rows(&fresh_projected),
+                    "{} round {round}",
+                    engine.plan.name
+                );
+                assert!(prepared_all.iter().map(RecordBatch::num_rows).sum::<usize>() > 0);
+                all_states.extend(prepared_all);
+            }
+            let folded = engine.fold(all_states.clone()).await.unwrap();
+            let fresh = engine
+                .run(
+                    "__states",
+                    all_states,
+                    engine.state_schema.clone(),
+                    &engine.plan.merge_states_sql("__states"),
+                )
+                .await
+                .unwrap();
+            assert_eq!(sorted_rows(&folded), sorted_rows(&fresh), "{} fold", engine.plan.name);
+        }
+    }
 }
