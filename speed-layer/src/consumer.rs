@@ -94,6 +94,13 @@ impl Cursor {
             Step::Take => true,
             Step::Skip => false,
             Step::Rewind(target) => {
+                global()
+                    .counter(
+                        "strata_consumer_rewinds_total",
+                        "Seeks back after the broker answered a fetch from beyond the offset asked for.",
+                        &[],
+                    )
+                    .inc();
                 tracing::debug!(
                     topic,
                     partition,
