@@ -267,7 +267,6 @@ mod tests {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
-    use strata_core::config::Config;
     use strata_core::decode::{KafkaPosition, Origin, Rejects};
     use strata_core::session::{new_context, session_config};
 
@@ -287,28 +286,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("strata-archive-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let text = r#"
-[lake]
-url = "lake"
-[[sources]]
-name = "clicks"
-topics = ["clicks"]
-event_time = { column = "ts", format = "epoch_millis" }
-[sources.schema]
-ts = "timestamp"
-page = "string"
-[[views]]
-name = "per_page"
-sql = "SELECT window_start, page, count(*) AS n FROM clicks GROUP BY tumble(ts, INTERVAL '1 hour'), page"
-"#;
-        let config = Config::parse(text, &dir.join("strata.toml"), &BTreeMap::new()).unwrap();
+        let config = crate::fixtures::clicks_config(&dir.join("strata.toml"));
         let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
         let source = SourceSchema::new(&config.sources[0]);
         (Scratch(dir), lake, source)
     }
 
     fn archiver(lake: &Lake, source: &Arc<SourceSchema>) -> Archiver {
-        let store = Store::new(vec!["per_page".into()], vec![0], 1);
+        let store = Store::new(vec!["per_page".into(), "sliding".into()], vec![0, 0], 1);
         Archiver::new(lake.clone(), vec![source.clone()], Arc::new(Mutex::new(store)), None)
     }
 

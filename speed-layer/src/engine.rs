@@ -263,10 +263,7 @@ fn quote(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap as Map;
-
     use arrow::util::pretty::pretty_format_batches;
-    use strata_core::config::Config;
     use strata_core::decode::{JsonDecoder, KafkaPosition};
     use strata_core::schema::SourceSchema;
 
@@ -287,26 +284,7 @@ mod tests {
     /// The plans prepared once give, run after run, what planning the same SQL afresh gives.
     #[tokio::test]
     async fn prepared_plans_equal_fresh_plans_run_after_run() {
-        let text = r#"
-[lake]
-url = "lake"
-[[sources]]
-name = "clicks"
-topics = ["clicks"]
-event_time = { column = "ts", format = "epoch_millis" }
-[sources.schema]
-ts = "timestamp"
-user = "string"
-page = "string"
-ms = "int64"
-[[views]]
-name = "per_page"
-sql = "SELECT window_start, page, count(*) AS n, sum(ms) AS total, avg(ms) AS mean, approx_distinct(user) AS users FROM clicks GROUP BY tumble(ts, INTERVAL '1 minute'), page"
-[[views]]
-name = "sliding"
-sql = "SELECT window_start, count(*) AS n, max(ms) AS worst FROM clicks WHERE ms > 10 GROUP BY hop(ts, INTERVAL '1 minute', INTERVAL '3 minutes')"
-"#;
-        let config = Config::parse(text, std::path::Path::new("/tmp/strata.toml"), &Map::new()).unwrap();
+        let config = crate::fixtures::clicks_config(std::path::Path::new("/tmp/strata.toml"));
         let source = SourceSchema::new(&config.sources[0]);
         for plan in config.view_plans().unwrap() {
             let engine = ViewEngine::new(plan, "clicks", source.raw.clone()).await.unwrap();

@@ -17,6 +17,8 @@ pub mod aggregate;
 pub mod archive;
 pub mod consumer;
 pub mod engine;
+#[cfg(test)]
+mod fixtures;
 pub mod flight;
 pub mod store;
 
