@@ -9,7 +9,7 @@
 //!                        Store ◄── queries (states beyond a batch coverage)
 //! ```
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,7 @@ pub struct ArchiveJob {
 }
 
 pub struct Aggregator {
-    pub engines: Vec<ViewEngine>,
+    pub engines: Vec<Arc<ViewEngine>>,
     pub view_source: Vec<usize>,
     pub sources: Vec<Arc<SourceSchema>>,
     pub store: Arc<Mutex<Store>>,
@@ -55,11 +55,14 @@ pub struct Aggregator {
     pub rejects: Vec<Vec<RecordBatch>>,
     pub buffered_rows: usize,
     pub visible: Histogram,
+    /// Fold jobs for the folder (while running), and those not done yet.
+    folds: Option<mpsc::UnboundedSender<FoldJob>>,
+    fold_pending: Arc<Mutex<HashSet<FoldJob>>>,
 }
 
 impl Aggregator {
     pub fn new(
-        engines: Vec<ViewEngine>,
+        engines: Vec<Arc<ViewEngine>>,
         view_source: Vec<usize>,
         sources: Vec<Arc<SourceSchema>>,
         store: Arc<Mutex<Store>>,
@@ -80,6 +83,8 @@ impl Aggregator {
             events: vec![Vec::new(); n],
             rejects: vec![Vec::new(); n],
             buffered_rows: 0,
+            folds: None,
+            fold_pending: Arc::default(),
             visible: global().histogram(
                 "strata_speed_visible_seconds",
                 "From an event's consumption to its visibility in queries.",
@@ -91,6 +96,14 @@ impl Aggregator {
 
     /// Runs until the consumer's channel closes, then archives what is left.
     pub async fn run(mut self, mut input: mpsc::Receiver<Input>) -> Result<()> {
+        let (folds, jobs) = mpsc::unbounded_channel();
+        let folder = Folder {
+            engines: self.engines.clone(),
+            store: self.store.clone(),
+            pending: self.fold_pending.clone(),
+        };
+        let mut folder = tokio::spawn(folder.run(jobs));
+        self.folds = Some(folds);
         let mut last_flush = Instant::now();
         loop {
             let wait = self.flush_interval.saturating_sub(last_flush.elapsed());
@@ -101,15 +114,31 @@ impl Aggregator {
                     Some(Input::Revoked(keys)) => self.revoked(&keys),
                     None => {
                         self.flush().await?;
-                        return Ok(());
+                        self.folds = None;
+                        return join_folder(folder).await;
                     }
                 },
+                // The folder only ends early on an error.
+                ended = &mut folder => return ended.map_err(|e| Error::Internal(format!("folder: {e}")))?,
                 () = tokio::time::sleep(wait) => {}
             }
             if last_flush.elapsed() >= self.flush_interval || self.buffered_rows >= self.flush_rows {
                 self.flush().await?;
                 last_flush = Instant::now();
             }
+        }
+    }
+
+    /// Asks the folder to fold a segment's states of view `v` (once while pending).
+    fn fold_later(&self, key: &str, start: i64, v: usize) {
+        let Some(folds) = &self.folds else { return };
+        let job = FoldJob {
+            key: key.to_string(),
+            start,
+            view: v,
+        };
+        if self.fold_pending.lock().expect("fold lock").insert(job.clone()) {
+            let _ = folds.send(job);
         }
     }
 
@@ -149,7 +178,7 @@ impl Aggregator {
                     if let Some(b) = by_partition.get(&key) {
                         segment.states[*v].extend(b.iter().cloned());
                         if segment.states[*v].len() > FOLD_AT {
-                            to_fold.push((key.clone(), *v));
+                            to_fold.push((key.clone(), segment.start, *v));
                         }
                     }
                 }
@@ -192,8 +221,8 @@ impl Aggregator {
             }
         }
         self.visible.observe(batch.consumed_at.elapsed().as_secs_f64());
-        for (key, v) in to_fold {
-            self.fold_open(&key, v).await?;
+        for (key, start, v) in to_fold {
+            self.fold_later(&key, start, v);
         }
         let rows = batch.events.as_ref().map_or(0, RecordBatch::num_rows)
             + batch.rejects.as_ref().map_or(0, RecordBatch::num_rows);
@@ -203,30 +232,6 @@ impl Aggregator {
         }
         if let Some(r) = batch.rejects {
             self.rejects[source].push(r);
-        }
-        Ok(())
-    }
-
-    /// Folds the state batches of a segment into one, replacing exactly those it folded.
-    async fn fold_open(&mut self, key: &str, v: usize) -> Result<()> {
-        let (index, batches) = {
-            let store = self.store.lock().expect("store lock");
-            let Some(p) = store.partitions.get(key) else {
-                return Ok(());
-            };
-            let Some(i) = p.segments.len().checked_sub(1) else {
-                return Ok(());
-            };
-            (i, p.segments[i].states[v].clone())
-        };
-        let n = batches.len();
-        let folded = self.engines[v].fold(batches).await?;
-        let mut store = self.store.lock().expect("store lock");
-        if let Some(segment) = store.partitions.get_mut(key).and_then(|p| p.segments.get_mut(index)) {
-            let keep = n.min(segment.states[v].len());
-            let rest = segment.states[v].split_off(keep);
-            segment.states[v] = folded;
-            segment.states[v].extend(rest);
         }
         Ok(())
     }
@@ -243,7 +248,7 @@ impl Aggregator {
                     if let Some(segment) = p.segments.back_mut().filter(|seg| seg.open) {
                         segment.open = false;
                         ranges.push((p.topic.clone(), p.partition, segment.start, segment.end));
-                        closed.push((key.clone(), p.segments.len() - 1));
+                        closed.push((key.clone(), segment.start));
                     }
                 }
                 if ranges.is_empty() {
@@ -263,24 +268,11 @@ impl Aggregator {
                 return Err(Error::Internal("the archiver stopped".into()));
             }
         }
-        // Closed segments hold one row per (window, group): fold them.
-        for (key, index) in closed {
+        // Closed segments hold one row per (window, group): fold them, beside the next
+        // micro-batches rather than before them.
+        for (key, start) in closed {
             for v in 0..self.engines.len() {
-                let batches = {
-                    let store = self.store.lock().expect("store lock");
-                    match store.partitions.get(&key).and_then(|p| p.segments.get(index)) {
-                        Some(s) if s.states[v].len() > 1 => s.states[v].clone(),
-                        _ => continue,
-                    }
-                };
-                let n = batches.len();
-                let folded = self.engines[v].fold(batches).await?;
-                let mut store = self.store.lock().expect("store lock");
-                if let Some(s) = store.partitions.get_mut(&key).and_then(|p| p.segments.get_mut(index))
-                    && s.states[v].len() == n
-                {
-                    s.states[v] = folded;
-                }
+                self.fold_later(&key, start, v);
             }
         }
         Ok(())
@@ -517,4 +509,236 @@ fn drop_partitions(batch: &RecordBatch, keys: &[String], topic: &str, partition:
         .map(|row| Some(!keys.contains(&partition_key(t.value(row), p.value(row)))))
         .collect();
     arrow::compute::filter_record_batch(batch, &keep).unwrap_or_else(|_| batch.clone())
+}
+
+/// A segment's states of one view to fold.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FoldJob {
+    key: String,
+    /// The segment's first offset: it names the segment while segments come and go.
+    start: i64,
+    view: usize,
+}
+
+/// Folds segments' state batches into one batch per segment and view, beside the
+/// aggregator: folding a closed segment (a second of events) takes longer than a
+/// micro-batch, and the micro-batches behind it would wait. One fold at a time, so no two
+/// folds of a segment overlap; a fold replaces exactly the batches it read (the same
+/// arrays), keeping any appended since, and nothing if the segment changed otherwise
+/// (dropped, or rebuilt after a rebalance).
+struct Folder {
+    engines: Vec<Arc<ViewEngine>>,
+    store: Arc<Mutex<Store>>,
+    pending: Arc<Mutex<HashSet<FoldJob>>>,
+}
+
+impl Folder {
+    async fn run(self, mut jobs: mpsc::UnboundedReceiver<FoldJob>) -> Result<()> {
+        while let Some(job) = jobs.recv().await {
+            self.pending.lock().expect("fold lock").remove(&job);
+            self.fold(&job).await?;
+        }
+        Ok(())
+    }
+
+    async fn fold(&self, job: &FoldJob) -> Result<()> {
+        let Some(read) = segment_states(&self.store.lock().expect("store lock"), job)
+            .filter(|b| b.len() > 1)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let folded = self.engines[job.view].fold(read.clone()).await?;
+        replace_folded(&mut self.store.lock().expect("store lock"), job, &read, folded);
+        Ok(())
+    }
+}
+
+/// The state batches of a job's segment and view, if the segment is still held.
+fn segment_states<'a>(store: &'a Store, job: &FoldJob) -> Option<&'a Vec<RecordBatch>> {
+    let segment = store
+        .partitions
+        .get(&job.key)?
+        .segments
+        .iter()
+        .find(|s| s.start == job.start)?;
+    segment.states.get(job.view)
+}
+
+/// Puts `folded` in place of the batches `read` from a segment if they are still its first
+/// ones; true if it did.
+fn replace_folded(store: &mut Store, job: &FoldJob, read: &[RecordBatch], folded: Vec<RecordBatch>) -> bool {
+    let Some(states) = store
+        .partitions
+        .get_mut(&job.key)
+        .and_then(|p| p.segments.iter_mut().find(|s| s.start == job.start))
+        .and_then(|s| s.states.get_mut(job.view))
+    else {
+        return false;
+    };
+    if states.len() < read.len() || !states.iter().zip(read).all(|(a, b)| same_arrays(a, b)) {
+        return false;
+    }
+    let rest = states.split_off(read.len());
+    *states = folded;
+    states.extend(rest);
+    true
+}
+
+/// Whether two batches hold the very same arrays (not just equal values).
+fn same_arrays(a: &RecordBatch, b: &RecordBatch) -> bool {
+    a.num_columns() == b.num_columns() && a.columns().iter().zip(b.columns()).all(|(x, y)| Arc::ptr_eq(x, y))
+}
+
+async fn join_folder(folder: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
+    folder.await.map_err(|e| Error::Internal(format!("folder: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn batch(n: i64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![n]))]).unwrap()
+    }
+
+    fn values(store: &Store, job: &FoldJob) -> Vec<i64> {
+        segment_states(store, job)
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    }
+
+    /// A store holding one partition whose open segment (start 0) holds `states` for its
+    /// one view.
+    fn store_with(states: Vec<RecordBatch>) -> Store {
+        let mut store = Store::new(vec!["v".into()], vec![0], 1);
+        let mut p = new_partition(0, "t", 0, 0, 1);
+        p.open_segment(1).states[0] = states;
+        store.partitions.insert(partition_key("t", 0), p);
+        store
+    }
+
+    /// The folder runs beside the aggregator, so a segment can change between a fold's read
+    /// and its write: batches appended meanwhile stay after the folded one, and a segment
+    /// rebuilt meanwhile (equal values in other arrays: a rebalance recovered it) or dropped
+    /// is left alone. Either mistake would count events twice or lose them.
+    #[test]
+    fn a_fold_replaces_exactly_the_batches_it_read() {
+        let read = vec![batch(1), batch(2)];
+        let job = FoldJob {
+            key: partition_key("t", 0),
+            start: 0,
+            view: 0,
+        };
+        let mut store = store_with([read.clone(), vec![batch(3)]].concat());
+        assert!(replace_folded(&mut store, &job, &read, vec![batch(12)]));
+        assert_eq!(values(&store, &job), [12, 3]);
+
+        let mut store = store_with(vec![batch(1), batch(2)]);
+        assert!(!replace_folded(&mut store, &job, &read, vec![batch(12)]));
+        assert_eq!(values(&store, &job), [1, 2]);
+
+        let mut store = store_with(read.clone());
+        store.partitions.clear();
+        assert!(!replace_folded(&mut store, &job, &read, vec![batch(12)]));
+
+        let other = FoldJob {
+            start: 5,
+            ..job.clone()
+        };
+        let mut store = store_with(read.clone());
+        assert!(!replace_folded(&mut store, &other, &read, vec![batch(12)]));
+        assert_eq!(values(&store, &job), [1, 2]);
+    }
+
+    /// The folder folds each job's segment into one batch per view, with the states the
+    /// view's own merge gives, and ends when its jobs end.
+    #[tokio::test]
+    async fn the_folder_folds_segments_into_the_merged_states() {
+        use strata_core::decode::{JsonDecoder, KafkaPosition};
+        let config = crate::fixtures::clicks_config(std::path::Path::new("/tmp/strata.toml"));
+        let source = SourceSchema::new(&config.sources[0]);
+        let mut engines = Vec::new();
+        for plan in config.view_plans().unwrap() {
+            engines.push(Arc::new(
+                ViewEngine::new(plan, "clicks", source.raw.clone()).await.unwrap(),
+            ));
+        }
+        let views = engines.len();
+        let key = partition_key("clicks", 0);
+        let mut p = new_partition(0, "clicks", 0, 0, views);
+        let mut expected = Vec::new();
+        for round in 0..5i64 {
+            let mut decoder = JsonDecoder::new(source.clone());
+            for i in 0..200i64 {
+                let k = i * 7919 + round * 104_729;
+                let record = format!(
+                    r#"{{"ts":{},"user":"u{}","page":"/p{}","ms":{}}}"#,
+                    1_795_219_200_000 + k % 600_000,
+                    k % 37,
+                    k % 5,
+                    k % 100
+                );
+                let position = KafkaPosition {
+                    topic: "clicks",
+                    partition: 0,
+                    offset: round * 200 + i,
+                };
+                decoder.decode(record.as_bytes(), Some(position)).unwrap();
+            }
+            let events = decoder.finish();
+            let segment = p.open_segment(views);
+            for (v, engine) in engines.iter().enumerate() {
+                let states = engine.states_by_partition(events.clone()).await.unwrap();
+                segment.states[v].extend(states[&key].iter().cloned());
+            }
+        }
+        for (v, engine) in engines.iter().enumerate() {
+            expected.push(engine.fold(p.segments[0].states[v].clone()).await.unwrap());
+            assert_eq!(p.segments[0].states[v].len(), 5);
+        }
+        let mut store = Store::new(engines.iter().map(|e| e.plan.name.clone()).collect(), vec![0; views], 1);
+        store.partitions.insert(key.clone(), p);
+        let store = Arc::new(Mutex::new(store));
+        let pending = Arc::new(Mutex::new(HashSet::new()));
+        let folder = Folder {
+            engines: engines.clone(),
+            store: store.clone(),
+            pending,
+        };
+        let (jobs, rx) = mpsc::unbounded_channel();
+        for view in 0..views {
+            jobs.send(FoldJob {
+                key: key.clone(),
+                start: 0,
+                view,
+            })
+            .unwrap();
+        }
+        drop(jobs);
+        folder.run(rx).await.unwrap();
+        let store = store.lock().unwrap();
+        for (v, want) in expected.iter().enumerate() {
+            let states = &store.partitions[&key].segments[0].states[v];
+            assert_eq!(states.len(), 1, "{}: folded into one batch", engines[v].plan.name);
+            let show = |b: &[RecordBatch]| {
+                let text = arrow::util::pretty::pretty_format_batches(b).unwrap().to_string();
+                let mut rows: Vec<String> = text.lines().map(String::from).collect();
+                rows.sort();
+                rows
+            };
+            assert_eq!(show(states), show(want), "{}", engines[v].plan.name);
+        }
+    }
 }

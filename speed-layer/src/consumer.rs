@@ -19,7 +19,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use strata_core::config::Config;
 use strata_core::decode::{JsonDecoder, KafkaPosition, Origin, Rejects};
 use strata_core::lake::{Lake, app_transactions, kafka_app_id};
-use strata_core::metrics::{Counter, global};
+use strata_core::metrics::{Counter, Histogram, LATENCY_BUCKETS, global};
 use strata_core::schema::SourceSchema;
 use strata_core::speed::partition_key;
 use strata_core::{Error, Result};
@@ -345,6 +345,8 @@ struct SourceState {
     positions: BTreeMap<(String, i32), (i64, i64)>,
     consumed: Counter,
     rejected: Counter,
+    /// From a record's Kafka timestamp to its consumption.
+    delay: Histogram,
 }
 
 /// The polling loop, run on its own thread until `stop`.
@@ -382,6 +384,12 @@ impl Poller {
                     "strata_events_rejected_total",
                     "Records rejected (unparsable, wrong type, no event time, too large).",
                     &[("source", &s.name)],
+                ),
+                delay: global().histogram(
+                    "strata_kafka_delay_seconds",
+                    "From a record's Kafka timestamp (its produce, under CreateTime) to its consumption.",
+                    &[("source", &s.name)],
+                    LATENCY_BUCKETS,
                 ),
             })
             .collect();
@@ -456,6 +464,10 @@ impl Poller {
                     }
                     let Some(&s) = topic_source.get(topic) else { continue };
                     let source = &mut sources[s];
+                    if let Some(produced) = message.timestamp().to_millis() {
+                        let now = chrono::Utc::now().timestamp_millis();
+                        source.delay.observe((now - produced).max(0) as f64 / 1000.0);
+                    }
                     let position = KafkaPosition {
                         topic,
                         partition,
@@ -484,7 +496,10 @@ impl Poller {
                     first_pending.get_or_insert_with(Instant::now);
                 }
             }
-            let due = first_pending.is_some_and(|t| t.elapsed() >= self.batch_interval);
+            // A batch is due after its interval, but is held (and grows) while the aggregator
+            // still has one waiting: records never queue behind more than one batch, and a
+            // busy aggregator gets fewer, larger batches instead of falling further behind.
+            let due = first_pending.is_some_and(|t| t.elapsed() >= self.batch_interval) && self.output.capacity() > 0;
             if (pending >= MAX_BATCH_ROWS || due) && !self.cut(&mut sources, &mut pending, &mut first_pending)? {
                 return Ok(());
             }

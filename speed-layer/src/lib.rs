@@ -86,7 +86,9 @@ impl SpeedLayer {
                 .iter()
                 .position(|s| s.name == plan.source)
                 .ok_or_else(|| Error::Internal(format!("view {} without its source", plan.name)))?;
-            engines.push(ViewEngine::new(plan, &sources[s].name, sources[s].raw.clone()).await?);
+            engines.push(Arc::new(
+                ViewEngine::new(plan, &sources[s].name, sources[s].raw.clone()).await?,
+            ));
             view_source.push(s);
         }
         let views: Vec<String> = engines.iter().map(|e| e.plan.name.clone()).collect();
@@ -96,7 +98,8 @@ impl SpeedLayer {
         let stop = CancellationToken::new();
         let failed = Arc::new(Mutex::new(None));
 
-        let (input_tx, input_rx) = mpsc::channel(8);
+        // One micro-batch waits while the aggregator works on another (see Poller::run).
+        let (input_tx, input_rx) = mpsc::channel(1);
         let (archive_tx, archive_rx) = mpsc::channel(2);
         let archiver = Archiver::new(lake.clone(), sources.clone(), store.clone(), Some(consumer.clone()));
         let archiver = tokio::spawn(watch(
