@@ -5,7 +5,13 @@
              and a hopping one, both with approx_distinct, the archive to the lake on; beside
              librdkafka's raw consume rate (speed-layer/examples/raw_consume.rs) as ceiling.
   freshness  p50/p99 from the produce call to visible through Flight SQL, under a steady
-             load at half the measured ingest rate, and under a light load.
+             load at half the measured ingest rate, and under a light load; on tansu and on
+             librdkafka's mock cluster run as a broker process (speed-layer/examples/
+             mock_broker.rs). Beside each, the broker's own floor: bare librdkafka consuming
+             the same load, timed from each record's produce to its consumption
+             (raw_consume follow). tansu takes a core of its own and has a floor of its own
+             far above 100 ms on this machine; the mock broker costs little and shows what
+             Strata adds.
   memory     bytes per live (window, group) state, from system.freshness.
 
 Run it with scripts/bench.sh speed [EVENTS]. Prints a Markdown table for BENCHMARKS.md.
@@ -139,11 +145,82 @@ def probe_freshness(brokers, client, metrics_port, produce_load, data, rate, pro
     return p50, p99, behind
 
 
+def floor_delay(brokers, topic, raw_consume, produce_load, data, rate, seconds):
+    """The broker's floor at `rate`: bare librdkafka (raw_consume follow, fetch.wait.max.ms
+    as Strata's) timing each record of the same steady load from its produce to its
+    consumption. Returns p50 and p99 in ms."""
+    consumer = subprocess.Popen([raw_consume, brokers, topic, "follow", "fetch.wait.max.ms=5"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    load = subprocess.Popen([produce_load, brokers, topic, "4", data, str(int(rate))], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL)
+    time.sleep(seconds)  # a measuring window, not a readiness wait
+    load.stdin.close()
+    if load.wait(60) != 0:
+        raise SystemExit("the load generator failed")
+    out, _ = consumer.communicate("", timeout=60)
+    messages, p50, p99, _ = (int(x) for x in out.split())
+    if messages == 0:
+        raise SystemExit(f"raw_consume follow saw no records on {topic}")
+    return float(p50), float(p99)
+
+
+def wait_assigned(brokers, topic, metrics_port):
+    """Produces a record to each of the topic's 4 partitions and waits until Strata has
+    consumed them: its partitions are assigned before a load starts (librdkafka's mock
+    broker keeps only ~5 MB per partition, so a consumer that joins late finds records gone)."""
+    before = metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total")
+    p = Producer({"bootstrap.servers": brokers})
+    record = json.dumps({"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "user_id": "warm",
+                         "country": "warm", "url": "/warm", "device": "warm", "latency_ms": 1}).encode()
+    for partition in range(4):
+        p.produce(topic, value=record, partition=partition)
+    p.flush(30)
+    deadline = time.monotonic() + 60
+    while metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total") < before + 4:
+        if time.monotonic() > deadline:
+            raise SystemExit("strata was not assigned its partitions within 60 s")
+        time.sleep(0.05)
+
+
+def freshness_on(broker, brokers, args, text, data, rates, env):
+    """Freshness on one broker: the broker's floor (topic `floor`), then `strata run`
+    (speed + serving in one process, topic `fresh`) under each steady load. The load
+    generator and the broker share the machine's cores with Strata."""
+    rows = []
+    floors = {rate: floor_delay(brokers, "floor", args.raw_consume, args.produce_load, data, rate, 15) for rate in rates}
+    for rate, (p50, p99) in floors.items():
+        print(f"{broker}: floor (bare librdkafka) at {rate:,.0f} events/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms", flush=True)
+    config = os.path.join(args.work, f"fresh-{broker}.toml")
+    open(config, "w").write(text.replace('topics = ["page_views"]', 'topics = ["fresh"]')
+                            .replace('url = "./lake"', f'url = "./fresh-lake-{broker}"'))
+    serve_port, metrics_port = free_port(), free_port()
+    run = subprocess.Popen([args.strata, "--config", config, "run", "--address", f"127.0.0.1:{serve_port}",
+                            "--metrics-address", f"127.0.0.1:{metrics_port}"],
+                           env=dict(env, STRATA_KAFKA_BROKERS=brokers), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        wait_port(serve_port, run, "strata run")
+        wait_assigned(brokers, "fresh", metrics_port)
+        client = PyArrowFlightSql(f"grpc://127.0.0.1:{serve_port}")
+        for rate in rates:
+            p50, p99, behind = probe_freshness(brokers, client, metrics_port, args.produce_load, data, rate, args.probes)
+            print(f"{broker}: freshness at {rate:,.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
+                  f"consumer behind the producer by {behind:,.0f} events at the end", flush=True)
+            rows.append((broker, rate, p50, p99, behind, *floors[rate]))
+        memory = client.query("SELECT view, speed_states, speed_state_bytes, bytes_per_state FROM system.freshness "
+                              "ORDER BY view").to_pylist()
+    finally:
+        run.terminate()
+        run.wait(60)
+    return rows, memory
+
+
 def main():
     a = argparse.ArgumentParser()
     a.add_argument("--strata", required=True)
     a.add_argument("--raw-consume", required=True)
     a.add_argument("--produce-load", required=True)
+    a.add_argument("--mock-broker", required=True)
     a.add_argument("--tansu", required=True)
     a.add_argument("--repo", required=True)
     a.add_argument("--work", required=True)
@@ -211,31 +288,22 @@ def main():
         speed.wait(60)
         procs.remove(speed)
 
-        # Freshness through strata run (speed + serving in one process), under a steady load
-        # at a light load, then at half the measured ingest rate. The load
-        # generator and the broker share the machine's cores with Strata.
+        # Freshness on tansu, then on librdkafka's mock broker.
+        rates = (args.light_rate, ingest / 2)
         subprocess.run([args.tansu, "topic", "create", "fresh", "--partitions", "4", "--broker", url], check=True,
                        capture_output=True)
-        fresh_config = os.path.join(args.work, "fresh.toml")
-        open(fresh_config, "w").write(text.replace('topics = ["page_views"]', 'topics = ["fresh"]')
-                                      .replace('url = "./lake"', 'url = "./fresh-lake"'))
-        serve_port = free_port()
-        run = subprocess.Popen([args.strata, "--config", fresh_config, "run", "--address", f"127.0.0.1:{serve_port}",
-                                "--metrics-address", f"127.0.0.1:{metrics_port}"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(run)
-        wait_port(serve_port, run, "strata run")
-        client = PyArrowFlightSql(f"grpc://127.0.0.1:{serve_port}")
-        freshness = []
-        for rate in (args.light_rate, ingest / 2):
-            freshness.append((rate, *probe_freshness(brokers, client, metrics_port, args.produce_load, data, rate, args.probes)))
-            p50, p99, behind = freshness[-1][1:]
-            print(f"freshness at {rate:,.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
-                  f"consumer behind the producer by {behind:,.0f} events at the end", flush=True)
-        memory = client.query("SELECT view, speed_states, speed_state_bytes, bytes_per_state FROM system.freshness ORDER BY view").to_pylist()
-        run.terminate()
-        run.wait(60)
-        procs.remove(run)
+        subprocess.run([args.tansu, "topic", "create", "floor", "--partitions", "4", "--broker", url], check=True,
+                       capture_output=True)
+        freshness, memory = freshness_on("tansu", brokers, args, text, data, rates, env)
+        tansu.terminate()
+        tansu.wait(30)
+        mock = subprocess.Popen([args.mock_broker, "fresh:4", "floor:4"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+        procs.append(mock)
+        mock_brokers = mock.stdout.readline().strip()
+        rows, memory = freshness_on("mock", mock_brokers, args, text, data, rates, env)
+        freshness += rows
+        mock.stdin.close()
 
         print()
         print(f"{n:,} records of {statistics.mean(sizes):.0f} bytes on average, 4 partitions, {cores} cores")
@@ -243,11 +311,17 @@ def main():
         print("|---|---:|---:|---:|---|")
         print(f"| ingest, events/s | {ingest:,.0f} | {ceiling:,.0f} | {ingest / ceiling:.2f} | >= 0.5 |")
         print(f"| ingest, events/s per core | {ingest / cores:,.0f} | {ceiling / cores:,.0f} | | |")
-        for rate, p50, p99, behind in freshness:
-            print(f"| freshness p50 (produce -> visible in Flight SQL) at {rate:,.0f} events/s | {p50:.1f} ms | | | |")
-            print(f"| freshness p99 at {rate:,.0f} events/s (consumer behind at the end: {behind:,.0f}) | {p99:.1f} ms | | | < 100 ms |")
+        print()
+        print("| freshness, produce -> visible in Flight SQL | strata p50 | strata p99 | broker floor p50 | broker floor p99 | goal |")
+        print("|---|---:|---:|---:|---:|---|")
+        for broker, rate, p50, p99, behind, f50, f99 in freshness:
+            print(f"| {broker}, {rate:,.0f} events/s (strata behind at the end: {behind:,.0f}) | {p50:.1f} ms | "
+                  f"{p99:.1f} ms | {f50:.0f} ms | {f99:.0f} ms | p99 < 100 ms |")
+        print()
+        print("| memory (mock broker run) | bytes per live state |")
+        print("|---|---:|")
         for m in memory:
-            print(f"| memory, {m['view']}: {m['speed_states']:,} live states | {m['bytes_per_state'] or 0:.0f} bytes/state | | | |")
+            print(f"| {m['view']}: {m['speed_states']:,} live states | {m['bytes_per_state'] or 0:.0f} |")
     finally:
         for p in procs:
             if p.poll() is None:

@@ -21,6 +21,7 @@ case "${1:-batch}" in
   speed)
     .venv/bin/python bench/speed.py --strata "$strata" --raw-consume "$CARGO_TARGET_DIR/release/examples/raw_consume" \
       --produce-load "$CARGO_TARGET_DIR/release/examples/produce_load" \
+      --mock-broker "$CARGO_TARGET_DIR/release/examples/mock_broker" \
       --tansu "$tansu" --repo "$PWD" --work "$work/speed" --events "${2:-2000000}"
     ;;
   *)
