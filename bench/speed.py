@@ -36,6 +36,19 @@ from flightsql import PyArrowFlightSql  # noqa: E402
 
 TOPIC = "page_views"
 POLL_PAUSE = 0.005
+# A probe record every PROBE_EVERY seconds, produced alone (linger.ms = 0) with the key
+# "probe"; the load's records have no key.
+PROBE_EVERY = 0.05
+# The load batches as high-rate producers do (librdkafka's linger.ms; its default is 5). tansu
+# 0.6 lists every batch a partition holds on each fetch: at 5 ms (~200 batches/s/partition)
+# a 76k events/s load made its fetches, and so every probe, slower by the second (Strata's
+# p99 85-138 ms in four runs), at 20 ms 67-77 ms. The probes, not the load, are timed.
+LOAD_LINGER_MS = 20
+
+
+def probe_record(country):
+    return json.dumps({"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "user_id": "probe",
+                       "country": country, "url": "/probe", "device": "probe", "latency_ms": 1}).encode()
 
 
 def free_port():
@@ -79,14 +92,14 @@ def produce_file(brokers, path, partitions=4):
     return n
 
 
-def probe_freshness(brokers, client, metrics_port, produce_load, data, rate, probes):
-    """Produces the records of `data` to topic `fresh` at `rate` in the background (with
+def probe_freshness(brokers, topic, client, metrics_port, produce_load, data, rate, probes, log=None):
+    """Produces the records of `data` to `topic` at `rate` in the background (with
     speed-layer/examples/produce_load.rs: a Python producer would take a core); meanwhile
     sends `probes` records of their own country, one every 50 ms, timing each from its
     produce call to its first appearance in page_stats over Flight SQL. Returns p50 and p99
     in ms and how far the consumer was behind the producer when the probes ended."""
     sent = [0]
-    load = subprocess.Popen([produce_load, brokers, "fresh", "4", data, str(int(rate))],
+    load = subprocess.Popen([produce_load, brokers, topic, "4", data, str(int(rate)), str(LOAD_LINGER_MS)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def count():
@@ -107,25 +120,26 @@ def probe_freshness(brokers, client, metrics_port, produce_load, data, rate, pro
         time.sleep(0.05)
     probing = time.monotonic()
     for k in range(probes):
-        if time.monotonic() - probing > 30 and latencies:
-            break  # enough: the load keeps growing the broker's memory
+        if time.monotonic() - probing > 15 and latencies:
+            break  # enough: the load keeps growing the broker's memory (and tansu's fetches)
         country = f"Z{int(rate)}-{k:05d}"
-        record = json.dumps({"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "user_id": "probe",
-                             "country": country, "url": "/probe", "device": "probe", "latency_ms": 1})
+        record = probe_record(country)
         started = time.perf_counter()
-        probe.produce("fresh", value=record.encode(), partition=k % 4)
+        probe.produce(topic, key=b"probe", value=record, partition=k % 4)
         probe.poll(0)
         while True:
             probe.poll(0)
             if client.query(f"SELECT views FROM page_stats WHERE country = '{country}'").num_rows:
                 latencies.append(time.perf_counter() - started)
+                if log is not None:
+                    log.append((started, latencies[-1]))
                 break
             if time.perf_counter() - started > 60:
                 raise SystemExit(f"probe {country} never became visible")
             # Queries back to back would take a core from the system measured; a pause of
             # POLL_PAUSE adds at most that to a measure.
             time.sleep(POLL_PAUSE)
-        time.sleep(max(0.0, 0.05 - (time.perf_counter() - started)))
+        time.sleep(max(0.0, PROBE_EVERY - (time.perf_counter() - started)))
     consumed = metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total")
     behind = max(0, sent[0] + len(latencies) - (consumed - consumed_before))
     load.stdin.close()
@@ -147,51 +161,72 @@ def probe_freshness(brokers, client, metrics_port, produce_load, data, rate, pro
 
 def floor_delay(brokers, topic, raw_consume, produce_load, data, rate, seconds):
     """The broker's floor at `rate`: bare librdkafka (raw_consume follow, fetch.wait.max.ms
-    as Strata's) timing each record of the same steady load from its produce to its
-    consumption. Returns p50 and p99 in ms."""
+    as Strata's) consuming the same steady load, and timing probe records produced as
+    Strata's probes are (one every PROBE_EVERY s, alone, keyed "probe") from their produce
+    to their consumption. Returns p50 and p99 in ms."""
     consumer = subprocess.Popen([raw_consume, brokers, topic, "follow", "fetch.wait.max.ms=5"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    load = subprocess.Popen([produce_load, brokers, topic, "4", data, str(int(rate))], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL)
-    time.sleep(seconds)  # a measuring window, not a readiness wait
+    load = subprocess.Popen([produce_load, brokers, topic, "4", data, str(int(rate)), str(LOAD_LINGER_MS)],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    probe = Producer({"bootstrap.servers": brokers, "linger.ms": 0})
+    started = time.monotonic()
+    k = 0
+    while time.monotonic() - started < seconds:  # a measuring window, not a readiness wait
+        probe.produce(topic, key=b"probe", value=probe_record("floor"), partition=k % 4)
+        probe.poll(0)
+        k += 1
+        time.sleep(PROBE_EVERY)
+    probe.flush(30)
     load.stdin.close()
     if load.wait(60) != 0:
         raise SystemExit("the load generator failed")
     out, _ = consumer.communicate("", timeout=60)
     messages, p50, p99, _ = (int(x) for x in out.split())
     if messages == 0:
-        raise SystemExit(f"raw_consume follow saw no records on {topic}")
+        raise SystemExit(f"raw_consume follow saw no probe records on {topic}")
     return float(p50), float(p99)
 
 
-def wait_assigned(brokers, topic, metrics_port):
-    """Produces a record to each of the topic's 4 partitions and waits until Strata has
+def wait_assigned(brokers, topics, metrics_port):
+    """Produces a record to each of the topics' 4 partitions and waits until Strata has
     consumed them: its partitions are assigned before a load starts (librdkafka's mock
     broker keeps only ~5 MB per partition, so a consumer that joins late finds records gone)."""
     before = metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total")
     p = Producer({"bootstrap.servers": brokers})
     record = json.dumps({"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "user_id": "warm",
                          "country": "warm", "url": "/warm", "device": "warm", "latency_ms": 1}).encode()
-    for partition in range(4):
-        p.produce(topic, value=record, partition=partition)
+    for topic in topics:
+        for partition in range(4):
+            p.produce(topic, value=record, partition=partition)
     p.flush(30)
     deadline = time.monotonic() + 60
-    while metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total") < before + 4:
+    while metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total") < before + 4 * len(topics):
         if time.monotonic() > deadline:
             raise SystemExit("strata was not assigned its partitions within 60 s")
         time.sleep(0.05)
 
 
+def phase_topics(rates):
+    """Per load: a topic for the broker's floor and one for Strata. Each load starts on
+    topics of its own: tansu 0.6 lists every batch a partition holds on each fetch, so a
+    topic that has taken loads before answers slower (and a measure would show tansu's
+    history, not the load)."""
+    return [(f"floor_{i}", f"fresh_{i}") for i in range(len(rates))]
+
+
 def freshness_on(broker, brokers, args, text, data, rates, env):
-    """Freshness on one broker: the broker's floor (topic `floor`), then `strata run`
-    (speed + serving in one process, topic `fresh`) under each steady load. The load
-    generator and the broker share the machine's cores with Strata."""
+    """Freshness on one broker: the broker's floor, then `strata run` (speed + serving in
+    one process) under each steady load, each on topics of its own (phase_topics). The
+    load generator and the broker share the machine's cores with Strata."""
     rows = []
-    floors = {rate: floor_delay(brokers, "floor", args.raw_consume, args.produce_load, data, rate, 15) for rate in rates}
+    topics = phase_topics(rates)
+    floors = {rate: floor_delay(brokers, floor, args.raw_consume, args.produce_load, data, rate, 15)
+              for rate, (floor, _) in zip(rates, topics)}
     for rate, (p50, p99) in floors.items():
         print(f"{broker}: floor (bare librdkafka) at {rate:,.0f} events/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms", flush=True)
     config = os.path.join(args.work, f"fresh-{broker}.toml")
-    open(config, "w").write(text.replace('topics = ["page_views"]', 'topics = ["fresh"]')
+    fresh = [t for _, t in topics]
+    open(config, "w").write(text.replace('topics = ["page_views"]', f"topics = {json.dumps(fresh)}")
                             .replace('url = "./lake"', f'url = "./fresh-lake-{broker}"'))
     serve_port, metrics_port = free_port(), free_port()
     run = subprocess.Popen([args.strata, "--config", config, "run", "--address", f"127.0.0.1:{serve_port}",
@@ -200,10 +235,11 @@ def freshness_on(broker, brokers, args, text, data, rates, env):
                            stderr=subprocess.DEVNULL)
     try:
         wait_port(serve_port, run, "strata run")
-        wait_assigned(brokers, "fresh", metrics_port)
+        wait_assigned(brokers, fresh, metrics_port)
         client = PyArrowFlightSql(f"grpc://127.0.0.1:{serve_port}")
-        for rate in rates:
-            p50, p99, behind = probe_freshness(brokers, client, metrics_port, args.produce_load, data, rate, args.probes)
+        for rate, topic in zip(rates, fresh):
+            p50, p99, behind = probe_freshness(brokers, topic, client, metrics_port, args.produce_load, data, rate,
+                                               args.probes)
             print(f"{broker}: freshness at {rate:,.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
                   f"consumer behind the producer by {behind:,.0f} events at the end", flush=True)
             rows.append((broker, rate, p50, p99, behind, *floors[rate]))
@@ -290,15 +326,14 @@ def main():
 
         # Freshness on tansu, then on librdkafka's mock broker.
         rates = (args.light_rate, ingest / 2)
-        subprocess.run([args.tansu, "topic", "create", "fresh", "--partitions", "4", "--broker", url], check=True,
-                       capture_output=True)
-        subprocess.run([args.tansu, "topic", "create", "floor", "--partitions", "4", "--broker", url], check=True,
-                       capture_output=True)
+        for topic in (t for pair in phase_topics(rates) for t in pair):
+            subprocess.run([args.tansu, "topic", "create", topic, "--partitions", "4", "--broker", url], check=True,
+                           capture_output=True)
         freshness, memory = freshness_on("tansu", brokers, args, text, data, rates, env)
         tansu.terminate()
         tansu.wait(30)
-        mock = subprocess.Popen([args.mock_broker, "fresh:4", "floor:4"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                text=True)
+        mock = subprocess.Popen([args.mock_broker, *(f"{t}:4" for pair in phase_topics(rates) for t in pair)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         procs.append(mock)
         mock_brokers = mock.stdout.readline().strip()
         rows, memory = freshness_on("mock", mock_brokers, args, text, data, rates, env)

@@ -139,9 +139,11 @@ impl Histogram {
     }
 }
 
-/// Bucket bounds for latencies in seconds, from 100 µs to 1 minute.
+/// Bucket bounds for latencies in seconds, from 100 µs to 1 minute; finer from 5 to 100 ms,
+/// where the speed layer's freshness goal lies.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 impl Registry {

@@ -14,7 +14,8 @@
 //! seen wholly by the next query, never partly by this one.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use arrow::array::{
     ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
@@ -23,8 +24,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
 use datafusion::error::DataFusionError;
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use strata_core::config::Config;
@@ -65,6 +66,13 @@ pub struct Catalog {
     sources: Vec<Arc<SourceSchema>>,
     views: Vec<ServedView>,
     runtime: Arc<RuntimeEnv>,
+    /// The session every query starts from (settings, functions, this catalog), built once:
+    /// building one registers every DataFusion function anew. Queries clone it and share its
+    /// catalog list, which holds this catalog alone (read-only SQL registers nothing).
+    base: SessionState,
+    /// Where views are planned over their states, built once (see `view_table`).
+    scratch: Scratch,
+    scratch_names: AtomicU64,
     /// Delta tables already opened, kept to update incrementally.
     tables: Mutex<HashMap<Url, DeltaTable>>,
     /// What each view version covers (read once per version).
@@ -92,14 +100,29 @@ impl Catalog {
                 schema,
             });
         }
-        Ok(Arc::new(Catalog {
-            lake,
-            sources,
-            views,
-            runtime: Arc::new(RuntimeEnv::default()),
-            tables: Mutex::new(HashMap::new()),
-            coverage: Mutex::new(HashMap::new()),
-            speed,
+        let runtime = Arc::new(RuntimeEnv::default());
+        let mut base = SessionStateBuilder::new()
+            .with_config(session_config())
+            .with_runtime_env(runtime.clone())
+            .with_default_features()
+            .build();
+        strata_core::functions::register(&mut base)?;
+        let scratch = Scratch(new_context(session_config())?);
+        Ok(Arc::new_cyclic(|me| {
+            base.catalog_list()
+                .register_catalog(CATALOG.to_string(), Arc::new(StrataCatalog { catalog: me.clone() }));
+            Catalog {
+                lake,
+                sources,
+                views,
+                runtime,
+                base,
+                scratch,
+                scratch_names: AtomicU64::new(0),
+                tables: Mutex::new(HashMap::new()),
+                coverage: Mutex::new(HashMap::new()),
+                speed,
+            }
         }))
     }
 
@@ -115,18 +138,9 @@ impl Catalog {
         &self.sources
     }
 
-    /// A fresh session for one query, with this catalog as its default.
-    pub fn session(self: &Arc<Self>) -> Result<SessionContext> {
-        let state = SessionStateBuilder::new()
-            .with_config(session_config())
-            .with_runtime_env(self.runtime.clone())
-            .with_default_features()
-            .build();
-        let mut state = state;
-        strata_core::functions::register(&mut state)?;
-        let ctx = SessionContext::new_with_state(state);
-        ctx.register_catalog(CATALOG, Arc::new(StrataCatalog { catalog: self.clone() }));
-        Ok(ctx)
+    /// A session for one query, with this catalog as its default.
+    pub fn session(&self) -> SessionContext {
+        SessionContext::new_with_state(self.base.clone())
     }
 
     /// The newest version of a Delta table, or `None` if nothing was written there yet.
@@ -234,23 +248,25 @@ impl Catalog {
                 }
                 continue;
             }
-            let ctx = new_context(session_config())?;
+            let ctx = &self.scratch.0;
             let schema = batch.schema();
-            ctx.register_table("__batch", batch)?;
             let states = if self.speed.is_empty() {
-                "__batch"
+                batch
             } else {
                 let speed = speed
                     .iter()
                     .map(|b| Ok(crate::service::cast_to(b, &schema)?))
                     .collect::<Result<Vec<_>>>()?;
-                ctx.register_table("__speed", Arc::new(MemTable::try_new(schema.clone(), vec![speed])?))?;
-                let union = ctx.sql("SELECT * FROM __batch UNION ALL SELECT * FROM __speed").await?;
-                ctx.register_table("__states", union.into_view())?;
-                "__states"
+                let speed = Arc::new(MemTable::try_new(schema.clone(), vec![speed])?);
+                ctx.read_table(batch)?.union(ctx.read_table(speed)?)?.into_view()
             };
-            let df = ctx.sql(&view.plan.merge_sql(states)).await?;
-            return Ok(df.into_view());
+            // The merge SQL names its input: a name of this call's own in the shared scratch
+            // session, dropped once planned (the plan holds the table itself).
+            let name = format!("__states_{}", self.scratch_names.fetch_add(1, Ordering::Relaxed));
+            ctx.register_table(name.as_str(), states)?;
+            let df = ctx.sql(&view.plan.merge_sql(&name)).await;
+            ctx.deregister_table(name.as_str())?;
+            return Ok(df?.into_view());
         }
     }
 
@@ -644,10 +660,20 @@ pub async fn view_schemas(plan: &ViewPlan, source: &SourceSchema) -> Result<(Sch
     Ok((state_schema, Arc::new(merged.schema().as_arrow().clone())))
 }
 
-/// The `strata` catalog as DataFusion sees it.
+/// The session views are planned in over their states.
+struct Scratch(SessionContext);
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scratch")
+    }
+}
+
+/// The `strata` catalog as DataFusion sees it. It lives in the catalog's base session, so
+/// it holds the catalog weakly.
 #[derive(Debug)]
 struct StrataCatalog {
-    catalog: Arc<Catalog>,
+    catalog: Weak<Catalog>,
 }
 
 impl CatalogProvider for StrataCatalog {
@@ -656,12 +682,11 @@ impl CatalogProvider for StrataCatalog {
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        SCHEMAS.iter().find(|s| **s == name).map(|s| {
-            Arc::new(StrataSchema {
-                catalog: self.catalog.clone(),
-                name: s,
-            }) as Arc<dyn SchemaProvider>
-        })
+        let catalog = self.catalog.upgrade()?;
+        SCHEMAS
+            .iter()
+            .find(|s| **s == name)
+            .map(|s| Arc::new(StrataSchema { catalog, name: s }) as Arc<dyn SchemaProvider>)
     }
 }
 

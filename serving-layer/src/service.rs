@@ -2,20 +2,24 @@
 //!
 //! ```text
 //!  GetFlightInfo(CommandStatementQuery{sql})      plan (read-only check, DataFusion) -> schema,
-//!                                                 ticket = TicketStatementQuery{handle: sql}
-//!  DoGet(ticket)                                  plan again, execute on the CPU runtime,
-//!                                                 stream batches as they come (never collected)
+//!                                                 keep the plan a moment (Plans);
+//!                                                 ticket = TicketStatementQuery{handle: sql, plan id}
+//!  DoGet(ticket)                                  take the kept plan (or plan again), execute on
+//!                                                 the CPU runtime, stream batches as they come
+//!                                                 (never collected)
 //!  DoAction(CreatePreparedStatement{sql})         handle = {sql}; dataset and parameter schemas
 //!  DoPut(CommandPreparedStatementQuery, params)   handle = {sql, params}
 //!  GetFlightInfo/DoGet(CommandPreparedStatementQuery{handle})
 //! ```
 //!
 //! Handles carry everything needed to run (the SQL and bound parameters), so any replica
-//! can answer any ticket.
+//! can answer any ticket; the plan id in a ticket only spares the replica that planned it a
+//! second planning.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -52,7 +56,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::Authenticator;
 use crate::catalog::{Catalog, SCHEMAS};
 use crate::metadata::{SQL_INFO, XDBC_TYPES, foreign_keys_schema, primary_keys_schema};
-use crate::sql::{check_read_only, df_status, read_only_options, status};
+use crate::sql::{check_read_only, df_status, read_only_options};
 
 type DoGetStream = <StrataFlightSql as FlightService>::DoGetStream;
 
@@ -63,6 +67,9 @@ struct Handle {
     /// Bound parameters: an Arrow IPC stream, base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     params: Option<String>,
+    /// In a ticket: the plan GetFlightInfo kept for it (see [`Plans`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    plan: Option<String>,
 }
 
 impl Handle {
@@ -106,17 +113,84 @@ impl Handle {
     }
 }
 
+/// How long a plan made by GetFlightInfo waits for the DoGet of its ticket. A client asks
+/// for the data right after the schema; a later DoGet plans again, on fresher states.
+const PLAN_REUSE: Duration = Duration::from_secs(1);
+/// At most this many plans wait (each holds the speed states it gathered).
+const PLANS_KEPT: usize = 256;
+
+/// Plans made by GetFlightInfo, kept for the DoGet of their ticket: a query is planned once,
+/// not twice (planning a view resolves its batch version and gathers its speed states).
+/// A ticket whose plan is gone (taken, expired, or made by another replica) plans again.
+#[derive(Debug, Default)]
+struct Plans {
+    kept: Mutex<VecDeque<Kept>>,
+}
+
+#[derive(Debug)]
+struct Kept {
+    id: String,
+    /// When its planning started.
+    started: Instant,
+    sql: String,
+    params: Option<String>,
+    df: DataFrame,
+}
+
+impl Plans {
+    /// Keeps a plan of `handle`; returns its id.
+    fn keep(&self, handle: &Handle, started: Instant, df: DataFrame) -> String {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let mut kept = self.kept.lock().expect("plans lock");
+        Self::expire(&mut kept);
+        if kept.len() >= PLANS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(Kept {
+            id: id.clone(),
+            started,
+            sql: handle.sql.clone(),
+            params: handle.params.clone(),
+            df,
+        });
+        id
+    }
+
+    /// The plan a ticket's handle names, if it is still kept and is a plan of that handle.
+    fn take(&self, handle: &Handle) -> Option<(Instant, DataFrame)> {
+        let id = handle.plan.as_deref()?;
+        let mut kept = self.kept.lock().expect("plans lock");
+        Self::expire(&mut kept);
+        let i = kept
+            .iter()
+            .position(|k| k.id == id && k.sql == handle.sql && k.params == handle.params)?;
+        kept.remove(i).map(|k| (k.started, k.df))
+    }
+
+    fn expire(kept: &mut VecDeque<Kept>) {
+        while kept.front().is_some_and(|k| k.started.elapsed() > PLAN_REUSE) {
+            kept.pop_front();
+        }
+    }
+}
+
 /// The Flight SQL service over a [`Catalog`].
 #[derive(Debug, Clone)]
 pub struct StrataFlightSql {
     catalog: Arc<Catalog>,
     auth: Arc<Authenticator>,
     cpu: CpuRuntime,
+    plans: Arc<Plans>,
 }
 
 impl StrataFlightSql {
     pub fn new(catalog: Arc<Catalog>, auth: Arc<Authenticator>, cpu: CpuRuntime) -> Self {
-        StrataFlightSql { catalog, auth, cpu }
+        StrataFlightSql {
+            catalog,
+            auth,
+            cpu,
+            plans: Arc::default(),
+        }
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -127,7 +201,7 @@ impl StrataFlightSql {
     /// not plan.
     async fn plan(&self, handle: &Handle) -> Result<DataFrame, Status> {
         check_read_only(&handle.sql)?;
-        let ctx = self.catalog.session().map_err(|e| status(&e))?;
+        let ctx = self.catalog.session();
         let df = ctx
             .sql_with_options(&handle.sql, read_only_options())
             .await
@@ -138,14 +212,20 @@ impl StrataFlightSql {
         }
     }
 
+    /// Plans `handle` for its schema and keeps the plan for the DoGet of the ticket that
+    /// `ticket` makes of the handle.
     async fn flight_info(
         &self,
-        handle: &Handle,
-        ticket: Ticket,
+        mut handle: Handle,
+        ticket: impl FnOnce(&Handle) -> Ticket,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo, Status> {
-        let df = self.plan(handle).await?;
+        let started = Instant::now();
+        handle.plan = None;
+        let df = self.plan(&handle).await?;
         let schema = output_schema(df.schema().as_arrow());
+        handle.plan = Some(self.plans.keep(&handle, started, df));
+        let ticket = ticket(&handle);
         FlightInfo::new()
             .try_with_schema(&schema)
             .map_err(|e| Status::internal(format!("encode the schema: {e}")))
@@ -168,7 +248,10 @@ impl StrataFlightSql {
     }
 
     async fn execute_metered(&self, handle: Handle, started: Instant) -> Result<Response<DoGetStream>, Status> {
-        let df = self.plan(&handle).await?;
+        let (started, df) = match self.plans.take(&handle) {
+            Some(kept) => kept,
+            None => (started, self.plan(&handle).await?),
+        };
         let schema = output_schema(df.schema().as_arrow());
         let stream = self
             .cpu
@@ -338,15 +421,18 @@ impl FlightSqlService for StrataFlightSql {
         let handle = Handle {
             sql: query.query,
             params: None,
+            plan: None,
         };
-        let ticket = Ticket::new(
-            TicketStatementQuery {
-                statement_handle: handle.encode(),
-            }
-            .as_any()
-            .encode_to_vec(),
-        );
-        let info = self.flight_info(&handle, ticket, request.into_inner()).await?;
+        let ticket = |handle: &Handle| {
+            Ticket::new(
+                TicketStatementQuery {
+                    statement_handle: handle.encode(),
+                }
+                .as_any()
+                .encode_to_vec(),
+            )
+        };
+        let info = self.flight_info(handle, ticket, request.into_inner()).await?;
         Ok(Response::new(info))
     }
 
@@ -357,8 +443,16 @@ impl FlightSqlService for StrataFlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         self.authorize(&request)?;
         let handle = Self::handle_from_any(&cmd.prepared_statement_handle)?;
-        let ticket = Ticket::new(cmd.as_any().encode_to_vec());
-        let info = self.flight_info(&handle, ticket, request.into_inner()).await?;
+        let ticket = |handle: &Handle| {
+            Ticket::new(
+                CommandPreparedStatementQuery {
+                    prepared_statement_handle: handle.encode(),
+                }
+                .as_any()
+                .encode_to_vec(),
+            )
+        };
+        let info = self.flight_info(handle, ticket, request.into_inner()).await?;
         Ok(Response::new(info))
     }
 
@@ -389,6 +483,7 @@ impl FlightSqlService for StrataFlightSql {
         let handle = Handle {
             sql: query.query,
             params: None,
+            plan: None,
         };
         let df = self.plan(&handle).await?;
         let dataset_schema = output_schema(df.schema().as_arrow());
@@ -716,4 +811,71 @@ impl FlightSqlService for StrataFlightSql {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+
+    fn handle(sql: &str, plan: Option<String>) -> Handle {
+        Handle {
+            sql: sql.to_string(),
+            params: None,
+            plan,
+        }
+    }
+
+    async fn plan_of(sql: &str) -> DataFrame {
+        SessionContext::new().sql(sql).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_kept_plan_is_taken_once_by_a_ticket_of_its_own_statement() {
+        let plans = Plans::default();
+        let one = plans.keep(&handle("SELECT 1", None), Instant::now(), plan_of("SELECT 1").await);
+        let two = plans.keep(&handle("SELECT 2", None), Instant::now(), plan_of("SELECT 2").await);
+        assert_ne!(one, two);
+        // Another statement naming the plan does not get it.
+        assert!(plans.take(&handle("SELECT 2", Some(one.clone()))).is_none());
+        assert!(plans.take(&handle("SELECT 1", None)).is_none(), "no plan named");
+        let (_, df) = plans.take(&handle("SELECT 1", Some(one.clone()))).expect("kept");
+        let batches = df.collect().await.unwrap();
+        assert_eq!(
+            batches[0]
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap()
+                .value(0),
+            1
+        );
+        assert!(plans.take(&handle("SELECT 1", Some(one))).is_none(), "taken once");
+        // Bound parameters are part of the statement.
+        let mut bound = handle("SELECT 2", Some(two.clone()));
+        bound.params = Some("other".into());
+        assert!(plans.take(&bound).is_none());
+        assert!(plans.take(&handle("SELECT 2", Some(two))).is_some());
+    }
+
+    #[tokio::test]
+    async fn kept_plans_expire_and_are_bounded() {
+        let plans = Plans::default();
+        let long_ago = Instant::now()
+            .checked_sub(PLAN_REUSE * 2)
+            .expect("an instant in the past");
+        let stale = plans.keep(&handle("SELECT 1", None), long_ago, plan_of("SELECT 1").await);
+        assert!(plans.take(&handle("SELECT 1", Some(stale))).is_none(), "expired");
+        let df = plan_of("SELECT 1").await;
+        let ids: Vec<String> = (0..=PLANS_KEPT)
+            .map(|_| plans.keep(&handle("SELECT 1", None), Instant::now(), df.clone()))
+            .collect();
+        assert_eq!(plans.kept.lock().unwrap().len(), PLANS_KEPT);
+        assert!(
+            plans.take(&handle("SELECT 1", Some(ids[0].clone()))).is_none(),
+            "the oldest went"
+        );
+        assert!(plans.take(&handle("SELECT 1", Some(ids[PLANS_KEPT].clone()))).is_some());
+    }
 }

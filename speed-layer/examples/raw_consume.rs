@@ -5,9 +5,9 @@
 //!     consumes MESSAGES from the beginning as fast as it can  ->  "messages seconds bytes checksum"
 //! raw_consume BROKERS TOPIC follow [KEY=VALUE ...]
 //!     consumes what is produced from now until its standard input closes, timing each
-//!     record from its Kafka timestamp (the produce call) to its consumption, from 3 s
-//!     after the first record on
-//!     ->  "messages p50_ms p99_ms max_ms"
+//!     record that has a key (the benchmark's probes; the load has none) from its Kafka
+//!     timestamp (the produce call) to its consumption, from 3 s after the first record on
+//!     ->  "probes p50_ms p99_ms max_ms"
 //!
 //! KEY=VALUE pairs are librdkafka properties (e.g. fetch.wait.max.ms=5, as Strata's).
 
@@ -84,6 +84,9 @@ fn follow_delays(consumer: &BaseConsumer) {
             checksum = checksum.wrapping_add(payload.first().copied().unwrap_or(0) as u64);
             // The first seconds (the group join, the catch-up after it) are not timed.
             if first.get_or_insert_with(Instant::now).elapsed() < WARM_UP {
+                continue;
+            }
+            if m.key().is_none() {
                 continue;
             }
             if let Some(produced) = m.timestamp().to_millis() {

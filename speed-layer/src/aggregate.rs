@@ -55,6 +55,8 @@ pub struct Aggregator {
     pub rejects: Vec<Vec<RecordBatch>>,
     pub buffered_rows: usize,
     pub visible: Histogram,
+    /// Time to turn one micro-batch into states and publish them.
+    pub compute: Histogram,
     /// Fold jobs for the folder (while running), and those not done yet.
     folds: Option<mpsc::UnboundedSender<FoldJob>>,
     fold_pending: Arc<Mutex<HashSet<FoldJob>>>,
@@ -88,6 +90,12 @@ impl Aggregator {
             visible: global().histogram(
                 "strata_speed_visible_seconds",
                 "From an event's consumption to its visibility in queries.",
+                &[],
+                LATENCY_BUCKETS,
+            ),
+            compute: global().histogram(
+                "strata_speed_batch_seconds",
+                "Time to compute the view states of a micro-batch and publish them.",
                 &[],
                 LATENCY_BUCKETS,
             ),
@@ -143,6 +151,7 @@ impl Aggregator {
     }
 
     async fn batch(&mut self, batch: MicroBatch) -> Result<()> {
+        let started = Instant::now();
         let source = batch.source;
         // States of every view of this source, per partition.
         let mut states: Vec<(usize, BTreeMap<String, Vec<RecordBatch>>)> = Vec::new();
@@ -221,6 +230,7 @@ impl Aggregator {
             }
         }
         self.visible.observe(batch.consumed_at.elapsed().as_secs_f64());
+        self.compute.observe(started.elapsed().as_secs_f64());
         for (key, start, v) in to_fold {
             self.fold_later(&key, start, v);
         }
