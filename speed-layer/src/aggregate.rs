@@ -153,17 +153,25 @@ impl Aggregator {
     async fn batch(&mut self, batch: MicroBatch) -> Result<()> {
         let started = Instant::now();
         let source = batch.source;
-        // States of every view of this source, per partition.
+        // States of every view of this source, per partition; the views at once, each on a
+        // worker of the CPU runtime (events are visible when the slowest view is done).
         let mut states: Vec<(usize, BTreeMap<String, Vec<RecordBatch>>)> = Vec::new();
         if let Some(events) = &batch.events {
+            let mut views = tokio::task::JoinSet::new();
             for (v, engine) in self
                 .engines
                 .iter()
                 .enumerate()
                 .filter(|(v, _)| self.view_source[*v] == source)
             {
-                states.push((v, engine.states_by_partition(events.clone()).await?));
+                let (engine, events) = (engine.clone(), events.clone());
+                views.spawn(async move { (v, engine.states_by_partition(events).await) });
             }
+            while let Some(done) = views.join_next().await {
+                let (v, computed) = done.map_err(|e| Error::Internal(format!("the states of a view: {e}")))?;
+                states.push((v, computed?));
+            }
+            states.sort_by_key(|(v, _)| *v);
         }
         let event_time = self.sources[source].event_time;
         let lateness = batch

@@ -448,7 +448,14 @@ impl Poller {
                 }
             }
 
-            match self.consumer.poll(poll_timeout) {
+            // Wait for records no longer than until the pending batch is due (at least 1 ms:
+            // a due batch held for a busy aggregator is no reason to spin).
+            let timeout = first_pending.map_or(poll_timeout, |t| {
+                self.batch_interval
+                    .saturating_sub(t.elapsed())
+                    .clamp(Duration::from_millis(1), poll_timeout)
+            });
+            match self.consumer.poll(timeout) {
                 None => {}
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "Kafka poll error");
