@@ -1,4 +1,5 @@
-"""Speed-layer benchmark, in one run on one broker (tansu) and machine:
+"""Speed-layer benchmark, in one run on one machine (ingest on tansu, freshness on tansu and
+   on librdkafka's mock broker):
 
   ingest     events/s (and per core) of `strata speed` consuming the generated clickstream
              (JSON records of 100-200 bytes) with the example config's two views, a tumbling
@@ -7,11 +8,11 @@
   freshness  p50/p99 from the produce call to visible through Flight SQL, under a steady
              load at half the measured ingest rate, and under a light load; on tansu and on
              librdkafka's mock cluster run as a broker process (speed-layer/examples/
-             mock_broker.rs). Beside each, the broker's own floor: bare librdkafka consuming
-             the same load, timed from each record's produce to its consumption
-             (raw_consume follow). tansu takes a core of its own and has a floor of its own
-             far above 100 ms on this machine; the mock broker costs little and shows what
-             Strata adds.
+             mock_broker.rs). Each load goes to topics of its own, so no load pays for the
+             records an earlier one left on the broker. Probe records, produced alone every
+             PROBE_EVERY s, are timed, not the load. Beside each figure, the broker's own
+             floor: bare librdkafka consuming the same load and timing the same kind of
+             probes from their produce to their consumption (raw_consume follow).
   memory     bytes per live (window, group) state, from system.freshness.
 
 Run it with scripts/bench.sh speed [EVENTS]. Prints a Markdown table for BENCHMARKS.md.
