@@ -15,16 +15,24 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, Date32Array, RecordBatch};
+use arrow::array::{
+    ArrayData, ArrayRef, Date32Array, MutableArrayData, RecordBatch, RecordBatchOptions, TimestampMicrosecondArray,
+    make_array,
+};
+use arrow::datatypes::{Schema, SchemaRef};
 use deltalake::DeltaTable;
+use deltalake::kernel::scalars::ScalarExt;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
 use deltalake::kernel::{Action, Add, LogicalFileView};
 use deltalake::protocol::DeltaOperation;
-use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
+use deltalake::writer::{DeltaWriter as _, RecordBatchWriter, WriteMode};
 use futures::StreamExt as _;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt as _};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::Encoding;
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use strata_core::executor::CpuRuntime;
 use strata_core::lake::COMMIT_INFO_KEY;
 use strata_core::schema::{EVENT_DATE, SourceSchema};
@@ -84,6 +92,7 @@ pub async fn compact(
     let mut removes = Vec::new();
     let mut dates = std::collections::BTreeSet::new();
     let mut work = Vec::with_capacity(bins.len());
+    let properties = compaction_properties(source);
     for bin in &bins {
         dates.insert(bin.date.clone());
         report.files_in += bin.files.len();
@@ -91,7 +100,7 @@ pub async fn compact(
         removes.extend(bin.files.iter().map(|f| Action::Remove(f.remove_action(false))));
         let writer = RecordBatchWriter::for_table(table)
             .map_err(|e| Error::lake("open a compaction writer", e))?
-            .with_writer_properties(writer_properties())
+            .with_writer_properties(properties.clone())
             .with_target_file_size(sizes.target_file_bytes);
         work.push(BinWork {
             paths: bin.files.iter().map(|f| StorePath::from(f.path().as_ref())).collect(),
@@ -102,9 +111,10 @@ pub async fn compact(
     // Bins are independent: as many at once as there are cores (each holds at most one
     // target file of input in memory), their files added in plan order.
     let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (schema, event_time) = (source.raw.clone(), source.event_time);
+    let file_schema = file_schema(&source.raw)?;
+    let event_time = source.event_time;
     let mut done = futures::stream::iter(work)
-        .map(|w| cpu.spawn(w.run(store.clone(), schema.clone(), event_time)))
+        .map(|w| cpu.spawn(w.run(store.clone(), file_schema.clone(), event_time)))
         .buffered(parallel);
     let mut actions = Vec::new();
     while let Some(result) = done.next().await {
@@ -146,6 +156,22 @@ pub async fn compact(
         .map_err(|e| Error::lake("reload the raw table", e))?;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Parquet settings of compacted files: the lake's, and two for large files sorted by event
+/// time. The event time is delta-encoded (sorted, it packs into a few bits per row, where a
+/// dictionary of its distinct values would be built and given up); and a column gives up its
+/// dictionary at 256 KiB, so that a column of ids does not intern a megabyte of distinct
+/// values per row group before falling back (together: the benchmark's bins of 2.5M rows
+/// written in ~420 ms instead of ~590).
+fn compaction_properties(source: &SourceSchema) -> WriterProperties {
+    let time = ColumnPath::from(source.raw.field(source.event_time).name().as_str());
+    writer_properties()
+        .into_builder()
+        .set_dictionary_page_size_limit(256 * 1024)
+        .set_column_dictionary_enabled(time.clone(), false)
+        .set_column_encoding(time, Encoding::DELTA_BINARY_PACKED)
+        .build()
 }
 
 /// Chooses the files to compact: per partition, the small files, in bins of at most the
@@ -210,17 +236,26 @@ impl BinWork {
     async fn run(
         mut self,
         store: Arc<dyn ObjectStore>,
-        schema: arrow::datatypes::SchemaRef,
+        file_schema: SchemaRef,
         event_time: usize,
     ) -> Result<(u64, Vec<Add>)> {
         let mut batches = Vec::new();
         for path in &self.paths {
             batches.extend(read_file(&store, path).await?);
         }
-        let sorted = sorted_batch(&schema, event_time, batches, self.date)?;
+        let sorted = sorted_batch(&file_schema, event_time, &batches)?;
+        drop(batches);
         let rows = sorted.num_rows() as u64;
+        // The rows are of one partition: written to it directly (the writer's own split
+        // would hash every row and copy the batch once more).
+        let mut partition = indexmap::IndexMap::new();
+        partition.insert(
+            EVENT_DATE.to_string(),
+            ScalarExt::from_array(&Date32Array::from(vec![self.date]), 0)
+                .ok_or_else(|| Error::Internal("an event_date partition value".into()))?,
+        );
         self.writer
-            .write(sorted)
+            .write_partition(sorted, &partition, WriteMode::Default)
             .await
             .map_err(|e| Error::lake("write a compacted file", e))?;
         // Flush per bin: one bin is at most one target file of input.
@@ -261,43 +296,175 @@ fn parse_date(date: &str) -> Result<i32> {
     )
 }
 
-/// Concatenates the data files of one partition (without the partition column), adds the
-/// partition column back and sorts by event time.
-fn sorted_batch(
-    schema: &arrow::datatypes::SchemaRef,
-    event_time: usize,
-    batches: Vec<RecordBatch>,
-    date: i32,
-) -> Result<RecordBatch> {
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let data_fields = schema.fields().len() - 1; // all but event_date, the last
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    for i in 0..data_fields {
-        let name = schema.field(i).name();
-        let parts: Vec<&dyn arrow::array::Array> = batches
-            .iter()
-            .map(|b| {
-                b.column_by_name(name)
-                    .map(|c| c.as_ref())
-                    .ok_or_else(|| Error::Internal(format!("raw data file without column `{name}`")))
-            })
-            .collect::<Result<_>>()?;
-        let target = schema.field(i).data_type();
-        let column = if parts.is_empty() {
-            arrow::array::new_empty_array(target)
-        } else {
-            arrow::compute::concat(&parts)?
-        };
-        // Files written by other Delta writers may use other encodings of the same type.
-        let column = if column.data_type() == target {
-            column
-        } else {
-            arrow::compute::cast(&column, target)?
-        };
-        columns.push(column);
+/// The schema of a raw table's data files: the raw schema without `event_date`, which is
+/// the last column and lives in the partition path.
+fn file_schema(raw: &SchemaRef) -> Result<SchemaRef> {
+    match raw.fields().last() {
+        Some(last) if last.name() == EVENT_DATE => {
+            Ok(Arc::new(Schema::new(raw.fields()[..raw.fields().len() - 1].to_vec())))
+        }
+        _ => Err(Error::Internal(format!("a raw table schema ends with `{EVENT_DATE}`"))),
     }
-    columns.push(Arc::new(Date32Array::from(vec![date; rows])));
-    let batch = RecordBatch::try_new(schema.clone(), columns)?;
-    let indices = arrow::compute::sort_to_indices(batch.column(event_time), None, None)?;
-    Ok(arrow::compute::take_record_batch(&batch, &indices)?)
+}
+
+/// The rows of one partition's data files in one batch of `file_schema`, sorted by event
+/// time (equal times in the files' order). Each value is copied once.
+fn sorted_batch(file_schema: &SchemaRef, event_time: usize, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    let batches: Vec<RecordBatch> = batches
+        .iter()
+        .map(|b| conformed(file_schema, b))
+        .collect::<Result<_>>()?;
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    // Each file holds its events in arrival order: runs in event-time order, broken by the
+    // late ones. A stable sort finds the runs and merges them, where an unstable one would
+    // sort from scratch.
+    let mut keyed: Vec<(i64, u32, u32)> = Vec::with_capacity(rows);
+    for (b, batch) in batches.iter().enumerate() {
+        let column = batch.column(event_time);
+        let times = column
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .ok_or_else(|| Error::Internal(format!("an event time column of type {}", column.data_type())))?;
+        keyed.extend(times.values().iter().enumerate().map(|(r, &t)| (t, b as u32, r as u32)));
+    }
+    keyed.sort_by_key(|&(t, _, _)| t);
+    // The sorted rows as slices of consecutive rows of one batch, each copied at once.
+    let mut slices: Vec<(usize, usize, usize)> = Vec::new();
+    for &(_, b, r) in &keyed {
+        let (b, r) = (b as usize, r as usize);
+        match slices.last_mut() {
+            Some((last, _, end)) if *last == b && *end == r => *end += 1,
+            _ => slices.push((b, r, r + 1)),
+        }
+    }
+    if slices.len() > rows / 4 {
+        // Mostly single rows (files not in event-time order): gathered row by row.
+        let rows: Vec<(usize, usize)> = keyed.iter().map(|&(_, b, r)| (b as usize, r as usize)).collect();
+        let batches: Vec<&RecordBatch> = batches.iter().collect();
+        return Ok(arrow::compute::interleave_record_batch(&batches, &rows)?);
+    }
+    let columns = (0..file_schema.fields().len())
+        .map(|c| {
+            let parts: Vec<ArrayData> = batches.iter().map(|b| b.column(c).to_data()).collect();
+            let mut sorted = MutableArrayData::new(parts.iter().collect(), false, rows);
+            for &(b, start, end) in &slices {
+                sorted.try_extend(b, start, end)?;
+            }
+            Ok(make_array(sorted.freeze()))
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        file_schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?)
+}
+
+/// A data file's batch as `file_schema`: its columns by name, cast where another Delta
+/// writer used another encoding of the same type.
+fn conformed(file_schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch> {
+    let columns = file_schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let column = batch
+                .column_by_name(field.name())
+                .ok_or_else(|| Error::Internal(format!("raw data file without column `{}`", field.name())))?;
+            Ok(if column.data_type() == field.data_type() {
+                column.clone()
+            } else {
+                arrow::compute::cast(column, field.data_type())?
+            })
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        file_schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{AsArray as _, StringArray};
+    use arrow::datatypes::{DataType, Field, TimestampMicrosecondType};
+
+    use super::*;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("ts", strata_core::schema::timestamp_type(), false),
+            Field::new("id", DataType::Utf8, true),
+        ]))
+    }
+
+    /// A file of `(time, id)` rows.
+    fn file(rows: &[(i64, &str)]) -> RecordBatch {
+        let times = TimestampMicrosecondArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+            .with_timezone(strata_core::schema::TIMESTAMP_TZ);
+        let ids = StringArray::from(rows.iter().map(|r| Some(r.1)).collect::<Vec<_>>());
+        RecordBatch::try_new(schema(), vec![Arc::new(times), Arc::new(ids)]).unwrap()
+    }
+
+    /// What a stable sort by time of all the files' rows gives, in the files' order.
+    fn expected(files: &[RecordBatch]) -> Vec<(i64, String)> {
+        let mut rows = rows_of(&arrow::compute::concat_batches(&schema(), files).unwrap());
+        rows.sort_by_key(|r| r.0);
+        rows
+    }
+
+    fn rows_of(batch: &RecordBatch) -> Vec<(i64, String)> {
+        let times = batch.column(0).as_primitive::<TimestampMicrosecondType>();
+        let ids = batch.column(1).as_string::<i32>();
+        (0..batch.num_rows())
+            .map(|i| (times.value(i), ids.value(i).to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn files_in_arrival_order_are_merged_by_event_time_stably() {
+        // Each file: 40 rows in time order, two of them late (of the file before's time),
+        // the last time equal to the next file's first one.
+        let ids: Vec<Vec<String>> = (0..3).map(|f| (0..40).map(|i| format!("f{f}-{i}")).collect()).collect();
+        let files: Vec<RecordBatch> = (0..3)
+            .map(|f| {
+                let rows: Vec<(i64, &str)> = (0..40)
+                    .map(|i| {
+                        let time = match i {
+                            10 | 25 => f * 39 - 20 + i,
+                            _ => f * 39 + i,
+                        };
+                        (time, ids[f as usize][i as usize].as_str())
+                    })
+                    .collect();
+                file(&rows)
+            })
+            .collect();
+        let sorted = sorted_batch(&schema(), 0, &files).unwrap();
+        assert_eq!(sorted.schema(), schema());
+        assert_eq!(rows_of(&sorted), expected(&files));
+    }
+
+    #[test]
+    fn files_in_no_order_are_sorted_row_by_row() {
+        let ids: Vec<String> = (0..64).map(|i| format!("r{i}")).collect();
+        // Times scrambled: every slice of consecutive rows is a single row.
+        let rows: Vec<(i64, &str)> = (0..64).map(|i| ((i * 37 % 64) as i64, ids[i].as_str())).collect();
+        let files = [file(&rows[..40]), file(&rows[40..])];
+        let sorted = sorted_batch(&schema(), 0, &files).unwrap();
+        assert_eq!(rows_of(&sorted), expected(&files));
+    }
+
+    #[test]
+    fn another_encoding_of_a_column_is_cast_to_the_table_type() {
+        let times = TimestampMicrosecondArray::from(vec![2, 1]).with_timezone(strata_core::schema::TIMESTAMP_TZ);
+        let ids = arrow::array::LargeStringArray::from(vec!["x", "y"]);
+        let large = Arc::new(Schema::new(vec![
+            Field::new("ts", strata_core::schema::timestamp_type(), false),
+            Field::new("id", DataType::LargeUtf8, true),
+        ]));
+        let odd = RecordBatch::try_new(large, vec![Arc::new(times), Arc::new(ids)]).unwrap();
+        let sorted = sorted_batch(&schema(), 0, &[odd]).unwrap();
+        assert_eq!(rows_of(&sorted), vec![(1, "y".to_string()), (2, "x".to_string())]);
+    }
 }
