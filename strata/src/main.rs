@@ -45,11 +45,12 @@ struct Cli {
     /// The configuration file (see strata.example.toml).
     #[arg(short, long, env = "STRATA_CONFIG", default_value = "strata.toml", global = true)]
     config: PathBuf,
-    /// Log filter, e.g. "info" or "strata_batch=debug".
+    /// Log filter, e.g. "info" or "strata_batch=debug". The Delta kernel's snapshot logs and
+    /// the Delta writer's statistics warnings stay quiet unless the filter names them.
     #[arg(
         long,
         env = "STRATA_LOG",
-        default_value = "warn,buoyant_kernel=off,deltalake_core::writer::stats=error,strata=info,strata_core=info,strata_batch=info,strata_serving=info",
+        default_value = "warn,strata=info,strata_core=info,strata_batch=info,strata_serving=info",
         global = true
     )]
     log: String,
@@ -202,8 +203,15 @@ enum BatchCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let filter = match log_filter(&cli.log) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -224,6 +232,25 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Third-party log targets kept quiet whatever the filter's level, unless it names them: the
+/// Delta kernel logs every snapshot it builds at INFO, and the Delta writer warns, for each
+/// file of the rejected table, that it keeps no statistics of the binary `raw` column.
+const QUIET_LOGS: &[(&str, &str)] = &[("buoyant_kernel", "off"), ("deltalake_core::writer::stats", "error")];
+
+/// The log filter of `--log` (or STRATA_LOG), with the quiet targets added.
+fn log_filter(spec: &str) -> std::result::Result<tracing_subscriber::EnvFilter, String> {
+    let mut filter = tracing_subscriber::EnvFilter::builder()
+        .parse(spec)
+        .map_err(|e| format!("the log filter `{spec}` (--log or STRATA_LOG): {e}"))?;
+    for (target, level) in QUIET_LOGS {
+        if !spec.contains(target) {
+            let directive = format!("{target}={level}").parse().expect("a valid log directive");
+            filter = filter.add_directive(directive);
+        }
+    }
+    Ok(filter)
 }
 
 fn load_config(path: &Path) -> Result<Arc<Config>> {
@@ -731,4 +758,27 @@ fn shutdown_signal() -> CancellationToken {
         t.cancel();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_level_keeps_the_delta_noise_out_unless_asked_for() {
+        let filter = log_filter("warn").unwrap().to_string();
+        assert!(filter.contains("buoyant_kernel=off"), "{filter}");
+        assert!(filter.contains("deltalake_core::writer::stats=error"), "{filter}");
+        let filter = log_filter("info,buoyant_kernel=debug").unwrap().to_string();
+        assert!(
+            filter.contains("buoyant_kernel=debug") && !filter.contains("buoyant_kernel=off"),
+            "{filter}"
+        );
+    }
+
+    #[test]
+    fn a_bad_log_filter_is_an_error_that_names_its_setting() {
+        let e = log_filter("strata=loud").unwrap_err();
+        assert!(e.contains("`strata=loud`") && e.contains("STRATA_LOG"), "{e}");
+    }
 }
