@@ -26,7 +26,7 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableRefer
 use deltalake::kernel::{Action, Add, LogicalFileView};
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter, WriteMode};
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt as _};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -36,6 +36,7 @@ use parquet::schema::types::ColumnPath;
 use strata_core::executor::CpuRuntime;
 use strata_core::lake::COMMIT_INFO_KEY;
 use strata_core::schema::{EVENT_DATE, SourceSchema};
+use strata_core::session::parallelism;
 use strata_core::{Error, Result};
 
 use crate::writer_properties;
@@ -110,11 +111,11 @@ pub async fn compact(
     }
     // Bins are independent: as many at once as there are cores (each holds at most one
     // target file of input in memory), their files added in plan order.
-    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let parallel = parallelism();
     let file_schema = file_schema(&source.raw)?;
     let event_time = source.event_time;
     let mut done = futures::stream::iter(work)
-        .map(|w| cpu.spawn(w.run(store.clone(), file_schema.clone(), event_time)))
+        .map(|w| cpu.spawn(w.run(store.clone(), file_schema.clone(), event_time, cpu.clone())))
         .buffered(parallel);
     let mut actions = Vec::new();
     while let Some(result) = done.next().await {
@@ -238,12 +239,21 @@ impl BinWork {
         store: Arc<dyn ObjectStore>,
         file_schema: SchemaRef,
         event_time: usize,
+        cpu: CpuRuntime,
     ) -> Result<(u64, Vec<Add>)> {
-        let mut batches = Vec::new();
-        for path in &self.paths {
-            batches.extend(read_file(&store, path).await?);
-        }
-        let sorted = sorted_batch(&file_schema, event_time, &batches)?;
+        // The bin's files decoded at once, one per core, in their order.
+        let parallel = parallelism();
+        let files: Vec<Vec<RecordBatch>> = futures::stream::iter(self.paths.clone())
+            .map(|path| {
+                let store = store.clone();
+                cpu.spawn(async move { read_file(&store, &path).await })
+            })
+            .buffered(parallel)
+            .map(|read| read.map_err(|e| Error::Internal(format!("a compaction read failed: {e}")))?)
+            .try_collect()
+            .await?;
+        let batches: Vec<RecordBatch> = files.into_iter().flatten().collect();
+        let sorted = sorted_batch(&file_schema, event_time, &batches, parallel)?;
         drop(batches);
         let rows = sorted.num_rows() as u64;
         // The rows are of one partition: written to it directly (the writer's own split
@@ -308,8 +318,14 @@ fn file_schema(raw: &SchemaRef) -> Result<SchemaRef> {
 }
 
 /// The rows of one partition's data files in one batch of `file_schema`, sorted by event
-/// time (equal times in the files' order). Each value is copied once.
-fn sorted_batch(file_schema: &SchemaRef, event_time: usize, batches: &[RecordBatch]) -> Result<RecordBatch> {
+/// time (equal times in the files' order), gathered on `threads` threads. Each value is
+/// copied once.
+fn sorted_batch(
+    file_schema: &SchemaRef,
+    event_time: usize,
+    batches: &[RecordBatch],
+    threads: usize,
+) -> Result<RecordBatch> {
     let batches: Vec<RecordBatch> = batches
         .iter()
         .map(|b| conformed(file_schema, b))
@@ -343,16 +359,34 @@ fn sorted_batch(file_schema: &SchemaRef, event_time: usize, batches: &[RecordBat
         let batches: Vec<&RecordBatch> = batches.iter().collect();
         return Ok(arrow::compute::interleave_record_batch(&batches, &rows)?);
     }
-    let columns = (0..file_schema.fields().len())
-        .map(|c| {
-            let parts: Vec<ArrayData> = batches.iter().map(|b| b.column(c).to_data()).collect();
-            let mut sorted = MutableArrayData::new(parts.iter().collect(), false, rows);
-            for &(b, start, end) in &slices {
-                sorted.try_extend(b, start, end)?;
-            }
-            Ok(make_array(sorted.freeze()))
-        })
-        .collect::<Result<Vec<ArrayRef>>>()?;
+    let gather = |c: usize| -> Result<ArrayRef> {
+        let parts: Vec<ArrayData> = batches.iter().map(|b| b.column(c).to_data()).collect();
+        let mut sorted = MutableArrayData::new(parts.iter().collect(), false, rows);
+        for &(b, start, end) in &slices {
+            sorted.try_extend(b, start, end)?;
+        }
+        Ok(make_array(sorted.freeze()))
+    };
+    // The columns at once: `threads` take every `threads`-th column each.
+    let n = file_schema.fields().len();
+    let threads = threads.clamp(1, n.max(1));
+    let share = |first: usize| -> Result<Vec<(usize, ArrayRef)>> {
+        (first..n).step_by(threads).map(|c| Ok((c, gather(c)?))).collect()
+    };
+    let mut gathered: Vec<(usize, ArrayRef)> = std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads).map(|t| scope.spawn(move || share(t))).collect();
+        let mut all = share(0)?;
+        for other in others {
+            all.extend(
+                other
+                    .join()
+                    .map_err(|_| Error::Internal("a compaction thread panicked".into()))??,
+            );
+        }
+        Ok::<_, Error>(all)
+    })?;
+    gathered.sort_by_key(|(c, _)| *c);
+    let columns: Vec<ArrayRef> = gathered.into_iter().map(|(_, column)| column).collect();
     Ok(RecordBatch::try_new_with_options(
         file_schema.clone(),
         columns,
@@ -440,7 +474,7 @@ mod tests {
                 file(&rows)
             })
             .collect();
-        let sorted = sorted_batch(&schema(), 0, &files).unwrap();
+        let sorted = sorted_batch(&schema(), 0, &files, 2).unwrap();
         assert_eq!(sorted.schema(), schema());
         assert_eq!(rows_of(&sorted), expected(&files));
     }
@@ -451,7 +485,7 @@ mod tests {
         // Times scrambled: every slice of consecutive rows is a single row.
         let rows: Vec<(i64, &str)> = (0..64).map(|i| ((i * 37 % 64) as i64, ids[i].as_str())).collect();
         let files = [file(&rows[..40]), file(&rows[40..])];
-        let sorted = sorted_batch(&schema(), 0, &files).unwrap();
+        let sorted = sorted_batch(&schema(), 0, &files, 2).unwrap();
         assert_eq!(rows_of(&sorted), expected(&files));
     }
 
@@ -464,7 +498,7 @@ mod tests {
             Field::new("id", DataType::LargeUtf8, true),
         ]));
         let odd = RecordBatch::try_new(large, vec![Arc::new(times), Arc::new(ids)]).unwrap();
-        let sorted = sorted_batch(&schema(), 0, &[odd]).unwrap();
+        let sorted = sorted_batch(&schema(), 0, &[odd], 2).unwrap();
         assert_eq!(rows_of(&sorted), vec![(1, "y".to_string()), (2, "x".to_string())]);
     }
 }

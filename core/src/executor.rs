@@ -49,7 +49,7 @@ impl Drop for RuntimeOwner {
 impl CpuRuntime {
     /// A runtime with `threads` workers (one per core by default).
     pub fn new(threads: Option<usize>) -> std::io::Result<Self> {
-        let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let threads = threads.unwrap_or_else(crate::session::parallelism);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("strata-cpu")

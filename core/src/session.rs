@@ -27,7 +27,7 @@ pub fn session_config() -> SessionConfig {
 
 /// The cores available, read once: the standard library reads the cgroup's quota from
 /// `/sys` on every call, and every query's session asks.
-fn parallelism() -> usize {
+pub fn parallelism() -> usize {
     static CORES: OnceLock<usize> = OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
 }
