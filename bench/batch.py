@@ -6,7 +6,9 @@ the same files, in one run.
               5-minute windows sliding by 1 minute with a FILTER, max, approx_distinct) from
               the compacted raw Parquet files, results written as Parquet.
   compaction  many small Parquet files (one import commit per 20k events) rewritten into one
-              file per event_date partition, sorted by event time.
+              file per event_date partition, sorted by event time: events over two dates,
+              then the same number over one date (one partition, as a lake fed by the
+              speed layer mostly has).
 
 Run it with scripts/bench.sh batch [EVENTS]. Prints a Markdown table for BENCHMARKS.md.
 """
@@ -150,6 +152,50 @@ class Spark:
         return time.perf_counter() - start
 
 
+def small_files(a, work, generate_args):
+    """Generates the events into `work`, imports them in chunks of 20,000 (the small files)
+    and keeps a copy of the raw table to start each compaction from. Returns the raw table's
+    directory and the events imported."""
+    config = os.path.join(work, "strata.toml")
+    shutil.copy(os.path.join(a.repo, "strata.example.toml"), config)
+    env = dict(os.environ, STRATA_LOG="warn")
+    data = os.path.join(work, "events.jsonl")
+    print(f"generating {a.events:,} events {' '.join(generate_args)}", flush=True)
+    run([a.strata, "--config", config, "generate", "--events", str(a.events), "--out", data, *generate_args], env=env)
+    started = time.perf_counter()
+    out = run([a.strata, "--config", config, "import", "page_views", data, "--chunk-rows", "20000"], env=env)
+    imported = int(re.search(r"imported (\d+) events", out).group(1))
+    print(f"imported {imported:,} events in {time.perf_counter() - started:.1f} s", flush=True)
+    raw = os.path.join(work, "lake", "raw", "page_views")
+    shutil.copytree(raw, os.path.join(work, "raw-small"))
+    return raw, imported
+
+
+def compaction(a, task, raw, imported, results, spark):
+    """Compacts the small files `a.repeat` times with each system, from the same copy."""
+    work = os.path.dirname(os.path.dirname(os.path.dirname(raw)))
+    config = os.path.join(work, "strata.toml")
+    env = dict(os.environ, STRATA_LOG="warn")
+    template = os.path.join(work, "raw-small")
+    small = active_files(template)
+    small_mb = size_mb(small)
+    partitions = len({os.path.basename(os.path.dirname(f)) for f in small})
+    print(f"{task}: {len(small)} small files in {partitions} partitions, {small_mb:.1f} MB", flush=True)
+    for _ in range(a.repeat):
+        shutil.rmtree(raw)
+        shutil.copytree(template, raw)
+        shutil.rmtree(os.path.join(work, "lake", "views"), ignore_errors=True)
+        out = run([a.strata, "--config", config, "batch", "run"], env=env)
+        m = re.search(r"compacted raw.page_views: (\d+) files into (\d+) \((\d+) rows.*\) in ([\d.]+)s", out)
+        assert m and int(m.group(3)) == imported, out
+        results.add(task, "strata", imported, float(m.group(4)), small_mb)
+        d = os.path.join(work, "duck-compacted")
+        shutil.rmtree(d, ignore_errors=True)
+        results.add(task, "duckdb", imported, duckdb_compact(small, d), small_mb)
+        if spark:
+            results.add(task, "pyspark", imported, spark.compact(small, template, os.path.join(work, "spark-compacted")), small_mb)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--strata", required=True)
@@ -162,44 +208,21 @@ def main():
 
     shutil.rmtree(a.work, ignore_errors=True)
     os.makedirs(a.work)
-    config = os.path.join(a.work, "strata.toml")
-    shutil.copy(os.path.join(a.repo, "strata.example.toml"), config)
-    env = dict(os.environ, STRATA_LOG="warn")
-    strata = lambda *args: run([a.strata, "--config", config, *args], env=env)
-
-    print(f"generating {a.events:,} events", flush=True)
-    data = os.path.join(a.work, "events.jsonl")
-    strata("generate", "--events", str(a.events), "--out", data)
-    started = time.perf_counter()
-    out = strata("import", "page_views", data, "--chunk-rows", "20000")
-    imported = int(re.search(r"imported (\d+) events", out).group(1))
-    print(f"imported {imported:,} events in {time.perf_counter() - started:.1f} s", flush=True)
-
-    raw = os.path.join(a.work, "lake", "raw", "page_views")
-    template = os.path.join(a.work, "raw-small")
-    shutil.copytree(raw, template)
-    small = active_files(template)
-    small_mb = size_mb(small)
-    print(f"{len(small)} small files, {small_mb:.1f} MB", flush=True)
-
     results = Results()
     spark = None if a.skip_spark else Spark()
 
-    print("compaction:", flush=True)
-    for _ in range(a.repeat):
-        shutil.rmtree(raw)
-        shutil.copytree(template, raw)
-        shutil.rmtree(os.path.join(a.work, "lake", "views"), ignore_errors=True)
-        out = strata("batch", "run")
-        m = re.search(r"compacted raw.page_views: (\d+) files into (\d+) \((\d+) rows.*\) in ([\d.]+)s", out)
-        assert m and int(m.group(3)) == imported, out
-        results.add("compaction", "strata", imported, float(m.group(4)), small_mb)
-        d = os.path.join(a.work, "duck-compacted")
-        shutil.rmtree(d, ignore_errors=True)
-        results.add("compaction", "duckdb", imported, duckdb_compact(small, d), small_mb)
-        if spark:
-            results.add("compaction", "pyspark", imported, spark.compact(small, template, os.path.join(a.work, "spark-compacted")), small_mb)
+    # Two event dates (the generator's default span), then one: a lake fed by the speed
+    # layer mostly compacts today's partition alone.
+    raw, imported = small_files(a, a.work, [])
+    compaction(a, "compaction", raw, imported, results, spark)
+    one = os.path.join(a.work, "one-partition")
+    os.makedirs(one)
+    raw_one, imported_one = small_files(a, one, ["--start", "2026-11-20T02:00:00Z", "--span", "20h"])
+    compaction(a, "compaction, one partition", raw_one, imported_one, results, spark)
 
+    config = os.path.join(a.work, "strata.toml")
+    env = dict(os.environ, STRATA_LOG="warn")
+    strata = lambda *args: run([a.strata, "--config", config, *args], env=env)
     compacted = active_files(raw)
     print(f"recompute over {len(compacted)} compacted files ({size_mb(compacted):.1f} MB):", flush=True)
     for _ in range(a.repeat):
