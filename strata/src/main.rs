@@ -655,19 +655,39 @@ async fn import(config: &Config, source: &str, files: &[PathBuf], chunk_rows: us
     let source = SourceSchema::new(config.source(source)?);
     let lake = strata_core::lake::Lake::new(&config.lake, config.base_dir())?;
     let started = std::time::Instant::now();
+    // A line a second per file (and its last), with its rate and the time it has left.
+    let shown: std::sync::Mutex<Option<(String, std::time::Instant, std::time::Instant)>> = std::sync::Mutex::new(None);
     let progress = |p: &strata_batch::import::ImportProgress| {
+        let now = std::time::Instant::now();
+        let mut shown = shown.lock().expect("progress lock");
+        // A file starts when the one before ended (its last chunk is always shown).
+        let (file_started, last) = match &*shown {
+            Some((file, file_started, last)) if *file == p.file => (*file_started, Some(*last)),
+            Some((_, _, last)) => (*last, None),
+            None => (started, None),
+        };
+        let done = p.bytes_read >= p.file_bytes;
+        if !done && last.is_some_and(|last| now.duration_since(last) < std::time::Duration::from_secs(1)) {
+            return;
+        }
+        *shown = Some((p.file.clone(), file_started, now));
         let pct = if p.file_bytes > 0 {
             100.0 * p.bytes_read as f64 / p.file_bytes as f64
         } else {
             100.0
         };
-        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        let rate = p.bytes_read as f64 / now.duration_since(file_started).as_secs_f64().max(1e-3);
+        let left = if done || rate <= 0.0 {
+            String::new()
+        } else {
+            format!(", {:.0}s left", p.file_bytes.saturating_sub(p.bytes_read) as f64 / rate)
+        };
         eprintln!(
-            "{}: {pct:5.1}%  {} imported, {} rejected  ({:.1} MB/s)",
+            "{}: {pct:5.1}%  {} imported, {} rejected  ({:.1} MB/s{left})",
             p.file,
             p.imported,
             p.rejected,
-            p.bytes_read as f64 / 1e6 / secs
+            rate / 1e6
         );
     };
     let report = strata_batch::import::import(&lake, &source, files, chunk_rows, &progress).await?;
