@@ -420,7 +420,7 @@ fn conformed(file_schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{AsArray as _, StringArray};
+    use arrow::array::{Array as _, AsArray as _, StringArray};
     use arrow::datatypes::{DataType, Field, TimestampMicrosecondType};
 
     use super::*;
@@ -432,26 +432,30 @@ mod tests {
         ]))
     }
 
-    /// A file of `(time, id)` rows.
+    /// A file of `(time, id)` rows; an empty id is a null.
     fn file(rows: &[(i64, &str)]) -> RecordBatch {
         let times = TimestampMicrosecondArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())
             .with_timezone(strata_core::schema::TIMESTAMP_TZ);
-        let ids = StringArray::from(rows.iter().map(|r| Some(r.1)).collect::<Vec<_>>());
+        let ids = StringArray::from(
+            rows.iter()
+                .map(|r| Some(r.1).filter(|id| !id.is_empty()))
+                .collect::<Vec<_>>(),
+        );
         RecordBatch::try_new(schema(), vec![Arc::new(times), Arc::new(ids)]).unwrap()
     }
 
     /// What a stable sort by time of all the files' rows gives, in the files' order.
-    fn expected(files: &[RecordBatch]) -> Vec<(i64, String)> {
+    fn expected(files: &[RecordBatch]) -> Vec<(i64, Option<String>)> {
         let mut rows = rows_of(&arrow::compute::concat_batches(&schema(), files).unwrap());
         rows.sort_by_key(|r| r.0);
         rows
     }
 
-    fn rows_of(batch: &RecordBatch) -> Vec<(i64, String)> {
+    fn rows_of(batch: &RecordBatch) -> Vec<(i64, Option<String>)> {
         let times = batch.column(0).as_primitive::<TimestampMicrosecondType>();
         let ids = batch.column(1).as_string::<i32>();
         (0..batch.num_rows())
-            .map(|i| (times.value(i), ids.value(i).to_string()))
+            .map(|i| (times.value(i), ids.is_valid(i).then(|| ids.value(i).to_string())))
             .collect()
     }
 
@@ -459,7 +463,14 @@ mod tests {
     fn files_in_arrival_order_are_merged_by_event_time_stably() {
         // Each file: 40 rows in time order, two of them late (of the file before's time),
         // the last time equal to the next file's first one.
-        let ids: Vec<Vec<String>> = (0..3).map(|f| (0..40).map(|i| format!("f{f}-{i}")).collect()).collect();
+        // Every seventh id is null.
+        let ids: Vec<Vec<String>> = (0..3)
+            .map(|f| {
+                (0..40)
+                    .map(|i| if i % 7 == 3 { String::new() } else { format!("f{f}-{i}") })
+                    .collect()
+            })
+            .collect();
         let files: Vec<RecordBatch> = (0..3)
             .map(|f| {
                 let rows: Vec<(i64, &str)> = (0..40)
@@ -499,6 +510,9 @@ mod tests {
         ]));
         let odd = RecordBatch::try_new(large, vec![Arc::new(times), Arc::new(ids)]).unwrap();
         let sorted = sorted_batch(&schema(), 0, &[odd], 2).unwrap();
-        assert_eq!(rows_of(&sorted), vec![(1, "y".to_string()), (2, "x".to_string())]);
+        assert_eq!(
+            rows_of(&sorted),
+            vec![(1, Some("y".to_string())), (2, Some("x".to_string()))]
+        );
     }
 }
