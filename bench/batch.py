@@ -185,14 +185,18 @@ def compaction(a, task, raw, imported, results, spark):
         shutil.rmtree(raw)
         shutil.copytree(template, raw)
         shutil.rmtree(os.path.join(work, "lake", "views"), ignore_errors=True)
+        # The copy's dirty pages written back now, not while the next system runs.
+        os.sync()
         out = run([a.strata, "--config", config, "batch", "run"], env=env)
         m = re.search(r"compacted raw.page_views: (\d+) files into (\d+) \((\d+) rows.*\) in ([\d.]+)s", out)
         assert m and int(m.group(3)) == imported, out
         results.add(task, "strata", imported, float(m.group(4)), small_mb)
         d = os.path.join(work, "duck-compacted")
         shutil.rmtree(d, ignore_errors=True)
+        os.sync()
         results.add(task, "duckdb", imported, duckdb_compact(small, d), small_mb)
         if spark:
+            os.sync()
             results.add(task, "pyspark", imported, spark.compact(small, template, os.path.join(work, "spark-compacted")), small_mb)
 
 
