@@ -19,7 +19,7 @@ use arrow::array::{
     ArrayData, ArrayRef, Date32Array, MutableArrayData, RecordBatch, RecordBatchOptions, TimestampMicrosecondArray,
     make_array,
 };
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use deltalake::DeltaTable;
 use deltalake::kernel::scalars::ScalarExt;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
@@ -260,18 +260,19 @@ impl BinWork {
             .try_collect()
             .await?;
         let batches: Vec<RecordBatch> = files.into_iter().flatten().collect();
-        let sorted = sorted_batch(&file_schema, event_time, &batches, self.threads).map_err(|e| {
-            Error::lake(
-                format!(
-                    "sort the {} small files of partition {EVENT_DATE}={}",
-                    self.paths.len(),
-                    self.partition
-                ),
-                e,
-            )
-        })?;
+        let sorted =
+            sorted_batches(&file_schema, event_time, &batches, self.threads, MAX_COLUMN_BYTES).map_err(|e| {
+                Error::lake(
+                    format!(
+                        "sort the {} small files of partition {EVENT_DATE}={}",
+                        self.paths.len(),
+                        self.partition
+                    ),
+                    e,
+                )
+            })?;
         drop(batches);
-        let rows = sorted.num_rows() as u64;
+        let rows = sorted.iter().map(RecordBatch::num_rows).sum::<usize>() as u64;
         // The rows are of one partition: written to it directly (the writer's own split
         // would hash every row and copy the batch once more).
         let mut partition = indexmap::IndexMap::new();
@@ -280,10 +281,12 @@ impl BinWork {
             ScalarExt::from_array(&Date32Array::from(vec![self.date]), 0)
                 .ok_or_else(|| Error::Internal("an event_date partition value".into()))?,
         );
-        self.writer
-            .write_partition(sorted, &partition, WriteMode::Default)
-            .await
-            .map_err(|e| Error::lake("write a compacted file", e))?;
+        for batch in sorted {
+            self.writer
+                .write_partition(batch, &partition, WriteMode::Default)
+                .await
+                .map_err(|e| Error::lake("write a compacted file", e))?;
+        }
         // Flush per bin: one bin is at most one target file of input.
         let adds = self
             .writer
@@ -333,22 +336,27 @@ fn file_schema(raw: &SchemaRef) -> Result<SchemaRef> {
     }
 }
 
-/// The rows of one partition's data files in one batch of `file_schema`, sorted by event
-/// time (equal times in the files' order), gathered on `threads` threads. Each value is
-/// copied once.
-fn sorted_batch(
+/// The most bytes of one string or binary column in one sorted batch: its offsets are
+/// 32-bit, so a batch stops well before 2 GiB.
+const MAX_COLUMN_BYTES: usize = 1 << 30;
+
+/// The rows of one partition's data files in batches of `file_schema`, sorted by event time
+/// (equal times in the files' order), gathered on `threads` threads. Each value is copied
+/// once. One batch, unless a string or binary column would hold more than `max_bytes`.
+fn sorted_batches(
     file_schema: &SchemaRef,
     event_time: usize,
     batches: &[RecordBatch],
     threads: usize,
-) -> Result<RecordBatch> {
+    max_bytes: usize,
+) -> Result<Vec<RecordBatch>> {
     let batches: Vec<RecordBatch> = batches
         .iter()
         .map(|b| conformed(file_schema, b))
         .collect::<Result<_>>()?;
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     if rows == 0 {
-        return Ok(RecordBatch::new_empty(file_schema.clone()));
+        return Ok(vec![RecordBatch::new_empty(file_schema.clone())]);
     }
     // Each file holds its events in arrival order: runs in event-time order, broken by the
     // late ones. A stable sort finds the runs and merges them, where an unstable one would
@@ -363,9 +371,68 @@ fn sorted_batch(
         keyed.extend(times.values().iter().enumerate().map(|(r, &t)| (t, b as u32, r as u32)));
     }
     keyed.sort_by_key(|&(t, _, _)| t);
+    chunks(file_schema, &batches, &keyed, max_bytes)
+        .into_iter()
+        .map(|chunk| gathered(file_schema, &batches, chunk, threads))
+        .collect()
+}
+
+/// The sorted rows cut where a string or binary column would pass `max_bytes`: one piece
+/// unless a column of all the files together passes it.
+fn chunks<'a>(
+    file_schema: &SchemaRef,
+    batches: &[RecordBatch],
+    sorted: &'a [(i64, u32, u32)],
+    max_bytes: usize,
+) -> Vec<&'a [(i64, u32, u32)]> {
+    let wide: Vec<usize> = file_schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| matches!(f.data_type(), DataType::Utf8 | DataType::Binary))
+        .map(|(c, _)| c)
+        .collect();
+    let bytes = |c: usize| -> usize { batches.iter().map(|b| b.column(c).to_data().buffers()[1].len()).sum() };
+    if wide.iter().all(|&c| bytes(c) <= max_bytes) {
+        return vec![sorted];
+    }
+    let data: Vec<Vec<ArrayData>> = wide
+        .iter()
+        .map(|&c| batches.iter().map(|b| b.column(c).to_data()).collect())
+        .collect();
+    let offsets: Vec<Vec<&[i32]>> = data
+        .iter()
+        .map(|column| column.iter().map(|d| d.buffer::<i32>(0)).collect())
+        .collect();
+    let mut pieces = Vec::new();
+    let (mut start, mut filled) = (0, vec![0usize; wide.len()]);
+    for (i, &(_, b, r)) in sorted.iter().enumerate() {
+        let sizes = offsets.iter().map(|o| {
+            let o = o[b as usize];
+            (o[r as usize + 1] - o[r as usize]) as usize
+        });
+        if i > start && filled.iter().zip(sizes.clone()).any(|(f, s)| f + s > max_bytes) {
+            pieces.push(&sorted[start..i]);
+            start = i;
+            filled.iter_mut().for_each(|f| *f = 0);
+        }
+        filled.iter_mut().zip(sizes).for_each(|(f, s)| *f += s);
+    }
+    pieces.push(&sorted[start..]);
+    pieces
+}
+
+/// The `sorted` rows of `batches` gathered into one batch.
+fn gathered(
+    file_schema: &SchemaRef,
+    batches: &[RecordBatch],
+    sorted: &[(i64, u32, u32)],
+    threads: usize,
+) -> Result<RecordBatch> {
+    let rows = sorted.len();
     // The sorted rows as slices of consecutive rows of one batch, each copied at once.
     let mut slices: Vec<(usize, usize, usize)> = Vec::new();
-    for &(_, b, r) in &keyed {
+    for &(_, b, r) in sorted {
         let (b, r) = (b as usize, r as usize);
         match slices.last_mut() {
             Some((last, _, end)) if *last == b && *end == r => *end += 1,
@@ -374,7 +441,7 @@ fn sorted_batch(
     }
     if slices.len() > rows / 4 {
         // Mostly single rows (files not in event-time order): gathered row by row.
-        let rows: Vec<(usize, usize)> = keyed.iter().map(|&(_, b, r)| (b as usize, r as usize)).collect();
+        let rows: Vec<(usize, usize)> = sorted.iter().map(|&(_, b, r)| (b as usize, r as usize)).collect();
         let batches: Vec<&RecordBatch> = batches.iter().collect();
         return Ok(arrow::compute::interleave_record_batch(&batches, &rows)?);
     }
@@ -468,6 +535,18 @@ mod tests {
         RecordBatch::try_new(schema(), vec![Arc::new(times), Arc::new(ids)]).unwrap()
     }
 
+    /// The sorted rows, which fit one batch.
+    fn sorted_batch(
+        schema: &SchemaRef,
+        event_time: usize,
+        files: &[RecordBatch],
+        threads: usize,
+    ) -> Result<RecordBatch> {
+        let mut sorted = sorted_batches(schema, event_time, files, threads, MAX_COLUMN_BYTES)?;
+        assert_eq!(sorted.len(), 1);
+        Ok(sorted.remove(0))
+    }
+
     /// What a stable sort by time of all the files' rows gives, in the files' order.
     fn expected(files: &[RecordBatch]) -> Vec<(i64, Option<String>)> {
         let mut rows = rows_of(&arrow::compute::concat_batches(&schema(), files).unwrap());
@@ -512,6 +591,27 @@ mod tests {
         let sorted = sorted_batch(&schema(), 0, &files, 2).unwrap();
         assert_eq!(sorted.schema(), schema());
         assert_eq!(rows_of(&sorted), expected(&files));
+    }
+
+    #[test]
+    fn rows_too_wide_for_one_batch_are_cut_into_several_in_order() {
+        // Ids of 4 bytes, 120 rows: 480 bytes, cut at 100 bytes a batch.
+        let ids: Vec<String> = (0..120).map(|i| format!("{i:04}")).collect();
+        let files: Vec<RecordBatch> = (0..3)
+            .map(|f| {
+                let rows: Vec<(i64, &str)> = (0..40)
+                    .map(|i| ((f * 40 + i) as i64 % 50, ids[f * 40 + i].as_str()))
+                    .collect();
+                file(&rows)
+            })
+            .collect();
+        let sorted = sorted_batches(&schema(), 0, &files, 2, 100).unwrap();
+        assert_eq!(sorted.len(), 5, "480 bytes in batches of at most 100");
+        for batch in &sorted {
+            assert!(batch.column(1).as_string::<i32>().values().len() <= 100);
+        }
+        let rows: Vec<(i64, Option<String>)> = sorted.iter().flat_map(rows_of).collect();
+        assert_eq!(rows, expected(&files));
     }
 
     #[test]
