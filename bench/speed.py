@@ -47,9 +47,10 @@ PROBE_EVERY = 0.05
 LOAD_LINGER_MS = 20
 
 
-def probe_record(country):
-    return json.dumps({"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "user_id": "probe",
-                       "country": country, "url": "/probe", "device": "probe", "latency_ms": 1}).encode()
+def probe_record(country, who="probe"):
+    """A valid event of its own `country`, now, marked as `who`'s."""
+    return json.dumps({"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "user_id": who,
+                       "country": country, "url": f"/{who}", "device": who, "latency_ms": 1}).encode()
 
 
 def free_port():
@@ -93,7 +94,7 @@ def produce_file(brokers, path, partitions=4):
     return n
 
 
-def probe_freshness(brokers, topic, client, metrics_port, produce_load, data, rate, probes, log=None):
+def probe_freshness(brokers, topic, client, metrics_port, produce_load, data, rate, probes):
     """Produces the records of `data` to `topic` at `rate` in the background (with
     speed-layer/examples/produce_load.rs: a Python producer would take a core); meanwhile
     sends `probes` records of their own country, one every 50 ms, timing each from its
@@ -132,8 +133,6 @@ def probe_freshness(brokers, topic, client, metrics_port, produce_load, data, ra
             probe.poll(0)
             if client.query(f"SELECT views FROM page_stats WHERE country = '{country}'").num_rows:
                 latencies.append(time.perf_counter() - started)
-                if log is not None:
-                    log.append((started, latencies[-1]))
                 break
             if time.perf_counter() - started > 60:
                 raise SystemExit(f"probe {country} never became visible")
@@ -194,8 +193,7 @@ def wait_assigned(brokers, topics, metrics_port):
     broker keeps only ~5 MB per partition, so a consumer that joins late finds records gone)."""
     before = metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total")
     p = Producer({"bootstrap.servers": brokers})
-    record = json.dumps({"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "user_id": "warm",
-                         "country": "warm", "url": "/warm", "device": "warm", "latency_ms": 1}).encode()
+    record = probe_record("warm", who="warm")
     for topic in topics:
         for partition in range(4):
             p.produce(topic, value=record, partition=partition)

@@ -93,8 +93,9 @@ pub async fn compact(
     let mut dates = std::collections::BTreeSet::new();
     let mut work = Vec::with_capacity(bins.len());
     let properties = compaction_properties(source);
+    let parallel = parallelism();
     // The cores shared among the bins that run at once.
-    let threads = (parallelism() / bins.len().min(parallelism())).max(1);
+    let threads = (parallel / bins.len().min(parallel)).max(1);
     for bin in &bins {
         dates.insert(bin.date.clone());
         report.files_in += bin.files.len();
@@ -114,7 +115,6 @@ pub async fn compact(
     }
     // Bins are independent: as many at once as there are cores (each holds at most one
     // target file of input in memory), their files added in plan order.
-    let parallel = parallelism();
     let file_schema = file_schema(&source.raw)?;
     let event_time = source.event_time;
     let mut done = futures::stream::iter(work)

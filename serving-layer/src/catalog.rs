@@ -65,7 +65,6 @@ pub struct Catalog {
     lake: Lake,
     sources: Vec<Arc<SourceSchema>>,
     views: Vec<ServedView>,
-    runtime: Arc<RuntimeEnv>,
     /// The session every query starts from (settings, functions, this catalog), built once:
     /// building one registers every DataFusion function anew. Queries clone it and share its
     /// catalog list, which holds this catalog alone (read-only SQL registers nothing).
@@ -100,10 +99,9 @@ impl Catalog {
                 schema,
             });
         }
-        let runtime = Arc::new(RuntimeEnv::default());
         let mut base = SessionStateBuilder::new()
             .with_config(session_config())
-            .with_runtime_env(runtime.clone())
+            .with_runtime_env(Arc::new(RuntimeEnv::default()))
             .with_default_features()
             .build();
         strata_core::functions::register(&mut base)?;
@@ -115,7 +113,6 @@ impl Catalog {
                 lake,
                 sources,
                 views,
-                runtime,
                 base,
                 scratch,
                 scratch_names: AtomicU64::new(0),
@@ -167,17 +164,8 @@ impl Catalog {
     }
 
     async fn delta_provider(&self, table: &DeltaTable) -> Result<Arc<dyn TableProvider>> {
-        let ctx = self.session_for_tables()?;
-        strata_core::lake::table_provider(&ctx, table).await
-    }
-
-    /// A session on the shared runtime, used to register the lake's object store once.
-    fn session_for_tables(&self) -> Result<SessionContext> {
-        let state = SessionStateBuilder::new()
-            .with_config(session_config())
-            .with_runtime_env(self.runtime.clone())
-            .build();
-        Ok(SessionContext::new_with_state(state))
+        // On the base session's runtime: the lake's object store is registered there once.
+        strata_core::lake::table_provider(&self.session(), table).await
     }
 
     /// The published states of a view (empty before its first batch run), pinned to the
