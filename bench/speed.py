@@ -1,12 +1,12 @@
-"""Speed-layer benchmark, in one run on one machine (ingest on tansu, freshness on tansu and
-   on librdkafka's mock broker):
+"""Speed-layer benchmark, in one run on one machine (ingest on Apache Kafka, freshness on
+   Apache Kafka and on librdkafka's mock broker):
 
   ingest     events/s (and per core) of `strata speed` consuming the generated clickstream
              (JSON records of 100-200 bytes) with the example config's two views, a tumbling
              and a hopping one, both with approx_distinct, the archive to the lake on; beside
              librdkafka's raw consume rate (speed-layer/examples/raw_consume.rs) as ceiling.
   freshness  p50/p99 from the produce call to visible through Flight SQL, under a steady
-             load at half the measured ingest rate, and under a light load; on tansu and on
+             load at half the measured ingest rate, and under a light load; on Apache Kafka and on
              librdkafka's mock cluster run as a broker process (speed-layer/examples/
              mock_broker.rs). Each load goes to topics of its own, so no load pays for the
              records an earlier one left on the broker. Probe records, produced alone every
@@ -33,6 +33,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
 from confluent_kafka import Producer  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from flightsql import PyArrowFlightSql  # noqa: E402
 
 TOPIC = "page_views"
@@ -40,10 +41,8 @@ POLL_PAUSE = 0.005
 # A probe record every PROBE_EVERY seconds, produced alone (linger.ms = 0) with the key
 # "probe"; the load's records have no key.
 PROBE_EVERY = 0.05
-# The load batches as high-rate producers do (librdkafka's linger.ms; its default is 5). tansu
-# 0.6 lists every batch a partition holds on each fetch: at 5 ms (~200 batches/s/partition)
-# a 76k events/s load made its fetches, and so every probe, slower by the second (Strata's
-# p99 85-138 ms in four runs), at 20 ms 67-77 ms. The probes, not the load, are timed.
+# The load batches as high-rate producers do (librdkafka's linger.ms; its default is 5). The
+# probes, not the load, are timed.
 LOAD_LINGER_MS = 20
 
 
@@ -70,6 +69,22 @@ def wait_port(port, proc, what):
                 raise SystemExit(f"{what} exited")
             time.sleep(0.02)
     raise SystemExit(f"{what} did not listen on {port}")
+
+
+def create_topics(brokers, topics, partitions=4):
+    admin = AdminClient({"bootstrap.servers": brokers})
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            for future in admin.create_topics([NewTopic(t, partitions, 1) for t in topics]).values():
+                future.result(30)
+            return
+        except Exception as e:  # the broker may still be starting
+            if "TOPIC_ALREADY_EXISTS" in str(e):
+                return
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def metric(port, name):
@@ -123,7 +138,7 @@ def probe_freshness(brokers, topic, client, metrics_port, produce_load, data, ra
     probing = time.monotonic()
     for k in range(probes):
         if time.monotonic() - probing > 15 and latencies:
-            break  # enough: the load keeps growing the broker's memory (and tansu's fetches)
+            break  # enough: the load keeps growing the broker's memory
         country = f"Z{int(rate)}-{k:05d}"
         record = probe_record(country)
         started = time.perf_counter()
@@ -206,10 +221,8 @@ def wait_assigned(brokers, topics, metrics_port):
 
 
 def phase_topics(rates):
-    """Per load: a topic for the broker's floor and one for Strata. Each load starts on
-    topics of its own: tansu 0.6 lists every batch a partition holds on each fetch, so a
-    topic that has taken loads before answers slower (and a measure would show tansu's
-    history, not the load)."""
+    """Per load: a topic for the broker's floor and one for Strata, each load on topics of
+    its own (no load pays for the records an earlier one left on the broker)."""
     return [(f"floor_{i}", f"fresh_{i}") for i in range(len(rates))]
 
 
@@ -256,7 +269,7 @@ def main():
     a.add_argument("--raw-consume", required=True)
     a.add_argument("--produce-load", required=True)
     a.add_argument("--mock-broker", required=True)
-    a.add_argument("--tansu", required=True)
+    a.add_argument("--kafka-broker", required=True, help="scripts/kafka-broker")
     a.add_argument("--repo", required=True)
     a.add_argument("--work", required=True)
     a.add_argument("--events", type=int, default=2_000_000)
@@ -267,18 +280,14 @@ def main():
     shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work)
     port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
     brokers = f"127.0.0.1:{port}"
-    tansu = subprocess.Popen([args.tansu, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                              "--storage-engine", "memory://tansu/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    procs = [tansu]
+    kafka = subprocess.Popen([args.kafka_broker, os.path.join(args.work, "kafka"), str(port), str(free_port())],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [kafka]
     try:
-        wait_port(port, tansu, "tansu")
-        subprocess.run([args.tansu, "topic", "create", TOPIC, "--partitions", "4", "--broker", url], check=True,
-                       capture_output=True)
+        wait_port(port, kafka, "Apache Kafka")
+        create_topics(brokers, [TOPIC])
         config = os.path.join(args.work, "strata.toml")
-        # tansu holds every fetch for fetch.wait.max.ms even when records are there (Kafka
-        # answers as soon as fetch.min.bytes are): a short wait keeps its answers prompt.
         text = (open(os.path.join(args.repo, "strata.example.toml")).read().replace('interval = "5m"\n', "")
                 .replace('"auto.offset.reset" = "earliest"', '"auto.offset.reset" = "earliest"\n"fetch.wait.max.ms" = "5"'))
         open(config, "w").write(text)
@@ -323,14 +332,12 @@ def main():
         speed.wait(60)
         procs.remove(speed)
 
-        # Freshness on tansu, then on librdkafka's mock broker.
+        # Freshness on Apache Kafka, then on librdkafka's mock broker.
         rates = (args.light_rate, ingest / 2)
-        for topic in (t for pair in phase_topics(rates) for t in pair):
-            subprocess.run([args.tansu, "topic", "create", topic, "--partitions", "4", "--broker", url], check=True,
-                           capture_output=True)
-        freshness, memory = freshness_on("tansu", brokers, args, text, data, rates, env)
-        tansu.terminate()
-        tansu.wait(30)
+        create_topics(brokers, [t for pair in phase_topics(rates) for t in pair])
+        freshness, memory = freshness_on("kafka", brokers, args, text, data, rates, env)
+        kafka.terminate()
+        kafka.wait(30)
         mock = subprocess.Popen([args.mock_broker, *(f"{t}:4" for pair in phase_topics(rates) for t in pair)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         procs.append(mock)

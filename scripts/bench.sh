@@ -11,8 +11,6 @@ scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strata-target}"
 cargo build --release --quiet -p strata -p strata-speed --bins --examples
 strata="$CARGO_TARGET_DIR/release/strata"
-tools="${STRATA_TOOLS:-$HOME/.cache/strata-tools}"
-tansu=$(command -v tansu || echo "$tools/bin/tansu")
 work="${TMPDIR:-/tmp}/strata-bench"
 case "${1:-batch}" in
   batch)
@@ -22,7 +20,7 @@ case "${1:-batch}" in
     .venv/bin/python bench/speed.py --strata "$strata" --raw-consume "$CARGO_TARGET_DIR/release/examples/raw_consume" \
       --produce-load "$CARGO_TARGET_DIR/release/examples/produce_load" \
       --mock-broker "$CARGO_TARGET_DIR/release/examples/mock_broker" \
-      --tansu "$tansu" --repo "$PWD" --work "$work/speed" --events "${2:-2000000}"
+      --kafka-broker "$PWD/scripts/kafka-broker" --repo "$PWD" --work "$work/speed" --events "${2:-2000000}"
     ;;
   *)
     echo "usage: scripts/bench.sh batch|speed [EVENTS]" >&2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need, skipping what is already there:
 # - the Python environment (.venv: DuckDB, ADBC, pyarrow, moto, confluent-kafka, pyspark);
-# - tansu, the Kafka broker of the tests (built once, kept in $STRATA_TOOLS, ~8 min);
+# - Apache Kafka, the broker of the tests (its jars, fetched with Maven into
+#   $STRATA_TOOLS/kafka-4.4.0/libs; started by scripts/kafka-broker; needs Java 17+);
 # - docker-compose, to validate docker-compose.yml (Debian package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,11 +21,16 @@ else
 fi
 
 tools="${STRATA_TOOLS:-$HOME/.cache/strata-tools}"
-if command -v tansu >/dev/null 2>&1 || [ -x "$tools/bin/tansu" ]; then
-  echo "setup: tansu present"
+kafka="$tools/kafka-4.4.0"
+if [ -f "$kafka/.complete" ]; then
+  echo "setup: Apache Kafka present ($kafka)"
 else
-  echo "setup: building tansu (the Kafka broker of the tests) into $tools; this takes a few minutes once"
-  env -u CARGO_TARGET_DIR cargo install tansu --locked --features dynostore,libsql --root "$tools" --quiet
+  command -v java >/dev/null 2>&1 || { echo "setup: Apache Kafka needs Java 17 or newer (java is not on the PATH)" >&2; exit 1; }
+  command -v mvn >/dev/null 2>&1 || { echo "setup: fetching Apache Kafka needs Maven (mvn is not on the PATH)" >&2; exit 1; }
+  echo "setup: fetching Apache Kafka 4.4.0 into $kafka"
+  rm -rf "$kafka"
+  mvn -q -f scripts/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory="$kafka/libs"
+  touch "$kafka/.complete"
 fi
 
 # docker-compose validates docker-compose.yml in CI (`docker-compose config`; no engine runs).

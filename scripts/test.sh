@@ -5,9 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export STRATA_PYTHON="$PWD/.venv/bin/python"
-tools="${STRATA_TOOLS:-$HOME/.cache/strata-tools}"
-if [ -z "${STRATA_TANSU:-}" ]; then
-  STRATA_TANSU=$(command -v tansu || echo "$tools/bin/tansu")
-  export STRATA_TANSU
-fi
 exec cargo test --workspace --all-targets "$@"

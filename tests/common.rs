@@ -224,3 +224,10 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
     let out = cmd.output().expect("run python");
     check(&out, &cmd, true)
 }
+
+/// Held by each heavy end-to-end test (many processes, a broker, millions of events): they
+/// run one at a time, so that the deadlines of each fit a loaded 2-core machine.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -141,6 +141,7 @@ fn shell_words(line: &str) -> Vec<String> {
 
 #[test]
 fn demo_serves_growing_views_and_stops_cleanly_on_sigint() {
+    let _heavy = crate::common::heavy();
     let scratch = Scratch::new("demo");
     let dir = scratch.path("demo");
     let (address, metrics): (SocketAddr, SocketAddr) = (

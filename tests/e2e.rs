@@ -7,6 +7,9 @@
 
 mod common;
 mod demo;
+mod group;
 mod historical;
+mod kafka;
+mod limits;
 mod security;
 mod speed;

@@ -52,6 +52,7 @@ fn manifest(data: &Path) -> serde_json::Value {
 
 /// Import, batch, serve and compare with DuckDB, on a lake at `lake_url`.
 fn historical_round_trip(scratch: &Scratch, lake_url: &str, extra_config: &str, env: &[(&str, &str)]) {
+    let _heavy = crate::common::heavy();
     let config = example_config(&scratch.0, lake_url, extra_config);
     let data = scratch.path("events.jsonl");
     generate(&config, &data, events(), 7);

@@ -1,23 +1,22 @@
-//! The speed layer against a real Kafka broker (tansu): events produced to a 4-partition
-//! topic, batch runs interleaved, the speed process killed with SIGKILL twice at random
-//! moments and restarted; at every query point each view equals DuckDB over exactly the
-//! valid events produced so far, and at the end the lake holds each valid event and each
-//! malformed record exactly once.
+//! The speed layer against Apache Kafka: events keyed by user to a 6-partition topic, batch
+//! runs interleaved, the speed process killed with SIGKILL twice at random moments and
+//! restarted; at every query point each view equals DuckDB over exactly the valid events
+//! produced so far, and at the end the lake holds each valid event and each malformed record
+//! exactly once.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::common::{
-    Process, Scratch, StrataServer, free_port, python, repo, run_ok, run_python, strata, wait_for_port,
-};
+use crate::common::{Process, Scratch, StrataServer, free_port, python, repo, run_ok, run_python, strata};
 use crate::historical::{example_config, generate};
+use crate::kafka::Kafka;
 
-const PARTITIONS: u32 = 4;
+const PARTITIONS: i32 = 6;
 const TOPIC: &str = "page_views";
 
 fn events() -> u64 {
@@ -27,102 +26,32 @@ fn events() -> u64 {
         .unwrap_or(500_000)
 }
 
-/// The tansu binary, installed by scripts/setup.sh.
-fn tansu() -> PathBuf {
-    if let Some(p) = std::env::var_os("STRATA_TANSU") {
-        return PathBuf::from(p);
-    }
-    let candidates = [
-        repo().join(".tools/bin/tansu"),
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu"),
-    ];
-    for c in &candidates {
-        if c.exists() {
-            return c.clone();
-        }
-    }
-    if let Ok(out) = Command::new("which").arg("tansu").output()
-        && out.status.success()
-    {
-        return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    }
-    panic!("tansu (the Kafka broker of the tests) is not installed: run scripts/setup.sh");
-}
-
-/// A tansu Kafka broker on a free port of 127.0.0.1, in memory.
-pub struct Tansu {
-    _process: Process,
-    pub brokers: String,
-}
-
-impl Tansu {
-    pub fn start(scratch: &Scratch) -> Tansu {
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(scratch.path("tansu.log")).expect("tansu log"))
-            .spawn()
-            .expect("start tansu");
-        let mut process = Process {
-            child,
-            name: "tansu".into(),
-        };
-        wait_for_port(
-            format!("127.0.0.1:{port}").parse().unwrap(),
-            &mut process.child,
-            "tansu",
-        );
-        Tansu {
-            _process: process,
-            brokers: format!("127.0.0.1:{port}"),
-        }
-    }
-
-    pub fn create_topic(&self, name: &str, partitions: u32) {
-        run_ok(Command::new(tansu()).args([
-            "topic",
-            "create",
-            name,
-            "--partitions",
-            &partitions.to_string(),
-            "--broker",
-            &format!("tcp://{}", self.brokers),
-        ]));
-    }
-}
-
-/// Produces lines [from, to) of the data file in the background.
-fn produce(brokers: &str, data: &Path, from: u64, to: u64) -> std::process::Child {
+/// Produces lines [from, to) of the data file in the background, keyed by user; where each
+/// landed goes to `positions`. `extra`: more options of produce.py (--transactional ID).
+pub fn produce_with(
+    brokers: &str,
+    data: &Path,
+    positions: &Path,
+    from: u64,
+    to: u64,
+    extra: &[&str],
+) -> std::process::Child {
     Command::new(python())
         .arg(repo().join("tests/python/produce.py"))
-        .args([
-            "--brokers",
-            brokers,
-            "--topic",
-            TOPIC,
-            "--partitions",
-            &PARTITIONS.to_string(),
-        ])
+        .args(["--brokers", brokers, "--topic", TOPIC])
         .arg("--file")
         .arg(data)
+        .arg("--positions")
+        .arg(positions)
         .args(["--from-line", &from.to_string(), "--to-line", &to.to_string()])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the producer")
 }
 
-fn wait_produced(child: std::process::Child) {
+pub fn wait_produced(child: std::process::Child) {
     let out = child.wait_with_output().expect("producer");
     assert!(
         out.status.success(),
@@ -132,7 +61,20 @@ fn wait_produced(child: std::process::Child) {
 }
 
 /// Runs the oracle on the first `lines` lines.
-fn oracle(endpoint: &str, scratch: &Scratch, data: &Path, lines: u64, full: bool) {
+pub fn oracle(endpoint: &str, scratch: &Scratch, data: &Path, positions: &Path, lines: u64, full: bool) {
+    oracle_with(endpoint, scratch, data, positions, lines, full, &[]);
+}
+
+/// The oracle with more of its options (`--page-stats-minutes 2`).
+pub fn oracle_with(
+    endpoint: &str,
+    scratch: &Scratch,
+    data: &Path,
+    positions: &Path,
+    lines: u64,
+    full: bool,
+    extra: &[&str],
+) {
     let lines = lines.to_string();
     let mut args = vec![
         "--endpoint",
@@ -142,14 +84,15 @@ fn oracle(endpoint: &str, scratch: &Scratch, data: &Path, lines: u64, full: bool
         "--lines",
         &lines,
         "--wait-consumed",
-        "--kafka-partitions",
-        "4",
+        "--positions",
+        positions.to_str().unwrap(),
     ];
     if full {
         args.push("--check-archive");
     } else {
         args.push("--views-only");
     }
+    args.extend(extra);
     args.push(data.to_str().unwrap());
     let out = run_python("oracle.py", &args);
     assert!(out.contains("oracle: every view equals DuckDB"), "{out}");
@@ -160,7 +103,7 @@ fn oracle(endpoint: &str, scratch: &Scratch, data: &Path, lines: u64, full: bool
 }
 
 /// Polls the served consumed position until it reaches `at_least`.
-fn wait_consumed(endpoint: &str, at_least: u64) {
+pub fn wait_consumed(endpoint: &str, at_least: u64) {
     let script = format!(
         "import sys, time\nsys.path.insert(0, '{}')\nfrom flightsql import PyArrowFlightSql\nc = PyArrowFlightSql('{endpoint}')\n\
          deadline = time.monotonic() + 120\nwhile time.monotonic() < deadline:\n    try:\n        n = c.query('SELECT coalesce(sum(consumed_offset), 0) AS n FROM system.partitions').to_pylist()[0]['n']\n        if n >= {at_least}: sys.exit(0)\n    except Exception: pass\n    time.sleep(0.01)\nsys.exit('never consumed {at_least}')\n",
@@ -230,9 +173,11 @@ fn start(
 }
 
 fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
+    let _heavy = crate::common::heavy();
     let scratch = Scratch::new(name);
-    let broker = Tansu::start(&scratch);
+    let broker = Kafka::start(&scratch);
     broker.create_topic(TOPIC, PARTITIONS);
+    let positions = scratch.path("positions.jsonl");
     let lake = scratch.path("lake");
     // Archive often, and let a restarted consumer rejoin the group quickly.
     let config = example_config(&scratch.0, lake.to_str().unwrap(), "").to_path_buf();
@@ -264,7 +209,7 @@ fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
         } else {
             produced + per_chunk
         };
-        let producer = produce(&broker.brokers, &data, produced + 1, to + 1);
+        let producer = produce_with(&broker.brokers, &data, &positions, produced + 1, to + 1, &[]);
         if kills.contains(&chunk) {
             // A random moment: once the speed layer has consumed a random share of the chunk.
             let at = produced + rng.random_range(1..per_chunk);
@@ -289,13 +234,13 @@ fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
                     .join("; ")
             );
         }
-        oracle(&running.endpoint, &scratch, &data, produced, false);
+        oracle(&running.endpoint, &scratch, &data, &positions, produced, false);
     }
     // The end: everything archived exactly once, rejects exactly once, views still exact.
-    oracle(&running.endpoint, &scratch, &data, produced, true);
+    oracle(&running.endpoint, &scratch, &data, &positions, produced, true);
     let out = run_ok(strata(&config).args(["batch", "run"]).envs(env));
     assert!(out.contains("published view page_stats"), "{out}");
-    oracle(&running.endpoint, &scratch, &data, produced, true);
+    oracle(&running.endpoint, &scratch, &data, &positions, produced, true);
     let status = run_ok(strata(&config).args([
         "query",
         "SELECT view, batch_version IS NOT NULL AS published, speed_generations >= 0 AS live FROM system.freshness ORDER BY view",
@@ -318,6 +263,53 @@ fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
     ]));
     let late: u64 = late.lines().nth(1).unwrap().parse().unwrap();
     assert!(late > 0, "late events are counted");
+    assert!(
+        running.speed.terminate(),
+        "the speed process did not stop cleanly on SIGTERM"
+    );
+    if let Some(mut s) = running.server.take() {
+        assert!(s.process.terminate());
+    }
+
+    // An operator changes a view's definition and restarts: until a batch run recomputes
+    // it, its answers come from the lake and the speed layer, under the new definition only.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let changed = text.replace(
+        "GROUP BY tumble(ts, INTERVAL '1 minute'), country",
+        "GROUP BY tumble(ts, INTERVAL '2 minutes'), country",
+    );
+    assert_ne!(changed, text, "the example view changed shape");
+    std::fs::write(&config, changed).unwrap();
+    let mut running = start(&deployment, &config, &env, speed_address, None);
+    let two_minutes = ["--page-stats-minutes", "2"];
+    oracle_with(
+        &running.endpoint,
+        &scratch,
+        &data,
+        &positions,
+        produced,
+        false,
+        &two_minutes,
+    );
+    let current = "SELECT view, batch_current FROM system.freshness ORDER BY view";
+    let status = run_ok(strata(&config).args(["query", current, "--endpoint", &running.endpoint, "--format", "csv"]));
+    assert_eq!(status, "view,batch_current\ndevice_5m,true\npage_stats,false\n");
+    let out = run_ok(strata(&config).args(["batch", "run"]).envs(env));
+    assert!(
+        out.contains("published view page_stats") && out.contains("view device_5m: up to date"),
+        "{out}"
+    );
+    oracle_with(
+        &running.endpoint,
+        &scratch,
+        &data,
+        &positions,
+        produced,
+        true,
+        &two_minutes,
+    );
+    let status = run_ok(strata(&config).args(["query", current, "--endpoint", &running.endpoint, "--format", "csv"]));
+    assert_eq!(status, "view,batch_current\ndevice_5m,true\npage_stats,true\n");
     assert!(
         running.speed.terminate(),
         "the speed process did not stop cleanly on SIGTERM"

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, RecordBatch, new_null_array};
+use arrow::array::{Array as _, ArrayRef, AsArray as _, RecordBatch, new_null_array};
 use arrow::compute::{SortOptions, cast_with_options, sort_to_indices, take_record_batch};
 use arrow::datatypes::DataType;
 use arrow::util::display::FormatOptions;
@@ -404,25 +404,35 @@ fn read_parquet(
             }
         }
         let times = columns[source.event_time].clone();
-        let valid = arrow::compute::is_not_null(&times)?;
+        let times = times.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        // Why each row cannot be stored, if it cannot: no event time, or one the lake cannot hold.
+        let unusable = |r: usize| -> Option<String> {
+            if times.is_null(r) {
+                return Some(format!("no event time: column `{event_time}` is null"));
+            }
+            strata_core::schema::check_event_time(times.value(r))
+                .err()
+                .map(|reason| format!("column `{event_time}`: {reason}"))
+        };
         // Rows of this batch already committed by an earlier import are skipped too.
         let skip = raw_done.saturating_sub(first_row) as usize;
-        for r in skip..batch.num_rows() {
+        let mut valid = vec![true; batch.num_rows()];
+        for (r, valid) in valid.iter_mut().enumerate() {
+            let Some(reason) = unusable(r) else { continue };
+            *valid = false;
             let line = first_row + r as u64 + 1;
-            if !valid.value(r) && line > rejects_done {
+            if r >= skip && line > rejects_done {
                 rejects.push(
                     Origin::Row {
                         file: display,
                         row: line,
                     },
                     &row_as_json(&batch, r)?,
-                    &format!("no event time: column `{event_time}` is null"),
+                    &reason,
                 );
             }
         }
-        let keep: arrow::array::BooleanArray = (0..batch.num_rows())
-            .map(|r| Some(r >= skip && valid.value(r)))
-            .collect();
+        let keep: arrow::array::BooleanArray = (0..batch.num_rows()).map(|r| Some(r >= skip && valid[r])).collect();
         let kept_columns = columns
             .iter()
             .map(|c| arrow::compute::filter(c, &keep))

@@ -50,6 +50,23 @@ fn holder() -> String {
     format!("pid {} on {host}", std::process::id())
 }
 
+/// Whether a lease's holder is a process of this host that no longer runs (killed, say): its
+/// lease need not be waited out.
+fn holder_is_gone(holder: &str) -> bool {
+    let me = self::holder();
+    let host_of = |h: &str| h.split_once(" on ").map(|(_, host)| host.to_string());
+    let pid = holder
+        .strip_prefix("pid ")
+        .and_then(|rest| rest.split_once(' '))
+        .and_then(|(pid, _)| pid.parse::<u32>().ok());
+    match (pid, host_of(holder), host_of(&me)) {
+        (Some(pid), Some(host), Some(mine)) if host == mine && host != "unknown-host" => {
+            std::fs::metadata("/proc/self").is_ok() && std::fs::metadata(format!("/proc/{pid}")).is_err()
+        }
+        _ => false,
+    }
+}
+
 fn record(holder: &str, acquired_at: DateTime<Utc>) -> PutPayload {
     let r = LeaseRecord {
         holder: holder.to_string(),
@@ -84,6 +101,7 @@ impl Lease {
                 let current: Option<LeaseRecord> = serde_json::from_slice(&bytes).ok();
                 if let Some(current) = &current
                     && current.expires_at > now
+                    && !holder_is_gone(&current.holder)
                 {
                     return Err(Error::Input(format!(
                         "another batch run ({}) holds the lease since {}; it expires at {} unless renewed. \
@@ -119,7 +137,7 @@ impl Lease {
                     }
                     Err(e) => return Err(Error::lake("take over an expired batch lease", e)),
                 }
-                tracing::warn!(previous = ?current.map(|c| c.holder), "took over an expired batch lease");
+                tracing::warn!(previous = ?current.map(|c| c.holder), "took over the batch lease of a run that expired or is gone");
             }
             Err(e) => return Err(Error::lake("create the batch lease", e)),
         }

@@ -71,19 +71,26 @@ pub struct BatchLayer {
     sources: Vec<Arc<SourceSchema>>,
     views: Vec<ViewPlan>,
     cpu: CpuRuntime,
+    /// Recomputes run under its memory pool (batch.memory).
+    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
 }
+
+/// The share of the machine's memory a recompute may use, unless batch.memory says otherwise.
+const RECOMPUTE_MEMORY_SHARE: f64 = 0.5;
 
 impl BatchLayer {
     pub fn new(config: Arc<Config>, cpu: CpuRuntime) -> Result<Self> {
         let lake = Lake::new(&config.lake, config.base_dir())?;
         let sources = config.sources.iter().map(SourceSchema::new).collect();
         let views = config.view_plans()?;
+        let runtime = strata_core::session::runtime_with_memory(config.batch.memory, RECOMPUTE_MEMORY_SHARE)?;
         Ok(BatchLayer {
             config,
             lake,
             sources,
             views,
             cpu,
+            runtime,
         })
     }
 
@@ -139,7 +146,16 @@ impl BatchLayer {
                 report.compactions.push(c);
             }
             for plan in self.views.iter().filter(|v| v.source == source.name) {
-                let v = recompute::recompute(&self.lake, raw.as_ref(), source, plan, options, &self.cpu).await?;
+                let v = recompute::recompute(
+                    &self.lake,
+                    raw.as_ref(),
+                    source,
+                    plan,
+                    options,
+                    &self.cpu,
+                    &self.runtime,
+                )
+                .await?;
                 tracing::debug!(view = %v.view, outcome = ?v.outcome, "view");
                 report.views.push(v);
             }

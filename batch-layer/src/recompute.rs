@@ -26,7 +26,7 @@ use deltalake::protocol::SaveMode;
 use strata_core::executor::CpuRuntime;
 use strata_core::lake::{COMMIT_INFO_KEY, Lake, ViewCommit, app_transactions, kafka_offsets};
 use strata_core::schema::{OFFSET, PARTITION, SourceSchema, TIMESTAMP_TZ, TOPIC};
-use strata_core::session::{new_context, session_config};
+use strata_core::session::{new_context_with_runtime, session_config};
 use strata_core::view::{ViewPlan, WINDOW_START, quote};
 use strata_core::{Error, Result};
 
@@ -68,7 +68,8 @@ pub fn align_range(plan: &ViewPlan, (from, to): Range) -> Range {
     (first, end.max(first + slide))
 }
 
-/// Whether the raw table's data changed between two versions (compactions do not count).
+/// Whether the raw table's data changed between two versions: compactions do not count,
+/// nor commits without data (a speed process claiming partitions, a flush of rejects only).
 async fn data_changed(raw: &DeltaTable, from: u64, to: u64) -> Result<bool> {
     let log_store = raw.log_store();
     for version in from + 1..=to {
@@ -84,8 +85,7 @@ async fn data_changed(raw: &DeltaTable, from: u64, to: u64) -> Result<bool> {
         let only_rewrites = actions.iter().all(|a| match a {
             Action::Add(add) => !add.data_change,
             Action::Remove(remove) => !remove.data_change,
-            Action::CommitInfo(_) => true,
-            Action::Txn(_) => false,
+            Action::CommitInfo(_) | Action::Txn(_) => true,
             _ => false,
         });
         if !only_rewrites {
@@ -103,6 +103,7 @@ pub async fn recompute(
     plan: &ViewPlan,
     options: crate::RunOptions,
     cpu: &CpuRuntime,
+    runtime: &Arc<datafusion::execution::runtime_env::RuntimeEnv>,
 ) -> Result<ViewReport> {
     let range = options.range;
     let started = Instant::now();
@@ -145,7 +146,7 @@ pub async fn recompute(
         }));
     }
 
-    let ctx = new_context(session_config())?;
+    let ctx = new_context_with_runtime(session_config(), runtime.clone())?;
     let provider = strata_core::lake::table_provider(&ctx, raw).await?;
     let time = quote(&plan.window.time_column);
     let mut commit = ViewCommit {
@@ -217,7 +218,14 @@ pub async fn recompute(
         )?;
     }
     let schema = Arc::new(states.schema().as_arrow().clone());
-    let batches: Vec<RecordBatch> = cpu.spawn(states.collect()).await??;
+    let batches: Vec<RecordBatch> = cpu.spawn(states.collect()).await?.map_err(|e| match e.find_root() {
+        datafusion::error::DataFusionError::ResourcesExhausted(why) => Error::view(
+            &plan.name,
+            "recompute",
+            format!("needs more memory than the batch layer gives it (batch.memory): {why}; nothing was published"),
+        ),
+        _ => Error::view(&plan.name, "recompute", format!("failed: {e}; nothing was published")),
+    })?;
     commit.rows = batches.iter().map(|b| b.num_rows() as u64).sum();
     if range.is_some() {
         commit.events = 0; // not counted for a partial run

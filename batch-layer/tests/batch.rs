@@ -343,6 +343,45 @@ async fn a_second_batch_run_at_the_same_time_is_refused() {
     batch.run_once(RunOptions::default()).await.unwrap();
 }
 
+/// A run killed mid-way leaves its lease behind; the next run on the same host sees that
+/// its holder is gone and takes it over at once instead of waiting for it to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_of_a_killed_run_on_this_host_is_taken_over() {
+    let scratch = Scratch::new("lease-killed");
+    let config = config(&scratch.0);
+    let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
+    // A child that has exited: its pid names no process any more.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+        })
+        .unwrap();
+    let holder = |pid: u32| {
+        serde_json::json!({
+            "holder": format!("pid {pid} on {host}"),
+            "acquired_at": chrono::Utc::now().to_rfc3339(),
+            "expires_at": (chrono::Utc::now() + chrono::Duration::seconds(60)).to_rfc3339(),
+        })
+        .to_string()
+    };
+    let lease = lake.root().url().to_file_path().unwrap().join("_strata/batch.lease");
+    std::fs::create_dir_all(lease.parent().unwrap()).unwrap();
+    // A live holder (this process) is waited for ...
+    std::fs::write(&lease, holder(std::process::id())).unwrap();
+    let batch = BatchLayer::new(config.clone(), cpu()).unwrap();
+    let err = batch.run_once(RunOptions::default()).await.unwrap_err().to_string();
+    assert!(err.contains("holds the lease"), "{err}");
+    // ... a dead one is not.
+    std::fs::write(&lease, holder(dead)).unwrap();
+    batch.run_once(RunOptions::default()).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schedule_runs_the_batch_layer_until_stopped() {
     let scratch = Scratch::new("schedule");
@@ -378,7 +417,7 @@ async fn the_schedule_runs_the_batch_layer_until_stopped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parquet_files_import_by_column_name_and_rows_without_event_time_are_rejected() {
+async fn parquet_files_import_by_column_name_and_rows_without_a_usable_event_time_are_rejected() {
     use arrow::array::{Int32Array, StringArray, TimestampMillisecondArray};
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     let scratch = Scratch::new("parquet");
@@ -393,15 +432,17 @@ async fn parquet_files_import_by_column_name_and_rows_without_event_time_are_rej
     let batch = RecordBatch::try_new(
         schema.clone(),
         vec![
-            Arc::new(Int32Array::from(vec![Some(5), Some(7), None, Some(9)])),
-            Arc::new(StringArray::from(vec!["a", "b", "c", "d"])),
+            Arc::new(Int32Array::from(vec![Some(5), Some(7), None, Some(9), Some(1)])),
+            Arc::new(StringArray::from(vec!["a", "b", "c", "d", "e"])),
             Arc::new(TimestampMillisecondArray::from(vec![
                 Some(START_MS),
                 Some(START_MS + 1),
                 None,
                 Some(START_MS + 2),
+                // Year 10000: a date the lake cannot partition by.
+                Some(253_402_300_800_000),
             ])),
-            Arc::new(StringArray::from(vec!["u1", "u2", "u3", "u4"])),
+            Arc::new(StringArray::from(vec!["u1", "u2", "u3", "u4", "u5"])),
         ],
     )
     .unwrap();
@@ -415,14 +456,14 @@ async fn parquet_files_import_by_column_name_and_rows_without_event_time_are_rej
     let report = import(&lake, &source, std::slice::from_ref(&path), 1_000_000, &|_| {})
         .await
         .unwrap();
-    assert_eq!((report.imported, report.rejected), (3, 1), "{report:?}");
+    assert_eq!((report.imported, report.rejected), (3, 2), "{report:?}");
     // Again: nothing new.
     let report = import(&lake, &source, std::slice::from_ref(&path), 1_000_000, &|_| {})
         .await
         .unwrap();
     assert_eq!(
         (report.imported, report.rejected, report.already_imported),
-        (0, 0, 4),
+        (0, 0, 5),
         "{report:?}"
     );
 
@@ -473,6 +514,12 @@ async fn parquet_files_import_by_column_name_and_rows_without_event_time_are_rej
     let text = pretty_format_batches(&rejected).unwrap().to_string();
     assert!(text.contains("| 3    | no event time: column `ts` is null"), "{text}");
     assert!(text.contains(r#"{"extra":"c","user":"u3"}"#), "{text}");
+    assert!(
+        text.contains(
+            "| 5    | column `ts`: event time +10000-01-01T00:00:00+00:00 is outside the range the lake stores"
+        ),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -318,6 +318,11 @@ pub struct BatchConfig {
     /// Compaction writes files of about this size.
     #[serde(default = "default_target_file_mb")]
     pub target_file_mb: u64,
+    /// Memory a view's recompute may use (DataFusion's memory pool, e.g. "4GiB"); past it,
+    /// it spills where it can, else the run fails naming the view and publishes nothing.
+    /// Default: half of the machine's memory.
+    #[serde(default, deserialize_with = "de_opt_bytes")]
+    pub memory: Option<u64>,
 }
 
 fn default_small_file_mb() -> u64 {
@@ -334,6 +339,7 @@ impl Default for BatchConfig {
             cron: None,
             small_file_mb: default_small_file_mb(),
             target_file_mb: default_target_file_mb(),
+            memory: None,
         }
     }
 }
@@ -353,6 +359,39 @@ pub struct ServeConfig {
     /// "http://127.0.0.1:50052"). `strata run` merges with its own speed layer.
     #[serde(default)]
     pub speed_endpoints: Vec<String>,
+    /// How long a speed layer may take to hand over its states for a query; past it, its
+    /// partitions are answered from the lake's archived events.
+    #[serde(default = "default_speed_timeout", deserialize_with = "de_duration")]
+    pub speed_timeout: Duration,
+    /// A Kafka partition of a source that no live speed process has owned for this long is
+    /// an alarm (metric, /health degraded, system.partitions).
+    #[serde(default = "default_unowned_grace", deserialize_with = "de_duration")]
+    pub unowned_partition_grace: Duration,
+    /// How often the serving layer reads the topics' partitions from Kafka and the speed
+    /// layers' ownership, for that alarm.
+    #[serde(default = "default_partition_check", deserialize_with = "de_duration")]
+    pub partition_check_interval: Duration,
+    /// Memory all queries of the process may use at once (DataFusion's memory pool, e.g.
+    /// "2GiB"); a query that needs more spills where it can, else fails alone with
+    /// RESOURCE_EXHAUSTED. Default: a quarter of the machine's memory.
+    #[serde(default, deserialize_with = "de_opt_bytes")]
+    pub query_memory: Option<u64>,
+    /// A query running longer fails with DEADLINE_EXCEEDED.
+    #[serde(default = "default_query_timeout", deserialize_with = "de_duration")]
+    pub query_timeout: Duration,
+}
+
+fn default_speed_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_unowned_grace() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_partition_check() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_query_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:50051";
@@ -368,6 +407,11 @@ impl Default for ServeConfig {
             auth: AuthConfig::default(),
             allow_unauthenticated_remote: false,
             speed_endpoints: Vec::new(),
+            speed_timeout: default_speed_timeout(),
+            unowned_partition_grace: default_unowned_grace(),
+            partition_check_interval: default_partition_check(),
+            query_memory: None,
+            query_timeout: default_query_timeout(),
         }
     }
 }
@@ -421,6 +465,41 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration,
 
 fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Duration>, D::Error> {
     de_duration(d).map(Some)
+}
+
+fn de_opt_bytes<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_bytes(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// Parses "512MiB", "2GiB", "1.5GB", "1048576".
+pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "`{s}` is not a size: expected e.g. \"512MiB\", \"2GiB\", \"1GB\""
+            ));
+        }
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size: expected e.g. \"512MiB\", \"2GiB\", \"1GB\""))?;
+    if n.is_nan() || n <= 0.0 {
+        return Err(format!("`{s}`: a size must be more than zero"));
+    }
+    Ok((n * factor as f64) as u64)
 }
 
 /// Parses "5m", "90s", "1h 30m", "5 minutes".
@@ -729,6 +808,22 @@ fn toml_error(file: &Path, text: &str, key: &str, e: toml::de::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_their_units_and_refuse_the_rest() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("2 GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        for bad in ["lots", "12 parsecs", "0", "-1GiB", ""] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+        let text = format!("{GOOD}\n[batch]\nmemory = \"loads\"\n");
+        let e = Config::parse(&text, Path::new("s.toml"), &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("batch.memory") && e.contains("`loads` is not a size"), "{e}");
+    }
 
     const GOOD: &str = r#"
 [lake]

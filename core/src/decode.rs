@@ -120,6 +120,12 @@ impl JsonDecoder {
                 self.schema.event_time_column()
             ));
         };
+        if let Err(reason) = crate::schema::check_event_time(micros) {
+            for c in &mut self.columns {
+                c.truncate(self.rows);
+            }
+            return Err(format!("field `{}`: {reason}", self.schema.event_time_column()));
+        }
         self.event_dates.push(micros.div_euclid(MICROS_PER_DAY) as i32);
         match kafka {
             Some(k) => {
@@ -871,6 +877,45 @@ day = "date"
             .downcast_ref::<TimestampMicrosecondArray>()
             .unwrap();
         assert_eq!(ts.value(0), 1_795_255_200_000_000);
+    }
+
+    /// An event time the lake cannot partition by (its date beyond year 9999, or before year
+    /// 1) is a reject with its reason; the records around it are kept.
+    #[test]
+    fn event_times_beyond_what_the_lake_stores_are_rejected() {
+        let mut d = JsonDecoder::new(source("epoch_millis"));
+        d.decode(br#"{"ts":1795255200000}"#, None).unwrap();
+        for (record, shown) in [
+            (
+                &br#"{"ts":9000000000000000}"#[..],
+                "9000000000000000000 microseconds since the epoch",
+            ),
+            (br#"{"ts":253402300800000}"#, "+10000-01-01T00:00:00+00:00"),
+            (br#"{"ts":-62135596800001}"#, "0000-12-31T23:59:59.999"),
+        ] {
+            let reason = d.decode(record, None).unwrap_err();
+            assert!(
+                reason.starts_with("field `ts`: event time ") && reason.contains(shown),
+                "{reason}"
+            );
+            assert!(reason.contains("outside the range the lake stores"), "{reason}");
+        }
+        d.decode(br#"{"ts":253402300799999}"#, None).unwrap();
+        d.decode(br#"{"ts":-62135596800000}"#, None).unwrap();
+        let b = d.finish();
+        assert_eq!(b.num_rows(), 3);
+        let dates = b
+            .column_by_name(crate::schema::EVENT_DATE)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Date32Array>()
+            .unwrap();
+        assert_eq!(dates.value(1), 2_932_896, "9999-12-31");
+        assert_eq!(dates.value(2), -719_162, "0001-01-01");
+
+        let mut d = JsonDecoder::new(source("rfc3339"));
+        let reason = d.decode(br#"{"ts":"0000-06-01T00:00:00Z"}"#, None).unwrap_err();
+        assert!(reason.contains("outside the range the lake stores"), "{reason}");
     }
 
     #[test]

@@ -58,10 +58,22 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// A speed layer no longer holds states as far back as a batch version's coverage (a
-    /// newer version covers them): plan again on the newest version.
-    #[error("stale: {0}")]
-    Stale(String),
+    /// A commit to the lake lost to another writer's that touched what it depends on (a
+    /// Kafka partition's position or owner): read the table again and decide anew.
+    #[error("lake: a concurrent commit won: {0}")]
+    Conflict(String),
+
+    /// Kafka (the broker or the client) failed.
+    #[error("Kafka: {context}: {source}")]
+    Kafka {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A speed layer could not be asked for its states (not reachable, stopped, too slow).
+    #[error("speed layer {endpoint}: {message}")]
+    Speed { endpoint: String, message: String },
 
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),
@@ -80,7 +92,9 @@ impl Error {
     pub fn domain(&self) -> ErrorDomain {
         match self {
             Error::Config { .. } | Error::View { .. } | Error::Input(_) => ErrorDomain::User,
-            Error::Lake { .. } | Error::Io { .. } | Error::Stale(_) => ErrorDomain::External,
+            Error::Lake { .. } | Error::Io { .. } | Error::Conflict(_) | Error::Kafka { .. } | Error::Speed { .. } => {
+                ErrorDomain::External
+            }
             Error::DataFusion(e) => datafusion_domain(e),
             Error::Arrow(_) => ErrorDomain::User,
             Error::Internal(_) => ErrorDomain::Internal,
@@ -105,6 +119,13 @@ impl Error {
 
     pub fn lake(context: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Error::Lake {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    pub fn kafka(context: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error::Kafka {
             context: context.into(),
             source: source.into(),
         }

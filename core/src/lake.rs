@@ -443,6 +443,62 @@ pub fn kafka_app_id(topic: &str, partition: i32) -> String {
     format!("kafka:{topic}/{partition}")
 }
 
+/// The app id under which the raw table records a Kafka partition's owner generation: each
+/// speed process that starts owning the partition raises it by one in a commit of its own
+/// (a claim), and archives the partition only while the table still holds its generation.
+pub fn owner_app_id(topic: &str, partition: i32) -> String {
+    format!("owner:{topic}/{partition}")
+}
+
+/// A table's application transactions (`txn` actions: app id -> version) as of a version,
+/// kept up to date by reading only the commits after the one it was read at.
+#[derive(Debug, Clone, Default)]
+pub struct AppTransactions {
+    version: Option<u64>,
+    txns: BTreeMap<String, i64>,
+}
+
+impl AppTransactions {
+    /// Brings the positions to `table`'s loaded version (the commit's own snapshot when the
+    /// table was just updated).
+    pub async fn refresh(&mut self, table: &DeltaTable) -> Result<()> {
+        let Some(version) = table.version() else {
+            *self = AppTransactions::default();
+            return Ok(());
+        };
+        match self.version {
+            Some(v) if v == version => return Ok(()),
+            Some(v) if v < version => {
+                if let Some(history) = txn_history(table, Some(v), version).await? {
+                    for (_, txns) in history {
+                        self.txns.extend(txns);
+                    }
+                    self.version = Some(version);
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
+        // First read, an older version, or commits cleaned up from the log: read it whole.
+        self.txns = app_transactions(table, version).await?;
+        self.version = Some(version);
+        Ok(())
+    }
+
+    /// The version these transactions are of.
+    pub fn version(&self) -> Option<u64> {
+        self.version
+    }
+
+    pub fn get(&self, app_id: &str) -> Option<i64> {
+        self.txns.get(app_id).copied()
+    }
+
+    pub fn all(&self) -> &BTreeMap<String, i64> {
+        &self.txns
+    }
+}
+
 /// Kafka coverage from app transactions: `topic/partition` -> next offset.
 pub fn kafka_offsets(txns: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
     txns.iter()
@@ -500,13 +556,28 @@ pub async fn append(
             },
         )
         .await
-        .map_err(|e| Error::lake("commit to the lake", e))?;
+        .map_err(commit_error)?;
     let version = committed.version();
     table
         .update_incremental(Some(version))
         .await
         .map_err(|e| Error::lake("reload the table", e))?;
     Ok(version)
+}
+
+/// A failed commit: a conflict with another writer's commit (to decide anew on a fresh
+/// snapshot), or a failure of the lake.
+pub fn commit_error(e: DeltaTableError) -> Error {
+    use deltalake::kernel::transaction::TransactionError;
+    match e {
+        DeltaTableError::VersionAlreadyExists(v) => {
+            Error::Conflict(format!("version {v} was written by another commit"))
+        }
+        DeltaTableError::Transaction {
+            source: source @ (TransactionError::CommitConflict(_) | TransactionError::MaxCommitAttempts(_)),
+        } => Error::Conflict(source.to_string()),
+        e => Error::lake("commit to the lake", e),
+    }
 }
 
 /// Registers the S3 and HDFS object stores with the Delta library (idempotent).

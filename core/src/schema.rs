@@ -29,6 +29,23 @@ pub const OFFSET: &str = "_offset";
 /// Timestamps are microseconds since the epoch, UTC.
 pub const TIMESTAMP_TZ: &str = "UTC";
 
+/// The event times the lake can hold: 0001-01-01T00:00:00Z up to 9999-12-31T23:59:59.999999Z,
+/// the dates Parquet readers (Spark, DuckDB, Trino) and the Delta writer's `event_date`
+/// partition values handle. An event outside is rejected.
+pub const EVENT_TIME_RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800_000_000..=253_402_300_799_999_999;
+
+/// Why an event time cannot be stored, if it cannot.
+pub fn check_event_time(micros: i64) -> Result<(), String> {
+    if EVENT_TIME_RANGE.contains(&micros) {
+        return Ok(());
+    }
+    let shown = chrono::DateTime::from_timestamp_micros(micros)
+        .map_or_else(|| format!("{micros} microseconds since the epoch"), |t| t.to_rfc3339());
+    Err(format!(
+        "event time {shown} is outside the range the lake stores (0001-01-01 to 9999-12-31, UTC)"
+    ))
+}
+
 pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some(TIMESTAMP_TZ.into()))
 }

@@ -4,12 +4,14 @@
 //!  serving: batch version of view V covers Kafka offsets O (per topic/partition)
 //!     │  states(V, O)
 //!     ▼
-//!  speed layer: the partial states of V for the events at offsets >= O, per partition;
-//!               refused (stale) if it no longer holds states that far back
+//!  speed layer: per partition it owns, with its owner generation: the partial states of V
+//!               for the events at offsets [from, until), from = max(O, what it holds)
 //! ```
 //!
 //! The answer is `finalize(merge(batch states, speed states))`: every event is counted
-//! exactly once because the boundary is a Kafka offset recorded with the batch version.
+//! exactly once because the boundary is a Kafka offset recorded with the batch version. A
+//! partition two speed layers report counts once, from the newest owner generation; offsets
+//! no speed layer holds come from the lake's archived raw events.
 
 use std::collections::BTreeMap;
 
@@ -26,15 +28,42 @@ pub fn partition_key(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
 }
 
+/// Which events of one partition a speed layer's states hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRange {
+    pub topic: String,
+    pub partition: i32,
+    /// The owner generation under which the speed layer holds the partition (raised by each
+    /// new owner's claim in the lake): of two reports of a partition, the newer counts.
+    pub generation: u64,
+    /// The states hold the events at offsets `[from, until)`.
+    pub from: i64,
+    pub until: i64,
+}
+
+impl PartRange {
+    pub fn key(&self) -> String {
+        partition_key(&self.topic, self.partition)
+    }
+}
+
+/// One partition's part of a view's speed states.
+#[derive(Debug, Clone)]
+pub struct SpeedPart {
+    pub range: PartRange,
+    /// State rows of the view (its state schema).
+    pub batches: Vec<RecordBatch>,
+}
+
 /// A speed layer, local or remote.
 #[async_trait::async_trait]
 pub trait SpeedSource: Send + Sync + std::fmt::Debug {
     /// Where it is (for messages and system tables).
     fn name(&self) -> String;
 
-    /// State rows of `view` (the view table's state schema) for the events at offsets at or
-    /// beyond `coverage`, for every partition this speed layer owns.
-    async fn states(&self, view: &str, coverage: &Offsets) -> Result<Vec<RecordBatch>>;
+    /// State rows of `view` for every partition this speed layer owns: the events at offsets
+    /// at or beyond `coverage`, or beyond what it still holds if that is further.
+    async fn states(&self, view: &str, coverage: &Offsets) -> Result<Vec<SpeedPart>>;
 
     /// Positions, lateness and memory, for system tables.
     async fn status(&self) -> Result<SpeedStatus>;
@@ -55,6 +84,9 @@ pub struct PartitionStatus {
     pub source: String,
     pub topic: String,
     pub partition: i32,
+    /// The owner generation this speed layer claimed the partition with.
+    #[serde(default)]
+    pub generation: u64,
     /// The next offset to consume.
     pub consumed: i64,
     /// The next offset not yet archived in the lake.
@@ -65,7 +97,8 @@ pub struct PartitionStatus {
     pub max_event_time: Option<i64>,
     pub events: u64,
     pub rejected: u64,
-    /// Events older than the highest event time seen before them.
+    /// Events that arrived after one of their windows had closed in event time (see
+    /// [`LatenessBucket`]).
     pub late_events: u64,
 }
 
@@ -83,11 +116,13 @@ pub struct ViewSpeedStatus {
     pub batch_coverage: Offsets,
 }
 
-/// How late events arrive: counts of events by how far behind the highest event time seen
-/// they were.
+/// How late events arrive, per view: an event is late when the last window of the view it
+/// falls in had already closed in event time, i.e. the highest event time seen before it in
+/// its partition had reached that window's end; counted by how long before it had.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatenessBucket {
     pub source: String,
+    pub view: String,
     /// Upper bound of the bucket, e.g. "1s", "1m", "+Inf".
     pub le: String,
     pub events: u64,

@@ -13,7 +13,7 @@
 //! plans, and the query reads that version to the end: a batch run publishing meanwhile is
 //! seen wholly by the next query, never partly by this one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -24,16 +24,17 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
 use datafusion::error::DataFusionError;
-use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use strata_core::config::Config;
-use strata_core::lake::{Lake, ViewVersion};
+use strata_core::lake::{AppTransactions, Lake, ViewVersion};
 use strata_core::schema::{SourceSchema, TIMESTAMP_TZ, rejected_schema, timestamp_type};
 use strata_core::session::{CATALOG, DEFAULT_SCHEMA, new_context, session_config};
-use strata_core::speed::{Offsets, PartitionStatus, SpeedSource};
+use strata_core::speed::{Offsets, PartitionStatus, SpeedPart, SpeedSource, SpeedStatus};
 use strata_core::view::{ViewPlan, WindowKind};
+
+use crate::compose::{Composition, LakeRange, compose};
 use strata_core::{Error, Result};
 use url::Url;
 
@@ -45,6 +46,10 @@ pub const SYSTEM_VIEW_VERSIONS: &str = "view_versions";
 pub const SYSTEM_PARTITIONS: &str = "partitions";
 pub const SYSTEM_FRESHNESS: &str = "freshness";
 pub const SYSTEM_LATENESS: &str = "lateness";
+
+/// The share of the machine's memory queries may use together, unless serve.query_memory
+/// says otherwise.
+const QUERY_MEMORY_SHARE: f64 = 0.25;
 
 /// The schemas of the catalog, in listing order.
 pub const SCHEMAS: &[&str] = &[DEFAULT_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA, SYSTEM_SCHEMA];
@@ -74,10 +79,18 @@ pub struct Catalog {
     scratch_names: AtomicU64,
     /// Delta tables already opened, kept to update incrementally.
     tables: Mutex<HashMap<Url, DeltaTable>>,
-    /// What each view version covers (read once per version).
-    coverage: Mutex<HashMap<(Url, u64), Offsets>>,
+    /// What each view version covers (read once per version): None for a version computed
+    /// under another definition of the view.
+    coverage: Mutex<HashMap<(Url, u64), Option<Offsets>>>,
+    /// Each raw table's Kafka positions, kept up to date version by version.
+    positions: Mutex<HashMap<Url, AppTransactions>>,
     /// Speed layers whose states complete the batch views.
     speed: Vec<Arc<dyn SpeedSource>>,
+    /// How long a speed layer may take to answer before its partitions come from the lake.
+    speed_timeout: std::time::Duration,
+    speed_unavailable: strata_core::metrics::Counter,
+    /// Which partitions exist and who owns them, over time.
+    watch: Arc<crate::partitions::PartitionWatch>,
 }
 
 impl Catalog {
@@ -101,7 +114,10 @@ impl Catalog {
         }
         let mut base = SessionStateBuilder::new()
             .with_config(session_config())
-            .with_runtime_env(Arc::new(RuntimeEnv::default()))
+            .with_runtime_env(strata_core::session::runtime_with_memory(
+                config.serve.query_memory,
+                QUERY_MEMORY_SHARE,
+            )?)
             .with_default_features()
             .build();
         strata_core::functions::register(&mut base)?;
@@ -118,13 +134,32 @@ impl Catalog {
                 scratch_names: AtomicU64::new(0),
                 tables: Mutex::new(HashMap::new()),
                 coverage: Mutex::new(HashMap::new()),
+                positions: Mutex::new(HashMap::new()),
                 speed,
+                watch: Arc::new(crate::partitions::PartitionWatch::new(
+                    config.serve.unowned_partition_grace,
+                )),
+                speed_timeout: config.serve.speed_timeout,
+                speed_unavailable: strata_core::metrics::global().counter(
+                    "strata_speed_unavailable_total",
+                    "Queries whose speed layer did not answer: its partitions came from the lake.",
+                    &[],
+                ),
             }
         }))
     }
 
     pub fn lake(&self) -> &Lake {
         &self.lake
+    }
+
+    /// The watch of the sources' partitions and their owners.
+    pub fn watch(&self) -> &Arc<crate::partitions::PartitionWatch> {
+        &self.watch
+    }
+
+    pub fn speed(&self) -> &[Arc<dyn SpeedSource>] {
+        &self.speed
     }
 
     pub fn views(&self) -> &[ServedView] {
@@ -168,94 +203,167 @@ impl Catalog {
         strata_core::lake::table_provider(&self.session(), table).await
     }
 
-    /// The published states of a view (empty before its first batch run), pinned to the
-    /// newest version, with the version and the Kafka offsets it covers.
+    /// The published states of a view, pinned to the newest version, with the version and
+    /// the Kafka offsets it covers; empty before the first batch run, and while the newest
+    /// version was computed under another definition of the view (until a recompute).
     pub async fn view_states(&self, view: &ServedView) -> Result<(Arc<dyn TableProvider>, Option<u64>, Offsets)> {
         let url = self.lake.view_url(&view.plan.name);
-        match self.latest(&url).await? {
-            Some(table) => {
-                let version = table.version();
-                let coverage = match version {
-                    Some(v) => self.coverage_of(&url, &table, v).await?,
-                    None => Offsets::new(),
-                };
-                Ok((self.delta_provider(&table).await?, version, coverage))
-            }
-            None => Ok((empty(&view.state_schema)?, None, Offsets::new())),
+        if let Some(table) = self.latest(&url).await?
+            && let Some(version) = table.version()
+            && let Some(coverage) = self
+                .coverage_of(&url, &table, version, &view.plan.fingerprint())
+                .await?
+        {
+            return Ok((self.delta_provider(&table).await?, Some(version), coverage));
         }
+        Ok((empty(&view.state_schema)?, None, Offsets::new()))
     }
 
-    async fn coverage_of(&self, url: &Url, table: &DeltaTable, version: u64) -> Result<Offsets> {
-        if let Some(c) = self
-            .coverage
-            .lock()
-            .expect("coverage lock")
-            .get(&(url.clone(), version))
-        {
+    /// What a view version covers, if it was computed under the definition `fingerprint`.
+    async fn coverage_of(
+        &self,
+        url: &Url,
+        table: &DeltaTable,
+        version: u64,
+        fingerprint: &str,
+    ) -> Result<Option<Offsets>> {
+        let key = (url.clone(), version);
+        if let Some(c) = self.coverage.lock().expect("coverage lock").get(&key) {
             return Ok(c.clone());
         }
         // The newest version carrying a Strata record (every publication does).
-        let commit = Lake::latest_view_version(table)
+        let coverage = Lake::latest_view_version(table)
             .await?
-            .map(|v| v.commit.offsets)
-            .unwrap_or_default();
+            .filter(|v| v.commit.fingerprint == fingerprint)
+            .map(|v| v.commit.offsets);
         self.coverage
             .lock()
             .expect("coverage lock")
-            .insert((url.clone(), version), commit.clone());
-        Ok(commit)
+            .insert(key, coverage.clone());
+        Ok(coverage)
     }
 
-    /// A view: `finalize(merge(batch states, speed states beyond the batch coverage))`.
-    async fn view_table(&self, view: &ServedView) -> Result<Arc<dyn TableProvider>> {
-        let mut attempt = 0;
-        loop {
-            let (batch, _, coverage) = self.view_states(view).await?;
-            let mut speed = Vec::new();
-            let mut stale = None;
-            for s in &self.speed {
-                match s.states(&view.plan.name, &coverage).await {
-                    Ok(b) => speed.extend(b),
-                    Err(Error::Stale(m)) => {
-                        stale = Some(m);
-                        break;
-                    }
-                    Err(e) => {
-                        return Err(Error::Lake {
-                            context: format!("speed layer {} (recent events would be missing)", s.name()),
-                            source: Box::new(e),
-                        });
-                    }
+    /// The next offset the lake holds of each Kafka partition of a source, as of the raw
+    /// table's newest version (loaded as `raw`).
+    async fn archived(&self, raw: &DeltaTable) -> Result<BTreeMap<(String, i32), i64>> {
+        let url = raw.table_url().clone();
+        let mut txns = self
+            .positions
+            .lock()
+            .expect("positions lock")
+            .get(&url)
+            .cloned()
+            .unwrap_or_default();
+        txns.refresh(raw).await?;
+        let out = kafka_positions(&txns);
+        self.positions.lock().expect("positions lock").insert(url, txns);
+        Ok(out)
+    }
+
+    /// Every speed layer's states of a view beyond `coverage`, asked at once. One that fails
+    /// or does not answer in time owns nothing for this query: its partitions come from the
+    /// lake.
+    async fn speed_parts(&self, view: &str, coverage: &Offsets) -> Vec<SpeedPart> {
+        let asks = self
+            .speed
+            .iter()
+            .map(|s| tokio::time::timeout(self.speed_timeout, s.states(view, coverage)));
+        let mut parts = Vec::new();
+        for (s, answer) in self.speed.iter().zip(futures::future::join_all(asks).await) {
+            match answer {
+                Ok(Ok(p)) => parts.extend(p),
+                Ok(Err(e)) => {
+                    self.speed_unavailable.inc();
+                    tracing::debug!(speed = %s.name(), error = %e, "a speed layer did not answer: its partitions come from the lake");
+                }
+                Err(_) => {
+                    self.speed_unavailable.inc();
+                    tracing::debug!(speed = %s.name(), timeout = ?self.speed_timeout, "a speed layer did not answer in time: its partitions come from the lake");
                 }
             }
-            if let Some(m) = stale {
-                // A newer batch version covers what the speed layer dropped: plan on it.
-                attempt += 1;
-                if attempt >= 5 {
-                    return Err(Error::Stale(m));
-                }
-                continue;
-            }
-            let ctx = &self.scratch.0;
-            let schema = batch.schema();
-            let states = if self.speed.is_empty() {
-                batch
-            } else {
-                let speed = speed
-                    .iter()
-                    .map(|b| Ok(crate::service::cast_to(b, &schema)?))
-                    .collect::<Result<Vec<_>>>()?;
-                let speed = Arc::new(MemTable::try_new(schema.clone(), vec![speed])?);
-                ctx.read_table(batch)?.union(ctx.read_table(speed)?)?.into_view()
-            };
-            // The merge SQL names its input: a name of this call's own in the shared scratch
-            // session, dropped once planned (the plan holds the table itself).
-            let name = format!("__states_{}", self.scratch_names.fetch_add(1, Ordering::Relaxed));
-            ctx.register_table(name.as_str(), states)?;
-            let df = ctx.sql(&view.plan.merge_sql(&name)).await;
-            ctx.deregister_table(name.as_str())?;
-            return Ok(df?.into_view());
         }
+        parts
+    }
+
+    /// A view: `finalize(merge(batch states, lake states, speed states))`, every Kafka
+    /// partition counted once (see [`crate::compose`]).
+    async fn view_table(&self, view: &ServedView) -> Result<Arc<dyn TableProvider>> {
+        let source = self
+            .source(&view.plan.source)
+            .ok_or_else(|| Error::Internal(format!("view {} without its source", view.plan.name)))?
+            .clone();
+        let raw_url = self.lake.raw_url(&source.name);
+        let mut replanned = false;
+        loop {
+            let (batch, version, coverage) = self.view_states(view).await?;
+            let parts = self.speed_parts(&view.plan.name, &coverage).await;
+            let raw = self.latest(&raw_url).await?;
+            let archived = match &raw {
+                Some(raw) => self.archived(raw).await?,
+                None => BTreeMap::new(),
+            };
+            let composition = compose(&source.topics, &coverage, &archived, parts);
+            if composition.has_gaps() && !replanned {
+                // A speed layer dropped states a newer batch version covers: plan on it if
+                // there is one, rather than read the gap from the lake.
+                replanned = true;
+                let newest = self.latest(&self.lake.view_url(&view.plan.name)).await?;
+                if newest.and_then(|t| t.version()) != version {
+                    continue;
+                }
+            }
+            return self.merged(view, batch, raw.as_ref(), composition).await;
+        }
+    }
+
+    /// Plans the merge of a view's batch states with the chosen speed states and the states
+    /// of the raw events the lake fills in.
+    async fn merged(
+        &self,
+        view: &ServedView,
+        batch: Arc<dyn TableProvider>,
+        raw: Option<&DeltaTable>,
+        composition: Composition,
+    ) -> Result<Arc<dyn TableProvider>> {
+        let ctx = &self.scratch.0;
+        let schema = batch.schema();
+        let mut states = ctx.read_table(batch)?;
+        let speed: Vec<RecordBatch> = composition
+            .speed
+            .iter()
+            .flat_map(|p| &p.batches)
+            .map(|b| Ok(crate::service::cast_to(b, &schema)?))
+            .collect::<Result<_>>()?;
+        if !speed.is_empty() {
+            states = states.union(ctx.read_table(Arc::new(MemTable::try_new(schema.clone(), vec![speed])?))?)?;
+        }
+        // Temporary names of this call's own in the shared scratch session, dropped once
+        // planned (the plan holds the tables themselves).
+        let id = self.scratch_names.fetch_add(1, Ordering::Relaxed);
+        let mut names = Vec::new();
+        if let (Some(raw), false) = (raw, composition.lake.is_empty()) {
+            let events = ctx
+                .read_table(self.delta_provider(raw).await?)?
+                .filter(lake_predicate(&composition.lake))?;
+            let name = format!("__raw_{id}");
+            ctx.register_table(name.as_str(), events.into_view())?;
+            names.push(name.clone());
+            let lake_states = ctx.sql(&view.plan.state_sql(&name)).await;
+            let lake_states = match lake_states {
+                Ok(df) => df,
+                Err(e) => {
+                    deregister(ctx, &names);
+                    return Err(e.into());
+                }
+            };
+            states = states.union(lake_states)?;
+        }
+        let name = format!("__states_{id}");
+        ctx.register_table(name.as_str(), states.into_view())?;
+        names.push(name.clone());
+        let df = ctx.sql(&view.plan.merge_sql(&name)).await;
+        deregister(ctx, &names);
+        Ok(df?.into_view())
     }
 
     async fn source_table(&self, url: &Url, schema: &SchemaRef) -> Result<Arc<dyn TableProvider>> {
@@ -367,49 +475,129 @@ impl Catalog {
         table_of(schema, columns)
     }
 
+    /// What every speed layer says of itself; one that does not answer in time says nothing.
+    async fn statuses(&self) -> Vec<SpeedStatus> {
+        let asks = self
+            .speed
+            .iter()
+            .map(|s| tokio::time::timeout(self.speed_timeout, s.status()));
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter_map(|answer| answer.ok()?.ok())
+            .collect()
+    }
+
+    /// One row per Kafka partition of every source: who owns it (the newest generation of
+    /// the speed layers reporting it), how far it is consumed and archived, where queries take
+    /// its events beyond the batch coverage from and up to which offset, and the alarm for a
+    /// partition nobody has consumed for too long.
+    async fn system_partitions(&self, statuses: &[SpeedStatus]) -> Result<Arc<dyn TableProvider>> {
+        #[derive(Default)]
+        struct Row<'a> {
+            source: String,
+            owner: Option<(&'a str, &'a PartitionStatus)>,
+            owners: i64,
+            archived: Option<i64>,
+            ownership: Option<crate::partitions::Ownership>,
+        }
+        let mut rows: BTreeMap<(String, i32), Row<'_>> = BTreeMap::new();
+        for source in &self.sources {
+            if let Some(raw) = self.latest(&self.lake.raw_url(&source.name)).await? {
+                for ((topic, partition), next) in self.archived(&raw).await? {
+                    if source.topics.contains(&topic) {
+                        let row = rows.entry((topic, partition)).or_default();
+                        row.archived = Some(next);
+                    }
+                }
+            }
+        }
+        for status in statuses {
+            for p in &status.partitions {
+                let row = rows.entry((p.topic.clone(), p.partition)).or_default();
+                row.owners += 1;
+                if row
+                    .owner
+                    .is_none_or(|(_, held)| (held.generation, held.consumed) < (p.generation, p.consumed))
+                {
+                    row.owner = Some((status.instance.as_str(), p));
+                }
+            }
+        }
+        for (tp, ownership) in self.watch.partitions(std::time::Instant::now()) {
+            rows.entry(tp).or_default().ownership = Some(ownership);
+        }
+        for ((topic, _), row) in rows.iter_mut() {
+            if let Some(s) = self.sources.iter().find(|s| s.topics.contains(topic)) {
+                row.source = s.name.clone();
+            }
+        }
+        let rows: Vec<((String, i32), Row<'_>)> = rows.into_iter().filter(|(_, r)| !r.source.is_empty()).collect();
+        let owner = |f: &dyn Fn(&PartitionStatus) -> Option<i64>| -> ArrayRef {
+            Arc::new(Int64Array::from(
+                rows.iter()
+                    .map(|(_, r)| r.owner.and_then(|(_, p)| f(p)))
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        table_of(
+            system_partitions_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|(_, r)| r.source.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|((t, _), _)| t.as_str()))),
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|((_, p), _)| *p))),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|(_, r)| r.owner.map(|(i, _)| i)).collect::<Vec<_>>(),
+                )),
+                owner(&|p| Some(p.generation as i64)),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, r)| r.owners))),
+                owner(&|p| Some(p.consumed)),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|(_, r)| r.archived).collect::<Vec<_>>(),
+                )),
+                owner(&|p| p.high_watermark),
+                owner(&|p| p.high_watermark.map(|h| (h - p.consumed).max(0))),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter()
+                        .map(|(_, r)| if r.owner.is_some() { "speed" } else { "lake" }),
+                )),
+                Arc::new(Int64Array::from(
+                    rows.iter()
+                        .map(|(_, r)| r.owner.map(|(_, p)| p.consumed).or(r.archived))
+                        .collect::<Vec<_>>(),
+                )),
+                Arc::new(
+                    TimestampMicrosecondArray::from(
+                        rows.iter()
+                            .map(|(_, r)| r.owner.and_then(|(_, p)| p.max_event_time))
+                            .collect::<Vec<_>>(),
+                    )
+                    .with_timezone(TIMESTAMP_TZ),
+                ),
+                owner(&|p| Some(p.events as i64)),
+                owner(&|p| Some(p.rejected as i64)),
+                owner(&|p| Some(p.late_events as i64)),
+                Arc::new(Float64Array::from(
+                    rows.iter()
+                        .map(|(_, r)| r.ownership.map(|o| o.unowned_for.as_secs_f64()))
+                        .collect::<Vec<_>>(),
+                )),
+                Arc::new(BooleanArray::from(
+                    rows.iter()
+                        .map(|(_, r)| r.ownership.is_some_and(|o| o.alarm))
+                        .collect::<Vec<_>>(),
+                )),
+            ],
+        )
+    }
+
     /// The speed layers' positions, memory and lateness.
     async fn system_speed(&self, table: &str) -> Result<Arc<dyn TableProvider>> {
-        let mut statuses = Vec::new();
-        for s in &self.speed {
-            statuses.push(s.status().await?);
-        }
+        let statuses = self.statuses().await;
         match table {
-            SYSTEM_PARTITIONS => {
-                let rows: Vec<(&str, &PartitionStatus)> = statuses
-                    .iter()
-                    .flat_map(|s| s.partitions.iter().map(move |p| (s.instance.as_str(), p)))
-                    .collect();
-                table_of(
-                    system_partitions_schema(),
-                    vec![
-                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
-                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.source.as_str()))),
-                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.topic.as_str()))),
-                        Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1.partition))),
-                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1.consumed))),
-                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1.archived))),
-                        Arc::new(Int64Array::from(
-                            rows.iter().map(|r| r.1.high_watermark).collect::<Vec<_>>(),
-                        )),
-                        Arc::new(Int64Array::from(
-                            rows.iter()
-                                .map(|r| r.1.high_watermark.map(|h| (h - r.1.consumed).max(0)))
-                                .collect::<Vec<_>>(),
-                        )),
-                        Arc::new(
-                            TimestampMicrosecondArray::from(
-                                rows.iter().map(|r| r.1.max_event_time).collect::<Vec<_>>(),
-                            )
-                            .with_timezone(TIMESTAMP_TZ),
-                        ),
-                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1.events as i64))),
-                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1.rejected as i64))),
-                        Arc::new(Int64Array::from_iter_values(
-                            rows.iter().map(|r| r.1.late_events as i64),
-                        )),
-                    ],
-                )
-            }
+            SYSTEM_PARTITIONS => self.system_partitions(&statuses).await,
             SYSTEM_LATENESS => {
                 let rows: Vec<(&str, &strata_core::speed::LatenessBucket)> = statuses
                     .iter()
@@ -420,6 +608,7 @@ impl Catalog {
                     vec![
                         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
                         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.source.as_str()))),
+                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.view.as_str()))),
                         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.le.as_str()))),
                         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1.events as i64))),
                     ],
@@ -429,12 +618,17 @@ impl Catalog {
                 let mut rows = Vec::new();
                 for view in &self.views {
                     let url = self.lake.view_url(&view.plan.name);
-                    let (version, ran_at, coverage) = match self.latest(&url).await? {
+                    let (version, ran_at, coverage, current) = match self.latest(&url).await? {
                         Some(t) => match Lake::latest_view_version(&t).await? {
-                            Some(v) => (Some(v.version as i64), Some(v.commit.started_at), v.commit.offsets),
-                            None => (None, None, Offsets::new()),
+                            Some(v) => (
+                                Some(v.version as i64),
+                                Some(v.commit.started_at),
+                                v.commit.offsets,
+                                Some(v.commit.fingerprint == view.plan.fingerprint()),
+                            ),
+                            None => (None, None, Offsets::new(), None),
                         },
-                        None => (None, None, Offsets::new()),
+                        None => (None, None, Offsets::new(), None),
                     };
                     let mut position = Offsets::new();
                     let (mut generations, mut states, mut bytes, mut late) = (0, 0, 0, 0);
@@ -462,6 +656,7 @@ impl Catalog {
                         bytes,
                         max_event_time,
                         late,
+                        current,
                     ));
                 }
                 table_of(
@@ -492,6 +687,7 @@ impl Catalog {
                                 .with_timezone(TIMESTAMP_TZ),
                         ),
                         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.9 as i64))),
+                        Arc::new(BooleanArray::from(rows.iter().map(|r| r.10).collect::<Vec<_>>())),
                     ],
                 )
             }
@@ -548,18 +744,30 @@ impl Catalog {
 
 fn system_partitions_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("instance", DataType::Utf8, false),
         Field::new("source", DataType::Utf8, false),
         Field::new("topic", DataType::Utf8, false),
         Field::new("partition", DataType::Int32, false),
-        Field::new("consumed_offset", DataType::Int64, false),
-        Field::new("archived_offset", DataType::Int64, false),
+        // The speed process whose states answer for the partition (the newest generation
+        // among those reporting it), and how many report it.
+        Field::new("owner", DataType::Utf8, true),
+        Field::new("generation", DataType::Int64, true),
+        Field::new("owners", DataType::Int64, false),
+        Field::new("consumed_offset", DataType::Int64, true),
+        // The next offset the lake holds.
+        Field::new("archived_offset", DataType::Int64, true),
         Field::new("high_watermark", DataType::Int64, true),
         Field::new("lag", DataType::Int64, true),
+        // Where queries take its events beyond the batch coverage from ("speed" states, or
+        // the "lake"'s archived raw events), and up to which offset.
+        Field::new("answered_from", DataType::Utf8, false),
+        Field::new("answered_until", DataType::Int64, true),
         Field::new("max_event_time", timestamp_type(), true),
-        Field::new("events", DataType::Int64, false),
-        Field::new("rejected", DataType::Int64, false),
-        Field::new("late_events", DataType::Int64, false),
+        Field::new("events", DataType::Int64, true),
+        Field::new("rejected", DataType::Int64, true),
+        Field::new("late_events", DataType::Int64, true),
+        // How long no live speed process has owned it, and whether that is an alarm.
+        Field::new("unowned_seconds", DataType::Float64, true),
+        Field::new("alarm", DataType::Boolean, false),
     ]))
 }
 
@@ -576,6 +784,9 @@ fn system_freshness_schema() -> SchemaRef {
         Field::new("bytes_per_state", DataType::Float64, true),
         Field::new("max_event_time", timestamp_type(), true),
         Field::new("late_events", DataType::Int64, false),
+        // Whether the batch version was computed under the view's current definition (one
+        // that was not is not used: answers come from the lake and the speed layers).
+        Field::new("batch_current", DataType::Boolean, true),
     ]))
 }
 
@@ -583,6 +794,7 @@ fn system_lateness_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("instance", DataType::Utf8, false),
         Field::new("source", DataType::Utf8, false),
+        Field::new("view", DataType::Utf8, false),
         Field::new("late_by_at_most", DataType::Utf8, false),
         Field::new("events", DataType::Int64, false),
     ]))
@@ -616,6 +828,43 @@ fn system_view_versions_schema() -> SchemaRef {
         Field::new("events", DataType::Int64, false),
         Field::new("rows", DataType::Int64, false),
     ]))
+}
+
+fn deregister(ctx: &SessionContext, names: &[String]) {
+    for name in names {
+        let _ = ctx.deregister_table(name.as_str());
+    }
+}
+
+/// The raw events of the lake ranges: `(_topic, _partition)` and an `_offset` range each.
+fn lake_predicate(ranges: &[LakeRange]) -> datafusion::prelude::Expr {
+    use datafusion::prelude::{col, lit};
+    use strata_core::schema::{OFFSET, PARTITION, TOPIC};
+    ranges
+        .iter()
+        .map(|r| {
+            let mut e = col(TOPIC)
+                .eq(lit(r.topic.as_str()))
+                .and(col(PARTITION).eq(lit(r.partition)))
+                .and(col(OFFSET).gt_eq(lit(r.from)));
+            if let Some(until) = r.until {
+                e = e.and(col(OFFSET).lt(lit(until)));
+            }
+            e
+        })
+        .reduce(datafusion::prelude::Expr::or)
+        .unwrap_or_else(|| lit(false))
+}
+
+/// The Kafka positions among a raw table's transactions: `(topic, partition)` -> next offset.
+pub fn kafka_positions(txns: &AppTransactions) -> BTreeMap<(String, i32), i64> {
+    strata_core::lake::kafka_offsets(txns.all())
+        .into_iter()
+        .filter_map(|(key, next)| {
+            let (topic, partition) = key.rsplit_once('/')?;
+            Some(((topic.to_string(), partition.parse().ok()?), next))
+        })
+        .collect()
 }
 
 fn empty(schema: &SchemaRef) -> Result<Arc<dyn TableProvider>> {

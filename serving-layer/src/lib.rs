@@ -12,7 +12,9 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod compose;
 pub mod metadata;
+pub mod partitions;
 pub mod service;
 pub mod sql;
 
@@ -37,8 +39,11 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 #[derive(Debug)]
 pub struct RunningServer {
     pub address: SocketAddr,
+    pub catalog: Arc<Catalog>,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
+    /// The watch of unowned partitions (aborted with the server).
+    watch: tokio::task::JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -51,6 +56,7 @@ impl RunningServer {
     /// Waits until the server stops (after `stop` is cancelled).
     pub async fn wait(&mut self) -> Result<()> {
         if let Some(task) = self.task.take() {
+            self.watch.abort();
             task.await
                 .map_err(|e| Error::Internal(format!("the Flight server task failed: {e}")))?
                 .map_err(|e| Error::Internal(format!("the Flight server failed: {e}")))?;
@@ -62,6 +68,7 @@ impl RunningServer {
 impl Drop for RunningServer {
     fn drop(&mut self) {
         self.stop.cancel();
+        self.watch.abort();
         if let Some(task) = self.task.take() {
             task.abort();
         }
@@ -84,6 +91,23 @@ pub fn check_exposure(config: &Config, address: &SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// The serving layer's health for /health: "serving", or "degraded" with the partitions no
+/// live speed process has consumed for longer than the grace (answers stay exact but miss
+/// their newest events).
+pub fn health(catalog: &Catalog) -> std::result::Result<String, String> {
+    let alarms = catalog.watch().alarms(std::time::Instant::now());
+    if alarms.is_empty() {
+        return Ok(serde_json::json!({ "status": "serving" }).to_string());
+    }
+    let unowned: Vec<serde_json::Value> = alarms
+        .iter()
+        .map(|((topic, partition), since)| {
+            serde_json::json!({ "topic": topic, "partition": partition, "unowned_seconds": since.as_secs() })
+        })
+        .collect();
+    Ok(serde_json::json!({ "status": "degraded", "unowned_partitions": unowned }).to_string())
+}
+
 /// Binds `address` (port 0 picks a free port) and serves the catalog, merging views with
 /// the `speed` layers' states, until `stop`.
 pub async fn start(
@@ -95,8 +119,16 @@ pub async fn start(
 ) -> Result<RunningServer> {
     check_exposure(config, &address)?;
     let catalog = Catalog::new(config, speed).await?;
+    let watch = tokio::spawn(partitions::run(
+        catalog.watch().clone(),
+        Arc::new(config.clone()),
+        catalog.speed().to_vec(),
+        config.serve.partition_check_interval,
+        config.serve.speed_timeout,
+        stop.clone(),
+    ));
     let auth = Arc::new(auth::Authenticator::new(&config.serve.auth));
-    let service = StrataFlightSql::new(catalog, auth, cpu);
+    let service = StrataFlightSql::new(catalog.clone(), auth, cpu, config.serve.query_timeout);
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| Error::io(format!("cannot listen on {address}"), e))?;
@@ -116,7 +148,9 @@ pub async fn start(
     });
     Ok(RunningServer {
         address: bound,
+        catalog,
         stop,
         task: Some(task),
+        watch,
     })
 }

@@ -181,16 +181,26 @@ pub struct StrataFlightSql {
     auth: Arc<Authenticator>,
     cpu: CpuRuntime,
     plans: Arc<Plans>,
+    /// A query still running this long after it arrived fails with DEADLINE_EXCEEDED.
+    timeout: Duration,
 }
 
 impl StrataFlightSql {
-    pub fn new(catalog: Arc<Catalog>, auth: Arc<Authenticator>, cpu: CpuRuntime) -> Self {
+    pub fn new(catalog: Arc<Catalog>, auth: Arc<Authenticator>, cpu: CpuRuntime, timeout: Duration) -> Self {
         StrataFlightSql {
             catalog,
             auth,
             cpu,
             plans: Arc::default(),
+            timeout,
         }
+    }
+
+    fn deadline_exceeded(&self) -> Status {
+        Status::deadline_exceeded(format!(
+            "the query ran longer than the server allows (serve.query_timeout = {})",
+            humantime_secs(self.timeout)
+        ))
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -253,21 +263,27 @@ impl StrataFlightSql {
             None => (started, self.plan(&handle).await?),
         };
         let schema = output_schema(df.schema().as_arrow());
-        let stream = self
-            .cpu
-            .spawn(df.execute_stream())
+        let deadline = tokio::time::Instant::from_std(started + self.timeout);
+        let stream = tokio::time::timeout_at(deadline, self.cpu.spawn(df.execute_stream()))
             .await
+            .map_err(|_| self.deadline_exceeded())?
             .map_err(|e| df_status(&e))?
             .map_err(|e| df_status(&e))?;
         let stream = self.cpu.run_stream(stream);
         let out_schema = schema.clone();
         let mut metered = Metered { started, ok: true };
-        let batches = stream.map(move |b| {
+        // Past the deadline the stream ends with DEADLINE_EXCEEDED; dropping the query's
+        // stream stops its work on the CPU runtime.
+        let batches = Deadline {
+            inner: stream,
+            at: Box::pin(tokio::time::sleep_until(deadline)),
+            expired: Some(self.deadline_exceeded()),
+        }
+        .map(move |b| {
             if b.is_err() {
                 metered.failed();
             }
-            b.map_err(|e| FlightError::Tonic(Box::new(df_status(&e))))
-                .and_then(|b| cast_to(&b, &out_schema).map_err(FlightError::Arrow))
+            b.and_then(|b| cast_to(&b, &out_schema).map_err(FlightError::Arrow))
         });
         tracing::debug!(sql = %handle.sql, planned_in = ?started.elapsed(), "query started");
         encode(schema, batches)
@@ -275,6 +291,46 @@ impl StrataFlightSql {
 
     fn handle_from_any(bytes: &[u8]) -> Result<Handle, Status> {
         Handle::decode(bytes)
+    }
+}
+
+/// A query's batches until its deadline, then DEADLINE_EXCEEDED (and the query dropped).
+struct Deadline {
+    inner: datafusion::execution::SendableRecordBatchStream,
+    at: Pin<Box<tokio::time::Sleep>>,
+    /// The error to end with; None once the stream has ended.
+    expired: Option<Status>,
+}
+
+impl Stream for Deadline {
+    type Item = Result<RecordBatch, FlightError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.expired.is_none() {
+            return Poll::Ready(None);
+        }
+        match self.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(b)) => {
+                return Poll::Ready(Some(b.map_err(|e| FlightError::Tonic(Box::new(df_status(&e))))));
+            }
+            Poll::Ready(None) => {
+                self.expired = None;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        match self.at.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                let status = self.expired.take().expect("checked above");
+                // The query stops now, not when the client drops the answer.
+                self.inner = Box::pin(datafusion::physical_plan::stream::EmptyRecordBatchStream::new(
+                    self.inner.schema(),
+                ));
+                Poll::Ready(Some(Err(FlightError::Tonic(Box::new(status)))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -304,6 +360,18 @@ impl Drop for Metered {
                 LATENCY_BUCKETS,
             )
             .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// "30s", "5m", "1h 30m".
+fn humantime_secs(d: Duration) -> String {
+    let secs = d.as_secs();
+    match (secs / 3600, secs % 3600 / 60, secs % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m {s}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, s) => format!("{h}h {m}m {s}s"),
     }
 }
 

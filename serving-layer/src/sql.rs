@@ -97,6 +97,11 @@ pub fn status(e: &Error) -> Status {
 
 /// A DataFusion error as a Flight status: planning mistakes are the client's.
 pub fn df_status(e: &DataFusionError) -> Status {
+    if let DataFusionError::ResourcesExhausted(why) = e.find_root() {
+        return Status::resource_exhausted(format!(
+            "the query needs more memory than the server gives queries (serve.query_memory): {why}"
+        ));
+    }
     if let DataFusionError::External(inner) = e
         && let Some(strata) = inner.downcast_ref::<Error>()
     {

@@ -21,8 +21,9 @@ use strata_core::schema::{OFFSET, PARTITION, SourceSchema, TOPIC, rejected};
 use strata_core::speed::{LATENESS_BUCKETS, Offsets, partition_key};
 use strata_core::view::quote;
 use strata_core::{Error, Result};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+use crate::archive::{ArchiveJob, ArchiveMessage, ArchiveRange, drop_partitions};
 use crate::consumer::{Assigned, Input, MicroBatch};
 use crate::engine::ViewEngine;
 use crate::store::{PartitionStates, Store};
@@ -30,16 +31,10 @@ use crate::store::{PartitionStates, Store};
 /// Fold a segment's state batches into one when it holds more than this many.
 const FOLD_AT: usize = 32;
 
-/// What the archiver commits: the events and rejects of one source since the last flush,
-/// and the offset range of every partition they cover.
-#[derive(Debug)]
-pub struct ArchiveJob {
-    pub source: usize,
-    pub events: Vec<RecordBatch>,
-    pub rejects: Vec<RecordBatch>,
-    /// (topic, partition, start, end): the segment each partition closed.
-    pub ranges: Vec<(String, i32, i64, i64)>,
-}
+/// How long a revocation waits for the archive of what the partitions consumed; past it
+/// they are let go anyway (their new owner resumes from the lake, and the fence keeps a late
+/// commit of ours out).
+const REVOKE_ARCHIVE_WAIT: Duration = Duration::from_secs(30);
 
 pub struct Aggregator {
     pub engines: Vec<Arc<ViewEngine>>,
@@ -49,7 +44,7 @@ pub struct Aggregator {
     pub lake: Lake,
     pub flush_interval: Duration,
     pub flush_rows: usize,
-    pub archive: mpsc::Sender<ArchiveJob>,
+    pub archive: mpsc::Sender<ArchiveMessage>,
     /// Buffered since the last flush, per source.
     pub events: Vec<Vec<RecordBatch>>,
     pub rejects: Vec<Vec<RecordBatch>>,
@@ -70,7 +65,7 @@ impl Aggregator {
         store: Arc<Mutex<Store>>,
         lake: Lake,
         (flush_interval, flush_rows): (Duration, usize),
-        archive: mpsc::Sender<ArchiveJob>,
+        archive: mpsc::Sender<ArchiveMessage>,
     ) -> Self {
         let n = sources.len();
         Aggregator {
@@ -119,7 +114,15 @@ impl Aggregator {
                 next = input.recv() => match next {
                     Some(Input::Batch(batch)) => self.batch(batch).await?,
                     Some(Input::Assigned(list)) => self.assigned(list).await?,
-                    Some(Input::Revoked(keys)) => self.revoked(&keys),
+                    Some(Input::Revoked { keys, done }) => {
+                        // What the partitions consumed is archived before they go: their new
+                        // owner starts where this process stopped, and nothing is consumed twice.
+                        self.flush().await?;
+                        last_flush = Instant::now();
+                        self.archived().await;
+                        self.revoked(&keys);
+                        let _ = done.send(());
+                    }
                     None => {
                         self.flush().await?;
                         self.folds = None;
@@ -150,6 +153,18 @@ impl Aggregator {
         }
     }
 
+    /// Waits until the archiver has committed every job sent so far (at most
+    /// [`REVOKE_ARCHIVE_WAIT`]).
+    async fn archived(&self) {
+        let (done, committed) = oneshot::channel();
+        if self.archive.send(ArchiveMessage::Barrier(done)).await.is_err() {
+            return;
+        }
+        if tokio::time::timeout(REVOKE_ARCHIVE_WAIT, committed).await.is_err() {
+            tracing::warn!(wait = ?REVOKE_ARCHIVE_WAIT, "the archive did not commit in time: letting the revoked partitions go (their new owner resumes from the lake)");
+        }
+    }
+
     async fn batch(&mut self, batch: MicroBatch) -> Result<()> {
         let started = Instant::now();
         let source = batch.source;
@@ -174,11 +189,18 @@ impl Aggregator {
             states.sort_by_key(|(v, _)| *v);
         }
         let event_time = self.sources[source].event_time;
-        let lateness = batch
+        let times = batch
             .events
             .as_ref()
             .map(|e| per_partition_times(e, event_time))
             .unwrap_or_default();
+        let windows: Vec<(usize, strata_core::view::WindowSpec)> = self
+            .engines
+            .iter()
+            .enumerate()
+            .filter(|(v, _)| self.view_source[*v] == source)
+            .map(|(v, e)| (v, e.plan.window.clone()))
+            .collect();
         let mut to_fold = Vec::new();
         {
             let mut store = self.store.lock().expect("store lock");
@@ -200,27 +222,20 @@ impl Aggregator {
                     }
                 }
             }
-            for (key, times) in lateness {
+            let mut buckets = vec![vec![0u64; LATENESS_BUCKETS.len()]; views];
+            for (key, times) in times {
                 if let Some(p) = store.partitions.get_mut(&key) {
-                    let mut buckets = vec![0u64; LATENESS_BUCKETS.len()];
                     for t in times {
-                        match p.max_event_time {
-                            Some(max) if t < max => {
-                                p.late += 1;
-                                let behind = max - t;
-                                let i = LATENESS_BUCKETS
-                                    .iter()
-                                    .position(|(b, _)| behind <= *b)
-                                    .unwrap_or(LATENESS_BUCKETS.len() - 1);
-                                buckets[i] += 1;
-                            }
-                            _ => p.max_event_time = Some(t),
-                        }
+                        let late = lateness(p.max_event_time, t, &windows, &mut buckets);
+                        p.late += u64::from(late);
+                        p.max_event_time = p.max_event_time.max(Some(t));
                         p.events += 1;
                     }
-                    for (i, n) in buckets.into_iter().enumerate() {
-                        store.lateness[source][i] += n;
-                    }
+                }
+            }
+            for (v, counts) in buckets.into_iter().enumerate() {
+                for (i, n) in counts.into_iter().enumerate() {
+                    store.lateness[v][i] += n;
                 }
             }
             if let Some(r) = &batch.rejects {
@@ -265,7 +280,13 @@ impl Aggregator {
                 for (key, p) in store.partitions.iter_mut().filter(|(_, p)| p.source == s) {
                     if let Some(segment) = p.segments.back_mut().filter(|seg| seg.open) {
                         segment.open = false;
-                        ranges.push((p.topic.clone(), p.partition, segment.start, segment.end));
+                        ranges.push(ArchiveRange {
+                            topic: p.topic.clone(),
+                            partition: p.partition,
+                            generation: p.generation,
+                            start: segment.start,
+                            end: segment.end,
+                        });
                         closed.push((key.clone(), segment.start));
                     }
                 }
@@ -282,7 +303,7 @@ impl Aggregator {
         }
         self.buffered_rows = 0;
         for job in jobs {
-            if self.archive.send(job).await.is_err() {
+            if self.archive.send(ArchiveMessage::Job(job)).await.is_err() {
                 return Err(Error::Internal("the archiver stopped".into()));
             }
         }
@@ -323,43 +344,55 @@ impl Aggregator {
             if mine.is_empty() {
                 continue;
             }
-            // Each view's batch coverage, and the raw version it was computed from.
+            let raw = self.lake.open(&self.lake.raw_url(&self.sources[s].name)).await?;
+            // Each view's batch coverage, and the raw version it was computed from. A version
+            // computed under another definition of the view does not count: the states start
+            // at the archived position, and the serving layer reads what lies below from the
+            // lake until a recompute under the current definition is published.
             let mut coverage: Vec<Option<(Offsets, u64)>> = vec![None; views];
+            let mut published: Vec<Option<Offsets>> = vec![None; views];
             for v in (0..views).filter(|v| self.view_source[*v] == s) {
-                let url = self.lake.view_url(&self.engines[v].plan.name);
+                let plan = &self.engines[v].plan;
+                let url = self.lake.view_url(&plan.name);
                 if let Some(table) = self.lake.open(&url).await?
                     && let Some(latest) = Lake::latest_view_version(&table).await?
                 {
-                    coverage[v] = Some((latest.commit.offsets.clone(), latest.commit.raw_version));
+                    if latest.commit.fingerprint == plan.fingerprint() {
+                        coverage[v] = Some((latest.commit.offsets.clone(), latest.commit.raw_version));
+                        published[v] = Some(latest.commit.offsets);
+                    } else {
+                        tracing::info!(view = %plan.name, "the published batch version was computed under another definition: it is not used until the next batch run recomputes the view");
+                        let starts = mine
+                            .iter()
+                            .map(|a| (partition_key(&a.topic, a.partition), a.start))
+                            .collect();
+                        coverage[v] = Some((starts, raw.as_ref().and_then(|r| r.version()).unwrap_or(0)));
+                    }
                 }
             }
-            let raw = self.lake.open(&self.lake.raw_url(&self.sources[s].name)).await?;
             // Built aside, published at once: a query never sees a partition without its states.
             let mut fresh: BTreeMap<String, PartitionStates> = BTreeMap::new();
             for a in &mine {
                 let key = partition_key(&a.topic, a.partition);
-                let mut p = new_partition(s, &a.topic, a.partition, a.archived.unwrap_or(0), views);
+                let mut p = new_partition(s, &a.topic, a.partition, a.start, views);
+                p.generation = a.generation;
                 for (floor, covered) in p.floor.iter_mut().zip(&coverage) {
                     *floor = covered.as_ref().and_then(|(o, _)| o.get(&key).copied()).unwrap_or(0);
                 }
                 fresh.insert(key, p);
             }
             if let Some(raw) = raw {
-                let to_recover: Vec<&Assigned> = mine.iter().copied().filter(|a| a.archived.is_some()).collect();
-                if !to_recover.is_empty() {
-                    let latest = raw.version().unwrap_or(0);
-                    let since = coverage.iter().flatten().map(|(_, r)| *r).min();
-                    let uncovered_view = (0..views).any(|v| self.view_source[v] == s && coverage[v].is_none());
-                    let history = txn_history(&raw, if uncovered_view { None } else { since }, latest).await?;
-                    self.recover(s, &raw, &to_recover, &coverage, history, &mut fresh)
-                        .await?;
-                }
+                let latest = raw.version().unwrap_or(0);
+                let since = coverage.iter().flatten().map(|(_, r)| *r).min();
+                let uncovered_view = (0..views).any(|v| self.view_source[v] == s && coverage[v].is_none());
+                let history = txn_history(&raw, if uncovered_view { None } else { since }, latest).await?;
+                self.recover(s, &raw, &mine, &coverage, history, &mut fresh).await?;
             }
             let mut store = self.store.lock().expect("store lock");
             store.partitions.extend(fresh);
-            for (v, c) in coverage.iter().enumerate() {
-                if let Some((offsets, _)) = c {
-                    store.observe_coverage(v, offsets.clone(), Instant::now(), Duration::MAX);
+            for (v, offsets) in published.into_iter().enumerate() {
+                if let Some(offsets) = offsets {
+                    store.observe_coverage(v, offsets, Instant::now(), Duration::MAX);
                 }
             }
         }
@@ -385,7 +418,7 @@ impl Aggregator {
             let mut b: Vec<i64> = match &history {
                 Some(h) => h.iter().filter_map(|(_, txns)| txns.get(&app).copied()).collect(),
                 // The log was cleaned up: one segment for everything since the coverage.
-                None => vec![a.archived.unwrap_or(0)],
+                None => vec![a.start],
             };
             b.dedup();
             boundaries.insert(key, b);
@@ -403,7 +436,7 @@ impl Aggregator {
                     .as_ref()
                     .and_then(|(o, _)| o.get(&key).copied())
                     .unwrap_or(0);
-                let until = a.archived.unwrap_or(0);
+                let until = a.start;
                 if until <= from {
                     continue;
                 }
@@ -464,6 +497,7 @@ fn new_partition(source: usize, topic: &str, partition: i32, archived: i64, view
         source,
         topic: topic.to_string(),
         partition,
+        generation: 0,
         segments: VecDeque::new(),
         floor: vec![0; views],
         archived,
@@ -500,6 +534,32 @@ fn closed_segment(end: i64, views: usize) -> crate::store::Segment {
     }
 }
 
+/// Whether an event at `t` is late for a view of its source: its partition's highest event
+/// time before it (`max`) had reached the end of the last window of the view it falls in (the
+/// window had closed in event time). Counts it in `buckets` per view, by how long before.
+fn lateness(
+    max: Option<i64>,
+    t: i64,
+    windows: &[(usize, strata_core::view::WindowSpec)],
+    buckets: &mut [Vec<u64>],
+) -> bool {
+    let Some(max) = max else { return false };
+    let mut late = false;
+    for (v, window) in windows {
+        let end = window.last_start(t).saturating_add(window.size_us);
+        if max >= end {
+            late = true;
+            let by = max - end;
+            let i = LATENESS_BUCKETS
+                .iter()
+                .position(|(b, _)| by <= *b)
+                .unwrap_or(LATENESS_BUCKETS.len() - 1);
+            buckets[*v][i] += 1;
+        }
+    }
+    late
+}
+
 /// Event times per partition, in consumption order.
 fn per_partition_times(events: &RecordBatch, event_time: usize) -> BTreeMap<String, Vec<i64>> {
     let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
@@ -515,18 +575,6 @@ fn per_partition_times(events: &RecordBatch, event_time: usize) -> BTreeMap<Stri
             .push(ts.value(row));
     }
     out
-}
-
-fn drop_partitions(batch: &RecordBatch, keys: &[String], topic: &str, partition: &str) -> RecordBatch {
-    let (Some(t), Some(p)) = (batch.column_by_name(topic), batch.column_by_name(partition)) else {
-        return batch.clone();
-    };
-    let t = t.as_string::<i32>();
-    let p = p.as_primitive::<Int32Type>();
-    let keep: arrow::array::BooleanArray = (0..batch.num_rows())
-        .map(|row| Some(!keys.contains(&partition_key(t.value(row), p.value(row)))))
-        .collect();
-    arrow::compute::filter_record_batch(batch, &keep).unwrap_or_else(|_| batch.clone())
 }
 
 /// A segment's states of one view to fold.
@@ -619,6 +667,55 @@ mod tests {
 
     use super::*;
 
+    /// An event is late only when a window of a view it falls in had already closed in event
+    /// time (the partition's highest event time had reached its end) — not merely when it
+    /// is older than an event before it — and is counted per view by how long before.
+    #[test]
+    fn late_means_after_the_window_closed() {
+        use strata_core::view::{WindowKind, WindowSpec};
+        const S: i64 = 1_000_000;
+        let windows = vec![
+            (
+                0,
+                WindowSpec {
+                    kind: WindowKind::Tumble,
+                    time_column: "ts".into(),
+                    size_us: 60 * S,
+                    slide_us: 60 * S,
+                },
+            ),
+            (
+                1,
+                WindowSpec {
+                    kind: WindowKind::Hop,
+                    time_column: "ts".into(),
+                    size_us: 300 * S,
+                    slide_us: 60 * S,
+                },
+            ),
+        ];
+        let bucket = |label: &str| LATENESS_BUCKETS.iter().position(|(_, l)| *l == label).unwrap();
+        let mut buckets = vec![vec![0u64; LATENESS_BUCKETS.len()]; 2];
+        let mut max = None;
+        let mut late = Vec::new();
+        // 130 s is out of order after 10 s but its windows are open; 70 s comes when the
+        // tumbling window [60 s, 120 s) closed 10 s before; 59 s when [0, 60 s) closed 70 s
+        // before; the hopping view's windows are all still open.
+        for t in [10 * S, 130 * S, 70 * S, 125 * S, 59 * S, 120 * S] {
+            late.push(lateness(max, t, &windows, &mut buckets));
+            max = max.max(Some(t));
+        }
+        assert_eq!(late, [false, false, true, false, true, false]);
+        let mut want = vec![vec![0u64; LATENESS_BUCKETS.len()]; 2];
+        want[0][bucket("10s")] = 1;
+        want[0][bucket("10m")] = 1;
+        assert_eq!(buckets, want);
+        // Exactly at the window's end is late by 0 (the window has closed).
+        let mut buckets = vec![vec![0u64; LATENESS_BUCKETS.len()]; 2];
+        assert!(lateness(Some(60 * S), 59 * S, &windows[..1], &mut buckets));
+        assert_eq!(buckets[0][bucket("0")], 1);
+    }
+
     fn batch(n: i64) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
         RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![n]))]).unwrap()
@@ -640,7 +737,7 @@ mod tests {
     /// A store holding one partition whose open segment (start 0) holds `states` for its
     /// one view.
     fn store_with(states: Vec<RecordBatch>) -> Store {
-        let mut store = Store::new(vec!["v".into()], vec![0], 1);
+        let mut store = Store::new(vec!["v".into()], vec![0]);
         let mut p = new_partition(0, "t", 0, 0, 1);
         p.open_segment(1).states[0] = states;
         store.partitions.insert(partition_key("t", 0), p);
@@ -726,7 +823,7 @@ mod tests {
             expected.push(engine.fold(p.segments[0].states[v].clone()).await.unwrap());
             assert_eq!(p.segments[0].states[v].len(), 5);
         }
-        let mut store = Store::new(engines.iter().map(|e| e.plan.name.clone()).collect(), vec![0; views], 1);
+        let mut store = Store::new(engines.iter().map(|e| e.plan.name.clone()).collect(), vec![0; views]);
         store.partitions.insert(key.clone(), p);
         let store = Arc::new(Mutex::new(store));
         let pending = Arc::new(Mutex::new(HashSet::new()));

@@ -1,12 +1,29 @@
-//! The archiver: commits what the speed layer consumed to the lake, exactly once.
+//! The archiver: commits what the speed layer consumed to the lake, exactly once, and only
+//! for partitions this process still owns.
 //!
-//! For each flush of a source: first the rejected records, then the valid events, each in
-//! one commit recording, per partition, the next offset it covers (`txn` actions
-//! `kafka:<topic>/<partition>`). A restart resumes every partition at the raw table's
-//! position; rejects at or beyond it that the rejected table already holds are not written
-//! twice (their offsets are below its own position). Offsets are then committed to Kafka,
-//! only to report progress.
+//! ```text
+//!  claim (on assignment)      one commit to raw.<source>: owner:<t>/<p> = generation + 1,
+//!                             kafka:<t>/<p> = where consumption starts (pinned if new)
+//!  archive (every flush)      read raw.<source> anew; for each partition of the flush:
+//!                               owner still ours and kafka:<t>/<p> == the range's start?
+//!                               no  -> the range is fenced off (a newer owner has it)
+//!                               yes -> rejects to rejected.<source>, then events to
+//!                                      raw.<source> with kafka:<t>/<p> = end, owner:<t>/<p>
+//! ```
+//!
+//! Positions are always read from the snapshot the commit is made on, never from what this
+//! process remembers, and the commit carries the `txn` ids it depends on: if another writer's
+//! commit touching them lands first, the Delta conflict check refuses ours and the flush is
+//! decided again on a fresh snapshot. So a process that lost a partition (a rebalance, a
+//! pause longer than its session, a kill -9 and a restart elsewhere) cannot land a stale
+//! range, and the new owner's ranges land whatever was in flight.
+//!
+//! The rejected table keeps positions of its own, which only move forward: rejects below
+//! them are there already (a flush whose rejected commit landed before its raw commit failed,
+//! or one the previous owner began). Offsets are then committed to Kafka, only to report
+//! progress.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,26 +34,140 @@ use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
-use strata_core::lake::{Lake, app_transactions, kafka_app_id};
+use strata_core::lake::{AppTransactions, Lake, kafka_app_id, owner_app_id};
 use strata_core::metrics::{Counter, Histogram, LATENCY_BUCKETS, global};
-use strata_core::schema::{SourceSchema, rejected, rejected_schema};
+use strata_core::schema::{EVENT_DATE, PARTITION, SourceSchema, TOPIC, rejected, rejected_schema};
 use strata_core::speed::partition_key;
 use strata_core::{Error, Result};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::aggregate::ArchiveJob;
 use crate::consumer::KafkaConsumer;
 use crate::store::Store;
+
+/// The events of one partition in a flush, consumed under an owner generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveRange {
+    pub topic: String,
+    pub partition: i32,
+    pub generation: u64,
+    pub start: i64,
+    /// Exclusive.
+    pub end: i64,
+}
+
+impl ArchiveRange {
+    pub fn key(&self) -> String {
+        partition_key(&self.topic, self.partition)
+    }
+}
+
+/// What the archiver commits: the events and rejects of one source since the last flush,
+/// and the offset range of every partition they cover.
+#[derive(Debug)]
+pub struct ArchiveJob {
+    pub source: usize,
+    pub events: Vec<RecordBatch>,
+    pub rejects: Vec<RecordBatch>,
+    /// The segment each partition closed.
+    pub ranges: Vec<ArchiveRange>,
+}
+
+/// What the aggregator sends the archiver, in order.
+#[derive(Debug)]
+pub enum ArchiveMessage {
+    Job(ArchiveJob),
+    /// Answered once every job sent before it is committed (or fenced off).
+    Barrier(oneshot::Sender<()>),
+}
+
+/// A partition newly owned: the generation this process claimed it with, and where its
+/// consumption starts (the next offset the lake holds, or the pinned start of a partition
+/// nothing was archived from yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub topic: String,
+    pub partition: i32,
+    pub generation: u64,
+    pub start: i64,
+}
+
+/// Claims partitions of `source` for this process in one commit to its raw table: each
+/// partition's owner generation goes up by one, and a partition with no position yet gets
+/// `start_of(topic, partition)` pinned as its start (so that a crash before its first archive
+/// commit resumes where the events queries already showed began, whatever
+/// `auto.offset.reset` says). Read and written on one snapshot, retried on a conflict.
+pub async fn claim(
+    lake: &Lake,
+    source: &SourceSchema,
+    partitions: &[(String, i32)],
+    start_of: &(dyn Fn(&str, i32) -> Result<i64> + Sync),
+) -> Result<Vec<Claim>> {
+    let mut table = open_raw(lake, source).await?;
+    let mut backoff = Duration::from_millis(20);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut txns = AppTransactions::default();
+        txns.refresh(&table).await?;
+        let mut claims = Vec::new();
+        for (topic, partition) in partitions {
+            let owner = txns.get(&owner_app_id(topic, *partition)).unwrap_or(0);
+            let start = match txns.get(&kafka_app_id(topic, *partition)) {
+                Some(at) => at,
+                None => start_of(topic, *partition)?,
+            };
+            claims.push(Claim {
+                topic: topic.clone(),
+                partition: *partition,
+                generation: owner.max(0) as u64 + 1,
+                start,
+            });
+        }
+        let actions = claims
+            .iter()
+            .flat_map(|c| {
+                [
+                    Transaction::new(owner_app_id(&c.topic, c.partition), c.generation as i64),
+                    Transaction::new(kafka_app_id(&c.topic, c.partition), c.start),
+                ]
+            })
+            .collect();
+        let info = serde_json::json!({ "claim": claims.iter().map(|c| serde_json::json!({
+            "partition": partition_key(&c.topic, c.partition), "generation": c.generation, "start": c.start,
+        })).collect::<Vec<_>>() });
+        match strata_core::lake::append(&mut table, Vec::new(), actions, info).await {
+            Ok(_) => return Ok(claims),
+            Err(Error::Conflict(why)) if attempt < 50 => {
+                tracing::debug!(source = %source.name, %why, "a claim lost a race; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                table
+                    .update_incremental(None)
+                    .await
+                    .map_err(|e| Error::lake("reload the raw table", e))?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn open_raw(lake: &Lake, source: &SourceSchema) -> Result<DeltaTable> {
+    lake.open_or_create(
+        &lake.raw_url(&source.name),
+        &source.raw,
+        &[EVENT_DATE],
+        &format!("raw_{}", source.name),
+    )
+    .await
+}
 
 struct SourceTables {
     raw: DeltaTable,
     rejected: DeltaTable,
-    /// The raw table's positions: a range ending at or below them is archived already (a
-    /// commit that landed although it reported an error, before a retry).
-    raw_positions: std::collections::BTreeMap<String, i64>,
-    /// The rejected table's positions: rejects below them are already there. They only
-    /// move forward (after a crash between the two commits of a flush they are ahead).
-    rejected_positions: std::collections::BTreeMap<String, i64>,
+    /// Positions and owners as of the raw table's loaded version.
+    raw_txns: AppTransactions,
+    /// Positions as of the rejected table's loaded version.
+    rejected_txns: AppTransactions,
 }
 
 pub struct Archiver {
@@ -47,6 +178,16 @@ pub struct Archiver {
     tables: Vec<Option<SourceTables>>,
     commit_seconds: Vec<Histogram>,
     failures: Counter,
+    fenced: Counter,
+}
+
+/// How a flush went.
+#[derive(Debug, PartialEq, Eq)]
+struct Committed {
+    /// The ranges now in the lake (committed now, or found there already).
+    archived: Vec<ArchiveRange>,
+    /// The ranges of partitions another owner has now: not committed.
+    fenced: Vec<ArchiveRange>,
 }
 
 impl Archiver {
@@ -80,21 +221,40 @@ impl Archiver {
                 "Archive commits that failed (and were retried).",
                 &[],
             ),
+            fenced: global().counter(
+                "strata_archive_fenced_total",
+                "Archive ranges not committed because another speed process owns their partition now.",
+                &[],
+            ),
         }
     }
 
     /// Commits jobs until the aggregator stops; a failed commit is retried (with backoff) so
-    /// that nothing consumed is lost, while the bounded channel holds the consumer back.
-    pub async fn run(mut self, mut jobs: mpsc::Receiver<ArchiveJob>) -> Result<()> {
-        while let Some(job) = jobs.recv().await {
+    /// that nothing consumed is lost, while the bounded channel holds the consumer back. A
+    /// broken invariant stops the archiver (and the speed layer): a restart resumes from the
+    /// lake.
+    pub async fn run(mut self, mut messages: mpsc::Receiver<ArchiveMessage>) -> Result<()> {
+        while let Some(message) = messages.recv().await {
+            let job = match message {
+                ArchiveMessage::Job(job) => job,
+                ArchiveMessage::Barrier(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+            };
             let mut backoff = Duration::from_millis(100);
             loop {
                 match self.commit(&job).await {
-                    Ok(()) => break,
+                    Ok(_) => break,
+                    Err(e @ Error::Internal(_)) => return Err(e),
+                    Err(Error::Conflict(why)) => {
+                        // Decided again at once on a fresh snapshot.
+                        tracing::debug!(%why, "an archive commit lost a race; deciding again");
+                    }
                     Err(e) => {
                         self.failures.inc();
                         tracing::error!(error = %e, retry_in = ?backoff, "archive commit failed; retrying");
-                        // Reload the tables: a concurrent writer may have moved them.
+                        // Reopen the tables: the store may have failed us half way.
                         self.tables[job.source] = None;
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -108,15 +268,7 @@ impl Archiver {
     async fn tables(&mut self, s: usize) -> Result<&mut SourceTables> {
         if self.tables[s].is_none() {
             let source = &self.sources[s];
-            let raw = self
-                .lake
-                .open_or_create(
-                    &self.lake.raw_url(&source.name),
-                    &source.raw,
-                    &[strata_core::schema::EVENT_DATE],
-                    &format!("raw_{}", source.name),
-                )
-                .await?;
+            let raw = open_raw(&self.lake, source).await?;
             let rejected = self
                 .lake
                 .open_or_create(
@@ -126,51 +278,88 @@ impl Archiver {
                     &format!("rejected_{}", source.name),
                 )
                 .await?;
-            let raw_positions = app_transactions(&raw, raw.version().unwrap_or(0)).await?;
-            let rejected_positions = app_transactions(&rejected, rejected.version().unwrap_or(0)).await?;
             self.tables[s] = Some(SourceTables {
                 raw,
                 rejected,
-                raw_positions,
-                rejected_positions,
+                raw_txns: AppTransactions::default(),
+                rejected_txns: AppTransactions::default(),
             });
         }
         Ok(self.tables[s].as_mut().expect("just opened"))
     }
 
-    async fn commit(&mut self, job: &ArchiveJob) -> Result<()> {
+    /// Commits one flush: decides on a fresh snapshot of the raw table which ranges are still
+    /// this process's to write, writes their rejects, then their events.
+    async fn commit(&mut self, job: &ArchiveJob) -> Result<Committed> {
         let started = Instant::now();
         let s = job.source;
-        let txns: Vec<Transaction> = job
-            .ranges
-            .iter()
-            .map(|(t, p, _, end)| Transaction::new(kafka_app_id(t, *p), *end))
-            .collect();
-        let info = serde_json::json!({ "archive": {
-            "ranges": job.ranges.iter().map(|(t, p, start, end)| serde_json::json!({"partition": partition_key(t, *p), "from": start, "to": end})).collect::<Vec<_>>(),
-        }});
+        let name = self.sources[s].name.clone();
+        let tables = self.tables(s).await?;
+        tables
+            .raw
+            .update_incremental(None)
+            .await
+            .map_err(|e| Error::lake("reload the raw table", e))?;
+        tables.raw_txns.refresh(&tables.raw).await?;
+        let mut outcome = Committed {
+            archived: Vec::new(),
+            fenced: Vec::new(),
+        };
+        let mut to_write = Vec::new();
+        for range in &job.ranges {
+            let owner = tables.raw_txns.get(&owner_app_id(&range.topic, range.partition));
+            let at = tables.raw_txns.get(&kafka_app_id(&range.topic, range.partition));
+            if owner != Some(range.generation as i64) {
+                tracing::warn!(source = %name, partition = %range.key(), generation = range.generation, lake_owner = ?owner,
+                    "another speed process owns this partition now: its flushed range [{}, {}) is left to it", range.start, range.end);
+                outcome.fenced.push(range.clone());
+            } else if at.is_some_and(|at| at >= range.end) {
+                // A commit that reported an error had landed.
+                outcome.archived.push(range.clone());
+            } else if at == Some(range.start) {
+                to_write.push(range.clone());
+            } else {
+                return Err(Error::Internal(format!(
+                    "raw.{name}: {} is archived up to {at:?} under this process's own generation {}, but its next flush starts at {}",
+                    range.key(),
+                    range.generation,
+                    range.start
+                )));
+            }
+        }
+        self.fenced.add(outcome.fenced.len() as u64);
+        if !to_write.is_empty() {
+            self.write(s, job, &to_write).await?;
+            self.commit_seconds[s].observe(started.elapsed().as_secs_f64());
+            tracing::debug!(source = %name, ranges = to_write.len(), elapsed = ?started.elapsed(), "archived");
+            outcome.archived.extend(to_write);
+        }
+        self.mark_archived(&outcome.archived);
+        Ok(outcome)
+    }
+
+    /// Writes the rejects and events of `ranges` (all this process's, as of the raw table's
+    /// loaded snapshot, on which the raw commit is made).
+    async fn write(&mut self, s: usize, job: &ArchiveJob, ranges: &[ArchiveRange]) -> Result<()> {
         let raw_schema = self.sources[s].raw.clone();
         let tables = self.tables(s).await?;
-        let archived = |(t, p, _, end): &(String, i32, i64, i64)| {
-            tables.raw_positions.get(&kafka_app_id(t, *p)).is_some_and(|v| v >= end)
-        };
-        if job.ranges.iter().all(archived) {
-            tracing::warn!(source = %self.sources[s].name, "this flush is archived already (a commit reported as failed had landed)");
-            self.mark_archived(job);
-            return Ok(());
-        }
-        if job.ranges.iter().any(archived) {
-            return Err(Error::Internal(format!(
-                "part of a flush of `{}` is archived already: another speed layer wrote these partitions",
-                self.sources[s].name
-            )));
-        }
-        // Rejects not already in the rejected table (a commit there may have landed before a
-        // crash that lost the raw commit).
+        let keys: Vec<String> = ranges.iter().map(ArchiveRange::key).collect();
+        let info = serde_json::json!({ "archive": {
+            "ranges": ranges.iter().map(|r| serde_json::json!({
+                "partition": r.key(), "generation": r.generation, "from": r.start, "to": r.end,
+            })).collect::<Vec<_>>(),
+        }});
+        // Rejects not in the rejected table yet, as of its newest snapshot.
+        tables
+            .rejected
+            .update_incremental(None)
+            .await
+            .map_err(|e| Error::lake("reload the rejected table", e))?;
+        tables.rejected_txns.refresh(&tables.rejected).await?;
         let rejects: Vec<RecordBatch> = job
             .rejects
             .iter()
-            .map(|b| not_yet_rejected(b, &tables.rejected_positions))
+            .map(|b| not_yet_rejected(b, &keys, &tables.rejected_txns))
             .collect::<Result<Vec<_>>>()?
             .into_iter()
             .filter(|b| b.num_rows() > 0)
@@ -179,53 +368,62 @@ impl Archiver {
             // The rejected table's positions only move forward: after a crash between the two
             // commits it is ahead of the raw table, and the flushes that catch up may end
             // below it (they need not fall where the lost one did).
-            let positions: Vec<(String, i64)> = job
-                .ranges
+            let positions = ranges
                 .iter()
-                .map(|(t, p, _, end)| {
-                    let id = kafka_app_id(t, *p);
-                    let at = tables.rejected_positions.get(&id).map_or(*end, |&done| done.max(*end));
-                    (id, at)
+                .map(|r| {
+                    let id = kafka_app_id(&r.topic, r.partition);
+                    let at = tables.rejected_txns.get(&id).map_or(r.end, |done| done.max(r.end));
+                    Transaction::new(id, at)
                 })
                 .collect();
-            let rejected_txns = positions
-                .iter()
-                .map(|(id, at)| Transaction::new(id.clone(), *at))
-                .collect();
-            strata_core::lake::append(&mut tables.rejected, rejects, rejected_txns, info.clone()).await?;
-            tables.rejected_positions.extend(positions);
+            strata_core::lake::append(&mut tables.rejected, rejects, positions, info.clone()).await?;
         }
-        let rows: usize = job.events.iter().map(RecordBatch::num_rows).sum();
-        let events: Vec<RecordBatch> = job.events.iter().filter(|b| b.num_rows() > 0).cloned().collect();
+        let events: Vec<RecordBatch> = job
+            .events
+            .iter()
+            .map(|b| keep_partitions(b, &keys, TOPIC, PARTITION))
+            .filter(|b| b.num_rows() > 0)
+            .collect();
         let events = if events.is_empty() {
             events
         } else {
             vec![arrow::compute::concat_batches(&raw_schema, &events)?]
         };
-        let version = strata_core::lake::append(&mut tables.raw, events, txns, info).await?;
-        for (t, p, _, end) in &job.ranges {
-            tables.raw_positions.insert(kafka_app_id(t, *p), *end);
-        }
-        self.commit_seconds[s].observe(started.elapsed().as_secs_f64());
-        tracing::debug!(source = %self.sources[s].name, version, rows, elapsed = ?started.elapsed(), "archived");
-        self.mark_archived(job);
+        let txns = ranges
+            .iter()
+            .flat_map(|r| {
+                [
+                    Transaction::new(kafka_app_id(&r.topic, r.partition), r.end),
+                    Transaction::new(owner_app_id(&r.topic, r.partition), r.generation as i64),
+                ]
+            })
+            .collect();
+        strata_core::lake::append(&mut tables.raw, events, txns, info).await?;
         Ok(())
     }
 
     /// Records the new archived positions, and reports them to Kafka (progress only).
-    fn mark_archived(&self, job: &ArchiveJob) {
+    fn mark_archived(&self, ranges: &[ArchiveRange]) {
+        if ranges.is_empty() {
+            return;
+        }
         {
             let mut store = self.store.lock().expect("store lock");
-            for (t, p, _, end) in &job.ranges {
-                if let Some(ps) = store.partitions.get_mut(&partition_key(t, *p)) {
-                    ps.archived = ps.archived.max(*end);
+            for r in ranges {
+                if let Some(ps) = store.partitions.get_mut(&r.key())
+                    && ps.generation == r.generation
+                {
+                    ps.archived = ps.archived.max(r.end);
                 }
             }
         }
         if let Some(consumer) = &self.consumer {
             let mut tpl = TopicPartitionList::new();
-            for (t, p, _, end) in &job.ranges {
-                if tpl.add_partition_offset(t, *p, Offset::Offset(*end)).is_err() {
+            for r in ranges {
+                if tpl
+                    .add_partition_offset(&r.topic, r.partition, Offset::Offset(r.end))
+                    .is_err()
+                {
                     continue;
                 }
             }
@@ -236,8 +434,30 @@ impl Archiver {
     }
 }
 
-/// The rejects of a batch at or beyond the rejected table's positions.
-fn not_yet_rejected(batch: &RecordBatch, positions: &std::collections::BTreeMap<String, i64>) -> Result<RecordBatch> {
+/// The rows of a batch (events or rejects) of the partitions `keys`.
+pub fn keep_partitions(batch: &RecordBatch, keys: &[String], topic: &str, partition: &str) -> RecordBatch {
+    select_partitions(batch, keys, topic, partition, true)
+}
+
+/// The rows of a batch (events or rejects) of partitions other than `keys`.
+pub fn drop_partitions(batch: &RecordBatch, keys: &[String], topic: &str, partition: &str) -> RecordBatch {
+    select_partitions(batch, keys, topic, partition, false)
+}
+
+fn select_partitions(batch: &RecordBatch, keys: &[String], topic: &str, partition: &str, keep: bool) -> RecordBatch {
+    let (Some(t), Some(p)) = (batch.column_by_name(topic), batch.column_by_name(partition)) else {
+        return batch.clone();
+    };
+    let t = t.as_string::<i32>();
+    let p = p.as_primitive::<Int32Type>();
+    let mask: BooleanArray = (0..batch.num_rows())
+        .map(|row| Some(keys.contains(&partition_key(t.value(row), p.value(row))) == keep))
+        .collect();
+    filter_record_batch(batch, &mask).unwrap_or_else(|_| batch.clone())
+}
+
+/// The rejects of a batch of partitions `keys`, at or beyond the rejected table's positions.
+fn not_yet_rejected(batch: &RecordBatch, keys: &[String], positions: &AppTransactions) -> Result<RecordBatch> {
     let (Some(t), Some(p), Some(o)) = (
         batch.column_by_name(rejected::TOPIC),
         batch.column_by_name(rejected::PARTITION),
@@ -250,13 +470,17 @@ fn not_yet_rejected(batch: &RecordBatch, positions: &std::collections::BTreeMap<
         p.as_primitive::<Int32Type>(),
         o.as_primitive::<Int64Type>(),
     );
+    let mut done: BTreeMap<String, Option<i64>> = BTreeMap::new();
     let keep: BooleanArray = (0..batch.num_rows())
         .map(|row| {
-            let done = positions
-                .get(&kafka_app_id(t.value(row), p.value(row)))
-                .copied()
-                .unwrap_or(0);
-            Some(o.value(row) >= done)
+            let key = partition_key(t.value(row), p.value(row));
+            if !keys.contains(&key) {
+                return Some(false);
+            }
+            let done = *done
+                .entry(key)
+                .or_insert_with(|| positions.get(&kafka_app_id(t.value(row), p.value(row))));
+            Some(o.value(row) >= done.unwrap_or(0))
         })
         .collect();
     Ok(filter_record_batch(batch, &keep)?)
@@ -264,15 +488,15 @@ fn not_yet_rejected(batch: &RecordBatch, positions: &std::collections::BTreeMap<
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::path::PathBuf;
 
     use strata_core::decode::{KafkaPosition, Origin, Rejects};
+    use strata_core::schema::OFFSET;
     use strata_core::session::{new_context, session_config};
 
     use super::*;
 
-    const TOPIC: &str = "clicks";
+    const TOPIC_NAME: &str = "clicks";
 
     struct Scratch(PathBuf);
 
@@ -293,44 +517,85 @@ mod tests {
     }
 
     fn archiver(lake: &Lake, source: &Arc<SourceSchema>) -> Archiver {
-        let store = Store::new(vec!["per_page".into(), "sliding".into()], vec![0, 0], 1);
+        let store = Store::new(vec!["per_page".into(), "sliding".into()], vec![0, 0]);
         Archiver::new(lake.clone(), vec![source.clone()], Arc::new(Mutex::new(store)), None)
     }
 
-    /// A flush of partitions `(partition, start, end)` whose records at `bad` (partition,
-    /// offset) were malformed; the valid events are left out (the rejected table is checked).
-    fn job(ranges: &[(i32, i64, i64)], bad: &[(i32, i64)]) -> ArchiveJob {
+    /// Claims partitions for a process; a partition new to the lake starts at 0.
+    async fn claim_all(lake: &Lake, source: &SourceSchema, partitions: &[i32]) -> BTreeMap<i32, Claim> {
+        let list: Vec<(String, i32)> = partitions.iter().map(|p| (TOPIC_NAME.to_string(), *p)).collect();
+        claim(lake, source, &list, &|_, _| Ok(0))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.partition, c))
+            .collect()
+    }
+
+    /// A flush of partitions `(partition, generation, start, end)`: one valid event at each
+    /// offset except at `bad` (partition, offset), which are malformed.
+    fn job(source: &Arc<SourceSchema>, ranges: &[(i32, u64, i64, i64)], bad: &[(i32, i64)]) -> ArchiveJob {
         let mut rejects = Rejects::new("clicks", 0);
+        let mut decoder = strata_core::decode::JsonDecoder::new(source.clone());
+        for &(partition, _, start, end) in ranges {
+            for offset in start..end {
+                let position = KafkaPosition {
+                    topic: TOPIC_NAME,
+                    partition,
+                    offset,
+                };
+                if bad.contains(&(partition, offset)) {
+                    rejects.push(Origin::Kafka(position), b"{oops", "invalid JSON");
+                } else {
+                    let record = format!(r#"{{"ts":1795219200000,"user":"u{offset}","page":"/p","ms":5}}"#);
+                    decoder.decode(record.as_bytes(), Some(position)).unwrap();
+                }
+            }
+        }
         for &(partition, offset) in bad {
-            let inside = ranges
-                .iter()
-                .any(|&(p, s, e)| p == partition && (s..e).contains(&offset));
-            assert!(inside, "reject {partition}@{offset} outside the flush");
-            let position = KafkaPosition {
-                topic: TOPIC,
-                partition,
-                offset,
-            };
-            rejects.push(Origin::Kafka(position), b"{oops", "invalid JSON");
+            assert!(
+                ranges
+                    .iter()
+                    .any(|&(p, _, s, e)| p == partition && (s..e).contains(&offset)),
+                "reject {partition}@{offset} outside the flush"
+            );
         }
         ArchiveJob {
             source: 0,
-            events: vec![],
+            events: vec![decoder.finish()],
             rejects: vec![rejects.finish()],
-            ranges: ranges.iter().map(|&(p, s, e)| (TOPIC.to_string(), p, s, e)).collect(),
+            ranges: ranges
+                .iter()
+                .map(|&(partition, generation, start, end)| ArchiveRange {
+                    topic: TOPIC_NAME.to_string(),
+                    partition,
+                    generation,
+                    start,
+                    end,
+                })
+                .collect(),
         }
     }
 
-    async fn rejected_positions(lake: &Lake) -> Vec<(i32, i64)> {
-        let table = lake.open(&lake.rejected_url("clicks")).await.unwrap().unwrap();
+    async fn positions(lake: &Lake, table: &str) -> Vec<(i32, i64)> {
+        let url = if table == "raw" {
+            lake.raw_url("clicks")
+        } else {
+            lake.rejected_url("clicks")
+        };
+        let Some(table) = lake.open(&url).await.unwrap() else {
+            return Vec::new();
+        };
         let ctx = new_context(session_config()).unwrap();
-        ctx.register_table(
-            "rejected",
-            strata_core::lake::table_provider(&ctx, &table).await.unwrap(),
-        )
-        .unwrap();
+        ctx.register_table("t", strata_core::lake::table_provider(&ctx, &table).await.unwrap())
+            .unwrap();
+        let (p, o) = if url == lake.raw_url("clicks") {
+            (PARTITION, OFFSET)
+        } else {
+            (rejected::PARTITION, rejected::OFFSET)
+        };
         let batches = ctx
-            .sql("SELECT kafka_partition, kafka_offset FROM rejected ORDER BY 1, 2")
+            .sql(&format!("SELECT \"{p}\", \"{o}\" FROM t ORDER BY 1, 2"))
             .await
             .unwrap()
             .collect()
@@ -346,9 +611,18 @@ mod tests {
             .collect()
     }
 
-    async fn raw_positions(lake: &Lake) -> BTreeMap<String, i64> {
+    async fn lake_txns(lake: &Lake) -> AppTransactions {
         let table = lake.open(&lake.raw_url("clicks")).await.unwrap().unwrap();
-        app_transactions(&table, table.version().unwrap()).await.unwrap()
+        let mut txns = AppTransactions::default();
+        txns.refresh(&table).await.unwrap();
+        txns
+    }
+
+    fn every(partition: i32, offsets: std::ops::Range<i64>, except: &[i64]) -> Vec<(i32, i64)> {
+        offsets
+            .filter(|o| !except.contains(o))
+            .map(|o| (partition, o))
+            .collect()
     }
 
     /// A kill between the rejected-table commit and the raw-table commit of a flush leaves the
@@ -358,40 +632,165 @@ mod tests {
     /// or restarts in between.
     #[tokio::test]
     async fn rejects_archived_once_after_a_kill_between_the_two_commits() {
-        let lost = || job(&[(0, 0, 100), (1, 0, 100)], &[(0, 50), (0, 90), (1, 10)]);
-        let catch_up = || job(&[(0, 0, 80), (1, 0, 130)], &[(0, 50), (1, 10), (1, 120)]);
-        let next = || job(&[(0, 80, 200)], &[(0, 90), (0, 150)]);
         for restart in [false, true] {
             let (_scratch, lake, source) = setup(&format!("kill-{restart}"));
+            let claims = claim_all(&lake, &source, &[0, 1]).await;
+            let g = claims[&0].generation;
             // The flush whose rejected commit landed and whose raw commit was lost.
+            let lost = job(&source, &[(0, g, 0, 100), (1, g, 0, 100)], &[(0, 50), (0, 90), (1, 10)]);
             {
                 let mut archiver = archiver(&lake, &source);
-                let job = lost();
                 let tables = archiver.tables(0).await.unwrap();
-                let txns = job
+                let txns = lost
                     .ranges
                     .iter()
-                    .map(|(t, p, _, end)| Transaction::new(kafka_app_id(t, *p), *end))
+                    .map(|r| Transaction::new(kafka_app_id(&r.topic, r.partition), r.end))
                     .collect();
-                strata_core::lake::append(&mut tables.rejected, job.rejects, txns, serde_json::json!({}))
+                strata_core::lake::append(&mut tables.rejected, lost.rejects, txns, serde_json::json!({}))
                     .await
                     .unwrap();
             }
-            // The restarted speed layer resumes at the raw table's position (nothing).
+            // The restarted speed layer claims anew and resumes at the raw table's position.
+            let claims = claim_all(&lake, &source, &[0, 1]).await;
+            let g = claims[&0].generation;
+            assert_eq!((claims[&0].start, claims[&1].start), (0, 0));
             let mut archiver = archiver(&lake, &source);
-            archiver.commit(&catch_up()).await.unwrap();
+            let catch_up = job(&source, &[(0, g, 0, 80), (1, g, 0, 130)], &[(0, 50), (1, 10), (1, 120)]);
+            archiver.commit(&catch_up).await.unwrap();
             if restart {
                 archiver = self::archiver(&lake, &source);
             }
-            archiver.commit(&next()).await.unwrap();
+            let next = job(&source, &[(0, g, 80, 200)], &[(0, 90), (0, 150)]);
+            archiver.commit(&next).await.unwrap();
             assert_eq!(
-                rejected_positions(&lake).await,
+                positions(&lake, "rejected").await,
                 vec![(0, 50), (0, 90), (0, 150), (1, 10), (1, 120)],
                 "restart between the flushes: {restart}"
             );
-            let raw = raw_positions(&lake).await;
-            assert_eq!(raw.get(&kafka_app_id(TOPIC, 0)), Some(&200));
-            assert_eq!(raw.get(&kafka_app_id(TOPIC, 1)), Some(&130));
+            let raw = lake_txns(&lake).await;
+            assert_eq!(raw.get(&kafka_app_id(TOPIC_NAME, 0)), Some(200));
+            assert_eq!(raw.get(&kafka_app_id(TOPIC_NAME, 1)), Some(130));
         }
+    }
+
+    /// A rebalance with a flush in flight: process A's flush of partition 0 was handed to its
+    /// archiver before the partition moved to process B, which claimed it and started from
+    /// the lake's position. Whichever lands first, the raw table holds every offset once and
+    /// the rejected table every malformed record once; A's late range is fenced off.
+    #[tokio::test]
+    async fn a_flush_in_flight_when_a_partition_moves_is_fenced_off() {
+        for a_lands_first in [true, false] {
+            let (_scratch, lake, source) = setup(&format!("fence-{a_lands_first}"));
+            let a = claim_all(&lake, &source, &[0, 1]).await;
+            let mut archiver_a = archiver(&lake, &source);
+            archiver_a
+                .commit(&job(
+                    &source,
+                    &[(0, a[&0].generation, 0, 100), (1, a[&1].generation, 0, 40)],
+                    &[(0, 7)],
+                ))
+                .await
+                .unwrap();
+            // A's next flush, in flight: [100, 150) of partition 0 with a malformed record.
+            let in_flight = job(
+                &source,
+                &[(0, a[&0].generation, 100, 150), (1, a[&1].generation, 40, 60)],
+                &[(0, 120)],
+            );
+            if a_lands_first {
+                let done = archiver_a.commit(&in_flight).await.unwrap();
+                assert!(done.fenced.is_empty());
+            }
+            // B takes partition 0 over.
+            let b = claim_all(&lake, &source, &[0]).await;
+            assert_eq!(b[&0].generation, a[&0].generation + 1);
+            assert_eq!(b[&0].start, if a_lands_first { 150 } else { 100 });
+            let mut archiver_b = archiver(&lake, &source);
+            // The malformed records of what B consumed from its start.
+            let bad: Vec<(i32, i64)> = [(0, 120), (0, 170)]
+                .into_iter()
+                .filter(|&(_, o)| o >= b[&0].start)
+                .collect();
+            archiver_b
+                .commit(&job(&source, &[(0, b[&0].generation, b[&0].start, 180)], &bad))
+                .await
+                .unwrap();
+            if !a_lands_first {
+                // A's stale range goes nowhere; its partition 1 (still A's) lands.
+                let done = archiver_a.commit(&in_flight).await.unwrap();
+                assert_eq!(done.fenced.len(), 1);
+                assert_eq!((done.fenced[0].partition, done.fenced[0].start), (0, 100));
+                assert_eq!(done.archived.len(), 1);
+            }
+            let raw = positions(&lake, "raw").await;
+            let mut want = every(0, 0..180, &[7, 120, 170]);
+            want.extend(every(1, 0..60, &[]));
+            assert_eq!(raw, want, "each offset once (A first: {a_lands_first})");
+            assert_eq!(
+                positions(&lake, "rejected").await,
+                vec![(0, 7), (0, 120), (0, 170)],
+                "A first: {a_lands_first}"
+            );
+            let txns = lake_txns(&lake).await;
+            assert_eq!(txns.get(&kafka_app_id(TOPIC_NAME, 0)), Some(180));
+            assert_eq!(txns.get(&owner_app_id(TOPIC_NAME, 0)), Some(b[&0].generation as i64));
+        }
+    }
+
+    /// The fence's last line: a commit decided on a snapshot that another process's claim
+    /// has since moved past (A read the table, B claimed, A commits) is refused by the Delta
+    /// conflict check, because both carry the partition's `txn` ids; decided again, A's
+    /// range is fenced off and nothing of it lands.
+    #[tokio::test]
+    async fn a_commit_decided_before_a_claim_landed_is_refused() {
+        let (_scratch, lake, source) = setup("race");
+        let a = claim_all(&lake, &source, &[0]).await;
+        let mut archiver_a = archiver(&lake, &source);
+        let job_a = job(&source, &[(0, a[&0].generation, 0, 50)], &[(0, 3)]);
+        // A reads the table (as commit() does first) ...
+        let tables = archiver_a.tables(0).await.unwrap();
+        tables.raw_txns.refresh(&tables.raw).await.unwrap();
+        assert_eq!(
+            tables.raw_txns.get(&owner_app_id(TOPIC_NAME, 0)),
+            Some(a[&0].generation as i64)
+        );
+        // ... B claims the partition ...
+        let b = claim_all(&lake, &source, &[0]).await;
+        // ... and A's write, on its snapshot from before the claim, is refused.
+        let written = archiver_a.write(0, &job_a, &job_a.ranges).await;
+        assert!(matches!(written, Err(Error::Conflict(_))), "{written:?}");
+        let decided_again = archiver_a.commit(&job_a).await.unwrap();
+        assert_eq!(decided_again.fenced, job_a.ranges);
+        assert_eq!(positions(&lake, "raw").await, Vec::<(i32, i64)>::new());
+        // B's flush lands. A's rejected commit had landed before its raw commit was refused:
+        // B finds the record there and does not write it again.
+        let mut archiver_b = archiver(&lake, &source);
+        archiver_b
+            .commit(&job(&source, &[(0, b[&0].generation, 0, 60)], &[(0, 3)]))
+            .await
+            .unwrap();
+        assert_eq!(positions(&lake, "raw").await, every(0, 0..60, &[3]));
+        assert_eq!(positions(&lake, "rejected").await, vec![(0, 3)]);
+    }
+
+    /// A partition nothing was archived from yet gets its start pinned by the first claim, so
+    /// a restart resumes there even where `auto.offset.reset = latest` would now start later;
+    /// later claims keep it and raise the generation.
+    #[tokio::test]
+    async fn the_first_claim_pins_the_start() {
+        let (_scratch, lake, source) = setup("pin");
+        let list = vec![(TOPIC_NAME.to_string(), 3)];
+        let first = claim(&lake, &source, &list, &|_, _| Ok(1000)).await.unwrap();
+        assert_eq!((first[0].generation, first[0].start), (1, 1000));
+        let again = claim(&lake, &source, &list, &|_, _| Ok(5000)).await.unwrap();
+        assert_eq!(
+            (again[0].generation, again[0].start),
+            (2, 1000),
+            "the pinned start holds"
+        );
+        let failing = claim(&lake, &source, &list, &|_, _| Err(Error::Input("no watermark".into())))
+            .await
+            .unwrap();
+        assert_eq!(failing[0].start, 1000, "a known start needs no lookup");
     }
 }

@@ -1,12 +1,21 @@
 //! The Kafka consumer: one thread polling librdkafka, decoding records into micro-batches of
 //! Arrow rows (and rejects), sent on a bounded channel to the aggregator.
 //!
-//! Offsets live in the lake: on assignment, each partition resumes at the next offset its
-//! last archive commit recorded. Messages below it (already archived) are skipped; if Kafka
-//! starts beyond it, the consumer seeks back. Auto-commit is off; offsets are committed to
-//! Kafka after each archive commit only to report progress (lag).
+//! Offsets live in the lake. librdkafka's rebalance callback only records what changed; the
+//! polling loop acts on it between polls:
+//!
+//! ```text
+//!  revoked  ─► cut the pending micro-batch ─► the aggregator archives what the partitions
+//!              consumed and drops them ─► unassign (their new owner starts where we ended)
+//!  assigned ─► claim them in the lake (owner generation + 1, start pinned if new) ─► assign
+//!              at the claimed start ─► the aggregator rebuilds their states from the lake
+//! ```
+//!
+//! Auto-commit is off; offsets are committed to Kafka after each archive commit only to
+//! report progress (lag). Records are read `read_committed`: aborted transactions are never
+//! seen, and the offsets transaction markers (or compaction) leave out are simply not there.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +27,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use strata_core::config::Config;
 use strata_core::decode::{JsonDecoder, KafkaPosition, Origin, Rejects};
-use strata_core::lake::{Lake, app_transactions, kafka_app_id};
+use strata_core::lake::Lake;
 use strata_core::metrics::{Counter, Histogram, LATENCY_BUCKETS, global};
 use strata_core::schema::SourceSchema;
 use strata_core::speed::partition_key;
@@ -26,117 +35,25 @@ use strata_core::{Error, Result};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::archive::{Claim, claim};
+
 /// Rows after which a micro-batch is cut even before its interval ends.
 const MAX_BATCH_ROWS: usize = 64 * 1024;
 
-/// Where a partition must resume, guarding against brokers that skip records.
-///
-/// Kafka answers a fetch from an offset inside a record batch with that whole batch (the
-/// client drops the records before the offset). Some brokers answer with the next batch
-/// instead, which would silently skip records (tansu 0.6 does; it also answers nothing at
-/// all while no record follows that batch). So a first record beyond the expected offset
-/// makes the consumer seek back — 4096 records, then twice as far each time the answer
-/// still starts beyond it, down to the partition's beginning — and skip what the lake
-/// already holds. Only a gap seen when reading from the beginning is a real one (compacted
-/// or control records), and is taken.
-struct Cursor {
-    /// The next offset to take (None: whatever comes first).
-    expected: Option<i64>,
-    /// Where the consumer sought back to, to reach `expected`.
-    rewound_to: Option<i64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
-    Take,
-    Skip,
-    Rewind(i64),
-}
-
-/// How far the first seek back goes.
-const FIRST_REWIND: i64 = 4096;
-
-impl Cursor {
-    fn new(expected: Option<i64>) -> Cursor {
-        Cursor {
-            expected,
-            rewound_to: None,
-        }
-    }
-
-    /// What to do with the record at `offset`.
-    fn step(&mut self, offset: i64) -> Step {
-        let Some(next) = self.expected else {
-            self.expected = Some(offset + 1);
-            return Step::Take;
-        };
-        if offset < next {
-            return Step::Skip; // archived already
-        }
-        if offset > next {
-            if let Some(target) = self.rewind_target(next) {
-                return Step::Rewind(target);
-            }
-            tracing::warn!(
-                from = next,
-                to = offset,
-                "offsets missing in a partition (compacted or control records)"
-            );
-        }
-        self.rewound_to = None;
-        self.expected = Some(offset + 1);
-        Step::Take
-    }
-
-    /// Whether to take this record, seeking back when the broker skipped ahead.
-    fn accept(&mut self, consumer: &KafkaConsumer, topic: &str, partition: i32, offset: i64) -> bool {
-        match self.step(offset) {
-            Step::Take => true,
-            Step::Skip => false,
-            Step::Rewind(target) => {
-                global()
-                    .counter(
-                        "strata_consumer_rewinds_total",
-                        "Seeks back after the broker answered a fetch from beyond the offset asked for.",
-                        &[],
-                    )
-                    .inc();
-                tracing::debug!(
-                    topic,
-                    partition,
-                    got = offset,
-                    target,
-                    "the broker skipped ahead: rewinding"
-                );
-                match consumer.seek(topic, partition, Offset::Offset(target), Duration::from_secs(10)) {
-                    Ok(()) => self.rewound_to = Some(target),
-                    Err(e) => tracing::warn!(error = %e, topic, partition, "cannot seek; will try again"),
-                }
-                false
-            }
-        }
-    }
-
-    /// Where to seek back to after an answer that started beyond `next`; None once the
-    /// partition was read from its beginning.
-    fn rewind_target(&self, next: i64) -> Option<i64> {
-        let distance = match self.rewound_to {
-            None => FIRST_REWIND,
-            Some(0) => return None,
-            Some(at) => (next - at).saturating_mul(2),
-        };
-        Some((next - distance).max(0))
-    }
-}
+/// How long a revocation waits for the aggregator to archive and drop the partitions.
+const REVOKE_WAIT: Duration = Duration::from_secs(40);
 
 /// What the consumer sends to the aggregator, in consumption order.
 #[derive(Debug)]
 pub enum Input {
-    /// Partitions newly owned, each with the next offset the lake has archived (if any).
+    /// Partitions newly owned, each claimed in the lake.
     Assigned(Vec<Assigned>),
-    /// Partitions no longer owned: their states and unarchived events are dropped (their
-    /// new owner resumes from the lake).
-    Revoked(Vec<String>),
+    /// Partitions no longer owned: what they consumed is archived, then their states are
+    /// dropped; `done` is answered when they are gone.
+    Revoked {
+        keys: Vec<String>,
+        done: std::sync::mpsc::SyncSender<()>,
+    },
     Batch(MicroBatch),
 }
 
@@ -145,7 +62,10 @@ pub struct Assigned {
     pub source: usize,
     pub topic: String,
     pub partition: i32,
-    pub archived: Option<i64>,
+    /// The owner generation of this process's claim.
+    pub generation: u64,
+    /// The next offset the lake holds (where consumption starts).
+    pub start: i64,
 }
 
 /// Records consumed in one interval for one source.
@@ -159,123 +79,117 @@ pub struct MicroBatch {
     pub consumed_at: Instant,
 }
 
-/// Rebalance events seen by librdkafka's callbacks, handled by the polling loop.
-#[derive(Default)]
-pub struct Rebalances {
-    /// Partitions assigned, with the offset they were assigned at (from the lake).
-    assigned: Mutex<Vec<(String, i32, Option<i64>)>>,
-    revoked: Mutex<Vec<(String, i32)>>,
-    /// Why partitions could not be assigned (the lake could not be read).
-    failed: Mutex<Option<String>>,
+/// A change of assignment, as librdkafka's callback saw it.
+#[derive(Debug)]
+enum Rebalance {
+    Assign(Vec<(String, i32)>),
+    Revoke(Vec<(String, i32)>),
 }
 
-/// Reads the archived positions of partitions from the lake (blocking).
-pub type OffsetLookup = Box<dyn Fn(&[(String, i32)]) -> Result<HashMap<(String, i32), i64>> + Send + Sync>;
+/// Rebalance events recorded by librdkafka's callback, in order, for the polling loop.
+#[derive(Default)]
+pub struct Rebalances {
+    events: Mutex<VecDeque<Rebalance>>,
+    /// Set when the polling loop has ended: the consumer is closing, nothing is left to
+    /// archive, and the callback (then called while the consumer leaves its group) assigns
+    /// and unassigns by itself.
+    closing: std::sync::atomic::AtomicBool,
+}
+
+impl Rebalances {
+    fn next(&self) -> Option<Rebalance> {
+        self.events.lock().expect("rebalance lock").pop_front()
+    }
+}
+
+/// Marks the consumer closing when the polling loop ends, however it ends.
+struct Closing<'a>(&'a Rebalances);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.0.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 pub struct SpeedContext {
     rebalances: Arc<Rebalances>,
-    lookup: OffsetLookup,
-    /// Where a partition with nothing archived starts: the end (auto.offset.reset=latest)
-    /// or the beginning.
-    start_at_end: bool,
 }
 
 impl ClientContext for SpeedContext {}
 
 impl ConsumerContext for SpeedContext {
-    /// Assigns partitions at the offsets the lake has archived: Kafka's committed offsets
-    /// only report progress, they never decide where to resume.
+    /// Records the change; the polling loop claims, seeks and archives, then assigns or
+    /// unassigns (librdkafka waits for that call).
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        if self.rebalances.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+            let result = match (err, cooperative) {
+                (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, true) => consumer.incremental_assign(tpl),
+                (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, false) => consumer.assign(tpl),
+                (_, true) => consumer.incremental_unassign(tpl),
+                (_, false) => consumer.unassign(),
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "rebalance while closing the consumer");
+            }
+            return;
+        }
         let list: Vec<(String, i32)> = tpl
             .elements()
             .iter()
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let archived = match (self.lookup)(&list) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot read the archived positions: not consuming");
-                        *self.rebalances.failed.lock().expect("lock") =
-                            Some(format!("cannot read the archived Kafka positions from the lake: {e}"));
-                        return;
-                    }
-                };
-                let mut assigned = Vec::new();
-                for (topic, partition) in list {
-                    let at = archived.get(&(topic.clone(), partition)).copied();
-                    let offset = match at {
-                        Some(n) => Offset::Offset(n),
-                        None if self.start_at_end => Offset::End,
-                        None => Offset::Beginning,
-                    };
-                    if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
-                        tracing::warn!(error = %e, topic, partition, "cannot set the start offset");
-                    }
-                    assigned.push((topic, partition, at));
-                }
-                let result = if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
-                if let Err(e) = result {
-                    *self.rebalances.failed.lock().expect("lock") = Some(format!("cannot assign partitions: {e}"));
-                    return;
-                }
-                self.rebalances.assigned.lock().expect("lock").extend(assigned);
+        let event = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(list),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(list),
+            other => {
+                tracing::warn!(error = ?other, "Kafka rebalance error: dropping the assignment");
+                let owned = consumer
+                    .assignment()
+                    .map(|a| {
+                        a.elements()
+                            .iter()
+                            .map(|e| (e.topic().to_string(), e.partition()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Rebalance::Revoke(owned)
             }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.rebalances.revoked.lock().expect("lock").extend(list);
-                let result = if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                };
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, "cannot unassign revoked partitions");
-                }
-            }
-            other => tracing::warn!(error = ?other, "Kafka rebalance error"),
-        }
+        };
+        self.rebalances.events.lock().expect("rebalance lock").push_back(event);
     }
 }
 
 pub type KafkaConsumer = BaseConsumer<SpeedContext>;
 
+/// Where a partition with nothing in the lake starts: `auto.offset.reset` = latest starts at
+/// the end of the partition, anything else at its beginning.
+fn starts_at_end(config: &Config) -> bool {
+    config
+        .kafka
+        .properties
+        .get("auto.offset.reset")
+        .is_some_and(|v| matches!(v.as_str(), "latest" | "end" | "largest"))
+}
+
 /// Creates the consumer of every source's topics, subscribed, auto-commit off; partitions
 /// are assigned at the offsets the lake archived.
-pub fn create(
-    config: &Config,
-    lake: &Lake,
-    runtime: tokio::runtime::Handle,
-) -> Result<(Arc<KafkaConsumer>, Arc<Rebalances>)> {
+pub fn create(config: &Config) -> Result<(Arc<KafkaConsumer>, Arc<Rebalances>)> {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.kafka.brokers)
         .set("group.id", &config.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed");
     for (k, v) in &config.kafka.properties {
         client.set(k, v);
     }
-    let start_at_end = config
-        .kafka
-        .properties
-        .get("auto.offset.reset")
-        .is_some_and(|v| matches!(v.as_str(), "latest" | "end" | "largest"));
     let rebalances = Arc::new(Rebalances::default());
-    let sources: Vec<Arc<SourceSchema>> = config.sources.iter().map(SourceSchema::new).collect();
-    let lake = lake.clone();
-    let lookup: OffsetLookup = Box::new(move |partitions| archived_offsets(&lake, &sources, &runtime, partitions));
     let consumer: KafkaConsumer = client
         .create_with_context(SpeedContext {
             rebalances: rebalances.clone(),
-            lookup,
-            start_at_end,
         })
         .map_err(|e| kafka_error("create the Kafka consumer", &config.file, e))?;
     let topics: Vec<&str> = config
@@ -296,45 +210,40 @@ pub fn create(
     Ok((Arc::new(consumer), rebalances))
 }
 
-/// The archived positions of partitions, read from each source's raw table.
-fn archived_offsets(
-    lake: &Lake,
-    sources: &[Arc<SourceSchema>],
-    runtime: &tokio::runtime::Handle,
-    partitions: &[(String, i32)],
-) -> Result<HashMap<(String, i32), i64>> {
-    let mut out = HashMap::new();
-    for source in sources {
-        let mine: Vec<&(String, i32)> = partitions.iter().filter(|(t, _)| source.topics.contains(t)).collect();
-        if mine.is_empty() {
-            continue;
-        }
-        let lake = lake.clone();
-        let url = lake.raw_url(&source.name);
-        let txns = runtime.block_on(async move {
-            match lake.open(&url).await? {
-                Some(table) => {
-                    let version = table.version().unwrap_or(0);
-                    app_transactions(&table, version).await.map(Some)
-                }
-                None => Ok(None),
-            }
-        })?;
-        if let Some(txns) = txns {
-            for (t, p) in mine {
-                if let Some(v) = txns.get(&kafka_app_id(t, *p)) {
-                    out.insert((t.clone(), *p), *v);
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
 fn kafka_error(what: &str, file: &std::path::Path, e: KafkaError) -> Error {
     match &e {
         KafkaError::ClientCreation(message) => Error::config(file, "kafka", format!("cannot {what}: {message}")),
-        _ => Error::lake(format!("Kafka: cannot {what}"), e),
+        _ => Error::kafka(format!("cannot {what}"), e),
+    }
+}
+
+/// Per owned partition, the next offset to take. A record below it was consumed before the
+/// partition's start (the lake holds it: a seek lands inside a compressed batch, which
+/// Kafka sends whole). Offsets beyond it are gaps Kafka leaves — transaction markers,
+/// aborted transactions, compaction — and the record after a gap is taken as it comes: a
+/// gap costs nothing.
+#[derive(Debug, Default)]
+struct NextOffsets(HashMap<(String, i32), i64>);
+
+impl NextOffsets {
+    fn start(&mut self, partition: (String, i32), at: i64) {
+        self.0.insert(partition, at);
+    }
+
+    fn forget(&mut self, partition: &(String, i32)) {
+        self.0.remove(partition);
+    }
+
+    /// Whether to take the record at `offset` (of a partition owned, at or beyond the next
+    /// offset); the next offset then follows it.
+    fn take(&mut self, partition: &(String, i32), offset: i64) -> bool {
+        match self.0.get_mut(partition) {
+            Some(next) if offset >= *next => {
+                *next = offset + 1;
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -354,13 +263,40 @@ pub struct Poller {
     pub consumer: Arc<KafkaConsumer>,
     pub rebalances: Arc<Rebalances>,
     pub sources: Vec<Arc<SourceSchema>>,
+    pub lake: Lake,
+    /// Runs the lake I/O of claims (the poller is a thread of its own, outside the runtime).
+    pub runtime: tokio::runtime::Handle,
+    /// Partitions with nothing in the lake start at their end (else at their beginning).
+    pub start_at_end: bool,
     pub batch_interval: Duration,
     pub output: mpsc::Sender<Input>,
     pub stop: CancellationToken,
 }
 
 impl Poller {
+    pub fn new(
+        config: &Config,
+        lake: Lake,
+        (consumer, rebalances): (Arc<KafkaConsumer>, Arc<Rebalances>),
+        runtime: tokio::runtime::Handle,
+        output: mpsc::Sender<Input>,
+        stop: CancellationToken,
+    ) -> Poller {
+        Poller {
+            consumer,
+            rebalances,
+            sources: config.sources.iter().map(SourceSchema::new).collect(),
+            lake,
+            runtime,
+            start_at_end: starts_at_end(config),
+            batch_interval: config.speed.batch_interval,
+            output,
+            stop,
+        }
+    }
+
     pub fn run(self) -> Result<()> {
+        let _closing = Closing(&self.rebalances);
         let topic_source: HashMap<String, usize> = self
             .sources
             .iter()
@@ -393,8 +329,7 @@ impl Poller {
                 ),
             })
             .collect();
-        // Per partition: where it must resume, and whether a re-read is under way.
-        let mut cursors: HashMap<(String, i32), Cursor> = HashMap::new();
+        let mut next = NextOffsets::default();
         let mut pending = 0usize;
         let mut first_pending: Option<Instant> = None;
         let poll_timeout = self
@@ -408,42 +343,35 @@ impl Poller {
                 self.cut(&mut sources, &mut pending, &mut first_pending)?;
                 return Ok(());
             }
-            // Rebalances happen inside poll: handle them between polls.
-            let revoked: Vec<(String, i32)> = std::mem::take(&mut *self.rebalances.revoked.lock().expect("lock"));
-            if !revoked.is_empty() {
+            // Rebalances happen inside poll: act on them between polls, in order.
+            while let Some(change) = self.rebalances.next() {
                 self.cut(&mut sources, &mut pending, &mut first_pending)?;
-                for tp in &revoked {
-                    cursors.remove(tp);
-                }
-                tracing::info!(partitions = ?revoked, "partitions revoked");
-                if !self.send(Input::Revoked(
-                    revoked.iter().map(|(t, p)| partition_key(t, *p)).collect(),
-                ))? {
-                    return Ok(());
-                }
-            }
-            if let Some(reason) = self.rebalances.failed.lock().expect("lock").take() {
-                return Err(Error::Lake {
-                    context: "Kafka assignment".into(),
-                    source: reason.into(),
-                });
-            }
-            let assigned: Vec<(String, i32, Option<i64>)> =
-                std::mem::take(&mut *self.rebalances.assigned.lock().expect("lock"));
-            if !assigned.is_empty() {
-                self.cut(&mut sources, &mut pending, &mut first_pending)?;
-                let mut list = Vec::new();
-                for (topic, partition, archived) in assigned {
-                    cursors.insert((topic.clone(), partition), Cursor::new(archived));
-                    list.push(Assigned {
-                        source: topic_source[&topic],
-                        topic,
-                        partition,
-                        archived,
-                    });
-                }
-                tracing::info!(partitions = ?list.iter().map(|a| (partition_key(&a.topic, a.partition), a.archived)).collect::<Vec<_>>(), "partitions assigned at the archived offsets");
-                if !self.send(Input::Assigned(list))? {
+                let carried_on = match change {
+                    Rebalance::Revoke(list) => {
+                        for tp in &list {
+                            next.forget(tp);
+                        }
+                        self.revoke(&list)?
+                    }
+                    Rebalance::Assign(list) => {
+                        let claims = self.assign(&list)?;
+                        for c in &claims {
+                            next.start((c.topic.clone(), c.partition), c.start);
+                        }
+                        let list = claims
+                            .into_iter()
+                            .map(|c| Assigned {
+                                source: topic_source[&c.topic],
+                                topic: c.topic,
+                                partition: c.partition,
+                                generation: c.generation,
+                                start: c.start,
+                            })
+                            .collect();
+                        self.send(Input::Assigned(list))?
+                    }
+                };
+                if !carried_on {
                     return Ok(());
                 }
             }
@@ -465,8 +393,7 @@ impl Poller {
                     let partition = message.partition();
                     let offset = message.offset();
                     let key = (topic.to_string(), partition);
-                    let cursor = cursors.entry(key.clone()).or_insert_with(|| Cursor::new(None));
-                    if !cursor.accept(&self.consumer, topic, partition, offset) {
+                    if !next.take(&key, offset) {
                         continue;
                     }
                     let Some(&s) = topic_source.get(topic) else { continue };
@@ -513,6 +440,87 @@ impl Poller {
         }
     }
 
+    /// Lets partitions go once the aggregator has archived what they consumed and dropped
+    /// them; false if the aggregator is gone.
+    fn revoke(&self, list: &[(String, i32)]) -> Result<bool> {
+        let keys: Vec<String> = list.iter().map(|(t, p)| partition_key(t, *p)).collect();
+        tracing::info!(partitions = ?keys, "partitions revoked: archiving what they consumed");
+        let (done, archived) = std::sync::mpsc::sync_channel(1);
+        if !self.send(Input::Revoked { keys, done })? {
+            return Ok(false);
+        }
+        if archived.recv_timeout(REVOKE_WAIT).is_err() {
+            tracing::warn!("the revoked partitions were not archived in time: letting them go");
+        }
+        let result = if self.cooperative() {
+            let mut tpl = TopicPartitionList::new();
+            for (t, p) in list {
+                tpl.add_partition(t, *p);
+            }
+            self.consumer.incremental_unassign(&tpl)
+        } else {
+            self.consumer.unassign()
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot unassign revoked partitions");
+        }
+        Ok(true)
+    }
+
+    /// Claims newly assigned partitions in the lake (per source, one commit) and assigns them
+    /// at the claimed starts.
+    fn assign(&self, list: &[(String, i32)]) -> Result<Vec<Claim>> {
+        let mut claims = Vec::new();
+        for source in &self.sources {
+            let mine: Vec<(String, i32)> = list
+                .iter()
+                .filter(|(t, _)| source.topics.contains(t))
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let consumer = self.consumer.clone();
+            let at_end = self.start_at_end;
+            // Where a partition new to the lake starts: its end, or its beginning (the log
+            // start, which retention may have moved past offset 0).
+            let start_of = move |topic: &str, partition: i32| -> Result<i64> {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                    .map_err(|e| Error::kafka(format!("read the offsets of {topic}/{partition}"), e))?;
+                Ok(if at_end { high } else { low })
+            };
+            let claimed = self
+                .runtime
+                .block_on(claim(&self.lake, source, &mine, &start_of))
+                .map_err(|e| Error::Lake {
+                    context: format!("claim partitions {mine:?} of source `{}` in the lake", source.name),
+                    source: Box::new(e),
+                })?;
+            claims.extend(claimed);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for c in &claims {
+            tpl.add_partition_offset(&c.topic, c.partition, Offset::Offset(c.start))
+                .map_err(|e| Error::kafka("set a start offset", e))?;
+        }
+        let result = if self.cooperative() {
+            self.consumer.incremental_assign(&tpl)
+        } else {
+            self.consumer.assign(&tpl)
+        };
+        result.map_err(|e| Error::kafka("assign partitions", e))?;
+        tracing::info!(
+            partitions = ?claims.iter().map(|c| (partition_key(&c.topic, c.partition), c.generation, c.start)).collect::<Vec<_>>(),
+            "partitions assigned (generation, start)"
+        );
+        Ok(claims)
+    }
+
+    fn cooperative(&self) -> bool {
+        matches!(self.consumer.rebalance_protocol(), RebalanceProtocol::Cooperative)
+    }
+
     /// Sends what was consumed as micro-batches; false if the aggregator is gone.
     fn cut(
         &self,
@@ -556,66 +564,20 @@ impl Poller {
 mod tests {
     use super::*;
 
-    /// A broker like tansu 0.6: a fetch from the base offset of a batch returns that batch,
-    /// a fetch from inside a batch returns the next one. The cursor still takes every
-    /// record once, in order, from any starting point.
+    /// Offsets a transactional producer leaves out (a commit marker after each transaction,
+    /// aborted records and their marker) are passed over at once, without seeking back; a
+    /// record below the start, or of a partition given up, is not taken.
     #[test]
-    fn cursor_takes_every_record_from_a_broker_that_skips_ahead() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let mut bases = vec![0i64];
-        while *bases.last().unwrap() < 300_000 {
-            let size = if rng.random_bool(0.1) {
-                rng.random_range(4000..40_000)
-            } else {
-                rng.random_range(1..3000)
-            };
-            bases.push(bases.last().unwrap() + size);
-        }
-        // The records checked; the broker holds one more batch beyond them.
-        let end = bases[bases.len() - 2];
-        let fetch = |from: i64| -> std::ops::Range<i64> {
-            let i = bases.partition_point(|&b| b <= from) - 1;
-            let i = if bases[i] == from { i } else { i + 1 };
-            bases[i]..bases[i + 1]
-        };
-        for _ in 0..200 {
-            let start = rng.random_range(0..end);
-            let mut cursor = Cursor::new(Some(start));
-            let (mut position, mut taken, mut fetches) = (start, Vec::new(), 0);
-            'fetching: while taken.last().map_or(start, |o| o + 1) < end {
-                fetches += 1;
-                assert!(fetches < 1000, "no progress from {start}");
-                let batch = fetch(position);
-                position = batch.end;
-                for offset in batch {
-                    match cursor.step(offset) {
-                        Step::Take => taken.push(offset),
-                        Step::Skip => {}
-                        Step::Rewind(target) => {
-                            cursor.rewound_to = Some(target);
-                            position = target;
-                            continue 'fetching;
-                        }
-                    }
-                }
-            }
-            taken.retain(|&o| o < end);
-            assert_eq!(taken, (start..end).collect::<Vec<_>>(), "from {start}");
-        }
-    }
-
-    #[test]
-    fn rewinds_double_down_to_the_beginning_then_take_a_real_gap() {
-        let mut cursor = Cursor::new(Some(10_000));
-        assert_eq!(cursor.step(10_500), Step::Rewind(10_000 - FIRST_REWIND));
-        cursor.rewound_to = Some(10_000 - FIRST_REWIND);
-        assert_eq!(cursor.step(10_500), Step::Rewind(10_000 - 2 * FIRST_REWIND));
-        cursor.rewound_to = Some(10_000 - 2 * FIRST_REWIND);
-        assert_eq!(cursor.step(10_500), Step::Rewind(0));
-        cursor.rewound_to = Some(0);
-        assert_eq!(cursor.step(100), Step::Skip);
-        assert_eq!(cursor.step(10_500), Step::Take, "a gap seen from the beginning is real");
-        assert_eq!(cursor.step(10_501), Step::Take);
+    fn gaps_in_offsets_are_taken_at_once() {
+        let p0 = ("t".to_string(), 0);
+        let mut next = NextOffsets::default();
+        next.start(p0.clone(), 100);
+        let offsets = [98, 99, 100, 101, 102, 104, 105, 106, 120, 121, 500, 501];
+        let taken: Vec<i64> = offsets.into_iter().filter(|o| next.take(&p0, *o)).collect();
+        assert_eq!(taken, [100, 101, 102, 104, 105, 106, 120, 121, 500, 501]);
+        assert!(!next.take(&p0, 501), "a record taken once is not taken again");
+        assert!(!next.take(&("t".to_string(), 1), 0), "a partition not owned");
+        next.forget(&p0);
+        assert!(!next.take(&p0, 502), "a partition given up");
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! ```text
 //!  DoGet(ticket = {"view": V, "coverage": {"topic/partition": offset, ...}})
-//!      -> the state rows of V beyond the coverage (FAILED_PRECONDITION "stale" if the
-//!         speed layer no longer holds states that far back)
+//!      -> schema message, app_metadata = [{topic, partition, generation, from, until, rows}]
+//!         (one entry per owned partition), then the state rows of V, partition after
+//!         partition in that order
 //!  DoAction("status") -> SpeedStatus as JSON
 //! ```
 
@@ -13,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
@@ -24,7 +25,7 @@ use arrow_flight::{
 };
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
-use strata_core::speed::{Offsets, SpeedSource, SpeedStatus};
+use strata_core::speed::{Offsets, PartRange, SpeedPart, SpeedSource, SpeedStatus};
 use strata_core::{Error, Result};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -38,6 +39,15 @@ const STATUS_ACTION: &str = "status";
 struct StatesTicket {
     view: String,
     coverage: Offsets,
+}
+
+/// One partition's part of an answer, as announced in the schema message.
+#[derive(Debug, Serialize, Deserialize)]
+struct PartHeader {
+    #[serde(flatten)]
+    range: PartRange,
+    /// State rows that follow for it.
+    rows: usize,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
@@ -64,7 +74,6 @@ impl SpeedFlight {
 
 fn status_of(e: &Error) -> Status {
     match e {
-        Error::Stale(m) => Status::failed_precondition(format!("stale: {m}")),
         Error::Input(m) => Status::invalid_argument(m.clone()),
         e => Status::unavailable(e.to_string()),
     }
@@ -118,14 +127,24 @@ impl FlightService for SpeedFlight {
             .speed
             .state_schema(&ticket.view)
             .ok_or_else(|| Status::not_found(format!("no view named `{}`", ticket.view)))?;
-        let batches = self
+        let parts = self
             .speed
             .states(&ticket.view, &ticket.coverage)
             .await
             .map_err(|e| status_of(&e))?;
+        let headers: Vec<PartHeader> = parts
+            .iter()
+            .map(|p| PartHeader {
+                range: p.range.clone(),
+                rows: p.batches.iter().map(RecordBatch::num_rows).sum(),
+            })
+            .collect();
+        let headers = serde_json::to_vec(&headers).map_err(|e| Status::internal(e.to_string()))?;
+        let batches = parts.into_iter().flat_map(|p| p.batches).map(Ok);
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(schema)
-            .build(stream::iter(batches.into_iter().map(Ok)))
+            .with_metadata(headers.into())
+            .build(stream::iter(batches))
             .map_err(Status::from);
         Ok(Response::new(Box::pin(stream)))
     }
@@ -201,6 +220,33 @@ pub async fn serve(
     Ok((bound, task))
 }
 
+/// Cuts a stream's batches into its partitions' parts by their announced row counts (the
+/// encoder may have split batches); None if the rows do not add up.
+fn split_parts(headers: Vec<PartHeader>, batches: Vec<RecordBatch>) -> Option<Vec<SpeedPart>> {
+    let mut batches = std::collections::VecDeque::from(batches);
+    let mut parts = Vec::with_capacity(headers.len());
+    for header in headers {
+        let mut want = header.rows;
+        let mut mine = Vec::new();
+        while want > 0 {
+            let batch = batches.pop_front()?;
+            if batch.num_rows() <= want {
+                want -= batch.num_rows();
+                mine.push(batch);
+            } else {
+                mine.push(batch.slice(0, want));
+                batches.push_front(batch.slice(want, batch.num_rows() - want));
+                want = 0;
+            }
+        }
+        parts.push(SpeedPart {
+            range: header.range,
+            batches: mine,
+        });
+    }
+    batches.iter().all(|b| b.num_rows() == 0).then_some(parts)
+}
+
 /// A speed layer in another process, reached over Flight.
 #[derive(Debug, Clone)]
 pub struct RemoteSpeed {
@@ -238,12 +284,9 @@ impl RemoteSpeed {
     }
 
     fn error(&self, status: Status) -> Error {
-        match status.code() {
-            tonic::Code::FailedPrecondition => Error::Stale(status.message().to_string()),
-            _ => Error::Lake {
-                context: format!("speed layer {}", self.endpoint),
-                source: format!("{:?}: {}", status.code(), status.message()).into(),
-            },
+        Error::Speed {
+            endpoint: self.endpoint.clone(),
+            message: format!("{:?}: {}", status.code(), status.message()),
         }
     }
 }
@@ -254,7 +297,7 @@ impl SpeedSource for RemoteSpeed {
         self.endpoint.clone()
     }
 
-    async fn states(&self, view: &str, coverage: &Offsets) -> Result<Vec<RecordBatch>> {
+    async fn states(&self, view: &str, coverage: &Offsets) -> Result<Vec<SpeedPart>> {
         let ticket = serde_json::to_vec(&StatesTicket {
             view: view.to_string(),
             coverage: coverage.clone(),
@@ -265,13 +308,37 @@ impl SpeedSource for RemoteSpeed {
             .do_get(self.request(Ticket::new(ticket)))
             .await
             .map_err(|s| self.error(s))?;
-        let stream = FlightRecordBatchStream::new_from_flight_data(response.into_inner().map_err(FlightError::from));
-        stream.try_collect().await.map_err(|e| match e {
-            FlightError::Tonic(s) => self.error(*s),
-            other => Error::Lake {
-                context: format!("speed layer {}", self.endpoint),
-                source: Box::new(other),
-            },
+        let mut decoder = FlightDataDecoder::new(response.into_inner().map_err(FlightError::from));
+        let mut headers: Option<Vec<PartHeader>> = None;
+        let mut batches = Vec::new();
+        while let Some(message) = decoder.next().await {
+            let message = message.map_err(|e| match e {
+                FlightError::Tonic(s) => self.error(*s),
+                other => Error::Speed {
+                    endpoint: self.endpoint.clone(),
+                    message: other.to_string(),
+                },
+            })?;
+            match &message.payload {
+                DecodedPayload::Schema(_) if headers.is_none() => {
+                    headers = Some(
+                        serde_json::from_slice(&message.app_metadata()).map_err(|e| Error::Speed {
+                            endpoint: self.endpoint.clone(),
+                            message: format!("an answer without its partitions: {e}"),
+                        })?,
+                    );
+                }
+                DecodedPayload::RecordBatch(batch) => batches.push(batch.clone()),
+                _ => {}
+            }
+        }
+        let headers = headers.ok_or_else(|| Error::Speed {
+            endpoint: self.endpoint.clone(),
+            message: "an empty answer".into(),
+        })?;
+        split_parts(headers, batches).ok_or_else(|| Error::Speed {
+            endpoint: self.endpoint.clone(),
+            message: "its answer's rows do not add up to its partitions' counts".into(),
         })
     }
 
@@ -292,5 +359,68 @@ impl SpeedSource for RemoteSpeed {
             .ok_or_else(|| Error::Internal("empty status answer".into()))?
             .map_err(|s| self.error(s))?;
         serde_json::from_slice(&first.body).map_err(|e| Error::Internal(format!("bad status answer: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn batch(values: std::ops::Range<i64>) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(values))]).unwrap()
+    }
+
+    fn header(partition: i32, rows: usize) -> PartHeader {
+        PartHeader {
+            range: PartRange {
+                topic: "t".into(),
+                partition,
+                generation: 1,
+                from: 0,
+                until: 10,
+            },
+            rows,
+        }
+    }
+
+    fn values(part: &SpeedPart) -> Vec<i64> {
+        part.batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    }
+
+    /// The encoder may cut and join batches as it likes: the partitions' parts come back by
+    /// their announced row counts, and a stream that does not add up is refused.
+    #[test]
+    fn an_answer_splits_into_its_partitions_by_row_counts() {
+        let parts = split_parts(
+            vec![header(0, 3), header(1, 0), header(2, 4)],
+            vec![batch(0..2), batch(2..5), batch(5..7)],
+        )
+        .unwrap();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(values(&parts[0]), [0, 1, 2]);
+        assert_eq!(values(&parts[1]), Vec::<i64>::new());
+        assert_eq!(values(&parts[2]), [3, 4, 5, 6]);
+        assert!(
+            split_parts(vec![header(0, 3)], vec![batch(0..2)]).is_none(),
+            "too few rows"
+        );
+        assert!(
+            split_parts(vec![header(0, 1)], vec![batch(0..2)]).is_none(),
+            "too many rows"
+        );
     }
 }

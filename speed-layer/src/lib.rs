@@ -25,14 +25,13 @@ pub mod store;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
 use rdkafka::consumer::Consumer as _;
 use strata_core::config::Config;
 use strata_core::executor::CpuRuntime;
 use strata_core::lake::Lake;
 use strata_core::metrics::global;
 use strata_core::schema::SourceSchema;
-use strata_core::speed::{LATENESS_BUCKETS, LatenessBucket, Offsets, SpeedSource, SpeedStatus};
+use strata_core::speed::{LATENESS_BUCKETS, LatenessBucket, Offsets, SpeedPart, SpeedSource, SpeedStatus};
 use strata_core::{Error, Result};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -92,9 +91,10 @@ impl SpeedLayer {
             view_source.push(s);
         }
         let views: Vec<String> = engines.iter().map(|e| e.plan.name.clone()).collect();
+        let fingerprints: Vec<String> = engines.iter().map(|e| e.plan.fingerprint()).collect();
         let state_schemas = engines.iter().map(|e| e.state_schema.clone()).collect();
-        let store = Arc::new(Mutex::new(Store::new(views, view_source.clone(), sources.len())));
-        let (consumer, rebalances) = consumer::create(config, &lake, tokio::runtime::Handle::current())?;
+        let store = Arc::new(Mutex::new(Store::new(views, view_source.clone())));
+        let (consumer, rebalances) = consumer::create(config)?;
         let stop = CancellationToken::new();
         let failed = Arc::new(Mutex::new(None));
 
@@ -123,20 +123,29 @@ impl SpeedLayer {
             failed.clone(),
             stop.clone(),
         ));
-        let poller = Poller {
-            consumer: consumer.clone(),
-            rebalances,
-            sources: sources.clone(),
-            batch_interval: config.speed.batch_interval,
-            output: input_tx,
-            stop: stop.clone(),
-        };
+        let poller = Poller::new(
+            config,
+            lake.clone(),
+            (consumer.clone(), rebalances),
+            tokio::runtime::Handle::current(),
+            input_tx,
+            stop.clone(),
+        );
+        let (poller_failed, poller_stop) = (failed.clone(), stop.clone());
         let poller = std::thread::Builder::new()
             .name("strata-kafka".into())
-            .spawn(move || poller.run())
+            .spawn(move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poller.run()))
+                    .unwrap_or_else(|panic| Err(Error::Internal(format!("panicked: {}", panic_message(&*panic)))));
+                if let Err(e) = &result {
+                    fail("consumer", e, &poller_failed, &poller_stop);
+                }
+                result
+            })
             .map_err(|e| Error::io("start the Kafka consumer thread", e))?;
         let refresher = tokio::spawn(refresh(
             lake,
+            fingerprints,
             store.clone(),
             consumer.clone(),
             config.speed.coverage_refresh,
@@ -200,26 +209,47 @@ impl SpeedLayer {
     }
 }
 
-/// Records a task's failure and stops the speed layer (a process supervisor restarts it;
-/// nothing is lost: the lake holds the position).
+/// Records a task's failure, a panic included, and stops the speed layer (the process exits
+/// non-zero and a supervisor restarts it; nothing is lost: the lake holds the position).
 async fn watch(
     task: impl Future<Output = Result<()>>,
     name: &str,
     failed: Arc<Mutex<Option<String>>>,
     stop: CancellationToken,
 ) -> Result<()> {
-    let result = task.await;
+    use futures::FutureExt as _;
+    let result = std::panic::AssertUnwindSafe(task)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(Error::Internal(format!("panicked: {}", panic_message(&*panic)))));
     if let Err(e) = &result {
-        tracing::error!(error = %e, "speed layer {name} failed");
-        *failed.lock().expect("lock") = Some(format!("{name}: {e}"));
-        stop.cancel();
+        fail(name, e, &failed, &stop);
     }
     result
 }
 
-/// Follows the batch layer's coverage of every view, and Kafka's high watermarks.
+fn fail(name: &str, e: &Error, failed: &Mutex<Option<String>>, stop: &CancellationToken) {
+    tracing::error!(error = %e, "speed layer {name} failed");
+    failed
+        .lock()
+        .expect("lock")
+        .get_or_insert_with(|| format!("{name}: {e}"));
+    stop.cancel();
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Follows the batch layer's coverage of every view (of versions computed under the view's
+/// current definition), and Kafka's high watermarks.
 async fn refresh(
     lake: Lake,
+    fingerprints: Vec<String>,
     store: Arc<Mutex<Store>>,
     consumer: Arc<KafkaConsumer>,
     every: Duration,
@@ -247,6 +277,7 @@ async fn refresh(
             };
             if let Some(t) = &table
                 && let Ok(Some(latest)) = Lake::latest_view_version(t).await
+                && latest.commit.fingerprint == fingerprints[v]
             {
                 store
                     .lock()
@@ -315,11 +346,11 @@ impl SpeedSource for SpeedLayer {
         self.name.clone()
     }
 
-    async fn states(&self, view: &str, coverage: &Offsets) -> Result<Vec<RecordBatch>> {
+    async fn states(&self, view: &str, coverage: &Offsets) -> Result<Vec<SpeedPart>> {
         if let Some(f) = self.failure() {
-            return Err(Error::Lake {
-                context: "the speed layer stopped".into(),
-                source: f.into(),
+            return Err(Error::Speed {
+                endpoint: self.name.clone(),
+                message: format!("stopped: {f}"),
             });
         }
         self.store.lock().expect("store lock").states(view, coverage)
@@ -335,10 +366,11 @@ impl SpeedSource for SpeedLayer {
             }
         }
         let mut lateness = Vec::new();
-        for (s, counts) in store.lateness.iter().enumerate() {
+        for (v, counts) in store.lateness.iter().enumerate() {
             for (i, n) in counts.iter().enumerate() {
                 lateness.push(LatenessBucket {
-                    source: self.sources[s].name.clone(),
+                    source: self.sources[store.view_source[v]].name.clone(),
+                    view: store.views[v].clone(),
                     le: LATENESS_BUCKETS[i].1.to_string(),
                     events: *n,
                 });
@@ -350,5 +382,49 @@ impl SpeedSource for SpeedLayer {
             views: store.view_status(),
             lateness,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task of the speed layer that panics is a failure like one that returns an error:
+    /// recorded (for /health and the exit code) and the whole layer told to stop, never a
+    /// task that silently went away.
+    #[tokio::test]
+    async fn a_panicking_task_is_a_reported_failure() {
+        let failed = Arc::new(Mutex::new(None));
+        let stop = CancellationToken::new();
+        let result = watch(
+            async {
+                let mut states: Vec<u64> = Vec::new();
+                states.clear();
+                if states.is_empty() {
+                    panic!("index out of bounds: the len is 0");
+                }
+                Ok(())
+            },
+            "archiver",
+            failed.clone(),
+            stop.clone(),
+        )
+        .await;
+        assert!(matches!(result, Err(Error::Internal(ref m)) if m.contains("panicked: index out of bounds")));
+        assert!(stop.is_cancelled());
+        let reason = failed.lock().unwrap().clone().unwrap();
+        assert!(
+            reason.starts_with("archiver: internal error") && reason.contains("index out of bounds"),
+            "{reason}"
+        );
+        // The first failure is the one reported.
+        let _ = watch(
+            async { Err(Error::Input("later".into())) },
+            "aggregator",
+            failed.clone(),
+            stop,
+        )
+        .await;
+        assert_eq!(failed.lock().unwrap().clone().unwrap(), reason);
     }
 }

@@ -12,13 +12,17 @@
 //! so a batch version covers whole segments: merging batch states with the segments it does
 //! not cover counts every event exactly once. A segment is dropped once the batch versions
 //! of every view cover it (after a grace period, for queries planned on the previous
-//! version); memory is bounded by what the batch layer has not covered yet.
+//! version); memory is bounded by what the batch layer has not covered yet. A query on an
+//! older batch version than the states go back to gets the states from where they start,
+//! and says so: the serving layer reads the offsets in between from the lake.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use strata_core::speed::{LATENESS_BUCKETS, Offsets, PartitionStatus, ViewSpeedStatus, partition_key};
+use strata_core::speed::{
+    LATENESS_BUCKETS, Offsets, PartRange, PartitionStatus, SpeedPart, ViewSpeedStatus, partition_key,
+};
 use strata_core::{Error, Result};
 
 /// The events of one partition between two archive commits.
@@ -57,6 +61,8 @@ pub struct PartitionStates {
     pub source: usize,
     pub topic: String,
     pub partition: i32,
+    /// The owner generation this process claimed the partition with.
+    pub generation: u64,
     pub segments: VecDeque<Segment>,
     /// Per view: no states are held for offsets below this (dropped, or before recovery).
     pub floor: Vec<i64>,
@@ -104,19 +110,19 @@ pub struct Store {
     pub partitions: BTreeMap<String, PartitionStates>,
     /// Per view: coverages seen, oldest first (the newest older than the grace is applied).
     coverage: Vec<VecDeque<SeenCoverage>>,
-    /// Per source: lateness histogram counts (see [`LATENESS_BUCKETS`]).
+    /// Per view: lateness histogram counts (see [`LATENESS_BUCKETS`]).
     pub lateness: Vec<Vec<u64>>,
 }
 
 impl Store {
-    pub fn new(views: Vec<String>, view_source: Vec<usize>, sources: usize) -> Store {
+    pub fn new(views: Vec<String>, view_source: Vec<usize>) -> Store {
         let n = views.len();
         Store {
             views,
             view_source,
             partitions: BTreeMap::new(),
             coverage: vec![VecDeque::new(); n],
-            lateness: vec![vec![0; LATENESS_BUCKETS.len()]; sources],
+            lateness: vec![vec![0; LATENESS_BUCKETS.len()]; n],
         }
     }
 
@@ -124,35 +130,40 @@ impl Store {
         self.views.iter().position(|v| v.eq_ignore_ascii_case(view))
     }
 
-    /// The state batches of `view` for every owned partition beyond `coverage`.
-    pub fn states(&self, view: &str, coverage: &Offsets) -> Result<Vec<RecordBatch>> {
+    /// The state batches of `view` for every owned partition: the events at offsets from
+    /// `coverage` on, or from the first offset states are held for if that is further.
+    pub fn states(&self, view: &str, coverage: &Offsets) -> Result<Vec<SpeedPart>> {
         let v = self
             .view_index(view)
             .ok_or_else(|| Error::Input(format!("the speed layer has no view named `{view}`")))?;
         let mut out = Vec::new();
-        for p in self.partitions.values().filter(|p| p.source == self.view_source[v]) {
-            let covered = coverage.get(&p.key()).copied().unwrap_or(0);
-            if covered < p.floor[v] {
-                return Err(Error::Stale(format!(
-                    "the batch version of `{view}` covers {} up to offset {covered}, but the speed layer holds states only from offset {} (a newer batch version covers them)",
-                    p.key(),
-                    p.floor[v]
-                )));
-            }
+        'partitions: for p in self.partitions.values().filter(|p| p.source == self.view_source[v]) {
+            let from = coverage.get(&p.key()).copied().unwrap_or(0).max(p.floor[v]);
+            let mut batches = Vec::new();
             for s in &p.segments {
-                if s.end <= covered && !s.open {
+                if s.end <= from && !s.open {
                     continue;
                 }
-                if s.start < covered {
-                    return Err(Error::Internal(format!(
-                        "batch coverage {} -> {covered} falls inside speed segment [{}, {}) of view `{view}`",
-                        p.key(),
-                        s.start,
-                        s.end
-                    )));
+                if s.start < from {
+                    // Coverage falls inside a segment only when another process archived
+                    // this partition beyond what this one holds (it lost the partition and
+                    // has not noticed yet): it has no exact states to offer, and says
+                    // nothing of it (the newer owner, or the lake, answers for it).
+                    tracing::debug!(partition = %p.key(), from, segment = ?(s.start, s.end), view, "batch coverage inside a segment: not reporting the partition");
+                    continue 'partitions;
                 }
-                out.extend(s.states[v].iter().cloned());
+                batches.extend(s.states[v].iter().cloned());
             }
+            out.push(SpeedPart {
+                range: PartRange {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    generation: p.generation,
+                    from,
+                    until: p.consumed().max(from),
+                },
+                batches,
+            });
         }
         Ok(out)
     }
@@ -223,6 +234,7 @@ impl Store {
                 source: String::new(),
                 topic: p.topic.clone(),
                 partition: p.partition,
+                generation: p.generation,
                 consumed: p.consumed(),
                 archived: p.archived,
                 high_watermark: p.high_watermark,
@@ -269,9 +281,10 @@ mod tests {
         RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![v]))]).unwrap()
     }
 
-    fn values(batches: &[RecordBatch]) -> Vec<i64> {
-        batches
+    fn values(parts: &[SpeedPart]) -> Vec<i64> {
+        parts
             .iter()
+            .flat_map(|p| &p.batches)
             .flat_map(|b| {
                 b.column(0)
                     .as_any()
@@ -284,11 +297,12 @@ mod tests {
     }
 
     fn store_with_segments() -> Store {
-        let mut store = Store::new(vec!["v".into(), "w".into()], vec![0, 0], 1);
+        let mut store = Store::new(vec!["v".into(), "w".into()], vec![0, 0]);
         let mut p = PartitionStates {
             source: 0,
             topic: "t".into(),
             partition: 0,
+            generation: 7,
             segments: VecDeque::new(),
             floor: vec![100, 100],
             archived: 100,
@@ -318,16 +332,31 @@ mod tests {
         [("t/0".to_string(), o)].into_iter().collect()
     }
 
+    fn range(parts: &[SpeedPart]) -> (u64, i64, i64) {
+        assert_eq!(parts.len(), 1);
+        let r = &parts[0].range;
+        (r.generation, r.from, r.until)
+    }
+
     #[test]
     fn states_beyond_a_coverage_are_whole_segments() {
         let store = store_with_segments();
-        assert_eq!(values(&store.states("v", &cov(100)).unwrap()), [0, 1, 2, 3]);
+        let states = store.states("v", &cov(100)).unwrap();
+        assert_eq!(values(&states), [0, 1, 2, 3]);
+        assert_eq!(range(&states), (7, 100, 600));
         assert_eq!(values(&store.states("v", &cov(400)).unwrap()), [2, 3]);
+        assert_eq!(range(&store.states("v", &cov(520)).unwrap()), (7, 520, 600));
         assert_eq!(values(&store.states("v", &cov(520)).unwrap()), [3]);
-        assert!(matches!(store.states("v", &cov(300)), Err(Error::Internal(_))));
-        // Older than what is held: stale, plan again.
-        assert!(matches!(store.states("v", &cov(0)), Err(Error::Stale(_))));
-        assert!(matches!(store.states("v", &Offsets::new()), Err(Error::Stale(_))));
+        assert!(
+            store.states("v", &cov(300)).unwrap().is_empty(),
+            "a coverage inside a segment (archived by another process): the partition is not reported"
+        );
+        // Older than what is held: the states from where they start, and that start.
+        for older in [cov(0), Offsets::new()] {
+            let states = store.states("v", &older).unwrap();
+            assert_eq!(values(&states), [0, 1, 2, 3]);
+            assert_eq!(range(&states), (7, 100, 600));
+        }
         assert!(store.states("nosuch", &cov(100)).is_err());
     }
 
@@ -340,7 +369,9 @@ mod tests {
         // Within the grace: nothing dropped.
         assert_eq!(values(&store.states("v", &cov(100)).unwrap()), [0, 1, 2, 3]);
         store.observe_coverage(0, cov(400), t0 + grace, grace);
-        assert!(matches!(store.states("v", &cov(100)), Err(Error::Stale(_))));
+        // Asked from the older coverage: what is held, from where it starts now.
+        let states = store.states("v", &cov(100)).unwrap();
+        assert_eq!((values(&states), range(&states)), (vec![2, 3], (7, 400, 600)));
         assert_eq!(values(&store.states("v", &cov(400)).unwrap()), [2, 3]);
         // View w still needs them: the segments stay.
         assert_eq!(store.partitions["t/0"].segments.len(), 4);

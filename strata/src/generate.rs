@@ -149,6 +149,7 @@ impl Generator {
                 "wrong_type",
                 "no_event_time",
                 "bad_timestamp",
+                "time_out_of_range",
                 "not_an_object",
                 "too_large",
             ]
@@ -158,6 +159,7 @@ impl Generator {
                 "wrong_type",
                 "no_event_time",
                 "bad_timestamp",
+                "time_out_of_range",
                 "not_an_object",
             ]
         };
@@ -176,6 +178,11 @@ impl Generator {
             "bad_timestamp" => {
                 let end = good.find(',').expect("comma");
                 format!("{{\"ts\":\"yesterday at noon\"{}", &good[end..])
+            }
+            // A valid RFC 3339 time whose date the lake cannot store (before year 1).
+            "time_out_of_range" => {
+                let end = good.find(',').expect("comma");
+                format!("{{\"ts\":\"0000-06-01T12:00:00Z\"{}", &good[end..])
             }
             "not_an_object" => "[\"not\", \"an\", \"object\"]".to_string(),
             "too_large" => {

@@ -344,13 +344,14 @@ async fn run(cli: Cli) -> Result<()> {
                 .collect::<strata_core::Result<Vec<_>>>()?;
             let cpu = CpuRuntime::new(None)?;
             let stop = shutdown_signal();
+            let mut server = strata_serving::start(&config, address, speed, cpu, stop.clone()).await?;
+            let catalog = server.catalog.clone();
             let ops = start_ops(
                 ops.address(&config)?,
-                Arc::new(|| Ok("{\"status\":\"serving\"}".to_string())),
+                Arc::new(move || strata_serving::health(&catalog)),
                 stop.clone(),
             )
             .await?;
-            let mut server = strata_serving::start(&config, address, speed, cpu, stop).await?;
             // Tests and scripts read this line to learn the port.
             println!("strata serving Flight SQL on {}", server.address);
             std::io::stdout().flush()?;
@@ -541,6 +542,12 @@ fn speed_health(speed: &Arc<SpeedLayer>) -> strata_core::metrics::HealthCheck {
     })
 }
 
+/// `strata run`: failed if its speed layer failed, else the serving layer's health.
+fn node_health(speed: &Arc<SpeedLayer>, catalog: &Arc<strata_serving::Catalog>) -> strata_core::metrics::HealthCheck {
+    let (speed, catalog) = (speed_health(speed), catalog.clone());
+    Arc::new(move || speed().and_then(|_| strata_serving::health(&catalog)))
+}
+
 /// Waits for a shutdown signal, or for the speed layer to fail.
 async fn wait_or_fail(stop: &CancellationToken, speed: &Arc<SpeedLayer>) {
     loop {
@@ -601,10 +608,10 @@ impl Node {
         let cpu = CpuRuntime::new(None)?;
         let speed = SpeedLayer::start(config, cpu.clone()).await?;
         let serve_stop = CancellationToken::new();
-        let ops = start_ops(metrics, speed_health(&speed), serve_stop.clone()).await?;
         let speed_source = speed.clone() as Arc<dyn SpeedSource>;
         let server =
             strata_serving::start(config, address, vec![speed_source], cpu.clone(), serve_stop.clone()).await?;
+        let ops = start_ops(metrics, node_health(&speed, &server.catalog), serve_stop.clone()).await?;
         let batch_stop = CancellationToken::new();
         let batch = match strata_batch::schedule(config) {
             Some(schedule) => {

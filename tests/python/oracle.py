@@ -9,11 +9,12 @@ minute / 5 minutes by device, with a FILTER); the SQL below is their DuckDB tran
 Usage: oracle.py --endpoint grpc://HOST:PORT --scratch DIR DATA.jsonl [DATA2.jsonl ...]
 (each DATA file has DATA.manifest.json next to it)
 
-For the speed layer (events produced to Kafka, line n to partition (n-1) % P at offset
-(n-1) // P): --lines N compares with the first N lines only, after waiting until the speed
-layer has consumed them (--wait-consumed); --kafka-partitions P checks the rejected table by
-Kafka position instead of file line; --check-archive waits until everything consumed is
-archived and checks the raw and rejected tables hold each record exactly once.
+For the speed layer (events produced to Kafka by produce.py, which records the partition
+and offset of every line in a positions file): --lines N compares with the first N lines
+only, after waiting until the speed layer has consumed each partition up to the last of them
+(--wait-consumed); --positions FILE checks the raw and rejected tables by Kafka position
+instead of file line; --check-archive waits until everything consumed is archived and checks
+that the raw and rejected tables hold each record exactly once.
 """
 
 import argparse
@@ -76,8 +77,28 @@ def load_valid(files, scratch, lines=None):
     return valid_path, manifests
 
 
+def load_positions(path, lines=None):
+    """line -> (partition, offset), from produce.py's positions file (the first `lines` only)."""
+    out = {}
+    with open(path) as f:
+        for row in f:
+            n, partition, offset = json.loads(row)
+            if lines is None or n <= lines:
+                out[n] = (partition, offset)
+    return out
+
+
+def targets(positions):
+    """partition -> the next offset after the last line produced to it."""
+    want = {}
+    for partition, offset in positions.values():
+        want[partition] = max(want.get(partition, 0), offset + 1)
+    return want
+
+
 def wait_for(endpoint, column, want, timeout=180):
-    """Polls system.partitions until sum(column) reaches want (the speed layer's progress)."""
+    """Polls system.partitions until every partition's `column` reaches `want` (partition ->
+    offset): the speed layer's progress."""
     import time
 
     client = PyArrowFlightSql(endpoint)
@@ -85,10 +106,11 @@ def wait_for(endpoint, column, want, timeout=180):
     got = None
     while time.monotonic() < deadline:
         try:
-            got = client.query(f"SELECT coalesce(sum({column}), 0) AS n FROM system.partitions").to_pylist()[0]["n"]
+            rows = client.query(f"SELECT partition, max({column}) AS n FROM system.partitions GROUP BY partition").to_pylist()
+            got = {r["partition"]: r["n"] for r in rows}
         except Exception as e:  # the server may be restarting
             got = f"error: {e}"
-        if got == want:
+        if isinstance(got, dict) and all((got.get(p) or 0) >= o for p, o in want.items()):
             return
         time.sleep(0.05)
     raise SystemExit(f"timed out waiting for {column} to reach {want} (last seen: {got})")
@@ -133,12 +155,13 @@ def check_hll(view, key, got, exact):
     return abs(got - exact) / max(exact, 1)
 
 
-def check_page_stats(conn, con):
+def check_page_stats(conn, con, minutes=1):
+    window = minutes * 60_000_000
     rows = served(conn, "SELECT * FROM page_stats", ["country"])
-    check_window_end("page_stats", rows, 60_000_000)
+    check_window_end("page_stats", rows, window)
     eps = 2 * KLL_RANK_ERROR
     truth = con.execute(
-        f"""SELECT (epoch_us(ts) // 60000000) * 60000000 AS ws, country,
+        f"""SELECT (epoch_us(ts) // {window}) * {window} AS ws, country,
                    count(*) AS views, sum(amount) AS revenue, avg(latency_ms) AS avg_latency,
                    count(DISTINCT user_id) AS users, count(latency_ms) AS n,
                    list_sort(list(latency_ms)) AS latencies
@@ -196,14 +219,15 @@ def check_device_5m(conn, con):
     print(f"device_5m: {len(truth)} rows equal (max approx_distinct error {max_hll:.2%})")
 
 
-def check_raw_and_rejected(endpoint, con, manifests, kafka_partitions=None):
+def check_raw_and_rejected(endpoint, con, manifests, positions=None):
     client = PyArrowFlightSql(endpoint)
     raw = client.query("SELECT count(*) AS n, count(DISTINCT ts) AS t FROM raw.page_views").to_pylist()[0]
     valid = sum(m["valid"] for _, m in manifests)
     duck_valid = con.execute("SELECT count(*) FROM events").fetchone()[0]
     if not (raw["n"] == valid == duck_valid):
         fail(f"raw.page_views holds {raw['n']} events; manifest says {valid}, DuckDB read {duck_valid}")
-    if kafka_partitions:
+    line_at = {position: n for n, position in (positions or {}).items()}
+    if positions:
         # Each valid line exactly once, at the Kafka position it was produced to.
         dups = client.query(
             "SELECT count(*) AS n FROM (SELECT _partition, _offset FROM raw.page_views GROUP BY 1, 2 HAVING count(*) > 1)"
@@ -212,18 +236,21 @@ def check_raw_and_rejected(endpoint, con, manifests, kafka_partitions=None):
             fail(f"raw.page_views holds {dups} Kafka positions more than once")
         bad = {m["line"] for _, man in manifests for m in man["malformed"]}
         archived = client.query("SELECT _partition AS p, _offset AS o FROM raw.page_views").to_pylist()
-        lines = {r["o"] * kafka_partitions + r["p"] + 1 for r in archived}
+        lines = [line_at.get((r["p"], r["o"])) for r in archived]
+        foreign = sum(1 for n in lines if n is None)
+        if foreign:
+            fail(f"{foreign} archived events are at Kafka positions no produced line has (aborted records?)")
         wrong = [n for n in lines if n in bad]
         if wrong:
             fail(f"malformed lines archived as events: {wrong[:5]}")
     rejected = client.query(
         "SELECT file, line, kafka_partition AS p, kafka_offset AS o, reason, raw FROM rejected.page_views"
     ).to_pylist()
-    if kafka_partitions:
+    if positions:
         path = manifests[0][0]
         expected = {(os.path.abspath(path), m["line"]): m["kind"] for m in manifests[0][1]["malformed"]}
         for r in rejected:
-            r["file"], r["line"] = path, r["o"] * kafka_partitions + r["p"] + 1
+            r["file"], r["line"] = path, line_at.get((r["p"], r["o"]), f"no line at {(r['p'], r['o'])}")
     else:
         expected = {(os.path.abspath(path), m["line"]): m["kind"] for path, m in manifests for m in m["malformed"]}
     seen = {}
@@ -288,23 +315,26 @@ def main():
     parser.add_argument("--lines", type=int)
     parser.add_argument("--wait-consumed", action="store_true")
     parser.add_argument("--check-archive", action="store_true")
-    parser.add_argument("--kafka-partitions", type=int)
+    parser.add_argument("--positions", help="produce.py's positions file: check by Kafka position")
     parser.add_argument("--views-only", action="store_true")
+    parser.add_argument("--page-stats-minutes", type=int, default=1,
+                        help="the window of page_stats (a test may change the view's definition)")
     parser.add_argument("data", nargs="+")
     args = parser.parse_args()
 
     valid_path, manifests = load_valid(args.data, args.scratch, args.lines)
+    positions = load_positions(args.positions, args.lines) if args.positions else None
     if args.wait_consumed:
-        wait_for(args.endpoint, "consumed_offset", args.lines)
+        wait_for(args.endpoint, "consumed_offset", targets(positions))
     con = duck(valid_path)
     conn = adbc_connect(args.endpoint)
     try:
-        check_page_stats(conn, con)
+        check_page_stats(conn, con, args.page_stats_minutes)
         check_device_5m(conn, con)
         if args.check_archive:
-            wait_for(args.endpoint, "archived_offset", args.lines)
+            wait_for(args.endpoint, "archived_offset", targets(positions))
         if not args.views_only:
-            check_raw_and_rejected(args.endpoint, con, manifests, args.kafka_partitions)
+            check_raw_and_rejected(args.endpoint, con, manifests, positions)
             check_get_objects(conn)
             check_prepared(conn, con)
     finally:

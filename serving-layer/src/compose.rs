@@ -1,0 +1,180 @@
+//! Which events of each Kafka partition a view's answer takes from where, so that every
+//! partition is counted exactly once whoever owns it at the moment.
+//!
+//! ```text
+//!  partition P:  [0 ──── batch states ──── C) [C ── lake raw ── F) [F ─ speed states of the ─ U)
+//!                 covered by the batch         archived, not held    newest owner generation
+//!                 version (its coverage C)     by any speed layer    that reports P
+//! ```
+//!
+//! - a partition two speed layers report (a rebalance in progress, a process that has not
+//!   noticed it lost the partition) counts once, from the newest owner generation;
+//! - a partition no speed layer reports (between owners, its owner dead or unreachable) is
+//!   answered from the lake's archived raw events beyond the batch coverage;
+//! - where the owner's states start beyond the coverage (it dropped states a newer batch
+//!   version covers, or the batch version is of another view definition), the lake fills
+//!   the offsets in between.
+
+use std::collections::BTreeMap;
+
+use strata_core::speed::{Offsets, PartRange, SpeedPart, partition_key};
+
+/// Events of one partition to read from the lake's raw table: offsets `[from, until)`
+/// (`until` None: everything archived from `from` on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LakeRange {
+    pub topic: String,
+    pub partition: i32,
+    pub from: i64,
+    pub until: Option<i64>,
+}
+
+/// Where a view's answer comes from, per partition.
+#[derive(Debug, Default)]
+pub struct Composition {
+    /// The chosen speed states: one part per partition.
+    pub speed: Vec<SpeedPart>,
+    /// What the lake fills.
+    pub lake: Vec<LakeRange>,
+}
+
+impl Composition {
+    /// Whether an owner's states start beyond the coverage somewhere (a newer batch version
+    /// may cover that gap: worth planning again before reading the lake).
+    pub fn has_gaps(&self) -> bool {
+        self.lake.iter().any(|r| r.until.is_some())
+    }
+}
+
+/// Chooses, for every partition of `topics`, where its events beyond `coverage` come from:
+/// `parts` are every speed layer's answer, `archived` the lake's next offset per partition.
+pub fn compose(
+    topics: &[String],
+    coverage: &Offsets,
+    archived: &BTreeMap<(String, i32), i64>,
+    parts: impl IntoIterator<Item = SpeedPart>,
+) -> Composition {
+    let mut chosen: BTreeMap<(String, i32), SpeedPart> = BTreeMap::new();
+    for part in parts {
+        if !topics.contains(&part.range.topic) {
+            continue;
+        }
+        let key = (part.range.topic.clone(), part.range.partition);
+        let newer = |p: &PartRange| (p.generation, p.until);
+        match chosen.get(&key) {
+            Some(held) if newer(&held.range) >= newer(&part.range) => {}
+            _ => {
+                chosen.insert(key, part);
+            }
+        }
+    }
+    let mut lake = Vec::new();
+    for ((topic, partition), &next) in archived.iter().filter(|((t, _), _)| topics.contains(t)) {
+        if chosen.contains_key(&(topic.clone(), *partition)) {
+            continue;
+        }
+        let from = coverage.get(&partition_key(topic, *partition)).copied().unwrap_or(0);
+        if next > from {
+            lake.push(LakeRange {
+                topic: topic.clone(),
+                partition: *partition,
+                from,
+                until: None,
+            });
+        }
+    }
+    for part in chosen.values() {
+        let covered = coverage.get(&part.range.key()).copied().unwrap_or(0);
+        if part.range.from > covered {
+            lake.push(LakeRange {
+                topic: part.range.topic.clone(),
+                partition: part.range.partition,
+                from: covered,
+                until: Some(part.range.from),
+            });
+        }
+    }
+    Composition {
+        speed: chosen.into_values().collect(),
+        lake,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(partition: i32, generation: u64, from: i64, until: i64) -> SpeedPart {
+        SpeedPart {
+            range: PartRange {
+                topic: "t".into(),
+                partition,
+                generation,
+                from,
+                until,
+            },
+            batches: Vec::new(),
+        }
+    }
+
+    fn ranges(c: &Composition) -> Vec<(i32, u64, i64, i64)> {
+        c.speed
+            .iter()
+            .map(|p| (p.range.partition, p.range.generation, p.range.from, p.range.until))
+            .collect()
+    }
+
+    fn lake(partition: i32, from: i64, until: Option<i64>) -> LakeRange {
+        LakeRange {
+            topic: "t".into(),
+            partition,
+            from,
+            until,
+        }
+    }
+
+    #[test]
+    fn every_partition_counts_once_from_the_newest_owner_or_the_lake() {
+        let topics = vec!["t".to_string()];
+        let coverage: Offsets = [("t/0".to_string(), 100), ("t/1".to_string(), 50)].into();
+        let archived: BTreeMap<(String, i32), i64> = [
+            (("t".into(), 0), 300),
+            (("t".into(), 1), 80),
+            (("t".into(), 2), 40),
+            (("u".into(), 0), 9),
+        ]
+        .into();
+        // Partition 0 reported by a process that lost it (generation 3) and by its new owner.
+        let parts = vec![
+            part(0, 3, 100, 320),
+            part(0, 4, 100, 300),
+            part(3, 1, 0, 0),
+            part(9, 1, 0, 5),
+        ];
+        let mut parts = parts;
+        parts.last_mut().unwrap().range.topic = "other".into();
+        let c = compose(&topics, &coverage, &archived, parts);
+        assert_eq!(ranges(&c), [(0, 4, 100, 300), (3, 1, 0, 0)]);
+        // Partitions 1 and 2 are nobody's: archived events beyond the coverage.
+        assert_eq!(c.lake, [lake(1, 50, None), lake(2, 0, None)]);
+        assert!(!c.has_gaps());
+    }
+
+    #[test]
+    fn the_lake_fills_between_the_coverage_and_where_the_states_start() {
+        let topics = vec!["t".to_string()];
+        let coverage: Offsets = [("t/0".to_string(), 100)].into();
+        let archived: BTreeMap<(String, i32), i64> = [(("t".into(), 0), 500), (("t".into(), 1), 70)].into();
+        let c = compose(
+            &topics,
+            &coverage,
+            &archived,
+            vec![part(0, 2, 400, 520), part(1, 2, 0, 90)],
+        );
+        assert_eq!(c.lake, [lake(0, 100, Some(400))]);
+        assert!(c.has_gaps());
+        // Nothing archived beyond the coverage of an unowned partition: nothing to read.
+        let c = compose(&topics, &coverage, &[(("t".into(), 0), 100)].into(), vec![]);
+        assert!(c.lake.is_empty() && c.speed.is_empty());
+    }
+}
