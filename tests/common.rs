@@ -55,10 +55,10 @@ impl Drop for Scratch {
 /// `strata` with a config.
 pub fn strata(config: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
-    c.arg("--config").arg(config).env(
-        "STRATA_LOG",
-        "warn,strata_speed=info,deltalake_core=error,buoyant_kernel=off",
-    );
+    // STRATA_TEST_LOG: another log filter for the processes of a test (for a diagnosis).
+    let log = std::env::var("STRATA_TEST_LOG")
+        .unwrap_or_else(|_| "warn,strata_speed=info,deltalake_core=error,buoyant_kernel=off".to_string());
+    c.arg("--config").arg(config).env("STRATA_LOG", log);
     c
 }
 

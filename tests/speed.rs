@@ -60,12 +60,12 @@ pub fn wait_produced(child: std::process::Child) {
     );
 }
 
-/// Runs the oracle on the first `lines` lines.
+/// Runs the oracle on the first `lines` lines, once the speed layer has consumed them.
 pub fn oracle(endpoint: &str, scratch: &Scratch, data: &Path, positions: &Path, lines: u64, full: bool) {
-    oracle_with(endpoint, scratch, data, positions, lines, full, &[]);
+    oracle_with(endpoint, scratch, data, positions, lines, full, &["--wait-consumed"]);
 }
 
-/// The oracle with more of its options (`--page-stats-minutes 2`).
+/// The oracle with more of its options (`--wait-consumed`, `--page-stats-minutes 2`).
 pub fn oracle_with(
     endpoint: &str,
     scratch: &Scratch,
@@ -83,7 +83,6 @@ pub fn oracle_with(
         scratch.0.to_str().unwrap(),
         "--lines",
         &lines,
-        "--wait-consumed",
         "--positions",
         positions.to_str().unwrap(),
     ];
@@ -281,7 +280,7 @@ fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
     assert_ne!(changed, text, "the example view changed shape");
     std::fs::write(&config, changed).unwrap();
     let mut running = start(&deployment, &config, &env, speed_address, None);
-    let two_minutes = ["--page-stats-minutes", "2"];
+    let two_minutes = ["--wait-consumed", "--page-stats-minutes", "2"];
     oracle_with(
         &running.endpoint,
         &scratch,

@@ -481,11 +481,15 @@ impl Catalog {
             .speed
             .iter()
             .map(|s| tokio::time::timeout(self.speed_timeout, s.status()));
-        futures::future::join_all(asks)
-            .await
-            .into_iter()
-            .filter_map(|answer| answer.ok()?.ok())
-            .collect()
+        let mut out = Vec::new();
+        for (s, answer) in self.speed.iter().zip(futures::future::join_all(asks).await) {
+            match answer {
+                Ok(Ok(status)) => out.push(status),
+                Ok(Err(e)) => tracing::debug!(speed = %s.name(), error = %e, "a speed layer did not say where it is"),
+                Err(_) => tracing::debug!(speed = %s.name(), "a speed layer did not say where it is in time"),
+            }
+        }
+        out
     }
 
     /// One row per Kafka partition of every source: who owns it (the newest generation of

@@ -56,11 +56,11 @@ impl RunningServer {
     /// Waits until the server stops (after `stop` is cancelled).
     pub async fn wait(&mut self) -> Result<()> {
         if let Some(task) = self.task.take() {
-            self.watch.abort();
             task.await
                 .map_err(|e| Error::Internal(format!("the Flight server task failed: {e}")))?
                 .map_err(|e| Error::Internal(format!("the Flight server failed: {e}")))?;
         }
+        self.watch.abort();
         Ok(())
     }
 }

@@ -184,26 +184,30 @@ impl FlightService for SpeedFlight {
     }
 }
 
-/// Serves a speed layer's states on `address` until `stop`. Beyond loopback a token is
-/// required (the serving layer's `serve.auth.token`).
-pub async fn serve(
-    speed: Arc<SpeedLayer>,
-    address: SocketAddr,
-    token: Option<String>,
-    stop: CancellationToken,
-) -> Result<(
-    SocketAddr,
-    tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
-)> {
+/// Binds the address speed states will be served on (port 0 picks a free port). Beyond
+/// loopback a token is required (the serving layer's `serve.auth.token`).
+pub async fn bind(address: SocketAddr, token: Option<&str>) -> Result<tokio::net::TcpListener> {
     if !address.ip().is_loopback() && token.is_none() {
         return Err(Error::Input(format!(
             "refusing to serve speed states on {address} without a token: set serve.auth.token (or STRATA_AUTH_TOKEN), \
              which `strata serve` also uses to call the speed layer, or bind to 127.0.0.1"
         )));
     }
-    let listener = tokio::net::TcpListener::bind(address)
+    tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|e| Error::io(format!("cannot listen on {address}"), e))?;
+        .map_err(|e| Error::io(format!("cannot listen on {address}"), e))
+}
+
+/// Serves a speed layer's states on `listener` (see [`bind`]) until `stop`.
+pub async fn serve(
+    speed: Arc<SpeedLayer>,
+    listener: tokio::net::TcpListener,
+    token: Option<String>,
+    stop: CancellationToken,
+) -> Result<(
+    SocketAddr,
+    tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+)> {
     let bound = listener
         .local_addr()
         .map_err(|e| Error::io("read the bound address", e))?;

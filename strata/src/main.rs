@@ -237,7 +237,14 @@ fn main() -> std::process::ExitCode {
 /// Third-party log targets kept quiet whatever the filter's level, unless it names them: the
 /// Delta kernel logs every snapshot it builds at INFO, and the Delta writer warns, for each
 /// file of the rejected table, that it keeps no statistics of the binary `raw` column.
-const QUIET_LOGS: &[(&str, &str)] = &[("buoyant_kernel", "off"), ("deltalake_core::writer::stats", "error")];
+const QUIET_LOGS: &[(&str, &str)] = &[
+    ("buoyant_kernel", "off"),
+    ("deltalake_core::writer::stats", "error"),
+    // A commit that loses to another writer's is logged there as an error; for the archive's
+    // fenced commits that is the expected way to find a partition moved (Strata decides
+    // again, and says so itself when it matters).
+    ("deltalake_core::kernel::transaction", "off"),
+];
 
 /// The log filter of `--log` (or STRATA_LOG), with the quiet targets added.
 fn log_filter(spec: &str) -> std::result::Result<tracing_subscriber::EnvFilter, String> {
@@ -368,11 +375,15 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let cpu = CpuRuntime::new(None)?;
             let stop = shutdown_signal();
-            let speed = SpeedLayer::start(&config, cpu).await?;
+            // Bound first: the speed layer is known to the serving layer by that address.
+            let listener = strata_speed::flight::bind(address, config.serve.auth.token.as_deref()).await?;
+            let mut named = (*config).clone();
+            named.speed.address = listener.local_addr()?.to_string();
+            let speed = SpeedLayer::start(&named, cpu).await?;
             let flight_stop = CancellationToken::new();
             let (bound, flight) = strata_speed::flight::serve(
                 speed.clone(),
-                address,
+                listener,
                 config.serve.auth.token.clone(),
                 flight_stop.clone(),
             )

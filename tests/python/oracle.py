@@ -113,7 +113,11 @@ def wait_for(endpoint, column, want, timeout=180):
         if isinstance(got, dict) and all((got.get(p) or 0) >= o for p, o in want.items()):
             return
         time.sleep(0.05)
-    raise SystemExit(f"timed out waiting for {column} to reach {want} (last seen: {got})")
+    try:
+        table = client.query("SELECT * FROM system.partitions").to_pylist()
+    except Exception as e:
+        table = f"error: {e}"
+    raise SystemExit(f"timed out waiting for {column} to reach {want} (last seen: {got}); system.partitions: {table}")
 
 
 def duck(valid_path):
