@@ -773,6 +773,47 @@ mod tests {
         assert_eq!(positions(&lake, "rejected").await, vec![(0, 3)]);
     }
 
+    /// The rejected table's positions are read from its newest snapshot, never from what a
+    /// process saw before: A archives partition 0, B takes it over and dies between its
+    /// rejected commit and its raw commit, A gets the partition back and consumes the same
+    /// offsets again. A's archiver, which read the rejected table before B wrote, must not
+    /// write B's malformed record a second time.
+    #[tokio::test]
+    async fn rejects_written_by_another_process_are_not_written_again() {
+        let (_scratch, lake, source) = setup("takeover-rejects");
+        let a = claim_all(&lake, &source, &[0]).await;
+        let mut archiver_a = archiver(&lake, &source);
+        archiver_a
+            .commit(&job(&source, &[(0, a[&0].generation, 0, 100)], &[(0, 40)]))
+            .await
+            .unwrap();
+        // B claims, writes its rejects of [100, 200), and is killed before its raw commit.
+        let b = claim_all(&lake, &source, &[0]).await;
+        assert_eq!(b[&0].start, 100);
+        {
+            let lost = job(&source, &[(0, b[&0].generation, 100, 200)], &[(0, 150)]);
+            let mut archiver_b = archiver(&lake, &source);
+            let tables = archiver_b.tables(0).await.unwrap();
+            let txns = vec![Transaction::new(kafka_app_id(TOPIC_NAME, 0), 200)];
+            strata_core::lake::append(&mut tables.rejected, lost.rejects, txns, serde_json::json!({}))
+                .await
+                .unwrap();
+        }
+        // A owns the partition again and archives the same offsets.
+        let again = claim_all(&lake, &source, &[0]).await;
+        assert_eq!(again[&0].start, 100);
+        archiver_a
+            .commit(&job(
+                &source,
+                &[(0, again[&0].generation, 100, 220)],
+                &[(0, 150), (0, 210)],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(positions(&lake, "rejected").await, vec![(0, 40), (0, 150), (0, 210)]);
+        assert_eq!(positions(&lake, "raw").await, every(0, 0..220, &[40, 150, 210]));
+    }
+
     /// A partition nothing was archived from yet gets its start pinned by the first claim, so
     /// a restart resumes there even where `auto.offset.reset = latest` would now start later;
     /// later claims keep it and raise the generation.
