@@ -545,3 +545,36 @@ async fn a_changed_source_schema_is_refused_not_mixed() {
     );
     assert!(err.contains("ms Int64") && err.contains("ms Float64"), "{err}");
 }
+
+/// A recompute that needs more memory than `batch.memory` fails alone, naming the view and
+/// saying what to change, and publishes nothing; with the default limit the same run
+/// publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recompute_over_its_memory_limit_fails_naming_the_view_and_publishes_nothing() {
+    let scratch = Scratch::new("recompute-memory");
+    let config = config(&scratch.0);
+    import_files(
+        &config,
+        &[events_file(&scratch.0, "a.jsonl", START_MS, 1_000, 20_000, 1)],
+    )
+    .await;
+    let mut tight = (*config).clone();
+    tight.batch.memory = Some(16 << 10);
+    let batch = BatchLayer::new(Arc::new(tight), cpu()).unwrap();
+    let e = batch.run_once(RunOptions::default()).await.unwrap_err().to_string();
+    assert!(
+        e.starts_with("view `per_page`: recompute: needs more memory than the batch layer gives it (batch.memory)")
+            && e.contains("nothing was published"),
+        "{e}"
+    );
+    let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
+    assert!(lake.open(&lake.view_url("per_page")).await.unwrap().is_none());
+    let batch = BatchLayer::new(config.clone(), cpu()).unwrap();
+    let report = batch.run_once(RunOptions::default()).await.unwrap();
+    assert!(
+        report
+            .views
+            .iter()
+            .all(|v| matches!(v.outcome, ViewOutcome::Published { .. }))
+    );
+}

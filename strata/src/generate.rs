@@ -86,7 +86,7 @@ impl Generator {
             let (record, _) = self.malformed_at(now_us);
             (record, true)
         } else {
-            let (record, _) = self.event_at(now_us);
+            let (record, _) = self.event_at(now_us, true);
             (record, false)
         }
     }
@@ -94,10 +94,12 @@ impl Generator {
     /// A valid event at position `i`, as JSON, and whether it is late.
     fn event(&mut self, i: u64) -> (String, bool) {
         let t = self.spec.start.timestamp_micros() + (i as f64 * self.step_us) as i64;
-        self.event_at(t)
+        self.event_at(t, true)
     }
 
-    fn event_at(&mut self, base_us: i64) -> (String, bool) {
+    /// An event around `base_us`. With `odd`, a share of its fields are what real streams
+    /// hold too: NULL group keys (country, device) and multi-byte strings.
+    fn event_at(&mut self, base_us: i64, odd: bool) -> (String, bool) {
         let rng = &mut self.rng;
         let mut t = base_us + rng.random_range(0..1000);
         let late = rng.random_bool(self.spec.late_ratio);
@@ -113,12 +115,28 @@ impl Generator {
         } else {
             ts.to_rfc3339_opts(SecondsFormat::Millis, true)
         };
-        let country = COUNTRIES[skewed(rng, COUNTRIES.len() as u64) as usize];
-        let device = DEVICES[skewed(rng, DEVICES.len() as u64) as usize];
+        let quoted = |s: String| format!("\"{s}\"");
+        let country = if odd && rng.random_bool(0.02) {
+            "null".to_string()
+        } else {
+            quoted(COUNTRIES[skewed(rng, COUNTRIES.len() as u64) as usize].to_string())
+        };
+        let device = if odd && rng.random_bool(0.02) {
+            "null".to_string()
+        } else {
+            quoted(DEVICES[skewed(rng, DEVICES.len() as u64) as usize].to_string())
+        };
         let user = skewed(rng, self.spec.users);
+        let user = if odd && rng.random_bool(0.05) {
+            format!("ü{user}-用户")
+        } else {
+            format!("u{user}")
+        };
         let page = skewed(rng, self.spec.pages);
         let url = if page.is_multiple_of(17) {
             format!("/checkout/{page}")
+        } else if odd && rng.random_bool(0.03) {
+            format!("/p/café-{page}/商品")
         } else {
             format!("/p/{page}")
         };
@@ -130,7 +148,7 @@ impl Generator {
         };
         (
             format!(
-                r#"{{"ts":"{ts}","user_id":"u{user}","country":"{country}","url":"{url}","device":"{device}","latency_ms":{latency},"amount":{amount}}}"#
+                r#"{{"ts":"{ts}","user_id":"{user}","country":{country},"url":"{url}","device":{device},"latency_ms":{latency},"amount":{amount}}}"#
             ),
             late,
         )
@@ -142,7 +160,8 @@ impl Generator {
     }
 
     fn malformed_at(&mut self, base_us: i64) -> (String, &'static str) {
-        let (good, _) = self.event_at(base_us);
+        // Plain fields: each kind of flaw below is made by editing them.
+        let (good, _) = self.event_at(base_us, false);
         let kinds: &[&'static str] = if self.spec.max_record_bytes > 0 {
             &[
                 "truncated",
