@@ -232,7 +232,10 @@ impl StrataFlightSql {
     ) -> Result<FlightInfo, Status> {
         let started = Instant::now();
         handle.plan = None;
-        let df = self.plan(&handle).await?;
+        // Planning reads the lake (and asks the speed layers): under the deadline too.
+        let df = tokio::time::timeout(self.timeout, self.plan(&handle))
+            .await
+            .map_err(|_| self.deadline_exceeded())??;
         let schema = output_schema(df.schema().as_arrow());
         handle.plan = Some(self.plans.keep(&handle, started, df));
         let ticket = ticket(&handle);
@@ -263,7 +266,11 @@ impl StrataFlightSql {
             None => (started, self.plan(&handle).await?),
         };
         let schema = output_schema(df.schema().as_arrow());
-        let deadline = tokio::time::Instant::from_std(started + self.timeout);
+        let deadline = tokio::time::Instant::from_std(
+            started
+                .checked_add(self.timeout)
+                .unwrap_or_else(|| started + Duration::from_secs(86_400 * 365)),
+        );
         let stream = tokio::time::timeout_at(deadline, self.cpu.spawn(df.execute_stream()))
             .await
             .map_err(|_| self.deadline_exceeded())?

@@ -477,10 +477,19 @@ impl Aggregator {
                 insert_recovered(p, v, end, batches, views);
             }
         }
-        // Segment starts follow from the boundaries; empty segments are not needed.
+        // A segment ends at every archive boundary, with states or not (a flush of rejects
+        // only, or of events every view filters out, holds none), and the last at the
+        // archived position: a batch coverage never falls inside one, and the open segment
+        // starts where the lake ends, as the archive's next flush must.
         for a in partitions {
-            if let Some(p) = fresh.get_mut(&partition_key(&a.topic, a.partition)) {
-                let mut start = p.floor.iter().copied().min().unwrap_or(0);
+            let key = partition_key(&a.topic, a.partition);
+            if let Some(p) = fresh.get_mut(&key) {
+                let floor = p.floor.iter().copied().min().unwrap_or(0);
+                let ends = boundaries[&key].iter().copied().chain([a.start]);
+                for end in ends.filter(|e| *e > floor && *e <= a.start) {
+                    segment_ending_at(p, end, views);
+                }
+                let mut start = floor;
                 for seg in p.segments.iter_mut() {
                     seg.start = start;
                     start = seg.end;
@@ -511,7 +520,13 @@ fn new_partition(source: usize, topic: &str, partition: i32, archived: i64, view
 
 /// Puts recovered states of a view into the closed segment ending at `end`.
 fn insert_recovered(p: &mut PartitionStates, v: usize, end: i64, batches: Vec<RecordBatch>, views: usize) {
-    let index = match p.segments.iter().position(|s| s.end >= end) {
+    let index = segment_ending_at(p, end, views);
+    p.segments[index].states[v].extend(batches);
+}
+
+/// The index of the closed segment ending at `end`, inserted (empty) if there is none.
+fn segment_ending_at(p: &mut PartitionStates, end: i64, views: usize) -> usize {
+    match p.segments.iter().position(|s| s.end >= end) {
         Some(i) if p.segments[i].end == end => i,
         Some(i) => {
             p.segments.insert(i, closed_segment(end, views));
@@ -521,8 +536,7 @@ fn insert_recovered(p: &mut PartitionStates, v: usize, end: i64, batches: Vec<Re
             p.segments.push_back(closed_segment(end, views));
             p.segments.len() - 1
         }
-    };
-    p.segments[index].states[v].extend(batches);
+    }
 }
 
 fn closed_segment(end: i64, views: usize) -> crate::store::Segment {
@@ -714,6 +728,101 @@ mod tests {
         let mut buckets = vec![vec![0u64; LATENESS_BUCKETS.len()]; 2];
         assert!(lateness(Some(60 * S), 59 * S, &windows[..1], &mut buckets));
         assert_eq!(buckets[0][bucket("0")], 1);
+    }
+
+    /// A partition taken over after a flush that held no valid events (only rejects): its
+    /// recovered segments end where the lake does, so the next flush starts at the archived
+    /// position (else the archive's fence sees a flush that does not start there and stops
+    /// the speed layer, on every process that takes the partition).
+    #[tokio::test]
+    async fn recovered_segments_end_where_the_lake_does() {
+        use strata_core::decode::{JsonDecoder, KafkaPosition, Origin, Rejects};
+
+        use crate::archive::{Archiver, claim};
+        let dir = std::env::temp_dir().join(format!("strata-recover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = crate::fixtures::clicks_config(&dir.join("strata.toml"));
+        let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
+        let source = SourceSchema::new(&config.sources[0]);
+        let mut engines = Vec::new();
+        for plan in config.view_plans().unwrap() {
+            engines.push(Arc::new(
+                ViewEngine::new(plan, "clicks", source.raw.clone()).await.unwrap(),
+            ));
+        }
+        let views = engines.len();
+        let names = engines.iter().map(|e| e.plan.name.clone()).collect();
+        let store = Arc::new(Mutex::new(Store::new(names, vec![0; views])));
+        let list = vec![("clicks".to_string(), 0)];
+        let first = claim(&lake, &source, &list, &|_, _| Ok(0)).await.unwrap();
+        let mut archiver = Archiver::new(lake.clone(), vec![source.clone()], store.clone(), None);
+        let position = |offset| KafkaPosition {
+            topic: "clicks",
+            partition: 0,
+            offset,
+        };
+        // [0, 100): events; [100, 150): rejects only.
+        let mut decoder = JsonDecoder::new(source.clone());
+        for offset in 0..100 {
+            let record = format!(
+                r#"{{"ts":{},"user":"u{offset}","page":"/p","ms":50}}"#,
+                1_795_219_200_000i64 + offset
+            );
+            decoder.decode(record.as_bytes(), Some(position(offset))).unwrap();
+        }
+        let mut rejects = Rejects::new("clicks", 0);
+        for offset in 100..150 {
+            rejects.push(Origin::Kafka(position(offset)), b"{oops", "invalid JSON");
+        }
+        let range = |start, end| ArchiveRange {
+            topic: "clicks".into(),
+            partition: 0,
+            generation: first[0].generation,
+            start,
+            end,
+        };
+        for (events, rejects, r) in [
+            (vec![decoder.finish()], vec![], range(0, 100)),
+            (vec![], vec![rejects.finish()], range(100, 150)),
+        ] {
+            let job = ArchiveJob {
+                source: 0,
+                events,
+                rejects,
+                ranges: vec![r],
+            };
+            assert_eq!(archiver.commit(&job).await.unwrap().archived.len(), 1);
+        }
+        // Another process takes the partition over.
+        let taken = claim(&lake, &source, &list, &|_, _| Ok(0)).await.unwrap();
+        assert_eq!(taken[0].start, 150);
+        let (archive, _jobs) = mpsc::channel(1);
+        let mut aggregator = Aggregator::new(
+            engines,
+            vec![0; views],
+            vec![source.clone()],
+            store.clone(),
+            lake.clone(),
+            (Duration::from_secs(1), 1000),
+            archive,
+        );
+        aggregator
+            .assigned(vec![Assigned {
+                source: 0,
+                topic: "clicks".into(),
+                partition: 0,
+                generation: taken[0].generation,
+                start: taken[0].start,
+            }])
+            .await
+            .unwrap();
+        let store = store.lock().unwrap();
+        let p = &store.partitions[&partition_key("clicks", 0)];
+        let ends: Vec<(i64, i64)> = p.segments.iter().map(|s| (s.start, s.end)).collect();
+        assert_eq!(ends, [(0, 100), (100, 150)]);
+        assert_eq!(p.consumed(), 150, "the next flush starts where the lake ends");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn batch(n: i64) -> RecordBatch {

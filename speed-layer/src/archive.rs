@@ -183,11 +183,11 @@ pub struct Archiver {
 
 /// How a flush went.
 #[derive(Debug, PartialEq, Eq)]
-struct Committed {
+pub(crate) struct Committed {
     /// The ranges now in the lake (committed now, or found there already).
-    archived: Vec<ArchiveRange>,
+    pub(crate) archived: Vec<ArchiveRange>,
     /// The ranges of partitions another owner has now: not committed.
-    fenced: Vec<ArchiveRange>,
+    pub(crate) fenced: Vec<ArchiveRange>,
 }
 
 impl Archiver {
@@ -243,13 +243,17 @@ impl Archiver {
                 }
             };
             let mut backoff = Duration::from_millis(100);
+            let mut conflict_pause = Duration::from_millis(5);
             loop {
                 match self.commit(&job).await {
                     Ok(_) => break,
                     Err(e @ Error::Internal(_)) => return Err(e),
                     Err(Error::Conflict(why)) => {
-                        // Decided again at once on a fresh snapshot.
+                        // Decided again on a fresh snapshot, after a pause that grows while
+                        // the races go on (other writers get their turn).
                         tracing::debug!(%why, "an archive commit lost a race; deciding again");
+                        tokio::time::sleep(conflict_pause).await;
+                        conflict_pause = (conflict_pause * 2).min(Duration::from_millis(500));
                     }
                     Err(e) => {
                         self.failures.inc();
@@ -290,7 +294,7 @@ impl Archiver {
 
     /// Commits one flush: decides on a fresh snapshot of the raw table which ranges are still
     /// this process's to write, writes their rejects, then their events.
-    async fn commit(&mut self, job: &ArchiveJob) -> Result<Committed> {
+    pub(crate) async fn commit(&mut self, job: &ArchiveJob) -> Result<Committed> {
         let started = Instant::now();
         let s = job.source;
         let name = self.sources[s].name.clone();

@@ -43,6 +43,10 @@ const MAX_BATCH_ROWS: usize = 64 * 1024;
 /// How long a revocation waits for the aggregator to archive and drop the partitions.
 const REVOKE_WAIT: Duration = Duration::from_secs(40);
 
+/// How long claims of assigned partitions are retried when Kafka or the lake fails, well
+/// within the consumer's max.poll.interval.ms (5 minutes by default).
+const CLAIM_PATIENCE: Duration = Duration::from_secs(120);
+
 /// What the consumer sends to the aggregator, in consumption order.
 #[derive(Debug)]
 pub enum Input {
@@ -102,12 +106,41 @@ impl Rebalances {
     }
 }
 
-/// Marks the consumer closing when the polling loop ends, however it ends.
-struct Closing<'a>(&'a Rebalances);
+/// When the polling loop ends, however it ends: marks the consumer closing and answers the
+/// rebalances it recorded and did not act on (librdkafka waits for that answer, and closing
+/// the consumer would wait for ever).
+struct Closing<'a> {
+    rebalances: &'a Rebalances,
+    consumer: &'a KafkaConsumer,
+}
 
 impl Drop for Closing<'_> {
     fn drop(&mut self) {
-        self.0.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.rebalances.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        while let Some(change) = self.rebalances.next() {
+            answer(self.consumer, &change);
+        }
+    }
+}
+
+/// What librdkafka's own handling of a rebalance does: assign or unassign the partitions.
+fn answer(consumer: &KafkaConsumer, change: &Rebalance) {
+    let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+    let list = |partitions: &[(String, i32)]| {
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in partitions {
+            tpl.add_partition(t, *p);
+        }
+        tpl
+    };
+    let result = match (change, cooperative) {
+        (Rebalance::Assign(p), true) => consumer.incremental_assign(&list(p)),
+        (Rebalance::Assign(p), false) => consumer.assign(&list(p)),
+        (Rebalance::Revoke(p), true) => consumer.incremental_unassign(&list(p)),
+        (Rebalance::Revoke(_), false) => consumer.unassign(),
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "answering a rebalance while the consumer stops");
     }
 }
 
@@ -121,19 +154,6 @@ impl ConsumerContext for SpeedContext {
     /// Records the change; the polling loop claims, seeks and archives, then assigns or
     /// unassigns (librdkafka waits for that call).
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        if self.rebalances.closing.load(std::sync::atomic::Ordering::SeqCst) {
-            let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
-            let result = match (err, cooperative) {
-                (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, true) => consumer.incremental_assign(tpl),
-                (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, false) => consumer.assign(tpl),
-                (_, true) => consumer.incremental_unassign(tpl),
-                (_, false) => consumer.unassign(),
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "rebalance while closing the consumer");
-            }
-            return;
-        }
         let list: Vec<(String, i32)> = tpl
             .elements()
             .iter()
@@ -156,7 +176,12 @@ impl ConsumerContext for SpeedContext {
                 Rebalance::Revoke(owned)
             }
         };
-        self.rebalances.events.lock().expect("rebalance lock").push_back(event);
+        if self.rebalances.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            // The polling loop has ended (the consumer is closing): answer at once.
+            answer(consumer, &event);
+        } else {
+            self.rebalances.events.lock().expect("rebalance lock").push_back(event);
+        }
     }
 }
 
@@ -296,7 +321,10 @@ impl Poller {
     }
 
     pub fn run(self) -> Result<()> {
-        let _closing = Closing(&self.rebalances);
+        let _closing = Closing {
+            rebalances: &self.rebalances,
+            consumer: &self.consumer,
+        };
         let topic_source: HashMap<String, usize> = self
             .sources
             .iter()
@@ -446,30 +474,78 @@ impl Poller {
         let keys: Vec<String> = list.iter().map(|(t, p)| partition_key(t, *p)).collect();
         tracing::info!(partitions = ?keys, "partitions revoked: archiving what they consumed");
         let (done, archived) = std::sync::mpsc::sync_channel(1);
-        if !self.send(Input::Revoked { keys, done })? {
-            return Ok(false);
-        }
-        if archived.recv_timeout(REVOKE_WAIT).is_err() {
+        let sent = self.send(Input::Revoked { keys, done });
+        if matches!(sent, Ok(true)) && archived.recv_timeout(REVOKE_WAIT).is_err() {
             tracing::warn!("the revoked partitions were not archived in time: letting them go");
         }
-        let result = if self.cooperative() {
-            let mut tpl = TopicPartitionList::new();
-            for (t, p) in list {
-                tpl.add_partition(t, *p);
-            }
-            self.consumer.incremental_unassign(&tpl)
-        } else {
-            self.consumer.unassign()
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "cannot unassign revoked partitions");
-        }
-        Ok(true)
+        // Unassigned whatever happened: librdkafka waits for it.
+        answer(&self.consumer, &Rebalance::Revoke(list.to_vec()));
+        sent
     }
 
     /// Claims newly assigned partitions in the lake (per source, one commit) and assigns them
     /// at the claimed starts.
     fn assign(&self, list: &[(String, i32)]) -> Result<Vec<Claim>> {
+        let claims = self.claim_all(list);
+        let claims = match claims {
+            Ok(c) => c,
+            Err(e) => {
+                // librdkafka waits for an answer: the partitions are taken (nothing will be
+                // consumed: the failure stops the speed layer) and let go as it closes.
+                answer(&self.consumer, &Rebalance::Assign(list.to_vec()));
+                return Err(e);
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        for c in &claims {
+            tpl.add_partition_offset(&c.topic, c.partition, Offset::Offset(c.start))
+                .map_err(|e| Error::kafka("set a start offset", e))?;
+        }
+        let result = if self.cooperative() {
+            self.consumer.incremental_assign(&tpl)
+        } else {
+            self.consumer.assign(&tpl)
+        };
+        result.map_err(|e| Error::kafka("assign partitions", e))?;
+        tracing::info!(
+            partitions = ?claims.iter().map(|c| (partition_key(&c.topic, c.partition), c.generation, c.start)).collect::<Vec<_>>(),
+            "partitions assigned (generation, start)"
+        );
+        for c in &claims {
+            self.check_start(c);
+        }
+        Ok(claims)
+    }
+
+    /// Says so loudly when a partition's start (the lake's position) is outside what Kafka
+    /// holds: records deleted by retention before they were consumed are lost, and a topic
+    /// recreated (or truncated) below the lake's position has its records up to it skipped.
+    fn check_start(&self, c: &Claim) {
+        let Ok((low, high)) = self
+            .consumer
+            .fetch_watermarks(&c.topic, c.partition, Duration::from_secs(5))
+        else {
+            return;
+        };
+        let skipped = global().counter(
+            "strata_consumer_offsets_out_of_range_total",
+            "Offsets between a partition's position in the lake and what Kafka holds, never consumed (retention deleted them, or the topic was recreated).",
+            &[],
+        );
+        if c.start < low {
+            skipped.add((low - c.start) as u64);
+            tracing::error!(topic = %c.topic, partition = c.partition, position = c.start, log_start = low,
+                "records between the lake's position and the partition's log start were deleted by retention before they were consumed: they are lost");
+        } else if c.start > high {
+            skipped.add((c.start - high) as u64);
+            tracing::error!(topic = %c.topic, partition = c.partition, position = c.start, log_end = high,
+                "the lake's position is beyond the end of the partition (the topic was recreated or truncated): records below the position are skipped");
+        }
+    }
+
+    /// Claims partitions in the lake, one commit per source; a failure of Kafka or of the lake
+    /// is retried (with backoff, for up to [`CLAIM_PATIENCE`]) before it stops the speed layer.
+    fn claim_all(&self, list: &[(String, i32)]) -> Result<Vec<Claim>> {
         let mut claims = Vec::new();
         for source in &self.sources {
             let mine: Vec<(String, i32)> = list
@@ -490,30 +566,33 @@ impl Poller {
                     .map_err(|e| Error::kafka(format!("read the offsets of {topic}/{partition}"), e))?;
                 Ok(if at_end { high } else { low })
             };
-            let claimed = self
-                .runtime
-                .block_on(claim(&self.lake, source, &mine, &start_of))
-                .map_err(|e| Error::Lake {
-                    context: format!("claim partitions {mine:?} of source `{}` in the lake", source.name),
-                    source: Box::new(e),
-                })?;
+            let started = Instant::now();
+            let mut backoff = Duration::from_millis(200);
+            let claimed = loop {
+                match self.runtime.block_on(claim(&self.lake, source, &mine, &start_of)) {
+                    Ok(c) => break c,
+                    Err(e)
+                        if e.domain() == strata_core::error::ErrorDomain::External
+                            && started.elapsed() + backoff < CLAIM_PATIENCE
+                            && !self.stop.is_cancelled() =>
+                    {
+                        tracing::warn!(error = %e, source = %source.name, retry_in = ?backoff, "cannot claim the assigned partitions yet; retrying");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) => {
+                        return Err(match e {
+                            e @ Error::Kafka { .. } => e,
+                            e => Error::Lake {
+                                context: format!("claim partitions {mine:?} of source `{}` in the lake", source.name),
+                                source: Box::new(e),
+                            },
+                        });
+                    }
+                }
+            };
             claims.extend(claimed);
         }
-        let mut tpl = TopicPartitionList::new();
-        for c in &claims {
-            tpl.add_partition_offset(&c.topic, c.partition, Offset::Offset(c.start))
-                .map_err(|e| Error::kafka("set a start offset", e))?;
-        }
-        let result = if self.cooperative() {
-            self.consumer.incremental_assign(&tpl)
-        } else {
-            self.consumer.assign(&tpl)
-        };
-        result.map_err(|e| Error::kafka("assign partitions", e))?;
-        tracing::info!(
-            partitions = ?claims.iter().map(|c| (partition_key(&c.topic, c.partition), c.generation, c.start)).collect::<Vec<_>>(),
-            "partitions assigned (generation, start)"
-        );
         Ok(claims)
     }
 
@@ -563,6 +642,58 @@ impl Poller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The polling loop ends (a stop, a failure) with a rebalance it recorded and did not
+    /// act on: librdkafka waits for that rebalance to be answered, and closing the consumer
+    /// would wait for ever. The loop answers it as it ends, and the consumer closes.
+    #[test]
+    fn a_consumer_with_a_rebalance_left_unanswered_still_closes() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::DefaultProducerContext;
+        let cluster = MockCluster::<DefaultProducerContext>::new(1).unwrap();
+        cluster.create_topic("clicks", 2, 1).unwrap();
+        let dir = std::env::temp_dir().join(format!("strata-close-{}", std::process::id()));
+        let mut config = crate::fixtures::clicks_config(&dir.join("strata.toml"));
+        config.kafka.brokers = cluster.bootstrap_servers();
+        config
+            .kafka
+            .properties
+            .insert("partition.assignment.strategy".into(), "cooperative-sticky".into());
+        let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
+        let (consumer, rebalances) = create(&config).unwrap();
+        // Poll until librdkafka hands out the assignment (recorded, not answered).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while rebalances.events.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "no assignment within 30 s");
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (output, _input) = mpsc::channel(1);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let poller = Poller::new(
+            &config,
+            lake,
+            (consumer, rebalances),
+            runtime.handle().clone(),
+            output,
+            stop,
+        );
+        let (closed, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // The poller holds the last reference: the consumer closes as it returns.
+            poller.run().unwrap();
+            let _ = closed.send(());
+        });
+        assert!(
+            done.recv_timeout(Duration::from_secs(30)).is_ok(),
+            "the consumer did not close"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// Offsets a transactional producer leaves out (a commit marker after each transaction,
     /// aborted records and their marker) are passed over at once, without seeking back; a
