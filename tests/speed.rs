@@ -290,9 +290,14 @@ fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
         false,
         &two_minutes,
     );
-    let current = "SELECT view, batch_current FROM system.freshness ORDER BY view";
-    let status = run_ok(strata(&config).args(["query", current, "--endpoint", &running.endpoint, "--format", "csv"]));
-    assert_eq!(status, "view,batch_current\ndevice_5m,true\npage_stats,false\n");
+    let current = |endpoint: &str| {
+        let sql = "SELECT view, batch_current FROM system.freshness ORDER BY view";
+        run_ok(strata(&config).args(["query", sql, "--endpoint", endpoint, "--format", "csv"]))
+    };
+    assert_eq!(
+        current(&running.endpoint),
+        "view,batch_current\ndevice_5m,true\npage_stats,false\n"
+    );
     let out = run_ok(strata(&config).args(["batch", "run"]).envs(env));
     assert!(
         out.contains("published view page_stats") && out.contains("view device_5m: up to date"),
@@ -307,8 +312,10 @@ fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
         true,
         &two_minutes,
     );
-    let status = run_ok(strata(&config).args(["query", current, "--endpoint", &running.endpoint, "--format", "csv"]));
-    assert_eq!(status, "view,batch_current\ndevice_5m,true\npage_stats,true\n");
+    assert_eq!(
+        current(&running.endpoint),
+        "view,batch_current\ndevice_5m,true\npage_stats,true\n"
+    );
     assert!(
         running.speed.terminate(),
         "the speed process did not stop cleanly on SIGTERM"

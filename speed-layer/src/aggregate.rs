@@ -676,9 +676,6 @@ async fn join_folder(folder: tokio::task::JoinHandle<Result<()>>) -> Result<()> 
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::Int64Array;
-    use arrow::datatypes::{DataType, Field, Schema};
-
     use super::*;
 
     /// An event is late only when a window of a view it falls in had already closed in event
@@ -744,13 +741,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let config = crate::fixtures::clicks_config(&dir.join("strata.toml"));
         let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
-        let source = SourceSchema::new(&config.sources[0]);
-        let mut engines = Vec::new();
-        for plan in config.view_plans().unwrap() {
-            engines.push(Arc::new(
-                ViewEngine::new(plan, "clicks", source.raw.clone()).await.unwrap(),
-            ));
-        }
+        let (source, engines) = crate::fixtures::clicks_engines(&config).await;
         let views = engines.len();
         let names = engines.iter().map(|e| e.plan.name.clone()).collect();
         let store = Arc::new(Mutex::new(Store::new(names, vec![0; views])));
@@ -826,21 +817,11 @@ mod tests {
     }
 
     fn batch(n: i64) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
-        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![n]))]).unwrap()
+        crate::fixtures::int64_batch([n])
     }
 
     fn values(store: &Store, job: &FoldJob) -> Vec<i64> {
-        segment_states(store, job)
-            .unwrap()
-            .iter()
-            .flat_map(|b| {
-                b.column(0)
-                    .as_primitive::<arrow::datatypes::Int64Type>()
-                    .values()
-                    .to_vec()
-            })
-            .collect()
+        crate::fixtures::int64_values(segment_states(store, job).unwrap())
     }
 
     /// A store holding one partition whose open segment (start 0) holds `states` for its
@@ -892,13 +873,7 @@ mod tests {
     async fn the_folder_folds_segments_into_the_merged_states() {
         use strata_core::decode::{JsonDecoder, KafkaPosition};
         let config = crate::fixtures::clicks_config(std::path::Path::new("/tmp/strata.toml"));
-        let source = SourceSchema::new(&config.sources[0]);
-        let mut engines = Vec::new();
-        for plan in config.view_plans().unwrap() {
-            engines.push(Arc::new(
-                ViewEngine::new(plan, "clicks", source.raw.clone()).await.unwrap(),
-            ));
-        }
+        let (source, engines) = crate::fixtures::clicks_engines(&config).await;
         let views = engines.len();
         let key = partition_key("clicks", 0);
         let mut p = new_partition(0, "clicks", 0, 0, views);

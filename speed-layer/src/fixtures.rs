@@ -2,8 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
+use arrow::array::{AsArray, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use strata_core::config::Config;
+use strata_core::schema::SourceSchema;
+
+use crate::engine::ViewEngine;
 
 /// A config with one source, `clicks` (topic `clicks`, event time in epoch millis), a
 /// tumbling view with approx_distinct and a filtered hopping view; the lake is `lake` beside
@@ -29,4 +35,29 @@ name = "sliding"
 sql = "SELECT window_start, count(*) AS n, max(ms) AS worst FROM clicks WHERE ms > 10 GROUP BY hop(ts, INTERVAL '1 minute', INTERVAL '3 minutes')"
 "#;
     Config::parse(text, file, &BTreeMap::new()).expect("the test config parses")
+}
+
+/// The source of [`clicks_config`] and an engine for each of its views.
+pub async fn clicks_engines(config: &Config) -> (Arc<SourceSchema>, Vec<Arc<ViewEngine>>) {
+    let source = SourceSchema::new(&config.sources[0]);
+    let mut engines = Vec::new();
+    for plan in config.view_plans().expect("the test views plan") {
+        let engine = ViewEngine::new(plan, "clicks", source.raw.clone()).await;
+        engines.push(Arc::new(engine.expect("an engine of a test view")));
+    }
+    (source, engines)
+}
+
+/// A batch of one Int64 column `n` (a stand-in for state rows).
+pub fn int64_batch(values: impl IntoIterator<Item = i64>) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+    RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(values))]).expect("a batch")
+}
+
+/// The values of the first (Int64) column of batches, in order.
+pub fn int64_values<'a>(batches: impl IntoIterator<Item = &'a RecordBatch>) -> Vec<i64> {
+    batches
+        .into_iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect()
 }

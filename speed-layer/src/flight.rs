@@ -368,15 +368,8 @@ impl SpeedSource for RemoteSpeed {
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::Int64Array;
-    use arrow::datatypes::{DataType, Field, Schema};
-
     use super::*;
-
-    fn batch(values: std::ops::Range<i64>) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
-        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(values))]).unwrap()
-    }
+    use crate::fixtures::{int64_batch as batch, int64_values};
 
     fn header(partition: i32, rows: usize) -> PartHeader {
         PartHeader {
@@ -392,17 +385,7 @@ mod tests {
     }
 
     fn values(part: &SpeedPart) -> Vec<i64> {
-        part.batches
-            .iter()
-            .flat_map(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .unwrap()
-                    .values()
-                    .to_vec()
-            })
-            .collect()
+        int64_values(&part.batches)
     }
 
     /// The encoder may cut and join batches as it likes: the partitions' parts come back by

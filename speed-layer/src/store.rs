@@ -269,31 +269,15 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use arrow::array::Int64Array;
-    use arrow::datatypes::{DataType, Field, Schema};
-
     use super::*;
+    use crate::fixtures::{int64_batch, int64_values};
 
     fn batch(v: i64) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
-        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![v]))]).unwrap()
+        int64_batch([v])
     }
 
     fn values(parts: &[SpeedPart]) -> Vec<i64> {
-        parts
-            .iter()
-            .flat_map(|p| &p.batches)
-            .flat_map(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .unwrap()
-                    .values()
-                    .to_vec()
-            })
-            .collect()
+        int64_values(parts.iter().flat_map(|p| &p.batches))
     }
 
     fn store_with_segments() -> Store {
