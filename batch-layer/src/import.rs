@@ -378,10 +378,6 @@ fn read_parquet(
     let mut pending: Vec<RecordBatch> = Vec::new();
     let mut pending_rows = 0usize;
     let mut rejects = Rejects::new(&source.name, chrono::Utc::now().timestamp_micros());
-    let cast_options = arrow::compute::CastOptions {
-        safe: false,
-        format_options: FormatOptions::default(),
-    };
     for batch in reader {
         let batch = batch.map_err(|e| Error::Input(format!("{display}: cannot read row {}: {e}", row + 1)))?;
         let first_row = row;
@@ -389,50 +385,16 @@ fn read_parquet(
         if row <= raw_done {
             continue;
         }
-        // Project and cast the columns the source defines; absent ones are NULL.
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(source.raw.fields().len());
-        for (i, (name, _)) in source.columns.iter().enumerate() {
-            let target: &DataType = source.raw.field(i).data_type();
-            match batch.column_by_name(name) {
-                Some(c) => columns.push(cast_with_options(c, target, &cast_options).map_err(|e| {
-                    Error::Input(format!(
-                        "{display}: column `{name}` ({}) cannot be read as {target}: {e}",
-                        c.data_type()
-                    ))
-                })?),
-                None => columns.push(new_null_array(target, batch.num_rows())),
-            }
-        }
-        let times = columns[source.event_time].clone();
-        let times = times.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-        // Why each row cannot be stored, if it cannot: no event time, or one the lake cannot hold.
-        let unusable = |r: usize| -> Option<String> {
-            if times.is_null(r) {
-                return Some(format!("no event time: column `{event_time}` is null"));
-            }
-            strata_core::schema::check_event_time(times.value(r))
-                .err()
-                .map(|reason| format!("column `{event_time}`: {reason}"))
-        };
+        let columns = project(&batch, source, display)?;
         // Rows of this batch already committed by an earlier import are skipped too.
         let skip = raw_done.saturating_sub(first_row) as usize;
-        let mut valid = vec![true; batch.num_rows()];
-        for (r, valid) in valid.iter_mut().enumerate() {
-            let Some(reason) = unusable(r) else { continue };
-            *valid = false;
-            let line = first_row + r as u64 + 1;
-            if r >= skip && line > rejects_done {
-                rejects.push(
-                    Origin::Row {
-                        file: display,
-                        row: line,
-                    },
-                    &row_as_json(&batch, r)?,
-                    &reason,
-                );
-            }
-        }
-        let keep: arrow::array::BooleanArray = (0..batch.num_rows()).map(|r| Some(r >= skip && valid[r])).collect();
+        let rows = Rows {
+            file: display,
+            first: first_row,
+            skip,
+            rejects_done,
+        };
+        let keep = rows.keep(&batch, &columns, source, &mut rejects)?;
         let kept_columns = columns
             .iter()
             .map(|c| arrow::compute::filter(c, &keep))
@@ -459,6 +421,77 @@ fn read_parquet(
         let _ = tx.blocking_send(Ok(chunk));
     }
     Ok(())
+}
+
+/// The source's columns of a Parquet batch, cast to the source's types; absent ones are NULL.
+fn project(batch: &RecordBatch, source: &SourceSchema, display: &str) -> Result<Vec<ArrayRef>> {
+    let cast_options = arrow::compute::CastOptions {
+        safe: false,
+        format_options: FormatOptions::default(),
+    };
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(source.raw.fields().len());
+    for (i, (name, _)) in source.columns.iter().enumerate() {
+        let target: &DataType = source.raw.field(i).data_type();
+        match batch.column_by_name(name) {
+            Some(c) => columns.push(cast_with_options(c, target, &cast_options).map_err(|e| {
+                Error::Input(format!(
+                    "{display}: column `{name}` ({}) cannot be read as {target}: {e}",
+                    c.data_type()
+                ))
+            })?),
+            None => columns.push(new_null_array(target, batch.num_rows())),
+        }
+    }
+    Ok(columns)
+}
+
+/// Where a Parquet batch's rows are in their file, and what an earlier import of it did.
+struct Rows<'a> {
+    file: &'a str,
+    /// Rows of the file before this batch.
+    first: u64,
+    /// Rows at the start of this batch an earlier import committed.
+    skip: usize,
+    /// Rows of the file an earlier import rejected.
+    rejects_done: u64,
+}
+
+impl Rows<'_> {
+    /// The rows to keep: not committed before, with an event time the lake can hold. The
+    /// others, unless rejected before, go to `rejects` with the reason.
+    fn keep(
+        &self,
+        batch: &RecordBatch,
+        columns: &[ArrayRef],
+        source: &SourceSchema,
+        rejects: &mut Rejects,
+    ) -> Result<arrow::array::BooleanArray> {
+        let event_time = source.event_time_column();
+        let times = columns[source.event_time].as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        for r in 0..batch.num_rows() {
+            let unusable = if times.is_null(r) {
+                Some(format!("no event time: column `{event_time}` is null"))
+            } else {
+                strata_core::schema::check_event_time(times.value(r))
+                    .err()
+                    .map(|reason| format!("column `{event_time}`: {reason}"))
+            };
+            let line = self.first + r as u64 + 1;
+            if let Some(reason) = &unusable
+                && r >= self.skip
+                && line > self.rejects_done
+            {
+                let origin = Origin::Row {
+                    file: self.file,
+                    row: line,
+                };
+                rejects.push(origin, &row_as_json(batch, r)?, reason);
+            }
+            keep.push(Some(r >= self.skip && unusable.is_none()));
+        }
+        Ok(keep.into_iter().collect())
+    }
 }
 
 fn parquet_chunk(

@@ -103,7 +103,7 @@ impl Lease {
                     && current.expires_at > now
                     && !holder_is_gone(&current.holder)
                 {
-                    return Err(Error::Input(format!(
+                    return Err(Error::Busy(format!(
                         "another batch run ({}) holds the lease since {}; it expires at {} unless renewed. \
                          Wait for that run to finish",
                         current.holder,
@@ -126,12 +126,10 @@ impl Lease {
                         store
                             .put_opts(&path, record(&me, now), PutOptions::from(PutMode::Create))
                             .await
-                            .map_err(|e| {
-                                Error::Input(format!("another batch run took the expired lease first: {e}"))
-                            })?;
+                            .map_err(|e| Error::Busy(format!("another batch run took the expired lease first: {e}")))?;
                     }
                     Err(object_store::Error::Precondition { .. }) => {
-                        return Err(Error::Input(
+                        return Err(Error::Busy(
                             "another batch run took the expired lease first".to_string(),
                         ));
                     }

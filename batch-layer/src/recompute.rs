@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
-use datafusion::prelude::{Expr, col, lit};
+use datafusion::prelude::{Expr, SessionContext, ident, lit};
 use deltalake::DeltaTable;
 use deltalake::kernel::Action;
 use deltalake::kernel::transaction::CommitProperties;
@@ -24,10 +25,10 @@ use deltalake::logstore::get_actions;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use strata_core::executor::CpuRuntime;
-use strata_core::lake::{COMMIT_INFO_KEY, Lake, ViewCommit, app_transactions, kafka_offsets};
+use strata_core::lake::{COMMIT_INFO_KEY, Lake, ViewCommit, ViewVersion, app_transactions, kafka_offsets};
 use strata_core::schema::{OFFSET, PARTITION, SourceSchema, TIMESTAMP_TZ, TOPIC};
 use strata_core::session::{new_context_with_runtime, session_config};
-use strata_core::view::{ViewPlan, WINDOW_START, quote};
+use strata_core::view::{ViewPlan, WINDOW_START};
 use strata_core::{Error, Result};
 
 use crate::writer_properties;
@@ -96,6 +97,10 @@ async fn data_changed(raw: &DeltaTable, from: u64, to: u64) -> Result<bool> {
 }
 
 /// Recomputes one view from the raw table as loaded in `raw`.
+///
+/// ```text
+///  current? ──► the events (the snapshot, or a range of windows) ──► states ──► publish
+/// ```
 pub async fn recompute(
     lake: &Lake,
     raw: Option<&DeltaTable>,
@@ -105,7 +110,6 @@ pub async fn recompute(
     cpu: &CpuRuntime,
     runtime: &Arc<datafusion::execution::runtime_env::RuntimeEnv>,
 ) -> Result<ViewReport> {
-    let range = options.range;
     let started = Instant::now();
     let done = |outcome| ViewReport {
         view: plan.name.clone(),
@@ -118,119 +122,33 @@ pub async fn recompute(
         Some(t) => Lake::latest_view_version(t).await?,
         None => None,
     };
-    let fingerprint = plan.fingerprint();
     let Some(raw) = raw else {
         return Ok(done(ViewOutcome::NoData));
     };
     let raw_version = raw
         .version()
         .ok_or_else(|| Error::Internal("raw table without a version".into()))?;
+    let fingerprint = plan.fingerprint();
     let same_definition = latest.as_ref().is_some_and(|l| l.commit.fingerprint == fingerprint);
-
-    if let Some(range) = range {
-        if !same_definition {
-            return Err(Error::Input(format!(
-                "view `{}` has no published version of its current definition: run a full `strata batch run` before recomputing a range",
-                plan.name
-            )));
-        }
-        let _ = range;
-    } else if let Some(latest) = &latest
-        && !options.force
-        && same_definition
-        && (latest.commit.raw_version == raw_version
-            || !data_changed(raw, latest.commit.raw_version, raw_version).await?)
-    {
-        return Ok(done(ViewOutcome::UpToDate {
-            version: latest.version,
-        }));
+    if let Some(version) = published_is_current(plan, raw, latest.as_ref(), same_definition, &options).await? {
+        return Ok(done(ViewOutcome::UpToDate { version }));
     }
 
     let ctx = new_context_with_runtime(session_config(), runtime.clone())?;
-    let provider = strata_core::lake::table_provider(&ctx, raw).await?;
-    let time = quote(&plan.window.time_column);
     let mut commit = ViewCommit {
         fingerprint,
         raw_version,
         started_at: chrono::Utc::now().timestamp_micros(),
         ..Default::default()
     };
-    let range = range.map(|r| align_range(plan, r));
-    match range {
-        None => {
-            ctx.register_table(&source.name, provider)?;
-            // Every event of the snapshot: the exact count from the log's statistics.
-            let snapshot = raw.snapshot().map_err(|e| Error::lake("read the raw table state", e))?;
-            commit.events = snapshot
-                .log_data()
-                .iter()
-                .map(|f| f.num_records().unwrap_or(0) as u64)
-                .sum();
-            // What the snapshot holds of Kafka: the archive's positions at this version.
-            commit.offsets = kafka_offsets(&app_transactions(raw, raw_version).await?);
-        }
-        Some((from, to)) => {
-            // Only the events of the windows in range, and of Kafka only what the published
-            // version already covers: the coverage stays that of the published version.
-            let previous = latest.as_ref().expect("same_definition implies a version");
-            ctx.register_table("__raw", provider)?;
-            let mut kafka = vec![format!("{} IS NULL", quote(TOPIC))];
-            for (key, next) in &previous.commit.offsets {
-                let (topic, partition) = key
-                    .rsplit_once('/')
-                    .ok_or_else(|| Error::Internal(format!("bad offset key {key}")))?;
-                kafka.push(format!(
-                    "({} = '{}' AND {} = {partition} AND {} < {next})",
-                    quote(TOPIC),
-                    topic.replace('\'', "''"),
-                    quote(PARTITION),
-                    quote(OFFSET)
-                ));
-            }
-            let until = to + plan.window.size_us - plan.window.slide_us;
-            let sql = format!(
-                "SELECT * FROM \"__raw\" WHERE {time} >= arrow_cast({from}, 'Timestamp(Microsecond, Some(\"UTC\"))') \
-                 AND {time} < arrow_cast({until}, 'Timestamp(Microsecond, Some(\"UTC\"))') AND ({})",
-                kafka.join(" OR ")
-            );
-            let events = ctx.sql(&sql).await?;
-            ctx.register_table(&source.name, events.into_view())?;
-            // Windows outside the range still reflect the published version's snapshot: the
-            // coverage stays that version's, so the next full run sees the new data.
-            commit.raw_version = previous.commit.raw_version;
-            commit.offsets = previous.commit.offsets.clone();
-            commit.range = Some((from, to));
-        }
+    let range = options.range.map(|r| align_range(plan, r));
+    match (range, &latest) {
+        (None, _) => register_snapshot(&ctx, raw, source, &mut commit).await?,
+        (Some(range), Some(previous)) => register_range(&ctx, raw, source, plan, range, previous, &mut commit).await?,
+        (Some(_), None) => return Err(Error::Internal("a range recompute without a published version".into())),
     }
-
-    let mut states = ctx.sql(&plan.state_sql(&source.name)).await.map_err(|e| {
-        Error::view(
-            &plan.name,
-            "SQL",
-            format!("the view does not plan over source `{}`: {e}", source.name),
-        )
-    })?;
-    if let Some((from, to)) = range {
-        states = states.filter(
-            col(WINDOW_START)
-                .gt_eq(ts_lit(from))
-                .and(col(WINDOW_START).lt(ts_lit(to))),
-        )?;
-    }
-    let schema = Arc::new(states.schema().as_arrow().clone());
-    let batches: Vec<RecordBatch> = cpu.spawn(states.collect()).await?.map_err(|e| match e.find_root() {
-        datafusion::error::DataFusionError::ResourcesExhausted(why) => Error::view(
-            &plan.name,
-            "recompute",
-            format!("needs more memory than the batch layer gives it (batch.memory): {why}; nothing was published"),
-        ),
-        _ => Error::view(&plan.name, "recompute", format!("failed: {e}; nothing was published")),
-    })?;
+    let (schema, batches) = compute_states(&ctx, source, plan, range, cpu).await?;
     commit.rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-    if range.is_some() {
-        commit.events = 0; // not counted for a partial run
-    }
-
     let table = match existing {
         Some(t) => t,
         None => {
@@ -238,12 +156,145 @@ pub async fn recompute(
                 .await?
         }
     };
-    let mut batches = batches;
-    if batches.is_empty() {
-        batches.push(RecordBatch::new_empty(schema.clone()));
-    }
     commit.duration_ms = started.elapsed().as_millis() as u64;
-    let info = serde_json::to_value(&commit).map_err(|e| Error::Internal(e.to_string()))?;
+    let version = publish(table, plan, schema, batches, &commit, same_definition, range).await?;
+    Ok(done(ViewOutcome::Published { version, commit }))
+}
+
+/// The published version, if it is current: a full run over a raw table without new data
+/// since (only compactions) has nothing to do. A range is recomputed only into a version of
+/// the view's current definition.
+async fn published_is_current(
+    plan: &ViewPlan,
+    raw: &DeltaTable,
+    latest: Option<&ViewVersion>,
+    same_definition: bool,
+    options: &crate::RunOptions,
+) -> Result<Option<u64>> {
+    if options.range.is_some() {
+        if !same_definition {
+            return Err(Error::Input(format!(
+                "view `{}` has no published version of its current definition: run a full `strata batch run` before recomputing a range",
+                plan.name
+            )));
+        }
+        return Ok(None);
+    }
+    let Some(latest) = latest else { return Ok(None) };
+    if options.force || !same_definition {
+        return Ok(None);
+    }
+    let raw_version = raw.version().unwrap_or_default();
+    let current =
+        latest.commit.raw_version == raw_version || !data_changed(raw, latest.commit.raw_version, raw_version).await?;
+    Ok(current.then_some(latest.version))
+}
+
+/// Every event of the raw table's snapshot, as the source's table; the commit records the
+/// exact count (from the log's statistics) and the archive's Kafka positions at this version.
+async fn register_snapshot(
+    ctx: &SessionContext,
+    raw: &DeltaTable,
+    source: &SourceSchema,
+    commit: &mut ViewCommit,
+) -> Result<()> {
+    let provider = strata_core::lake::table_provider(ctx, raw).await?;
+    ctx.register_table(&source.name, provider)?;
+    let snapshot = raw.snapshot().map_err(|e| Error::lake("read the raw table state", e))?;
+    commit.events = snapshot
+        .log_data()
+        .iter()
+        .map(|f| f.num_records().unwrap_or(0) as u64)
+        .sum();
+    commit.offsets = kafka_offsets(&app_transactions(raw, commit.raw_version).await?);
+    Ok(())
+}
+
+/// Only the events of the windows in `range`, and of Kafka only what the published version
+/// already covers: windows outside the range still reflect the published version's snapshot,
+/// so the coverage stays that version's and the next full run sees the new data.
+async fn register_range(
+    ctx: &SessionContext,
+    raw: &DeltaTable,
+    source: &SourceSchema,
+    plan: &ViewPlan,
+    (from, to): Range,
+    previous: &ViewVersion,
+    commit: &mut ViewCommit,
+) -> Result<()> {
+    let provider = strata_core::lake::table_provider(ctx, raw).await?;
+    let mut covered = ident(TOPIC).is_null();
+    for (key, next) in &previous.commit.offsets {
+        let (topic, partition) = key
+            .rsplit_once('/')
+            .and_then(|(t, p)| Some((t, p.parse::<i32>().ok()?)))
+            .ok_or_else(|| Error::Internal(format!("bad offset key {key}")))?;
+        covered = covered.or(ident(TOPIC)
+            .eq(lit(topic))
+            .and(ident(PARTITION).eq(lit(partition)))
+            .and(ident(OFFSET).lt(lit(*next))));
+    }
+    let time = ident(&plan.window.time_column);
+    let until = to + plan.window.size_us - plan.window.slide_us;
+    let events = ctx.read_table(provider)?.filter(
+        time.clone()
+            .gt_eq(ts_lit(from))
+            .and(time.lt(ts_lit(until)))
+            .and(covered),
+    )?;
+    ctx.register_table(&source.name, events.into_view())?;
+    commit.raw_version = previous.commit.raw_version;
+    commit.offsets = previous.commit.offsets.clone();
+    commit.range = Some((from, to));
+    commit.events = 0; // not counted for a partial run
+    Ok(())
+}
+
+/// The view's states over the registered events (only the windows of `range`, if any).
+async fn compute_states(
+    ctx: &SessionContext,
+    source: &SourceSchema,
+    plan: &ViewPlan,
+    range: Option<Range>,
+    cpu: &CpuRuntime,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let mut states = ctx.sql(&plan.state_sql(&source.name)).await.map_err(|e| {
+        Error::view(
+            &plan.name,
+            "SQL",
+            format!("the view does not plan over source `{}`: {e}", source.name),
+        )
+    })?;
+    if let Some(range) = range {
+        states = states.filter(in_range(range))?;
+    }
+    let schema = Arc::new(states.schema().as_arrow().clone());
+    let batches = cpu.spawn(states.collect()).await?.map_err(|e| match e.find_root() {
+        datafusion::error::DataFusionError::ResourcesExhausted(why) => Error::view(
+            &plan.name,
+            "recompute",
+            format!("needs more memory than the batch layer gives it (batch.memory): {why}; nothing was published"),
+        ),
+        _ => Error::view(&plan.name, "recompute", format!("failed: {e}; nothing was published")),
+    })?;
+    Ok((schema, batches))
+}
+
+/// One commit: the whole view (overwrite), or the windows of `range` (replaceWhere), with
+/// what it was computed from in the commit's info. Returns the published version.
+async fn publish(
+    table: DeltaTable,
+    plan: &ViewPlan,
+    schema: SchemaRef,
+    mut batches: Vec<RecordBatch>,
+    commit: &ViewCommit,
+    same_definition: bool,
+    range: Option<Range>,
+) -> Result<u64> {
+    if batches.is_empty() {
+        batches.push(RecordBatch::new_empty(schema));
+    }
+    let info = serde_json::to_value(commit).map_err(|e| Error::Internal(e.to_string()))?;
     let mut write = table
         .write(batches)
         .with_save_mode(SaveMode::Overwrite)
@@ -253,18 +304,20 @@ pub async fn recompute(
         // A new definition may have other state columns.
         write = write.with_schema_mode(SchemaMode::Overwrite);
     }
-    if let Some((from, to)) = range {
-        write = write.with_replace_where(
-            col(WINDOW_START)
-                .gt_eq(ts_lit(from))
-                .and(col(WINDOW_START).lt(ts_lit(to))),
-        );
+    if let Some(range) = range {
+        write = write.with_replace_where(in_range(range));
     }
     let table = write
         .await
         .map_err(|e| Error::lake(format!("publish view `{}`", plan.name), e))?;
-    let version = table
+    table
         .version()
-        .ok_or_else(|| Error::Internal("published table without a version".into()))?;
-    Ok(done(ViewOutcome::Published { version, commit }))
+        .ok_or_else(|| Error::Internal("published table without a version".into()))
+}
+
+/// `window_start` in `[from, to)`.
+fn in_range((from, to): Range) -> Expr {
+    ident(WINDOW_START)
+        .gt_eq(ts_lit(from))
+        .and(ident(WINDOW_START).lt(ts_lit(to)))
 }

@@ -7,28 +7,135 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Deserializer};
 
+use crate::duration::parse_duration;
 use crate::error::{Error, Result};
 
-/// Environment variables that override keys of the file, and the key each overrides.
-pub const ENV_OVERRIDES: &[(&str, &str)] = &[
-    ("STRATA_LAKE_URL", "lake.url"),
-    ("STRATA_S3_ENDPOINT", "lake.s3.endpoint"),
-    ("STRATA_S3_REGION", "lake.s3.region"),
-    ("STRATA_S3_ACCESS_KEY_ID", "lake.s3.access_key_id"),
-    ("STRATA_S3_SECRET_ACCESS_KEY", "lake.s3.secret_access_key"),
-    ("STRATA_SERVE_ADDRESS", "serve.address"),
-    ("STRATA_AUTH_TOKEN", "serve.auth.token"),
-    ("STRATA_KAFKA_BROKERS", "kafka.brokers"),
-    ("STRATA_SPEED_ADDRESS", "speed.address"),
-    ("STRATA_SPEED_ENDPOINTS", "serve.speed_endpoints"),
-    ("STRATA_METRICS_ADDRESS", "ops.metrics_address"),
+/// An environment variable that overrides a key of the file: the one layer of overrides
+/// (command-line flags of a subcommand then override the result).
+pub struct EnvOverride {
+    pub var: &'static str,
+    /// The dotted key it overrides.
+    pub key: &'static str,
+    set: fn(&mut Config, &str) -> std::result::Result<(), String>,
+}
+
+/// Environment variables that override keys of the file.
+pub const ENV_OVERRIDES: &[EnvOverride] = &[
+    EnvOverride {
+        var: "STRATA_LAKE_URL",
+        key: "lake.url",
+        set: |c, v| {
+            c.lake.url = v.to_string();
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "STRATA_S3_ENDPOINT",
+        key: "lake.s3.endpoint",
+        set: |c, v| {
+            c.lake.s3.endpoint = Some(v.to_string());
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "STRATA_S3_REGION",
+        key: "lake.s3.region",
+        set: |c, v| {
+            c.lake.s3.region = Some(v.to_string());
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "STRATA_S3_ACCESS_KEY_ID",
+        key: "lake.s3.access_key_id",
+        set: |c, v| {
+            c.lake.s3.access_key_id = Some(v.to_string());
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "STRATA_S3_SECRET_ACCESS_KEY",
+        key: "lake.s3.secret_access_key",
+        set: |c, v| {
+            c.lake.s3.secret_access_key = Some(v.to_string());
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "STRATA_SERVE_ADDRESS",
+        key: "serve.address",
+        set: |c, v| {
+            c.serve.address = parse_address(v)?;
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "STRATA_AUTH_TOKEN",
+        key: "serve.auth.token",
+        set: |c, v| {
+            c.serve.auth.token = Some(v.to_string());
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "STRATA_KAFKA_BROKERS",
+        key: "kafka.brokers",
+        set: |c, v| {
+            c.kafka.brokers = v.to_string();
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "STRATA_SPEED_ADDRESS",
+        key: "speed.address",
+        set: |c, v| {
+            c.speed.address = parse_address(v)?;
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "STRATA_SPEED_ENDPOINTS",
+        key: "serve.speed_endpoints",
+        set: |c, v| {
+            c.serve.speed_endpoints = v
+                .split(',')
+                .map(|e| e.trim().to_string())
+                .filter(|e| !e.is_empty())
+                .collect();
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "STRATA_METRICS_ADDRESS",
+        key: "ops.metrics_address",
+        set: |c, v| {
+            c.ops.metrics_address = Some(parse_address(v)?);
+            Ok(())
+        },
+    },
 ];
+
+/// An address to listen on: `IP:PORT`.
+pub fn parse_address(text: &str) -> std::result::Result<SocketAddr, String> {
+    text.trim().parse().map_err(|e| {
+        format!("`{text}` is not host:port ({e}): expected an IP address and a port, e.g. 127.0.0.1:50051")
+    })
+}
+
+fn de_address<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<SocketAddr, D::Error> {
+    parse_address(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_address<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<SocketAddr>, D::Error> {
+    de_address(d).map(Some)
+}
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -98,8 +205,8 @@ pub struct SpeedConfig {
     #[serde(default = "default_batch_interval", deserialize_with = "de_duration")]
     pub batch_interval: Duration,
     /// Where `strata speed` serves its states over Arrow Flight.
-    #[serde(default = "default_speed_address")]
-    pub address: String,
+    #[serde(default = "default_speed_address", deserialize_with = "de_address")]
+    pub address: SocketAddr,
     /// How often to look for new batch view versions (to drop covered states).
     #[serde(default = "default_coverage_refresh", deserialize_with = "de_duration")]
     pub coverage_refresh: Duration,
@@ -118,8 +225,8 @@ fn default_flush_rows() -> usize {
 fn default_batch_interval() -> Duration {
     Duration::from_millis(10)
 }
-fn default_speed_address() -> String {
-    "127.0.0.1:50052".to_string()
+fn default_speed_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50052))
 }
 fn default_coverage_refresh() -> Duration {
     Duration::from_secs(1)
@@ -145,7 +252,8 @@ impl Default for SpeedConfig {
 #[serde(deny_unknown_fields)]
 pub struct OpsConfig {
     /// Where to serve Prometheus /metrics and /health (off when unset).
-    pub metrics_address: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_address")]
+    pub metrics_address: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -347,8 +455,8 @@ impl Default for BatchConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
-    #[serde(default = "default_address")]
-    pub address: String,
+    #[serde(default = "default_address", deserialize_with = "de_address")]
+    pub address: SocketAddr,
     #[serde(default)]
     pub auth: AuthConfig,
     /// Serve without authentication on an address beyond loopback. Off by default: a
@@ -396,8 +504,8 @@ fn default_query_timeout() -> Duration {
 
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:50051";
 
-fn default_address() -> String {
-    DEFAULT_ADDRESS.to_string()
+fn default_address() -> SocketAddr {
+    DEFAULT_ADDRESS.parse().expect("the default address parses")
 }
 
 impl Default for ServeConfig {
@@ -502,12 +610,6 @@ pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
     Ok((n * factor as f64) as u64)
 }
 
-/// Parses "5m", "90s", "1h 30m", "5 minutes".
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("`{s}` is not a duration ({e}): expected e.g. \"30s\", \"5m\", \"1h\""))
-}
-
 impl Config {
     /// Reads, parses, applies environment overrides and validates a config file.
     pub fn load(file: &Path) -> Result<Self> {
@@ -527,57 +629,26 @@ impl Config {
             toml_error(file, text, &key, e.into_inner())
         })?;
         config.file = file.to_path_buf();
-        config.apply_env(env);
+        config.apply_env(env)?;
         config.validate()?;
         Ok(config)
     }
 
-    fn apply_env(&mut self, env: &BTreeMap<String, String>) {
-        let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
-        if let Some(v) = get("STRATA_LAKE_URL") {
-            self.lake.url = v;
-        }
-        if let Some(v) = get("STRATA_S3_ENDPOINT") {
-            self.lake.s3.endpoint = Some(v);
-        }
-        if let Some(v) = get("STRATA_S3_REGION") {
-            self.lake.s3.region = Some(v);
-        }
-        if let Some(v) = get("STRATA_S3_ACCESS_KEY_ID") {
-            self.lake.s3.access_key_id = Some(v);
-        }
-        if let Some(v) = get("STRATA_S3_SECRET_ACCESS_KEY") {
-            self.lake.s3.secret_access_key = Some(v);
-        }
-        if let Some(v) = get("STRATA_SERVE_ADDRESS") {
-            self.serve.address = v;
-        }
-        if let Some(v) = get("STRATA_AUTH_TOKEN") {
-            self.serve.auth.token = Some(v);
-        }
-        if let Some(v) = get("STRATA_KAFKA_BROKERS") {
-            self.kafka.brokers = v;
-        }
-        if let Some(v) = get("STRATA_SPEED_ADDRESS") {
-            self.speed.address = v;
-        }
-        if let Some(v) = get("STRATA_SPEED_ENDPOINTS") {
-            self.serve.speed_endpoints = v
-                .split(',')
-                .map(|e| e.trim().to_string())
-                .filter(|e| !e.is_empty())
-                .collect();
-        }
-        if let Some(v) = get("STRATA_METRICS_ADDRESS") {
-            self.ops.metrics_address = Some(v);
+    fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<()> {
+        let get = |k: &str| env.get(k).filter(|v| !v.is_empty());
+        for o in ENV_OVERRIDES {
+            if let Some(v) = get(o.var) {
+                (o.set)(self, v).map_err(|m| self.err(format!("{} (set by {})", o.key, o.var), m))?;
+            }
         }
         for user in &mut self.serve.auth.users {
             if let Some(var) = &user.password_env
                 && let Some(v) = get(var)
             {
-                user.password = Some(v);
+                user.password = Some(v.clone());
             }
         }
+        Ok(())
     }
 
     fn err(&self, key: impl Into<String>, message: impl Into<String>) -> Error {
@@ -676,21 +747,6 @@ impl Config {
             return Err(self.err("batch.target_file_mb", "must be greater than 0"));
         }
 
-        self.serve.address.parse::<std::net::SocketAddr>().map_err(|e| {
-            self.err(
-                "serve.address",
-                format!("`{}` is not host:port ({e})", self.serve.address),
-            )
-        })?;
-        for (key, value) in [
-            ("speed.address", Some(&self.speed.address)),
-            ("ops.metrics_address", self.ops.metrics_address.as_ref()),
-        ] {
-            if let Some(v) = value {
-                v.parse::<std::net::SocketAddr>()
-                    .map_err(|e| self.err(key, format!("`{v}` is not host:port ({e})")))?;
-            }
-        }
         if self.speed.flush_rows == 0 {
             return Err(self.err("speed.flush_rows", "must be greater than 0"));
         }
@@ -863,7 +919,7 @@ address = "127.0.0.1:50051"
             ["ts", "country", "amount", "user_id"]
         );
         assert_eq!(c.sources[0].event_time.format, TimeFormat::Rfc3339);
-        assert_eq!(c.serve.address, "127.0.0.1:50051");
+        assert_eq!(c.serve.address.to_string(), "127.0.0.1:50051");
     }
 
     #[test]
@@ -946,7 +1002,8 @@ address = "127.0.0.1:50051"
         let msg = parse_err(&format!("{GOOD}\n[batch]\ncron = \"every tuesday\"\n"));
         assert!(msg.contains("batch.cron"), "{msg}");
         let msg = parse_err(&GOOD.replace("address = \"127.0.0.1:50051\"", "address = \"localhost\""));
-        assert!(msg.contains("serve.address: `localhost` is not host:port"), "{msg}");
+        assert!(msg.contains("serve.address"), "{msg}");
+        assert!(msg.contains("`localhost` is not host:port"), "{msg}");
     }
 
     #[test]
@@ -963,8 +1020,17 @@ address = "127.0.0.1:50051"
         let c = Config::parse(GOOD, Path::new("strata.toml"), &env).unwrap();
         assert_eq!(c.lake.url, "s3://bucket/lake");
         assert_eq!(c.lake.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
-        assert_eq!(c.serve.address, "0.0.0.0:6000");
+        assert_eq!(c.serve.address.to_string(), "0.0.0.0:6000");
         assert_eq!(c.serve.auth.token.as_deref(), Some("secret"));
+        // A bad value names the variable as well as the key.
+        let bad: BTreeMap<String, String> = [("STRATA_METRICS_ADDRESS".to_string(), "9464".to_string())].into();
+        let msg = Config::parse(GOOD, Path::new("strata.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("ops.metrics_address (set by STRATA_METRICS_ADDRESS): `9464` is not host:port"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -1016,10 +1082,12 @@ mod example_tests {
         ] {
             assert!(text.contains(key), "strata.example.toml does not document `{key}`");
         }
-        for (var, key) in ENV_OVERRIDES {
+        for o in ENV_OVERRIDES {
             assert!(
-                text.contains(var),
-                "strata.example.toml does not mention {var} (for {key})"
+                text.contains(o.var),
+                "strata.example.toml does not mention {} (for {})",
+                o.var,
+                o.key
             );
         }
     }

@@ -63,6 +63,11 @@ pub enum Error {
     #[error("lake: a concurrent commit won: {0}")]
     Conflict(String),
 
+    /// Another process holds what this needs (the lake's batch lease): nobody's mistake;
+    /// try again once it is done.
+    #[error("{0}")]
+    Busy(String),
+
     /// Kafka (the broker or the client) failed.
     #[error("Kafka: {context}: {source}")]
     Kafka {
@@ -92,9 +97,12 @@ impl Error {
     pub fn domain(&self) -> ErrorDomain {
         match self {
             Error::Config { .. } | Error::View { .. } | Error::Input(_) => ErrorDomain::User,
-            Error::Lake { .. } | Error::Io { .. } | Error::Conflict(_) | Error::Kafka { .. } | Error::Speed { .. } => {
-                ErrorDomain::External
-            }
+            Error::Lake { .. }
+            | Error::Io { .. }
+            | Error::Conflict(_)
+            | Error::Busy(_)
+            | Error::Kafka { .. }
+            | Error::Speed { .. } => ErrorDomain::External,
             Error::DataFusion(e) => datafusion_domain(e),
             Error::Arrow(_) => ErrorDomain::User,
             Error::Internal(_) => ErrorDomain::Internal,

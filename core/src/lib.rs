@@ -4,14 +4,19 @@
 //! - [`schema`]: the raw and rejected tables' Arrow schemas;
 //! - [`decode`]: JSON records to Arrow, one bad record rejected with its reason;
 //! - [`view`]: views defined once in SQL, compiled to mergeable states and finalizers;
-//! - [`functions`]: the window and sketch functions those states use, for DataFusion;
+//! - [`aggregate`]: the mergeable aggregates views use, one file each, and their functions;
+//! - [`functions`]: the window functions, and every function registered in a session;
+//! - [`duration`]: durations as people write them (`5m`, `1 hour`), for views, config and flags;
 //! - [`lake`]: Delta tables on a local directory, S3 or HDFS, and what their commits record;
 //! - [`session`], [`executor`]: DataFusion sessions and the runtime CPU-heavy work runs on;
-//! - [`clock`]: injectable time and batch schedules.
+//! - [`clock`]: injectable time and batch schedules;
+//! - [`status`]: errors as gRPC statuses, for every Flight service.
 
+pub mod aggregate;
 pub mod clock;
 pub mod config;
 pub mod decode;
+pub mod duration;
 pub mod error;
 pub mod executor;
 pub mod functions;
@@ -20,6 +25,7 @@ pub mod metrics;
 pub mod schema;
 pub mod session;
 pub mod speed;
+pub mod status;
 pub mod view;
 
 pub use error::{Error, ErrorDomain, Result};

@@ -1,16 +1,19 @@
 //! Authentication: the Flight handshake turns Basic credentials into a bearer token, or a
 //! configured static token is sent as `Authorization: Bearer <token>` with every call.
+//!
+//! Every call, the handshake included, passes [`Interceptor`] before it reaches the Flight
+//! SQL service: a method cannot forget to check.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::prelude::{BASE64_STANDARD, BASE64_STANDARD_NO_PAD};
 use rand::RngCore as _;
 use strata_core::config::AuthConfig;
-use tonic::Status;
 use tonic::metadata::MetadataMap;
+use tonic::{Request, Status};
 
 /// Who may call, and the tokens handed out.
 #[derive(Debug)]
@@ -125,6 +128,18 @@ impl Authenticator {
     }
 }
 
+/// The tonic interceptor in front of the Flight SQL service: a call without valid
+/// credentials is refused before the service sees it.
+#[derive(Debug, Clone)]
+pub struct Interceptor(pub Arc<Authenticator>);
+
+impl tonic::service::Interceptor for Interceptor {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.0.check(request.metadata())?;
+        Ok(request)
+    }
+}
+
 fn header(metadata: &MetadataMap) -> Result<&str, Status> {
     metadata
         .get("authorization")
@@ -185,6 +200,23 @@ mod tests {
             auth.handshake(&with_header(&wrong)).unwrap_err().code(),
             Code::Unauthenticated
         );
+    }
+
+    #[test]
+    fn the_interceptor_refuses_a_call_without_credentials() {
+        use tonic::service::Interceptor as _;
+        let auth = Arc::new(Authenticator::new(&AuthConfig {
+            token: Some("s3cret".into()),
+            ..AuthConfig::default()
+        }));
+        let mut interceptor = Interceptor(auth);
+        let refused = interceptor.call(Request::new(())).unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        let mut request = Request::new(());
+        *request.metadata_mut() = with_header("Bearer s3cret");
+        assert!(interceptor.call(request).is_ok());
+        let mut open = Interceptor(Arc::new(Authenticator::new(&AuthConfig::default())));
+        assert!(open.call(Request::new(())).is_ok());
     }
 
     #[test]

@@ -26,6 +26,7 @@ use strata_core::config::Config;
 use strata_core::executor::CpuRuntime;
 use strata_core::{Error, Result};
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
@@ -128,7 +129,7 @@ pub async fn start(
         stop.clone(),
     ));
     let auth = Arc::new(auth::Authenticator::new(&config.serve.auth));
-    let service = StrataFlightSql::new(catalog.clone(), auth, cpu, config.serve.query_timeout);
+    let service = StrataFlightSql::new(catalog.clone(), auth.clone(), cpu, config.serve.query_timeout);
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| Error::io(format!("cannot listen on {address}"), e))?;
@@ -139,6 +140,7 @@ pub async fn start(
     let svc = FlightServiceServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let svc = InterceptedService::new(svc, auth::Interceptor(auth));
     let signal = stop.clone();
     let task = tokio::spawn(async move {
         Server::builder()

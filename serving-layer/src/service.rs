@@ -56,7 +56,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::Authenticator;
 use crate::catalog::{Catalog, SCHEMAS};
 use crate::metadata::{SQL_INFO, XDBC_TYPES, foreign_keys_schema, primary_keys_schema};
-use crate::sql::{check_read_only, df_status, read_only_options};
+use strata_core::status::df_status;
+
+use crate::sql::{check_read_only, read_only_options};
 
 type DoGetStream = <StrataFlightSql as FlightService>::DoGetStream;
 
@@ -201,10 +203,6 @@ impl StrataFlightSql {
             "the query ran longer than the server allows (serve.query_timeout = {})",
             humantime_secs(self.timeout)
         ))
-    }
-
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        self.auth.check(request.metadata())
     }
 
     /// Plans a statement: refused if it is not read-only, the planner's message if it does
@@ -492,7 +490,6 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.authorize(&request)?;
         let handle = Handle {
             sql: query.query,
             params: None,
@@ -516,7 +513,6 @@ impl FlightSqlService for StrataFlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.authorize(&request)?;
         let handle = Self::handle_from_any(&cmd.prepared_statement_handle)?;
         let ticket = |handle: &Handle| {
             Ticket::new(
@@ -534,27 +530,24 @@ impl FlightSqlService for StrataFlightSql {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        request: Request<Ticket>,
+        _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.authorize(&request)?;
         self.execute(Handle::decode(&ticket.statement_handle)?).await
     }
 
     async fn do_get_prepared_statement(
         &self,
         query: CommandPreparedStatementQuery,
-        request: Request<Ticket>,
+        _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.authorize(&request)?;
         self.execute(Handle::decode(&query.prepared_statement_handle)?).await
     }
 
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        request: Request<arrow_flight::Action>,
+        _request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        self.authorize(&request)?;
         let handle = Handle {
             sql: query.query,
             params: None,
@@ -587,7 +580,6 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        self.authorize(&request)?;
         let mut handle = Handle::decode(&query.prepared_statement_handle)?;
         let batches: Vec<RecordBatch> = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
             request.into_inner().map_err(FlightError::from),
@@ -618,45 +610,41 @@ impl FlightSqlService for StrataFlightSql {
     async fn do_action_close_prepared_statement(
         &self,
         _query: ActionClosePreparedStatementRequest,
-        request: Request<arrow_flight::Action>,
+        _request: Request<arrow_flight::Action>,
     ) -> Result<(), Status> {
         // Handles hold no server state: nothing to free.
-        self.authorize(&request)
+        Ok(())
     }
 
     async fn do_put_statement_update(
         &self,
         _ticket: CommandStatementUpdate,
-        request: Request<PeekableFlightDataStream>,
+        _request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.authorize(&request)?;
         Err(Status::permission_denied(READ_ONLY))
     }
 
     async fn do_put_statement_ingest(
         &self,
         _ticket: CommandStatementIngest,
-        request: Request<PeekableFlightDataStream>,
+        _request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.authorize(&request)?;
         Err(Status::permission_denied(READ_ONLY))
     }
 
     async fn do_put_prepared_statement_update(
         &self,
         _query: CommandPreparedStatementUpdate,
-        request: Request<PeekableFlightDataStream>,
+        _request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.authorize(&request)?;
         Err(Status::permission_denied(READ_ONLY))
     }
 
     async fn do_action_begin_transaction(
         &self,
         _query: ActionBeginTransactionRequest,
-        request: Request<arrow_flight::Action>,
+        _request: Request<arrow_flight::Action>,
     ) -> Result<ActionBeginTransactionResult, Status> {
-        self.authorize(&request)?;
         Err(Status::unimplemented(
             "Strata has no transactions: its SQL is read-only",
         ))
@@ -667,7 +655,6 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.authorize(&request)?;
         let schema = query.into_builder().schema();
         info_for(&schema, query.as_any().encode_to_vec(), request)
     }
@@ -675,9 +662,8 @@ impl FlightSqlService for StrataFlightSql {
     async fn do_get_catalogs(
         &self,
         query: CommandGetCatalogs,
-        request: Request<Ticket>,
+        _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.authorize(&request)?;
         let mut builder: GetCatalogsBuilder = query.into_builder();
         builder.append(strata_core::session::CATALOG);
         let schema = builder.schema();
@@ -689,7 +675,6 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.authorize(&request)?;
         let schema = query.clone().into_builder().schema();
         info_for(&schema, query.as_any().encode_to_vec(), request)
     }
@@ -697,9 +682,8 @@ impl FlightSqlService for StrataFlightSql {
     async fn do_get_schemas(
         &self,
         query: CommandGetDbSchemas,
-        request: Request<Ticket>,
+        _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.authorize(&request)?;
         let mut builder: GetDbSchemasBuilder = query.into_builder();
         for schema in SCHEMAS {
             builder.append(strata_core::session::CATALOG, schema);
@@ -713,7 +697,6 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.authorize(&request)?;
         let schema = query.clone().into_builder().schema();
         info_for(&schema, query.as_any().encode_to_vec(), request)
     }
@@ -721,9 +704,8 @@ impl FlightSqlService for StrataFlightSql {
     async fn do_get_tables(
         &self,
         query: CommandGetTables,
-        request: Request<Ticket>,
+        _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.authorize(&request)?;
         let mut builder: GetTablesBuilder = query.into_builder();
         for schema in SCHEMAS {
             for table in self.catalog.table_names(schema) {
@@ -752,7 +734,6 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.authorize(&request)?;
         let schema = query.into_builder().schema();
         info_for(&schema, query.as_any().encode_to_vec(), request)
     }
@@ -760,9 +741,8 @@ impl FlightSqlService for StrataFlightSql {
     async fn do_get_table_types(
         &self,
         query: CommandGetTableTypes,
-        request: Request<Ticket>,
+        _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.authorize(&request)?;
         let mut builder = query.into_builder();
         for t in ["SYSTEM TABLE", "TABLE", "VIEW"] {
             builder.append(t);
@@ -776,7 +756,6 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.authorize(&request)?;
         let schema = query.clone().into_builder(&SQL_INFO).schema();
         info_for(&schema, query.as_any().encode_to_vec(), request)
     }
@@ -784,9 +763,8 @@ impl FlightSqlService for StrataFlightSql {
     async fn do_get_sql_info(
         &self,
         query: CommandGetSqlInfo,
-        request: Request<Ticket>,
+        _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.authorize(&request)?;
         let builder = query.into_builder(&SQL_INFO);
         let schema = builder.schema();
         one_batch(schema, builder.build())
@@ -797,7 +775,6 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.authorize(&request)?;
         let schema = query.into_builder(&XDBC_TYPES).schema();
         info_for(&schema, query.as_any().encode_to_vec(), request)
     }
@@ -805,9 +782,8 @@ impl FlightSqlService for StrataFlightSql {
     async fn do_get_xdbc_type_info(
         &self,
         query: CommandGetXdbcTypeInfo,
-        request: Request<Ticket>,
+        _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.authorize(&request)?;
         let builder = query.into_builder(&XDBC_TYPES);
         let schema = builder.schema();
         one_batch(schema, builder.build())
@@ -818,16 +794,14 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetPrimaryKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.authorize(&request)?;
         info_for(&primary_keys_schema(), query.as_any().encode_to_vec(), request)
     }
 
     async fn do_get_primary_keys(
         &self,
         _query: CommandGetPrimaryKeys,
-        request: Request<Ticket>,
+        _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.authorize(&request)?;
         empty_answer(primary_keys_schema())
     }
 
@@ -836,16 +810,14 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetExportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.authorize(&request)?;
         info_for(&foreign_keys_schema(), query.as_any().encode_to_vec(), request)
     }
 
     async fn do_get_exported_keys(
         &self,
         _query: CommandGetExportedKeys,
-        request: Request<Ticket>,
+        _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.authorize(&request)?;
         empty_answer(foreign_keys_schema())
     }
 
@@ -854,16 +826,14 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetImportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.authorize(&request)?;
         info_for(&foreign_keys_schema(), query.as_any().encode_to_vec(), request)
     }
 
     async fn do_get_imported_keys(
         &self,
         _query: CommandGetImportedKeys,
-        request: Request<Ticket>,
+        _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.authorize(&request)?;
         empty_answer(foreign_keys_schema())
     }
 
@@ -872,16 +842,14 @@ impl FlightSqlService for StrataFlightSql {
         query: CommandGetCrossReference,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.authorize(&request)?;
         info_for(&foreign_keys_schema(), query.as_any().encode_to_vec(), request)
     }
 
     async fn do_get_cross_reference(
         &self,
         _query: CommandGetCrossReference,
-        request: Request<Ticket>,
+        _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.authorize(&request)?;
         empty_answer(foreign_keys_schema())
     }
 

@@ -1,15 +1,12 @@
 //! SQL over Flight is read-only: queries, EXPLAIN and SHOW. Anything that writes or reads
 //! outside the catalog (DDL, DML, COPY, CREATE EXTERNAL TABLE, SET) is refused before
 //! planning with a message that says so; DataFusion's own SQL options refuse them again.
-//!
-//! Errors become `tonic::Status` here, in one place.
+//! (Errors become `tonic::Status` in one place, `strata_core::status`.)
 
-use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
-use strata_core::{Error, ErrorDomain};
 use tonic::Status;
 
 /// DataFusion's options for every statement Strata plans.
@@ -81,58 +78,6 @@ fn check_statement(s: &Statement) -> Result<(), Status> {
     Err(Status::permission_denied(format!(
         "{what} is not allowed: Strata's SQL is read-only (views are defined in strata.toml)"
     )))
-}
-
-/// A Strata error as a Flight status.
-pub fn status(e: &Error) -> Status {
-    match e {
-        Error::DataFusion(df) => df_status(df),
-        e => match e.domain() {
-            ErrorDomain::User => Status::invalid_argument(e.to_string()),
-            ErrorDomain::External => Status::unavailable(e.to_string()),
-            ErrorDomain::Internal => Status::internal(e.to_string()),
-        },
-    }
-}
-
-/// A DataFusion error as a Flight status: planning mistakes are the client's.
-pub fn df_status(e: &DataFusionError) -> Status {
-    if let DataFusionError::ResourcesExhausted(why) = e.find_root() {
-        return Status::resource_exhausted(format!(
-            "the query needs more memory than the server gives queries (serve.query_memory): {why}"
-        ));
-    }
-    if let DataFusionError::External(inner) = e
-        && let Some(strata) = inner.downcast_ref::<Error>()
-    {
-        return status(strata);
-    }
-    if let DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) = e
-        && matches!(inner.as_ref(), DataFusionError::External(_))
-    {
-        return df_status(inner);
-    }
-    let message = e.clone_message();
-    match strata_core::error::datafusion_domain(e) {
-        ErrorDomain::User => Status::invalid_argument(message),
-        ErrorDomain::External => Status::unavailable(message),
-        ErrorDomain::Internal => Status::internal(message),
-    }
-}
-
-trait CloneMessage {
-    fn clone_message(&self) -> String;
-}
-
-impl CloneMessage for DataFusionError {
-    fn clone_message(&self) -> String {
-        self.to_string()
-            .split("\nbacktrace")
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    }
 }
 
 #[cfg(test)]

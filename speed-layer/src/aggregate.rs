@@ -19,7 +19,7 @@ use strata_core::lake::{Lake, kafka_app_id, txn_history};
 use strata_core::metrics::{Histogram, LATENCY_BUCKETS, global};
 use strata_core::schema::{OFFSET, PARTITION, SourceSchema, TOPIC, rejected};
 use strata_core::speed::{LATENESS_BUCKETS, Offsets, partition_key};
-use strata_core::view::quote;
+use strata_core::view::{WindowSpec, quote};
 use strata_core::{Error, Result};
 use tokio::sync::{mpsc, oneshot};
 
@@ -168,90 +168,32 @@ impl Aggregator {
     async fn batch(&mut self, batch: MicroBatch) -> Result<()> {
         let started = Instant::now();
         let source = batch.source;
-        // States of every view of this source, per partition; the views at once, each on a
-        // worker of the CPU runtime (events are visible when the slowest view is done).
-        let mut states: Vec<(usize, BTreeMap<String, Vec<RecordBatch>>)> = Vec::new();
-        if let Some(events) = &batch.events {
-            let mut views = tokio::task::JoinSet::new();
-            for (v, engine) in self
-                .engines
-                .iter()
-                .enumerate()
-                .filter(|(v, _)| self.view_source[*v] == source)
-            {
-                let (engine, events) = (engine.clone(), events.clone());
-                views.spawn(async move { (v, engine.states_by_partition(events).await) });
-            }
-            while let Some(done) = views.join_next().await {
-                let (v, computed) = done.map_err(|e| Error::Internal(format!("the states of a view: {e}")))?;
-                states.push((v, computed?));
-            }
-            states.sort_by_key(|(v, _)| *v);
-        }
+        let states = match &batch.events {
+            Some(events) => self.states(source, events).await?,
+            None => Vec::new(),
+        };
         let event_time = self.sources[source].event_time;
         let times = batch
             .events
             .as_ref()
             .map(|e| per_partition_times(e, event_time))
             .unwrap_or_default();
-        let windows: Vec<(usize, strata_core::view::WindowSpec)> = self
+        let windows: Vec<(usize, WindowSpec)> = self
             .engines
             .iter()
             .enumerate()
             .filter(|(v, _)| self.view_source[*v] == source)
             .map(|(v, e)| (v, e.plan.window.clone()))
             .collect();
-        let mut to_fold = Vec::new();
-        {
+        let to_fold = {
             let mut store = self.store.lock().expect("store lock");
-            let views = store.views.len();
-            for (topic, partition, first, next) in &batch.positions {
-                let key = partition_key(topic, *partition);
-                let p = store
-                    .partitions
-                    .entry(key.clone())
-                    .or_insert_with(|| new_partition(source, topic, *partition, *first, views));
-                let segment = p.open_segment(views);
-                segment.end = *next;
-                for (v, by_partition) in &states {
-                    if let Some(b) = by_partition.get(&key) {
-                        segment.states[*v].extend(b.iter().cloned());
-                        if segment.states[*v].len() > FOLD_AT {
-                            to_fold.push((key.clone(), segment.start, *v));
-                        }
-                    }
-                }
-            }
-            let mut buckets = vec![vec![0u64; LATENESS_BUCKETS.len()]; views];
-            for (key, times) in times {
-                if let Some(p) = store.partitions.get_mut(&key) {
-                    for t in times {
-                        let late = lateness(p.max_event_time, t, &windows, &mut buckets);
-                        p.late += u64::from(late);
-                        p.max_event_time = p.max_event_time.max(Some(t));
-                        p.events += 1;
-                    }
-                }
-            }
-            for (v, counts) in buckets.into_iter().enumerate() {
-                for (i, n) in counts.into_iter().enumerate() {
-                    store.lateness[v][i] += n;
-                }
-            }
+            let to_fold = add_states(&mut store, source, &batch.positions, &states);
+            count_events(&mut store, times, &windows);
             if let Some(r) = &batch.rejects {
-                let topics = r.column_by_name(rejected::TOPIC).map(|c| c.as_string::<i32>().clone());
-                let partitions = r
-                    .column_by_name(rejected::PARTITION)
-                    .map(|c| c.as_primitive::<Int32Type>().clone());
-                if let (Some(t), Some(p)) = (topics, partitions) {
-                    for row in 0..r.num_rows() {
-                        if let Some(ps) = store.partitions.get_mut(&partition_key(t.value(row), p.value(row))) {
-                            ps.rejected += 1;
-                        }
-                    }
-                }
+                count_rejects(&mut store, r);
             }
-        }
+            to_fold
+        };
         self.visible.observe(batch.consumed_at.elapsed().as_secs_f64());
         self.compute.observe(started.elapsed().as_secs_f64());
         for (key, start, v) in to_fold {
@@ -267,6 +209,28 @@ impl Aggregator {
             self.rejects[source].push(r);
         }
         Ok(())
+    }
+
+    /// States of every view of `source` over `events`, per partition; the views at once, each
+    /// on a worker of the CPU runtime (events are visible when the slowest view is done).
+    async fn states(&self, source: usize, events: &RecordBatch) -> Result<Vec<ViewStates>> {
+        let mut views = tokio::task::JoinSet::new();
+        for (v, engine) in self
+            .engines
+            .iter()
+            .enumerate()
+            .filter(|(v, _)| self.view_source[*v] == source)
+        {
+            let (engine, events) = (engine.clone(), events.clone());
+            views.spawn(async move { (v, engine.states_by_partition(events).await) });
+        }
+        let mut states = Vec::new();
+        while let Some(done) = views.join_next().await {
+            let (v, computed) = done.map_err(|e| Error::Internal(format!("the states of a view: {e}")))?;
+            states.push((v, computed?));
+        }
+        states.sort_by_key(|(v, _)| *v);
+        Ok(states)
     }
 
     /// Closes every open segment and hands what they hold to the archiver.
@@ -410,92 +374,27 @@ impl Aggregator {
     ) -> Result<()> {
         let started = Instant::now();
         let views = self.engines.len();
-        // Per partition: the archive boundaries since the oldest coverage.
-        let mut boundaries: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-        for a in partitions {
-            let key = partition_key(&a.topic, a.partition);
-            let app = kafka_app_id(&a.topic, a.partition);
-            let mut b: Vec<i64> = match &history {
-                Some(h) => h.iter().filter_map(|(_, txns)| txns.get(&app).copied()).collect(),
-                // The log was cleaned up: one segment for everything since the coverage.
-                None => vec![a.start],
-            };
-            b.dedup();
-            boundaries.insert(key, b);
-        }
+        let boundaries = archive_boundaries(partitions, history.as_deref());
         let ctx = strata_core::session::new_context(strata_core::session::session_config())?;
         let provider = strata_core::lake::table_provider(&ctx, raw).await?;
         ctx.register_table("raw", provider)?;
         for v in (0..views).filter(|v| self.view_source[*v] == s) {
-            // Events of each partition from this view's coverage to the archived position.
-            let mut conditions = Vec::new();
-            let mut segment_cases = Vec::new();
-            for a in partitions {
-                let key = partition_key(&a.topic, a.partition);
-                let from = coverage[v]
-                    .as_ref()
-                    .and_then(|(o, _)| o.get(&key).copied())
-                    .unwrap_or(0);
-                let until = a.start;
-                if until <= from {
-                    continue;
-                }
-                let topic = a.topic.replace('\'', "''");
-                conditions.push(format!(
-                    "({} = '{topic}' AND {} = {} AND {} >= {from} AND {} < {until})",
-                    quote(TOPIC),
-                    quote(PARTITION),
-                    a.partition,
-                    quote(OFFSET),
-                    quote(OFFSET)
-                ));
-                // Segment = the first archive boundary above the offset.
-                let mut case = String::from("CASE");
-                for b in boundaries[&key].iter().filter(|b| **b > from) {
-                    case.push_str(&format!(" WHEN {} < {b} THEN {b}", quote(OFFSET)));
-                }
-                case.push_str(&format!(" ELSE {until} END"));
-                segment_cases.push(format!(
-                    "WHEN {} = '{topic}' AND {} = {} THEN {case}",
-                    quote(TOPIC),
-                    quote(PARTITION),
-                    a.partition
-                ));
-            }
-            if conditions.is_empty() {
+            let covered = coverage[v].as_ref().map(|(o, _)| o);
+            let Some((filter, segment)) = recovery_sql(partitions, covered, &boundaries) else {
                 continue;
-            }
+            };
             let events = ctx
-                .sql(&format!("SELECT * FROM raw WHERE {}", conditions.join(" OR ")))
+                .sql(&format!("SELECT * FROM raw WHERE {filter}"))
                 .await?
                 .collect()
                 .await?;
-            let segment = format!("CAST(CASE {} END AS BIGINT)", segment_cases.join(" "));
             let states = self.engines[v].states_by_segment(events, &segment).await?;
             for ((key, end), batches) in states {
                 let Some(p) = fresh.get_mut(&key) else { continue };
                 insert_recovered(p, v, end, batches, views);
             }
         }
-        // A segment ends at every archive boundary, with states or not (a flush of rejects
-        // only, or of events every view filters out, holds none), and the last at the
-        // archived position: a batch coverage never falls inside one, and the open segment
-        // starts where the lake ends, as the archive's next flush must.
-        for a in partitions {
-            let key = partition_key(&a.topic, a.partition);
-            if let Some(p) = fresh.get_mut(&key) {
-                let floor = p.floor.iter().copied().min().unwrap_or(0);
-                let ends = boundaries[&key].iter().copied().chain([a.start]);
-                for end in ends.filter(|e| *e > floor && *e <= a.start) {
-                    segment_ending_at(p, end, views);
-                }
-                let mut start = floor;
-                for seg in p.segments.iter_mut() {
-                    seg.start = start;
-                    start = seg.end;
-                }
-            }
-        }
+        end_recovered_segments(partitions, &boundaries, fresh, views);
         tracing::info!(source = %self.sources[s].name, elapsed = ?started.elapsed(), "recovered speed states from the lake");
         Ok(())
     }
@@ -551,12 +450,7 @@ fn closed_segment(end: i64, views: usize) -> crate::store::Segment {
 /// Whether an event at `t` is late for a view of its source: its partition's highest event
 /// time before it (`max`) had reached the end of the last window of the view it falls in (the
 /// window had closed in event time). Counts it in `buckets` per view, by how long before.
-fn lateness(
-    max: Option<i64>,
-    t: i64,
-    windows: &[(usize, strata_core::view::WindowSpec)],
-    buckets: &mut [Vec<u64>],
-) -> bool {
+fn lateness(max: Option<i64>, t: i64, windows: &[(usize, WindowSpec)], buckets: &mut [Vec<u64>]) -> bool {
     let Some(max) = max else { return false };
     let mut late = false;
     for (v, window) in windows {
@@ -572,6 +466,171 @@ fn lateness(
         }
     }
     late
+}
+
+/// Per partition: the archive boundaries (the next offset after each archive commit) the
+/// lake's history holds since the oldest coverage; when the log was cleaned up, one segment
+/// for everything since the coverage.
+fn archive_boundaries(
+    partitions: &[&Assigned],
+    history: Option<&[(u64, BTreeMap<String, i64>)]>,
+) -> BTreeMap<String, Vec<i64>> {
+    let mut boundaries = BTreeMap::new();
+    for a in partitions {
+        let app = kafka_app_id(&a.topic, a.partition);
+        let mut b: Vec<i64> = match history {
+            Some(h) => h.iter().filter_map(|(_, txns)| txns.get(&app).copied()).collect(),
+            None => vec![a.start],
+        };
+        b.dedup();
+        boundaries.insert(partition_key(&a.topic, a.partition), b);
+    }
+    boundaries
+}
+
+/// The SQL recovering one view's states: a filter on the raw table for each partition's
+/// events from the view's coverage to the archived position, and the expression naming
+/// each event's segment (the first archive boundary above its offset). None when there is
+/// nothing to recover.
+fn recovery_sql(
+    partitions: &[&Assigned],
+    coverage: Option<&Offsets>,
+    boundaries: &BTreeMap<String, Vec<i64>>,
+) -> Option<(String, String)> {
+    let mut conditions = Vec::new();
+    let mut segment_cases = Vec::new();
+    for a in partitions {
+        let key = partition_key(&a.topic, a.partition);
+        let from = coverage.and_then(|o| o.get(&key).copied()).unwrap_or(0);
+        let until = a.start;
+        if until <= from {
+            continue;
+        }
+        let topic = a.topic.replace('\'', "''");
+        conditions.push(format!(
+            "({} = '{topic}' AND {} = {} AND {} >= {from} AND {} < {until})",
+            quote(TOPIC),
+            quote(PARTITION),
+            a.partition,
+            quote(OFFSET),
+            quote(OFFSET)
+        ));
+        let mut case = String::from("CASE");
+        for b in boundaries[&key].iter().filter(|b| **b > from) {
+            case.push_str(&format!(" WHEN {} < {b} THEN {b}", quote(OFFSET)));
+        }
+        case.push_str(&format!(" ELSE {until} END"));
+        segment_cases.push(format!(
+            "WHEN {} = '{topic}' AND {} = {} THEN {case}",
+            quote(TOPIC),
+            quote(PARTITION),
+            a.partition
+        ));
+    }
+    if conditions.is_empty() {
+        return None;
+    }
+    Some((
+        conditions.join(" OR "),
+        format!("CAST(CASE {} END AS BIGINT)", segment_cases.join(" ")),
+    ))
+}
+
+/// A recovered segment ends at every archive boundary, with states or not (a flush of
+/// rejects only, or of events every view filters out, holds none), and the last at the
+/// archived position: a batch coverage never falls inside one, and the open segment starts
+/// where the lake ends, as the archive's next flush must.
+fn end_recovered_segments(
+    partitions: &[&Assigned],
+    boundaries: &BTreeMap<String, Vec<i64>>,
+    fresh: &mut BTreeMap<String, PartitionStates>,
+    views: usize,
+) {
+    for a in partitions {
+        let key = partition_key(&a.topic, a.partition);
+        if let Some(p) = fresh.get_mut(&key) {
+            let floor = p.floor.iter().copied().min().unwrap_or(0);
+            let ends = boundaries[&key].iter().copied().chain([a.start]);
+            for end in ends.filter(|e| *e > floor && *e <= a.start) {
+                segment_ending_at(p, end, views);
+            }
+            let mut start = floor;
+            for seg in p.segments.iter_mut() {
+                seg.start = start;
+                start = seg.end;
+            }
+        }
+    }
+}
+
+/// A view's states of one micro-batch, per partition key.
+type ViewStates = (usize, BTreeMap<String, Vec<RecordBatch>>);
+
+/// Adds a micro-batch's states to each partition's open segment, which now ends at the
+/// batch's next offset; returns the (partition, segment, view) whose states are worth folding.
+fn add_states(
+    store: &mut Store,
+    source: usize,
+    positions: &[(String, i32, i64, i64)],
+    states: &[ViewStates],
+) -> Vec<(String, i64, usize)> {
+    let views = store.views.len();
+    let mut to_fold = Vec::new();
+    for (topic, partition, first, next) in positions {
+        let key = partition_key(topic, *partition);
+        let p = store
+            .partitions
+            .entry(key.clone())
+            .or_insert_with(|| new_partition(source, topic, *partition, *first, views));
+        let segment = p.open_segment(views);
+        segment.end = *next;
+        for (v, by_partition) in states {
+            if let Some(b) = by_partition.get(&key) {
+                segment.states[*v].extend(b.iter().cloned());
+                if segment.states[*v].len() > FOLD_AT {
+                    to_fold.push((key.clone(), segment.start, *v));
+                }
+            }
+        }
+    }
+    to_fold
+}
+
+/// Counts a micro-batch's events per partition, and those late for a view's window.
+fn count_events(store: &mut Store, times: BTreeMap<String, Vec<i64>>, windows: &[(usize, WindowSpec)]) {
+    let mut buckets = vec![vec![0u64; LATENESS_BUCKETS.len()]; store.views.len()];
+    for (key, times) in times {
+        if let Some(p) = store.partitions.get_mut(&key) {
+            for t in times {
+                let late = lateness(p.max_event_time, t, windows, &mut buckets);
+                p.late += u64::from(late);
+                p.max_event_time = p.max_event_time.max(Some(t));
+                p.events += 1;
+            }
+        }
+    }
+    for (v, counts) in buckets.into_iter().enumerate() {
+        for (i, n) in counts.into_iter().enumerate() {
+            store.lateness[v][i] += n;
+        }
+    }
+}
+
+/// Counts a micro-batch's rejected records per partition.
+fn count_rejects(store: &mut Store, rejects: &RecordBatch) {
+    let topics = rejects
+        .column_by_name(rejected::TOPIC)
+        .map(|c| c.as_string::<i32>().clone());
+    let partitions = rejects
+        .column_by_name(rejected::PARTITION)
+        .map(|c| c.as_primitive::<Int32Type>().clone());
+    if let (Some(t), Some(p)) = (topics, partitions) {
+        for row in 0..rejects.num_rows() {
+            if let Some(ps) = store.partitions.get_mut(&partition_key(t.value(row), p.value(row))) {
+                ps.rejected += 1;
+            }
+        }
+    }
 }
 
 /// Event times per partition, in consumption order.

@@ -331,8 +331,59 @@ impl Poller {
             .enumerate()
             .flat_map(|(i, s)| s.topics.iter().map(move |t| (t.clone(), i)))
             .collect();
-        let mut sources: Vec<SourceState> = self
-            .sources
+        let mut sources = self.source_states();
+        let mut next = NextOffsets::default();
+        let mut pending = 0usize;
+        let mut first_pending: Option<Instant> = None;
+        let poll_timeout = self
+            .batch_interval
+            .min(Duration::from_millis(10))
+            .max(Duration::from_millis(1));
+
+        loop {
+            if self.stop.is_cancelled() {
+                self.cut(&mut sources, &mut pending, &mut first_pending)?;
+                return Ok(());
+            }
+            // Rebalances happen inside poll: act on them between polls, in order.
+            while let Some(change) = self.rebalances.next() {
+                self.cut(&mut sources, &mut pending, &mut first_pending)?;
+                if !self.rebalance(change, &mut next, &topic_source)? {
+                    return Ok(());
+                }
+            }
+
+            // Wait for records no longer than until the pending batch is due (at least 1 ms:
+            // a due batch held for a busy aggregator is no reason to spin).
+            let timeout = first_pending.map_or(poll_timeout, |t| {
+                self.batch_interval
+                    .saturating_sub(t.elapsed())
+                    .clamp(Duration::from_millis(1), poll_timeout)
+            });
+            match self.consumer.poll(timeout) {
+                None => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka poll error");
+                }
+                Some(Ok(message)) if self.record(&message, &mut sources, &mut next, &topic_source) => {
+                    pending += 1;
+                    first_pending.get_or_insert_with(Instant::now);
+                }
+                Some(Ok(_)) => {}
+            }
+            // A batch is due after its interval, but is held (and grows) while the aggregator
+            // still has one waiting: records never queue behind more than one batch, and a
+            // busy aggregator gets fewer, larger batches instead of falling further behind.
+            let due = first_pending.is_some_and(|t| t.elapsed() >= self.batch_interval) && self.output.capacity() > 0;
+            if (pending >= MAX_BATCH_ROWS || due) && !self.cut(&mut sources, &mut pending, &mut first_pending)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The decoding state and metric handles of each source.
+    fn source_states(&self) -> Vec<SourceState> {
+        self.sources
             .iter()
             .map(|s| SourceState {
                 schema: s.clone(),
@@ -356,116 +407,94 @@ impl Poller {
                     LATENCY_BUCKETS,
                 ),
             })
-            .collect();
-        let mut next = NextOffsets::default();
-        let mut pending = 0usize;
-        let mut first_pending: Option<Instant> = None;
-        let poll_timeout = self
-            .batch_interval
-            .min(Duration::from_millis(10))
-            .max(Duration::from_millis(1));
+            .collect()
+    }
 
-        loop {
-            let stopping = self.stop.is_cancelled();
-            if stopping {
-                self.cut(&mut sources, &mut pending, &mut first_pending)?;
-                return Ok(());
-            }
-            // Rebalances happen inside poll: act on them between polls, in order.
-            while let Some(change) = self.rebalances.next() {
-                self.cut(&mut sources, &mut pending, &mut first_pending)?;
-                let carried_on = match change {
-                    Rebalance::Revoke(list) => {
-                        for tp in &list {
-                            next.forget(tp);
-                        }
-                        self.revoke(&list)?
-                    }
-                    Rebalance::Assign(list) => {
-                        let claims = self.assign(&list)?;
-                        for c in &claims {
-                            next.start((c.topic.clone(), c.partition), c.start);
-                        }
-                        let list = claims
-                            .into_iter()
-                            .map(|c| Assigned {
-                                source: topic_source[&c.topic],
-                                topic: c.topic,
-                                partition: c.partition,
-                                generation: c.generation,
-                                start: c.start,
-                            })
-                            .collect();
-                        self.send(Input::Assigned(list))?
-                    }
-                };
-                if !carried_on {
-                    return Ok(());
+    /// Acts on one rebalance (the pending batch already cut): revoked partitions are archived
+    /// and dropped, assigned ones claimed and started where the lake says; false if the
+    /// aggregator is gone.
+    fn rebalance(
+        &self,
+        change: Rebalance,
+        next: &mut NextOffsets,
+        topic_source: &HashMap<String, usize>,
+    ) -> Result<bool> {
+        match change {
+            Rebalance::Revoke(list) => {
+                for tp in &list {
+                    next.forget(tp);
                 }
+                self.revoke(&list)
             }
-
-            // Wait for records no longer than until the pending batch is due (at least 1 ms:
-            // a due batch held for a busy aggregator is no reason to spin).
-            let timeout = first_pending.map_or(poll_timeout, |t| {
-                self.batch_interval
-                    .saturating_sub(t.elapsed())
-                    .clamp(Duration::from_millis(1), poll_timeout)
-            });
-            match self.consumer.poll(timeout) {
-                None => {}
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "Kafka poll error");
+            Rebalance::Assign(list) => {
+                let claims = self.assign(&list)?;
+                for c in &claims {
+                    next.start((c.topic.clone(), c.partition), c.start);
                 }
-                Some(Ok(message)) => {
-                    let topic = message.topic();
-                    let partition = message.partition();
-                    let offset = message.offset();
-                    let key = (topic.to_string(), partition);
-                    if !next.take(&key, offset) {
-                        continue;
-                    }
-                    let Some(&s) = topic_source.get(topic) else { continue };
-                    let source = &mut sources[s];
-                    if let Some(produced) = message.timestamp().to_millis() {
-                        let now = chrono::Utc::now().timestamp_millis();
-                        source.delay.observe((now - produced).max(0) as f64 / 1000.0);
-                    }
-                    let position = KafkaPosition {
-                        topic,
-                        partition,
-                        offset,
-                    };
-                    let result = match message.payload() {
-                        Some(payload) => source
-                            .decoder
-                            .decode(payload, Some(position))
-                            .map_err(|reason| (payload, reason)),
-                        None => Err((&[][..], "empty message: no payload".to_string())),
-                    };
-                    match result {
-                        Ok(()) => source.consumed.inc(),
-                        Err((payload, reason)) => {
-                            source.rejects.push(Origin::Kafka(position), payload, &reason);
-                            source.rejected.inc();
-                        }
-                    }
-                    source
-                        .positions
-                        .entry(key)
-                        .and_modify(|(_, next)| *next = offset + 1)
-                        .or_insert((offset, offset + 1));
-                    pending += 1;
-                    first_pending.get_or_insert_with(Instant::now);
-                }
-            }
-            // A batch is due after its interval, but is held (and grows) while the aggregator
-            // still has one waiting: records never queue behind more than one batch, and a
-            // busy aggregator gets fewer, larger batches instead of falling further behind.
-            let due = first_pending.is_some_and(|t| t.elapsed() >= self.batch_interval) && self.output.capacity() > 0;
-            if (pending >= MAX_BATCH_ROWS || due) && !self.cut(&mut sources, &mut pending, &mut first_pending)? {
-                return Ok(());
+                let list = claims
+                    .into_iter()
+                    .map(|c| Assigned {
+                        source: topic_source[&c.topic],
+                        topic: c.topic,
+                        partition: c.partition,
+                        generation: c.generation,
+                        start: c.start,
+                    })
+                    .collect();
+                self.send(Input::Assigned(list))
             }
         }
+    }
+
+    /// Decodes one record into its source's pending batch, or its rejects; false if it is
+    /// not taken (an offset before the partition's next, a topic of no source).
+    fn record(
+        &self,
+        message: &rdkafka::message::BorrowedMessage<'_>,
+        sources: &mut [SourceState],
+        next: &mut NextOffsets,
+        topic_source: &HashMap<String, usize>,
+    ) -> bool {
+        let topic = message.topic();
+        let partition = message.partition();
+        let offset = message.offset();
+        let key = (topic.to_string(), partition);
+        if !next.take(&key, offset) {
+            return false;
+        }
+        let Some(&s) = topic_source.get(topic) else {
+            return false;
+        };
+        let source = &mut sources[s];
+        if let Some(produced) = message.timestamp().to_millis() {
+            let now = chrono::Utc::now().timestamp_millis();
+            source.delay.observe((now - produced).max(0) as f64 / 1000.0);
+        }
+        let position = KafkaPosition {
+            topic,
+            partition,
+            offset,
+        };
+        let result = match message.payload() {
+            Some(payload) => source
+                .decoder
+                .decode(payload, Some(position))
+                .map_err(|reason| (payload, reason)),
+            None => Err((&[][..], "empty message: no payload".to_string())),
+        };
+        match result {
+            Ok(()) => source.consumed.inc(),
+            Err((payload, reason)) => {
+                source.rejects.push(Origin::Kafka(position), payload, &reason);
+                source.rejected.inc();
+            }
+        }
+        source
+            .positions
+            .entry(key)
+            .and_modify(|(_, next)| *next = offset + 1)
+            .or_insert((offset, offset + 1));
+        true
     }
 
     /// Lets partitions go once the aggregator has archived what they consumed and dropped

@@ -55,27 +55,24 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + 
 /// The Flight service of a speed layer.
 pub struct SpeedFlight {
     speed: Arc<SpeedLayer>,
-    token: Option<String>,
 }
 
-impl SpeedFlight {
-    fn authorize<T>(&self, request: &Request<T>) -> std::result::Result<(), Status> {
-        let Some(token) = &self.token else { return Ok(()) };
+/// The interceptor in front of a speed layer's Flight service: with a serving token
+/// configured, every call must carry it.
+#[derive(Debug, Clone)]
+struct TokenCheck(Option<Arc<str>>);
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, request: Request<()>) -> std::result::Result<Request<()>, Status> {
+        let Some(token) = &self.0 else { return Ok(request) };
         let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        if header == Some(&format!("Bearer {token}")) {
-            Ok(())
+        if header.and_then(|h| h.strip_prefix("Bearer ")) == Some(&**token) {
+            Ok(request)
         } else {
             Err(Status::unauthenticated(
                 "the speed layer needs the serving token (serve.auth.token)",
             ))
         }
-    }
-}
-
-fn status_of(e: &Error) -> Status {
-    match e {
-        Error::Input(m) => Status::invalid_argument(m.clone()),
-        e => Status::unavailable(e.to_string()),
     }
 }
 
@@ -120,7 +117,6 @@ impl FlightService for SpeedFlight {
     }
 
     async fn do_get(&self, request: Request<Ticket>) -> std::result::Result<Response<Self::DoGetStream>, Status> {
-        self.authorize(&request)?;
         let ticket: StatesTicket = serde_json::from_slice(&request.into_inner().ticket)
             .map_err(|e| Status::invalid_argument(format!("not a states ticket: {e}")))?;
         let schema = self
@@ -131,7 +127,7 @@ impl FlightService for SpeedFlight {
             .speed
             .states(&ticket.view, &ticket.coverage)
             .await
-            .map_err(|e| status_of(&e))?;
+            .map_err(|e| strata_core::status::status(&e))?;
         let headers: Vec<PartHeader> = parts
             .iter()
             .map(|p| PartHeader {
@@ -157,12 +153,11 @@ impl FlightService for SpeedFlight {
     }
 
     async fn do_action(&self, request: Request<Action>) -> std::result::Result<Response<Self::DoActionStream>, Status> {
-        self.authorize(&request)?;
         let action = request.into_inner();
         if action.r#type != STATUS_ACTION {
             return Err(Status::invalid_argument(format!("unknown action `{}`", action.r#type)));
         }
-        let status = self.speed.status().await.map_err(|e| status_of(&e))?;
+        let status = self.speed.status().await.map_err(|e| strata_core::status::status(&e))?;
         let body = serde_json::to_vec(&status).map_err(|e| Status::internal(e.to_string()))?;
         let result = arrow_flight::Result { body: body.into() };
         Ok(Response::new(Box::pin(stream::iter(vec![Ok(result)]))))
@@ -212,9 +207,10 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| Error::io("read the bound address", e))?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let service = FlightServiceServer::new(SpeedFlight { speed, token })
+    let service = FlightServiceServer::new(SpeedFlight { speed })
         .max_encoding_message_size(64 << 20)
         .max_decoding_message_size(64 << 20);
+    let service = tonic::service::interceptor::InterceptedService::new(service, TokenCheck(token.map(Arc::from)));
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)
@@ -386,6 +382,23 @@ mod tests {
 
     fn values(part: &SpeedPart) -> Vec<i64> {
         int64_values(&part.batches)
+    }
+
+    #[test]
+    fn a_speed_layer_with_a_token_refuses_calls_without_it() {
+        use tonic::service::Interceptor as _;
+        let call = |check: &mut TokenCheck, header: Option<&str>| {
+            let mut request = Request::new(());
+            if let Some(h) = header {
+                request.metadata_mut().insert("authorization", h.parse().unwrap());
+            }
+            check.call(request).map(|_| ()).map_err(|s| s.code())
+        };
+        let mut check = TokenCheck(Some(Arc::from("t0k")));
+        assert_eq!(call(&mut check, Some("Bearer t0k")), Ok(()));
+        assert_eq!(call(&mut check, Some("Bearer nope")), Err(tonic::Code::Unauthenticated));
+        assert_eq!(call(&mut check, None), Err(tonic::Code::Unauthenticated));
+        assert_eq!(call(&mut TokenCheck(None), None), Ok(()));
     }
 
     /// The encoder may cut and join batches as it likes: the partitions' parts come back by

@@ -28,9 +28,10 @@ use strata_core::metrics::global;
 use strata_core::speed::SpeedSource;
 
 use crate::generate::Spec;
+use crate::node::Node;
+use crate::ops::shutdown_signal;
 use crate::produce::{Produced, produce};
 use crate::query::{Connection, Format};
-use crate::{Node, shutdown_signal};
 
 const EXAMPLE: &str = include_str!("../../strata.example.toml");
 pub const TOPIC: &str = "page_views";
@@ -76,9 +77,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let duration = args
         .duration
         .as_deref()
-        .map(humantime::parse_duration)
+        .map(strata_core::duration::parse_duration)
         .transpose()
-        .context("--duration: expected e.g. \"30s\", \"5m\"")?;
+        .map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
     let cluster = MockCluster::<DefaultProducerContext>::new(1).context("cannot start the in-process Kafka")?;
     cluster
         .create_topic(TOPIC, 4, 1)

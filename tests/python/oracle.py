@@ -168,13 +168,13 @@ def check_page_stats(conn, con, minutes=1):
         f"""SELECT (epoch_us(ts) // {window}) * {window} AS ws, country,
                    count(*) AS views, sum(amount) AS revenue, avg(latency_ms) AS avg_latency,
                    count(DISTINCT user_id) AS users, count(latency_ms) AS n,
-                   list_sort(list(latency_ms)) AS latencies
+                   list_sort(list(latency_ms)) AS latencies, stddev_samp(latency_ms) AS sd_latency
             FROM events GROUP BY ALL"""
     ).fetchall()
     if len(truth) != len(rows):
         fail(f"page_stats: {len(rows)} rows served, {len(truth)} expected")
     max_hll = 0.0
-    for ws, country, views, revenue, avg_latency, users, n, latencies in truth:
+    for ws, country, views, revenue, avg_latency, users, n, latencies, sd_latency in truth:
         r = rows.get((ws, country))
         if r is None:
             fail(f"page_stats: missing row {(ws, country)}")
@@ -185,6 +185,8 @@ def check_page_stats(conn, con, minutes=1):
             fail(f"page_stats {(ws, country)}: revenue {r['revenue']} vs {revenue}")
         if not close(r["avg_latency_ms"], avg_latency, rel=1e-12):
             fail(f"page_stats {(ws, country)}: avg {r['avg_latency_ms']} vs {avg_latency}")
+        if not close(r["sd_latency_ms"], sd_latency, rel=1e-9, abs_=1e-9):
+            fail(f"page_stats {(ws, country)}: stddev {r['sd_latency_ms']} vs {sd_latency}")
         max_hll = max(max_hll, check_hll("page_stats", (ws, country), r["users"], users))
         # The served p95 must lie between the exact quantiles at 0.95 -/+ the rank error.
         p = r["p95_latency_ms"]
@@ -290,7 +292,7 @@ def check_get_objects(conn):
                 tables[(catalog["catalog_name"], schema["db_schema_name"], table["table_name"])] = (table["table_type"], columns)
     want = {
         ("strata", "public", "page_stats"): ["window_start", "window_end", "country", "views", "revenue",
-                                             "avg_latency_ms", "users", "p95_latency_ms"],
+                                             "avg_latency_ms", "users", "p95_latency_ms", "sd_latency_ms"],
         ("strata", "public", "device_5m"): ["window_start", "window_end", "device", "views", "checkouts",
                                             "max_latency_ms", "users"],
     }

@@ -1,0 +1,116 @@
+//! The SQL a compiled view runs: states from events, states merged, states finalized.
+
+use std::fmt::Write as _;
+
+use super::{Output, ViewPlan, WINDOW_START, WindowKind, fn_names, state_column};
+
+/// Quotes an identifier for DataFusion SQL.
+pub fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl ViewPlan {
+    /// SQL computing the view's states from `table`, a table with the source's schema.
+    /// Produces one row per (window_start, group columns...) with the state columns.
+    pub fn state_sql(&self, table: &str) -> String {
+        self.state_sql_keyed(table, &[])
+    }
+
+    /// [`state_sql`](Self::state_sql) with `extra` key expressions (as `(sql, alias)`) grouped
+    /// and selected after the view's keys: states kept apart per Kafka partition, or per
+    /// archive segment.
+    pub fn state_sql_keyed(&self, table: &str, extra: &[(&str, &str)]) -> String {
+        let mut keys = self.quoted_keys();
+        let mut inner = format!("{} AS {}", self.window_sql(), quote(WINDOW_START));
+        for (expr, alias) in extra {
+            keys.push(quote(alias));
+            write!(inner, ", {expr} AS {}", quote(alias)).expect("write to string");
+        }
+        let mut select = keys.clone();
+        for s in self.state_columns() {
+            select.push(format!("{} AS {}", s.compute, quote(&s.name)));
+        }
+        let mut sql = format!(
+            "SELECT {} FROM (SELECT {inner}, * FROM {}",
+            select.join(", "),
+            quote(table)
+        );
+        if let Some(filter) = &self.filter {
+            write!(sql, " WHERE {filter}").expect("write to string");
+        }
+        write!(sql, ") AS events GROUP BY {}", keys.join(", ")).expect("write to string");
+        sql
+    }
+
+    /// SQL merging the state rows in `table` (any number per window and group) and
+    /// finalizing them into the view's columns.
+    pub fn merge_sql(&self, table: &str) -> String {
+        let select: Vec<String> = self.outputs.iter().map(|out| self.output_sql(out)).collect();
+        format!(
+            "SELECT {} FROM {} GROUP BY {}",
+            select.join(", "),
+            quote(table),
+            self.quoted_keys().join(", ")
+        )
+    }
+
+    /// SQL merging state rows into state rows (no finalizing): to fold partial states.
+    pub fn merge_states_sql(&self, table: &str) -> String {
+        let keys = self.quoted_keys();
+        let mut select = keys.clone();
+        for s in self.state_columns() {
+            select.push(format!("{}({1}) AS {1}", s.merge, quote(&s.name)));
+        }
+        format!(
+            "SELECT {} FROM {} GROUP BY {}",
+            select.join(", "),
+            quote(table),
+            keys.join(", ")
+        )
+    }
+
+    /// The window start of each event (`unnest`ed: several rows per event for a hopping window).
+    fn window_sql(&self) -> String {
+        let time = quote(&self.window.time_column);
+        match self.window.kind {
+            WindowKind::Tumble => format!("{}({time}, {})", fn_names::TUMBLE, self.window.size_us),
+            WindowKind::Hop => format!(
+                "unnest({}({time}, {}, {}))",
+                fn_names::HOP,
+                self.window.slide_us,
+                self.window.size_us
+            ),
+        }
+    }
+
+    /// One output column of [`merge_sql`](Self::merge_sql).
+    fn output_sql(&self, out: &Output) -> String {
+        match out {
+            Output::WindowStart { name } => format!("{} AS {}", quote(WINDOW_START), quote(name)),
+            Output::WindowEnd { name } => format!(
+                "{} + arrow_cast({}, 'Duration(Microsecond)') AS {}",
+                quote(WINDOW_START),
+                self.window.size_us,
+                quote(name)
+            ),
+            Output::Group { column, name } => format!("{} AS {}", quote(column), quote(name)),
+            Output::Aggregate { index } => {
+                let a = &self.aggregates[*index];
+                let states = a.function.states(&a.call);
+                let merged = |suffix: &str| {
+                    let state = states
+                        .iter()
+                        .find(|s| s.suffix == suffix)
+                        .unwrap_or_else(|| panic!("{:?} has no state `{suffix}`", a.function));
+                    format!("{}({})", state.merge, quote(&state_column(&a.name, suffix)))
+                };
+                format!("{} AS {}", a.function.finalize(&a.call, &merged), quote(&a.name))
+            }
+        }
+    }
+
+    /// `window_start` and the group columns, quoted.
+    fn quoted_keys(&self) -> Vec<String> {
+        self.key_columns().iter().map(|c| quote(c)).collect()
+    }
+}

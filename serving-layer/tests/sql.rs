@@ -1,0 +1,294 @@
+//! SQL behaviour as data: each `.slt` file of `tests/sql/` runs, with sqllogictest, against
+//! the serving catalog over a lake whose views hold batch states, merged with an in-memory
+//! speed layer holding the rest of the events: windows at their edges, hopping windows,
+//! FILTER, NULL group keys and measures, a window split between batch and speed, every
+//! aggregate, refused views and refused statements with their messages. No broker, no
+//! Python: `cargo test -p strata-serving --test sql`.
+//!
+//! The events are [`BATCH`] (imported into the lake, then a batch run publishes the views)
+//! and [`SPEED`] (what the speed layer holds). The expected values in the files were
+//! computed by DuckDB over the same nine events; each file quotes the DuckDB query.
+//!
+//! Besides SQL, the files may use `DEFINE VIEW <name> AS <SELECT ...>`: the view compiler
+//! checks the definition (as at startup) and the statement fails with its message.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Float64Type, TimeUnit};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
+use strata_core::config::{Config, ViewConfig};
+use strata_core::executor::CpuRuntime;
+use strata_core::schema::{SourceSchema, TIMESTAMP_TZ, complete_raw_batch};
+use strata_core::session::{new_context, session_config};
+use strata_core::speed::{PartRange, PartitionStatus, SpeedPart, SpeedSource, SpeedStatus, partition_key};
+use strata_core::status::df_status;
+use strata_core::view::ViewPlan;
+use strata_serving::Catalog;
+use strata_serving::sql::{check_read_only, read_only_options};
+
+const CONFIG: &str = r#"
+[lake]
+url = "lake"
+
+[[sources]]
+name = "events"
+topics = ["events"]
+event_time = { column = "ts", format = "epoch_millis" }
+[sources.schema]
+ts = "timestamp"
+k = "string"
+x = "int64"
+u = "string"
+
+[[views]]
+name = "tumbling"
+sql = """SELECT window_start, window_end, k, count(*) AS n, count(x) AS nx, sum(x) AS s, min(x) AS lo,
+  max(x) AS hi, avg(x) AS mean, stddev(x) AS sd, var_pop(x) AS vp, approx_distinct(u) AS users,
+  approx_percentile(x, 0.5) AS median, count(*) FILTER (WHERE x > 50) AS big
+  FROM events GROUP BY tumble(ts, INTERVAL '10 seconds'), k"""
+
+[[views]]
+name = "hopping"
+sql = """SELECT window_start, window_end, count(*) AS n, sum(x) AS s FROM events WHERE k IS NOT NULL
+  GROUP BY hop(ts, INTERVAL '5 seconds', INTERVAL '15 seconds')"""
+"#;
+
+/// 2026-01-01T00:00:00Z in epoch milliseconds.
+const T0: i64 = 1_767_225_600_000;
+
+/// One event: milliseconds after [`T0`], group key, measure, user.
+type Event = (i64, Option<&'static str>, Option<i64>, Option<&'static str>);
+
+/// The events the batch layer publishes: a window's first and last millisecond, the first of
+/// the next, a NULL group key, a NULL measure.
+const BATCH: &[Event] = &[
+    (0, Some("a"), Some(10), Some("u1")),
+    (9_999, Some("a"), Some(20), Some("u2")),
+    (10_000, Some("a"), Some(60), Some("u1")),
+    (3_000, None, Some(5), Some("u3")),
+    (4_000, Some("b"), None, Some("u4")),
+];
+
+/// The events only the speed layer holds: one in a window the batch layer holds part of,
+/// one with every column NULL but its time.
+const SPEED: &[Event] = &[
+    (5_000, Some("a"), Some(30), Some("u3")),
+    (12_000, Some("b"), Some(70), Some("u5")),
+    (19_999, None, None, None),
+    (21_000, Some("a"), Some(40), Some("u1")),
+];
+
+/// A speed layer holding [`SPEED`] as offsets `[0, n)` of partition 0, under generation 1.
+#[derive(Debug)]
+struct MemorySpeed {
+    plans: Vec<ViewPlan>,
+    events: RecordBatch,
+}
+
+#[async_trait::async_trait]
+impl SpeedSource for MemorySpeed {
+    fn name(&self) -> String {
+        "memory".into()
+    }
+
+    async fn states(&self, view: &str, coverage: &strata_core::speed::Offsets) -> strata_core::Result<Vec<SpeedPart>> {
+        let plan = self
+            .plans
+            .iter()
+            .find(|p| p.name == view)
+            .expect("a view of the config");
+        let ctx = new_context(session_config())?;
+        ctx.register_batch("events", self.events.clone())?;
+        let batches = ctx.sql(&plan.state_sql("events")).await?.collect().await?;
+        let from = coverage.get(&partition_key("events", 0)).copied().unwrap_or(0);
+        Ok(vec![SpeedPart {
+            range: PartRange {
+                topic: "events".into(),
+                partition: 0,
+                generation: 1,
+                from,
+                until: self.events.num_rows() as i64,
+            },
+            batches,
+        }])
+    }
+
+    async fn status(&self) -> strata_core::Result<SpeedStatus> {
+        Ok(SpeedStatus {
+            instance: self.name(),
+            partitions: vec![PartitionStatus {
+                source: "events".into(),
+                topic: "events".into(),
+                partition: 0,
+                generation: 1,
+                consumed: self.events.num_rows() as i64,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+}
+
+/// The source's raw rows for `events`.
+fn raw_batch(source: &SourceSchema, events: &[Event]) -> RecordBatch {
+    let ts: Vec<i64> = events.iter().map(|e| (T0 + e.0) * 1000).collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(TimestampMicrosecondArray::from(ts).with_timezone(TIMESTAMP_TZ)),
+        Arc::new(StringArray::from(events.iter().map(|e| e.1).collect::<Vec<_>>())),
+        Arc::new(Int64Array::from(events.iter().map(|e| e.2).collect::<Vec<_>>())),
+        Arc::new(StringArray::from(events.iter().map(|e| e.3).collect::<Vec<_>>())),
+    ];
+    complete_raw_batch(source, columns).expect("raw rows of the test events")
+}
+
+/// [`BATCH`] as JSON lines, for `strata import`.
+fn jsonl(events: &[Event]) -> String {
+    events
+        .iter()
+        .map(|(t, k, x, u)| serde_json::json!({ "ts": T0 + t, "k": k, "x": x, "u": u }).to_string() + "\n")
+        .collect()
+}
+
+/// A failed statement, as the client would read it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SqlError(String);
+
+/// The serving catalog as a sqllogictest database.
+#[derive(Clone)]
+struct Strata {
+    catalog: Arc<Catalog>,
+    config: Arc<Config>,
+}
+
+#[async_trait::async_trait]
+impl AsyncDB for Strata {
+    type Error = SqlError;
+    type ColumnType = DefaultColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SqlError> {
+        if let Some(definition) = sql.trim().strip_prefix("DEFINE VIEW ") {
+            let (name, sql) = definition
+                .split_once(" AS ")
+                .ok_or_else(|| SqlError("DEFINE VIEW <name> AS <SELECT ...>".into()))?;
+            let view = ViewConfig {
+                name: name.trim().into(),
+                sql: sql.into(),
+            };
+            ViewPlan::compile(&view, &self.config.sources).map_err(|e| SqlError(e.to_string()))?;
+            return Ok(DBOutput::StatementComplete(0));
+        }
+        check_read_only(sql).map_err(|s| SqlError(s.message().into()))?;
+        let fail = |e: datafusion::error::DataFusionError| SqlError(df_status(&e).message().into());
+        let df = self
+            .catalog
+            .session()
+            .sql_with_options(sql, read_only_options())
+            .await
+            .map_err(fail)?;
+        let types = df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| column_type(f.data_type()))
+            .collect();
+        let batches = df.collect().await.map_err(fail)?;
+        let mut rows = Vec::new();
+        for batch in &batches {
+            for row in 0..batch.num_rows() {
+                rows.push(batch.columns().iter().map(|c| cell(c, row)).collect());
+            }
+        }
+        Ok(DBOutput::Rows { types, rows })
+    }
+
+    async fn shutdown(&mut self) {}
+}
+
+fn column_type(t: &DataType) -> DefaultColumnType {
+    match t {
+        t if t.is_integer() => DefaultColumnType::Integer,
+        t if t.is_floating() => DefaultColumnType::FloatingPoint,
+        _ => DefaultColumnType::Text,
+    }
+}
+
+/// A value as the files write it: NULL; floats to six decimals without trailing zeros;
+/// timestamps as `2026-01-01T00:00:10` (UTC).
+fn cell(column: &ArrayRef, row: usize) -> String {
+    if column.is_null(row) {
+        return "NULL".into();
+    }
+    match column.data_type() {
+        DataType::Float64 => {
+            let v = column.as_primitive::<Float64Type>().value(row);
+            let text = format!("{v:.6}");
+            let text = text.trim_end_matches('0').trim_end_matches('.');
+            if text == "-0" { "0".into() } else { text.into() }
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            let micros = column
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .value(row);
+            let t = chrono::DateTime::from_timestamp_micros(micros).expect("a timestamp in range");
+            t.format("%Y-%m-%dT%H:%M:%S%.f").to_string()
+        }
+        _ => ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())
+            .expect("a displayable column")
+            .value(row)
+            .to_string(),
+    }
+}
+
+/// A lake with [`BATCH`] imported and the views published, and a catalog over it with the
+/// in-memory speed layer.
+async fn strata(dir: &Path) -> Strata {
+    let file = dir.join("strata.toml");
+    let config = Arc::new(Config::parse(CONFIG, &file, &Default::default()).expect("the test config"));
+    let source = SourceSchema::new(&config.sources[0]);
+    let lake = strata_core::lake::Lake::new(&config.lake, config.base_dir()).expect("the lake");
+    let input = dir.join("batch.jsonl");
+    std::fs::write(&input, jsonl(BATCH)).expect("write the batch events");
+    let imported = strata_batch::import::import(&lake, &source, &[input], 1000, &|_| {})
+        .await
+        .expect("import");
+    assert_eq!(imported.imported, BATCH.len() as u64);
+    let cpu = CpuRuntime::new(Some(1)).expect("a CPU runtime");
+    let batch = strata_batch::BatchLayer::new(config.clone(), cpu).expect("the batch layer");
+    batch.run_once(Default::default()).await.expect("a batch run");
+    let speed = MemorySpeed {
+        plans: config.view_plans().expect("the views plan"),
+        events: raw_batch(&source, SPEED),
+    };
+    let catalog = Catalog::new(&config, vec![Arc::new(speed)]).await.expect("the catalog");
+    Strata { catalog, config }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_behaviour_as_data() {
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let db = strata(dir.path()).await;
+    let files: Vec<PathBuf> = glob_slt(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sql"));
+    assert!(files.len() >= 3, "the .slt files are missing: {files:?}");
+    for file in files {
+        let db = db.clone();
+        let mut runner = sqllogictest::Runner::new(move || std::future::ready(Ok::<_, SqlError>(db.clone())));
+        runner.with_column_validator(sqllogictest::strict_column_validator);
+        if let Err(e) = runner.run_file_async(&file).await {
+            panic!("{}: {}", file.display(), e.display(true));
+        }
+    }
+}
+
+fn glob_slt(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("tests/sql")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+        .collect();
+    files.sort();
+    files
+}
