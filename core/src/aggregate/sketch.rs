@@ -489,7 +489,11 @@ impl SketchGroups {
     }
 }
 
-fn row_filter<'a>(filter: Option<&'a BooleanArray>, groups: &'a [usize]) -> impl Fn(usize) -> Option<usize> + 'a {
+/// The group of each row, or `None` where the aggregate's FILTER drops it.
+pub(crate) fn row_filter<'a>(
+    filter: Option<&'a BooleanArray>,
+    groups: &'a [usize],
+) -> impl Fn(usize) -> Option<usize> + 'a {
     move |row| match filter {
         Some(f) if !(f.is_valid(row) && f.value(row)) => None,
         _ => Some(groups[row]),

@@ -26,6 +26,7 @@ use datafusion::logical_expr::{
     ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
+use super::sketch::row_filter;
 use super::{Call, MergeableAggregate, State};
 use crate::view::fn_names;
 
@@ -289,13 +290,6 @@ struct MomentsGroups {
     slots: Vec<Moments>,
 }
 
-fn filtered<'a>(filter: Option<&'a BooleanArray>, groups: &'a [usize]) -> impl Fn(usize) -> Option<usize> + 'a {
-    move |row| match filter {
-        Some(f) if !(f.is_valid(row) && f.value(row)) => None,
-        _ => Some(groups[row]),
-    }
-}
-
 impl GroupsAccumulator for MomentsGroups {
     fn update_batch(
         &mut self,
@@ -310,7 +304,7 @@ impl GroupsAccumulator for MomentsGroups {
             self.merge,
             &values[0],
             &mut self.slots,
-            filtered(opt_filter, group_indices),
+            row_filter(opt_filter, group_indices),
         )
     }
 
@@ -332,7 +326,7 @@ impl GroupsAccumulator for MomentsGroups {
         let rows = values[0].len();
         let mut slots = vec![Moments::default(); rows];
         let identity: Vec<usize> = (0..rows).collect();
-        feed(self.merge, &values[0], &mut slots, filtered(opt_filter, &identity))?;
+        feed(self.merge, &values[0], &mut slots, row_filter(opt_filter, &identity))?;
         Ok(vec![states_array(&slots)])
     }
 
