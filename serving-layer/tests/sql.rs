@@ -271,7 +271,12 @@ async fn strata(dir: &Path) -> Strata {
 async fn sql_behaviour_as_data() {
     let dir = tempfile::tempdir().expect("a scratch directory");
     let db = strata(dir.path()).await;
-    let files: Vec<PathBuf> = glob_slt(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sql"));
+    // Cargo runs tests with the package as the working directory and sets CARGO_MANIFEST_DIR at
+    // run time too; the compile-time path is only the fallback (a build directory can be shared
+    // by clones at different paths).
+    let package =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let files: Vec<PathBuf> = glob_slt(&package.join("tests/sql"));
     assert!(files.len() >= 3, "the .slt files are missing: {files:?}");
     for file in files {
         let db = db.clone();
