@@ -11,5 +11,6 @@ mod group;
 mod historical;
 mod kafka;
 mod limits;
+mod node;
 mod security;
 mod speed;

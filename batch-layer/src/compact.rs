@@ -133,6 +133,20 @@ pub async fn compact(
     }
     actions.extend(removes);
     report.partitions = dates.len();
+    report.version = Some(commit(table, source, sizes, actions, &report).await?);
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// Commits a compaction's new files and the removal of the files they replace, as one
+/// Delta `OPTIMIZE` (no data change), and reloads the table; returns the version.
+async fn commit(
+    table: &mut DeltaTable,
+    source: &SourceSchema,
+    sizes: CompactionSizes,
+    actions: Vec<Action>,
+    report: &CompactionReport,
+) -> Result<u64> {
     let info = serde_json::json!({ "compaction": {
         "files_in": report.files_in, "files_out": report.files_out, "rows": report.rows,
         "bytes_in": report.bytes_in, "bytes_out": report.bytes_out,
@@ -153,13 +167,11 @@ pub async fn compact(
             )
             .await
             .map_err(|e| Error::lake(format!("commit the compaction of `{}`", source.name), e))?;
-    report.version = Some(committed.version() as u64);
     table
         .update_incremental(None)
         .await
         .map_err(|e| Error::lake("reload the raw table", e))?;
-    report.elapsed = started.elapsed();
-    Ok(report)
+    Ok(committed.version() as u64)
 }
 
 /// Parquet settings of compacted files: the lake's, and two for large files sorted by event

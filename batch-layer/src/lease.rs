@@ -5,6 +5,7 @@
 //! holder renews it while it works; a holder that crashed stops renewing, and its lease
 //! expires after [`LEASE_TTL`], so a new run can take over.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -27,7 +28,7 @@ struct LeaseRecord {
 
 /// A held lease; renewed in the background until [`Lease::release`] (or dropped).
 pub struct Lease {
-    store: std::sync::Arc<dyn ObjectStore>,
+    store: Arc<dyn ObjectStore>,
     stop: CancellationToken,
     renewer: Option<tokio::task::JoinHandle<()>>,
 }
@@ -76,6 +77,81 @@ fn record(holder: &str, acquired_at: DateTime<Utc>) -> PutPayload {
     PutPayload::from(serde_json::to_vec(&r).expect("lease record serializes"))
 }
 
+/// Takes over a lease that expired (its holder died or is gone), conditionally where the
+/// store can; `Busy` while it is held.
+async fn take_over(store: &Arc<dyn ObjectStore>, path: &Path, me: &str, now: DateTime<Utc>) -> Result<()> {
+    let existing = store
+        .get(path)
+        .await
+        .map_err(|e| Error::lake("read the batch lease", e))?;
+    let meta = existing.meta.clone();
+    let bytes = existing
+        .bytes()
+        .await
+        .map_err(|e| Error::lake("read the batch lease", e))?;
+    let current: Option<LeaseRecord> = serde_json::from_slice(&bytes).ok();
+    if let Some(current) = &current
+        && current.expires_at > now
+        && !holder_is_gone(&current.holder)
+    {
+        return Err(Error::Busy(format!(
+            "another batch run ({}) holds the lease since {}; it expires at {} unless renewed. \
+             Wait for that run to finish",
+            current.holder,
+            current.acquired_at.to_rfc3339(),
+            current.expires_at.to_rfc3339(),
+        )));
+    }
+    // Expired (its holder died): take it over, conditionally where the store can.
+    let update = PutOptions::from(PutMode::Update(object_store::UpdateVersion {
+        e_tag: meta.e_tag.clone(),
+        version: meta.version.clone(),
+    }));
+    match store.put_opts(path, record(me, now), update).await {
+        Ok(_) => {}
+        Err(object_store::Error::NotImplemented { .. }) => {
+            store
+                .delete(path)
+                .await
+                .map_err(|e| Error::lake("replace an expired batch lease", e))?;
+            store
+                .put_opts(path, record(me, now), PutOptions::from(PutMode::Create))
+                .await
+                .map_err(|e| Error::Busy(format!("another batch run took the expired lease first: {e}")))?;
+        }
+        Err(object_store::Error::Precondition { .. }) => {
+            return Err(Error::Busy(
+                "another batch run took the expired lease first".to_string(),
+            ));
+        }
+        Err(e) => return Err(Error::lake("take over an expired batch lease", e)),
+    }
+    tracing::warn!(previous = ?current.map(|c| c.holder), "took over the batch lease of a run that expired or is gone");
+    Ok(())
+}
+
+/// Renews the lease every quarter of its time to live until `stop`.
+fn renew(
+    store: Arc<dyn ObjectStore>,
+    me: String,
+    now: DateTime<Utc>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let path = Path::from(LEASE_OBJECT);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(LEASE_TTL / 4) => {
+                    if let Err(e) = store.put(&path, record(&me, now)).await {
+                        tracing::warn!(error = %e, "could not renew the batch lease");
+                    }
+                }
+            }
+        }
+    })
+}
+
 impl Lease {
     /// Takes the lease, or says who holds it.
     pub async fn acquire(lake: &Lake) -> Result<Lease> {
@@ -88,76 +164,12 @@ impl Lease {
             .await;
         match created {
             Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                let existing = store
-                    .get(&path)
-                    .await
-                    .map_err(|e| Error::lake("read the batch lease", e))?;
-                let meta = existing.meta.clone();
-                let bytes = existing
-                    .bytes()
-                    .await
-                    .map_err(|e| Error::lake("read the batch lease", e))?;
-                let current: Option<LeaseRecord> = serde_json::from_slice(&bytes).ok();
-                if let Some(current) = &current
-                    && current.expires_at > now
-                    && !holder_is_gone(&current.holder)
-                {
-                    return Err(Error::Busy(format!(
-                        "another batch run ({}) holds the lease since {}; it expires at {} unless renewed. \
-                         Wait for that run to finish",
-                        current.holder,
-                        current.acquired_at.to_rfc3339(),
-                        current.expires_at.to_rfc3339(),
-                    )));
-                }
-                // Expired (its holder died): take it over, conditionally where the store can.
-                let update = PutOptions::from(PutMode::Update(object_store::UpdateVersion {
-                    e_tag: meta.e_tag.clone(),
-                    version: meta.version.clone(),
-                }));
-                match store.put_opts(&path, record(&me, now), update).await {
-                    Ok(_) => {}
-                    Err(object_store::Error::NotImplemented { .. }) => {
-                        store
-                            .delete(&path)
-                            .await
-                            .map_err(|e| Error::lake("replace an expired batch lease", e))?;
-                        store
-                            .put_opts(&path, record(&me, now), PutOptions::from(PutMode::Create))
-                            .await
-                            .map_err(|e| Error::Busy(format!("another batch run took the expired lease first: {e}")))?;
-                    }
-                    Err(object_store::Error::Precondition { .. }) => {
-                        return Err(Error::Busy(
-                            "another batch run took the expired lease first".to_string(),
-                        ));
-                    }
-                    Err(e) => return Err(Error::lake("take over an expired batch lease", e)),
-                }
-                tracing::warn!(previous = ?current.map(|c| c.holder), "took over the batch lease of a run that expired or is gone");
-            }
+            Err(object_store::Error::AlreadyExists { .. }) => take_over(&store, &path, &me, now).await?,
             Err(e) => return Err(Error::lake("create the batch lease", e)),
         }
 
         let stop = CancellationToken::new();
-        let renewer = {
-            let store = store.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let path = Path::from(LEASE_OBJECT);
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        () = tokio::time::sleep(LEASE_TTL / 4) => {
-                            if let Err(e) = store.put(&path, record(&me, now)).await {
-                                tracing::warn!(error = %e, "could not renew the batch lease");
-                            }
-                        }
-                    }
-                }
-            })
-        };
+        let renewer = renew(store.clone(), me, now, stop.clone());
         Ok(Lease {
             store,
             stop,

@@ -25,7 +25,7 @@ use strata_core::clock::{Clock, Schedule};
 use strata_core::config::Config;
 use strata_core::executor::CpuRuntime;
 use strata_core::lake::Lake;
-use strata_core::metrics::global;
+use strata_core::metrics::{ResultLabel, metrics};
 use strata_core::schema::SourceSchema;
 use strata_core::view::ViewPlan;
 use strata_core::{Error, Result};
@@ -112,18 +112,13 @@ impl BatchLayer {
         let lease = lease::Lease::acquire(&self.lake).await?;
         let result = self.run_locked(options).await;
         let released = lease.release().await;
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        global()
-            .counter("strata_batch_runs_total", "Batch runs.", &[("result", outcome)])
-            .inc();
-        global()
-            .histogram(
-                "strata_batch_run_seconds",
-                "Duration of batch runs.",
-                &[],
-                &[0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0],
-            )
-            .observe(started.elapsed().as_secs_f64());
+        let outcome = if result.is_ok() {
+            ResultLabel::OK
+        } else {
+            ResultLabel::ERROR
+        };
+        metrics().batch_runs.get_or_create(&outcome).inc();
+        metrics().batch_run_seconds.observe(started.elapsed().as_secs_f64());
         let mut report = result?;
         released?;
         report.elapsed = started.elapsed();

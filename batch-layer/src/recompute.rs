@@ -224,14 +224,10 @@ async fn register_range(
 ) -> Result<()> {
     let provider = strata_core::lake::table_provider(ctx, raw).await?;
     let mut covered = ident(TOPIC).is_null();
-    for (key, next) in &previous.commit.offsets {
-        let (topic, partition) = key
-            .rsplit_once('/')
-            .and_then(|(t, p)| Some((t, p.parse::<i32>().ok()?)))
-            .ok_or_else(|| Error::Internal(format!("bad offset key {key}")))?;
+    for (tp, next) in &previous.commit.offsets {
         covered = covered.or(ident(TOPIC)
-            .eq(lit(topic))
-            .and(ident(PARTITION).eq(lit(partition)))
+            .eq(lit(tp.topic.as_str()))
+            .and(ident(PARTITION).eq(lit(tp.partition)))
             .and(ident(OFFSET).lt(lit(*next))));
     }
     let time = ident(&plan.window.time_column);

@@ -30,6 +30,7 @@ use url::Url;
 
 use crate::config::LakeConfig;
 use crate::error::{Error, Result};
+use crate::speed::{Offsets, TopicPartition};
 
 /// The key under which Strata records what a commit means, in the commit's `commitInfo`.
 pub const COMMIT_INFO_KEY: &str = "strata";
@@ -122,9 +123,10 @@ pub struct ViewCommit {
     /// The raw table version the states were computed from. A partial (range) recompute
     /// keeps the version of the states it patches: outside its range they reflect that one.
     pub raw_version: u64,
-    /// Kafka positions covered: `topic/partition` -> next offset (events below it are in the states).
+    /// Kafka positions covered: per partition, the next offset (events below it are in the
+    /// states). Stored as `{"topic/partition": offset}`.
     #[serde(default)]
-    pub offsets: BTreeMap<String, i64>,
+    pub offsets: Offsets,
     /// For a partial recompute, the window-start range `[from, to)` in microseconds.
     pub range: Option<(i64, i64)>,
     /// When the run started (microseconds since the epoch).
@@ -439,15 +441,15 @@ pub async fn txn_history(
 }
 
 /// The app id under which the archive records the next offset of a Kafka partition.
-pub fn kafka_app_id(topic: &str, partition: i32) -> String {
-    format!("kafka:{topic}/{partition}")
+pub fn kafka_app_id(partition: &TopicPartition) -> String {
+    format!("kafka:{partition}")
 }
 
 /// The app id under which the raw table records a Kafka partition's owner generation: each
 /// speed process that starts owning the partition raises it by one in a commit of its own
 /// (a claim), and archives the partition only while the table still holds its generation.
-pub fn owner_app_id(topic: &str, partition: i32) -> String {
-    format!("owner:{topic}/{partition}")
+pub fn owner_app_id(partition: &TopicPartition) -> String {
+    format!("owner:{partition}")
 }
 
 /// A table's application transactions (`txn` actions: app id -> version) as of a version,
@@ -499,10 +501,11 @@ impl AppTransactions {
     }
 }
 
-/// Kafka coverage from app transactions: `topic/partition` -> next offset.
-pub fn kafka_offsets(txns: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
+/// Kafka coverage from app transactions: per partition, the next offset. App ids of other
+/// writers (not `kafka:topic/partition`) are not positions, and are left out.
+pub fn kafka_offsets(txns: &BTreeMap<String, i64>) -> Offsets {
     txns.iter()
-        .filter_map(|(app, v)| app.strip_prefix("kafka:").map(|tp| (tp.to_string(), *v)))
+        .filter_map(|(app, v)| Some((app.strip_prefix("kafka:")?.parse().ok()?, *v)))
         .collect()
 }
 

@@ -1,143 +1,27 @@
-//! Metrics in the Prometheus text format, and the HTTP endpoint that serves them with a
-//! health check.
+//! Every metric Strata exports, and the HTTP endpoint that serves them with a health check.
 //!
-//! Counters, gauges and histograms are atomics registered once by name and labels; updating
-//! one is a single atomic operation. `GET /metrics` renders them all; `GET /health` answers
-//! 200 while the process is healthy and 503 with the reason otherwise.
+//! The metrics are [`prometheus_client`] families, declared once in [`Metrics`] (this file is
+//! their catalogue: name, help, labels, buckets) and registered in one registry at first use.
+//! A component takes the handles it updates when it is built ([`Family::get_or_create_owned`]
+//! for a labelled series) and updates them with one atomic operation; nothing is looked up by
+//! name on the data path. [`serve_ops`] answers `GET /metrics` (OpenMetrics text) and
+//! `GET /health` (200 while healthy, 503 with the reason otherwise) over axum.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+pub use prometheus_client::metrics::counter::Counter;
+pub use prometheus_client::metrics::family::Family;
+pub use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-
-type Labels = Vec<(String, String)>;
-
-#[derive(Debug, Clone)]
-enum Metric {
-    Counter(Arc<AtomicU64>),
-    Gauge(Arc<AtomicI64>),
-    Histogram(Arc<HistogramInner>),
-}
-
-#[derive(Debug)]
-struct HistogramInner {
-    bounds: Vec<f64>,
-    counts: Vec<AtomicU64>,
-    /// Sum of observations, as f64 bits.
-    sum: AtomicU64,
-    count: AtomicU64,
-}
-
-/// A registry of metrics.
-#[derive(Debug, Default)]
-pub struct Registry {
-    families: Mutex<BTreeMap<String, Family>>,
-}
-
-#[derive(Debug)]
-struct Family {
-    help: String,
-    kind: &'static str,
-    series: BTreeMap<Labels, Metric>,
-}
-
-/// The process's registry.
-pub fn global() -> &'static Registry {
-    static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::default);
-    &REGISTRY
-}
-
-fn labels(l: &[(&str, &str)]) -> Labels {
-    l.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
-
-/// A monotonically increasing count.
-#[derive(Debug, Clone)]
-pub struct Counter(Arc<AtomicU64>);
-
-impl Counter {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A value that goes up and down.
-#[derive(Debug, Clone)]
-pub struct Gauge(Arc<AtomicI64>);
-
-impl Gauge {
-    pub fn set(&self, v: i64) {
-        self.0.store(v, Ordering::Relaxed);
-    }
-    pub fn add(&self, v: i64) {
-        self.0.fetch_add(v, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A distribution of observations in fixed buckets.
-#[derive(Debug, Clone)]
-pub struct Histogram(Arc<HistogramInner>);
-
-impl Histogram {
-    pub fn observe(&self, v: f64) {
-        let i = self
-            .0
-            .bounds
-            .iter()
-            .position(|b| v <= *b)
-            .unwrap_or(self.0.bounds.len());
-        self.0.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.0.count.fetch_add(1, Ordering::Relaxed);
-        let mut current = self.0.sum.load(Ordering::Relaxed);
-        loop {
-            let next = (f64::from_bits(current) + v).to_bits();
-            match self
-                .0
-                .sum
-                .compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(seen) => current = seen,
-            }
-        }
-    }
-
-    pub fn count(&self) -> u64 {
-        self.0.count.load(Ordering::Relaxed)
-    }
-
-    /// The bucket bound below which a share `q` of the observations fall (`None` if none).
-    pub fn quantile(&self, q: f64) -> Option<f64> {
-        let total = self.count();
-        if total == 0 {
-            return None;
-        }
-        let want = (q * total as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, c) in self.0.counts.iter().enumerate() {
-            seen += c.load(Ordering::Relaxed);
-            if seen >= want {
-                return Some(self.0.bounds.get(i).copied().unwrap_or(f64::INFINITY));
-            }
-        }
-        Some(f64::INFINITY)
-    }
-}
 
 /// Bucket bounds for latencies in seconds, from 100 µs to 1 minute; finer from 5 to 100 ms,
 /// where the speed layer's freshness goal lies.
@@ -146,120 +30,257 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-impl Registry {
-    fn get_or_insert(
-        &self,
-        name: &str,
-        help: &str,
-        kind: &'static str,
-        labels: Labels,
-        make: impl FnOnce() -> Metric,
-    ) -> Metric {
-        let mut families = self.families.lock().expect("metrics lock");
-        let family = families.entry(name.to_string()).or_insert_with(|| Family {
-            help: help.to_string(),
-            kind,
-            series: BTreeMap::new(),
-        });
-        family.series.entry(labels).or_insert_with(make).clone()
-    }
+/// Bucket bounds for batch runs in seconds, from 100 ms to an hour.
+pub const RUN_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
 
-    pub fn counter(&self, name: &str, help: &str, l: &[(&str, &str)]) -> Counter {
-        match self.get_or_insert(name, help, "counter", labels(l), || Metric::Counter(Arc::default())) {
-            Metric::Counter(c) => Counter(c),
-            _ => panic!("metric {name} registered with another type"),
-        }
-    }
+/// A series per source.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
 
-    pub fn gauge(&self, name: &str, help: &str, l: &[(&str, &str)]) -> Gauge {
-        match self.get_or_insert(name, help, "gauge", labels(l), || Metric::Gauge(Arc::default())) {
-            Metric::Gauge(g) => Gauge(g),
-            _ => panic!("metric {name} registered with another type"),
-        }
-    }
+/// A series per view.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ViewLabel {
+    pub view: String,
+}
 
-    pub fn histogram(&self, name: &str, help: &str, l: &[(&str, &str)], bounds: &[f64]) -> Histogram {
-        let make = || {
-            Metric::Histogram(Arc::new(HistogramInner {
-                bounds: bounds.to_vec(),
-                counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-                sum: AtomicU64::new(0f64.to_bits()),
-                count: AtomicU64::new(0),
-            }))
-        };
-        match self.get_or_insert(name, help, "histogram", labels(l), make) {
-            Metric::Histogram(h) => Histogram(h),
-            _ => panic!("metric {name} registered with another type"),
-        }
-    }
+/// A series per Kafka partition.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub topic: String,
+    pub partition: i32,
+}
 
-    /// Every metric in the Prometheus text exposition format.
-    pub fn render(&self) -> String {
-        let families = self.families.lock().expect("metrics lock");
-        let mut out = String::new();
-        for (name, family) in families.iter() {
-            let _ = writeln!(out, "# HELP {name} {}", family.help);
-            let _ = writeln!(out, "# TYPE {name} {}", family.kind);
-            for (labels, metric) in &family.series {
-                match metric {
-                    Metric::Counter(c) => {
-                        let _ = writeln!(
-                            out,
-                            "{name}{} {}",
-                            render_labels(labels, None),
-                            c.load(Ordering::Relaxed)
-                        );
-                    }
-                    Metric::Gauge(g) => {
-                        let _ = writeln!(
-                            out,
-                            "{name}{} {}",
-                            render_labels(labels, None),
-                            g.load(Ordering::Relaxed)
-                        );
-                    }
-                    Metric::Histogram(h) => {
-                        let mut cumulative = 0;
-                        for (i, bound) in h
-                            .bounds
-                            .iter()
-                            .map(|b| b.to_string())
-                            .chain(["+Inf".to_string()])
-                            .enumerate()
-                        {
-                            cumulative += h.counts[i].load(Ordering::Relaxed);
-                            let le = ("le", bound.as_str());
-                            let _ = writeln!(out, "{name}_bucket{} {cumulative}", render_labels(labels, Some(le)));
-                        }
-                        let sum = f64::from_bits(h.sum.load(Ordering::Relaxed));
-                        let _ = writeln!(out, "{name}_sum{} {sum}", render_labels(labels, None));
-                        let _ = writeln!(
-                            out,
-                            "{name}_count{} {}",
-                            render_labels(labels, None),
-                            h.count.load(Ordering::Relaxed)
-                        );
-                    }
-                }
-            }
+impl From<&crate::speed::TopicPartition> for PartitionLabel {
+    fn from(tp: &crate::speed::TopicPartition) -> Self {
+        PartitionLabel {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
         }
-        out
     }
 }
 
-fn render_labels(labels: &Labels, extra: Option<(&str, &str)>) -> String {
-    let mut parts: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-        .collect();
-    if let Some((k, v)) = extra {
-        parts.push(format!("{k}=\"{v}\""));
+/// A series per outcome: `ok` or `error`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+impl ResultLabel {
+    pub const OK: ResultLabel = ResultLabel { result: "ok" };
+    pub const ERROR: ResultLabel = ResultLabel { result: "error" };
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.iter().copied())
+}
+
+/// The metrics of every layer. Counters are rendered with the `_total` suffix.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `strata_events_consumed_total{source}`.
+    pub events_consumed: Family<SourceLabel, Counter>,
+    /// `strata_events_rejected_total{source}`.
+    pub events_rejected: Family<SourceLabel, Counter>,
+    /// `strata_kafka_delay_seconds{source}`.
+    pub kafka_delay: Histograms<SourceLabel>,
+    /// `strata_consumer_offsets_out_of_range_total`.
+    pub offsets_out_of_range: Counter,
+    /// `strata_consumer_lag{topic,partition}`.
+    pub consumer_lag: Family<PartitionLabel, Gauge>,
+    /// `strata_speed_visible_seconds`.
+    pub speed_visible: Histogram,
+    /// `strata_speed_batch_seconds`.
+    pub speed_batch: Histogram,
+    /// `strata_speed_generations{view}`.
+    pub speed_generations: Family<ViewLabel, Gauge>,
+    /// `strata_speed_states{view}`.
+    pub speed_states: Family<ViewLabel, Gauge>,
+    /// `strata_speed_state_bytes{view}`.
+    pub speed_state_bytes: Family<ViewLabel, Gauge>,
+    /// `strata_archive_commit_seconds{source}`.
+    pub archive_commit: Histograms<SourceLabel>,
+    /// `strata_archive_failures_total`.
+    pub archive_failures: Counter,
+    /// `strata_archive_fenced_total`.
+    pub archive_fenced: Counter,
+    /// `strata_batch_runs_total{result}`.
+    pub batch_runs: Family<ResultLabel, Counter>,
+    /// `strata_batch_run_seconds`.
+    pub batch_run_seconds: Histogram,
+    /// `strata_queries_total{result}`.
+    pub queries: Family<ResultLabel, Counter>,
+    /// `strata_query_seconds`.
+    pub query_seconds: Histogram,
+    /// `strata_partitions_unowned`.
+    pub partitions_unowned: Gauge,
+    /// `strata_speed_unavailable_total`.
+    pub speed_unavailable: Counter,
+}
+
+impl Metrics {
+    /// Every metric, registered in a registry of its own.
+    pub fn new() -> Self {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            events_consumed: Family::default(),
+            events_rejected: Family::default(),
+            kafka_delay: Family::new_with_constructor(latency),
+            offsets_out_of_range: Counter::default(),
+            consumer_lag: Family::default(),
+            speed_visible: latency(),
+            speed_batch: latency(),
+            speed_generations: Family::default(),
+            speed_states: Family::default(),
+            speed_state_bytes: Family::default(),
+            archive_commit: Family::new_with_constructor(latency),
+            archive_failures: Counter::default(),
+            archive_fenced: Counter::default(),
+            batch_runs: Family::default(),
+            batch_run_seconds: Histogram::new(RUN_BUCKETS.iter().copied()),
+            queries: Family::default(),
+            query_seconds: latency(),
+            partitions_unowned: Gauge::default(),
+            speed_unavailable: Counter::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "strata_events_consumed",
+            "Valid events consumed from Kafka.",
+            m.events_consumed.clone(),
+        );
+        r.register(
+            "strata_events_rejected",
+            "Records rejected (unparsable, wrong type, no event time, too large).",
+            m.events_rejected.clone(),
+        );
+        r.register(
+            "strata_kafka_delay_seconds",
+            "From a record's Kafka timestamp (its produce, under CreateTime) to its consumption.",
+            m.kafka_delay.clone(),
+        );
+        r.register(
+            "strata_consumer_offsets_out_of_range",
+            "Offsets between a partition's position in the lake and what Kafka holds, never consumed (retention deleted them, or the topic was recreated).",
+            m.offsets_out_of_range.clone(),
+        );
+        r.register(
+            "strata_consumer_lag",
+            "Messages in Kafka not yet consumed.",
+            m.consumer_lag.clone(),
+        );
+        r.register(
+            "strata_speed_visible_seconds",
+            "From an event's consumption to its visibility in queries.",
+            m.speed_visible.clone(),
+        );
+        r.register(
+            "strata_speed_batch_seconds",
+            "Time to compute the view states of a micro-batch and publish them.",
+            m.speed_batch.clone(),
+        );
+        r.register(
+            "strata_speed_generations",
+            "Speed-layer generations held.",
+            m.speed_generations.clone(),
+        );
+        r.register(
+            "strata_speed_states",
+            "Live (window, group) states in the speed layer.",
+            m.speed_states.clone(),
+        );
+        r.register(
+            "strata_speed_state_bytes",
+            "Memory of the speed layer's states.",
+            m.speed_state_bytes.clone(),
+        );
+        r.register(
+            "strata_archive_commit_seconds",
+            "Time to commit a flush of consumed events to the lake.",
+            m.archive_commit.clone(),
+        );
+        r.register(
+            "strata_archive_failures",
+            "Archive commits that failed (and were retried).",
+            m.archive_failures.clone(),
+        );
+        r.register(
+            "strata_archive_fenced",
+            "Archive ranges not committed because another speed process owns their partition now.",
+            m.archive_fenced.clone(),
+        );
+        r.register("strata_batch_runs", "Batch runs.", m.batch_runs.clone());
+        r.register(
+            "strata_batch_run_seconds",
+            "Duration of batch runs.",
+            m.batch_run_seconds.clone(),
+        );
+        r.register("strata_queries", "Queries answered.", m.queries.clone());
+        r.register(
+            "strata_query_seconds",
+            "Time from a query's arrival to its last batch.",
+            m.query_seconds.clone(),
+        );
+        r.register(
+            "strata_partitions_unowned",
+            "Kafka partitions of the sources no live speed process has owned for longer than serve.unowned_partition_grace.",
+            m.partitions_unowned.clone(),
+        );
+        r.register(
+            "strata_speed_unavailable",
+            "Queries whose speed layer did not answer: its partitions came from the lake.",
+            m.speed_unavailable.clone(),
+        );
+        m
     }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", parts.join(","))
+
+    /// Every metric in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
     }
+
+    /// The upper bound of the bucket below which a share `q` of a label-less histogram's
+    /// observations fall, read from the rendered text as a scraper would (`None` before the
+    /// first observation).
+    pub fn quantile(&self, histogram: &str, q: f64) -> Option<f64> {
+        let text = self.render();
+        let prefix = format!("{histogram}_bucket{{le=\"");
+        let buckets: Vec<(f64, u64)> = text
+            .lines()
+            .filter_map(|line| {
+                let (le, count) = line.strip_prefix(&prefix)?.split_once("\"} ")?;
+                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                Some((le, count.parse().ok()?))
+            })
+            .collect();
+        let total = buckets.last()?.1;
+        if total == 0 {
+            return None;
+        }
+        let want = (q * total as f64).ceil().max(1.0) as u64;
+        buckets
+            .iter()
+            .find(|(_, cumulative)| *cumulative >= want)
+            .map(|(le, _)| *le)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
 }
 
 /// Answers whether the process is healthy: `Ok(details)` or `Err(reason)`.
@@ -278,96 +299,102 @@ pub async fn serve_ops(
     let bound = listener
         .local_addr()
         .map_err(|e| Error::io("read the metrics address", e))?;
-    let task = tokio::spawn(async move {
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let health = health.clone();
-                    connections.spawn(answer(stream, health));
-                }
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
+    let check = move || {
+        let health = health.clone();
+        async move {
+            let (status, body) = match health() {
+                Ok(details) => (StatusCode::OK, details),
+                Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+            };
+            (status, [(header::CONTENT_TYPE, "application/json")], body)
         }
-        connections.shutdown().await;
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(render))
+        .route("/health", get(check.clone()))
+        .route("/healthz", get(check))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics or /health\n") });
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!("the /metrics endpoint stopped: {e}");
+        }
     });
     Ok((bound, task))
 }
 
-async fn answer(mut stream: tokio::net::TcpStream, health: HealthCheck) {
-    let mut buf = vec![0u8; 4096];
-    let mut read = 0;
-    while read < buf.len() {
-        match stream.read(&mut buf[read..]).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                read += n;
-                if buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-        }
-    }
-    let request = String::from_utf8_lossy(&buf[..read]);
-    let path = request.split_whitespace().nth(1).unwrap_or("/");
-    let (status, content_type, body) = match path {
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", global().render()),
-        "/health" | "/healthz" => match health() {
-            Ok(details) => ("200 OK", "application/json", details),
-            Err(reason) => ("503 Service Unavailable", "application/json", reason),
-        },
-        _ => ("404 Not Found", "text/plain", "try /metrics or /health\n".to_string()),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
+async fn render() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics().render(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn renders_prometheus_text() {
-        let r = Registry::default();
-        r.counter("strata_events_total", "Events consumed.", &[("source", "clicks")])
-            .add(3);
-        r.gauge("strata_lag", "Lag.", &[("partition", "0")]).set(7);
-        let h = r.histogram("strata_latency_seconds", "Latency.", &[], &[0.1, 1.0]);
-        h.observe(0.05);
-        h.observe(0.5);
-        h.observe(5.0);
-        let text = r.render();
+        let m = Metrics::new();
+        m.events_consumed
+            .get_or_create_owned(&SourceLabel {
+                source: "clicks".into(),
+            })
+            .inc_by(3);
+        m.consumer_lag
+            .get_or_create_owned(&PartitionLabel {
+                topic: "clicks".into(),
+                partition: 0,
+            })
+            .set(7);
+        m.speed_visible.observe(0.00005);
+        m.speed_visible.observe(0.02);
+        m.speed_visible.observe(90.0);
+        let text = m.render();
         assert!(
-            text.contains("# TYPE strata_events_total counter\nstrata_events_total{source=\"clicks\"} 3\n"),
+            text.contains("# TYPE strata_events_consumed counter\nstrata_events_consumed_total{source=\"clicks\"} 3\n"),
             "{text}"
         );
-        assert!(text.contains("strata_lag{partition=\"0\"} 7"), "{text}");
-        assert!(text.contains("strata_latency_seconds_bucket{le=\"0.1\"} 1\n"), "{text}");
-        assert!(text.contains("strata_latency_seconds_bucket{le=\"1\"} 2\n"), "{text}");
         assert!(
-            text.contains("strata_latency_seconds_bucket{le=\"+Inf\"} 3\n"),
+            text.contains("strata_consumer_lag{topic=\"clicks\",partition=\"0\"} 7\n"),
             "{text}"
         );
-        assert!(text.contains("strata_latency_seconds_count 3"), "{text}");
-        assert_eq!(h.quantile(0.3), Some(0.1));
-        assert_eq!(h.quantile(0.6), Some(1.0));
-        assert_eq!(h.quantile(1.0), Some(f64::INFINITY));
+        assert!(
+            text.contains("strata_speed_visible_seconds_bucket{le=\"0.0001\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("strata_speed_visible_seconds_bucket{le=\"0.02\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("strata_speed_visible_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("strata_speed_visible_seconds_count 3\n"), "{text}");
+        assert!(text.contains("strata_partitions_unowned 0\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(m.quantile("strata_speed_visible_seconds", 0.3), Some(0.0001));
+        assert_eq!(m.quantile("strata_speed_visible_seconds", 0.6), Some(0.02));
+        assert_eq!(m.quantile("strata_speed_visible_seconds", 1.0), Some(f64::INFINITY));
+        assert_eq!(m.quantile("strata_speed_batch_seconds", 0.5), None);
     }
 
     #[tokio::test]
     async fn serves_metrics_and_health() {
-        global().counter("strata_test_total", "A test counter.", &[]).inc();
+        metrics().archive_fenced.inc();
         let stop = CancellationToken::new();
         let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let h = healthy.clone();
         let check: HealthCheck = Arc::new(move || {
-            if h.load(Ordering::SeqCst) {
+            if h.load(std::sync::atomic::Ordering::SeqCst) {
                 Ok("{\"status\":\"ok\"}".into())
             } else {
                 Err("{\"status\":\"down\"}".into())
@@ -378,17 +405,24 @@ mod tests {
             .unwrap();
         let get = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
                 .await
                 .unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).await.unwrap();
             out
         };
-        assert!(get("/metrics").await.contains("strata_test_total 1"));
-        assert!(get("/health").await.starts_with("HTTP/1.1 200 OK"));
-        healthy.store(false, Ordering::SeqCst);
+        let page = get("/metrics").await;
+        assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+        assert!(page.contains("\nstrata_archive_fenced_total "), "{page}");
+        let health = get("/health").await;
+        assert!(
+            health.starts_with("HTTP/1.1 200 OK") && health.ends_with("{\"status\":\"ok\"}"),
+            "{health}"
+        );
+        healthy.store(false, std::sync::atomic::Ordering::SeqCst);
         assert!(get("/health").await.starts_with("HTTP/1.1 503"));
+        assert!(get("/nothing").await.starts_with("HTTP/1.1 404"));
         stop.cancel();
         task.await.unwrap();
     }

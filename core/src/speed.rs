@@ -20,12 +20,66 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
-/// Kafka positions: `topic/partition` -> offset.
-pub type Offsets = BTreeMap<String, i64>;
+/// A partition of a Kafka topic; shown, and stored in the lake's commits, as
+/// `topic/partition`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
 
-/// Key of a partition in [`Offsets`].
-pub fn partition_key(topic: &str, partition: i32) -> String {
-    format!("{topic}/{partition}")
+impl TopicPartition {
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+impl std::str::FromStr for TopicPartition {
+    type Err = String;
+
+    /// `topic/partition`; a topic name may not hold `/`, so the last one splits.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (topic, partition) = s
+            .rsplit_once('/')
+            .ok_or_else(|| format!("`{s}` is not a Kafka partition: expected `topic/partition`"))?;
+        let partition = partition
+            .parse()
+            .map_err(|_| format!("`{s}` is not a Kafka partition: `{partition}` is not a partition number"))?;
+        Ok(TopicPartition::new(topic, partition))
+    }
+}
+
+impl Serialize for TopicPartition {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TopicPartition {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Kafka positions: per partition, an offset.
+pub type Offsets = BTreeMap<TopicPartition, i64>;
+
+/// The records of one partition at offsets `[start, end)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetRange {
+    pub partition: TopicPartition,
+    pub start: i64,
+    pub end: i64,
 }
 
 /// Which events of one partition a speed layer's states hold.
@@ -42,8 +96,8 @@ pub struct PartRange {
 }
 
 impl PartRange {
-    pub fn key(&self) -> String {
-        partition_key(&self.topic, self.partition)
+    pub fn key(&self) -> TopicPartition {
+        TopicPartition::new(&self.topic, self.partition)
     }
 }
 
@@ -139,3 +193,37 @@ pub const LATENESS_BUCKETS: &[(i64, &str)] = &[
     (86_400_000_000, "1d"),
     (i64::MAX, "+Inf"),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_is_stored_as_topic_slash_partition() {
+        let offsets: Offsets = [
+            (TopicPartition::new("page.views", 10), 7),
+            (TopicPartition::new("page.views", 2), 5),
+        ]
+        .into();
+        // Ordered by partition number, stored in the JSON the lake's commits always held.
+        assert_eq!(
+            offsets.keys().map(ToString::to_string).collect::<Vec<_>>(),
+            ["page.views/2", "page.views/10"]
+        );
+        let json = serde_json::to_string(&offsets).unwrap();
+        assert_eq!(json, r#"{"page.views/2":5,"page.views/10":7}"#);
+        assert_eq!(serde_json::from_str::<Offsets>(&json).unwrap(), offsets);
+        assert_eq!(
+            "a/b/3".parse::<TopicPartition>().unwrap(),
+            TopicPartition::new("a/b", 3)
+        );
+        assert_eq!(
+            "clicks".parse::<TopicPartition>().unwrap_err(),
+            "`clicks` is not a Kafka partition: expected `topic/partition`"
+        );
+        let bad = serde_json::from_str::<Offsets>(r#"{"clicks/x":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("`x` is not a partition number"), "{bad}");
+    }
+}

@@ -31,7 +31,7 @@ use strata_core::config::Config;
 use strata_core::lake::{AppTransactions, Lake, ViewVersion};
 use strata_core::schema::{SourceSchema, TIMESTAMP_TZ, rejected_schema, timestamp_type};
 use strata_core::session::{CATALOG, DEFAULT_SCHEMA, new_context, session_config};
-use strata_core::speed::{Offsets, PartitionStatus, SpeedPart, SpeedSource, SpeedStatus};
+use strata_core::speed::{Offsets, PartitionStatus, SpeedPart, SpeedSource, SpeedStatus, TopicPartition};
 use strata_core::view::{ViewPlan, WindowKind};
 
 use crate::compose::{Composition, LakeRange, compose};
@@ -140,11 +140,7 @@ impl Catalog {
                     config.serve.unowned_partition_grace,
                 )),
                 speed_timeout: config.serve.speed_timeout,
-                speed_unavailable: strata_core::metrics::global().counter(
-                    "strata_speed_unavailable_total",
-                    "Queries whose speed layer did not answer: its partitions came from the lake.",
-                    &[],
-                ),
+                speed_unavailable: strata_core::metrics::metrics().speed_unavailable.clone(),
             }
         }))
     }
@@ -245,7 +241,7 @@ impl Catalog {
 
     /// The next offset the lake holds of each Kafka partition of a source, as of the raw
     /// table's newest version (loaded as `raw`).
-    async fn archived(&self, raw: &DeltaTable) -> Result<BTreeMap<(String, i32), i64>> {
+    async fn archived(&self, raw: &DeltaTable) -> Result<Offsets> {
         let url = raw.table_url().clone();
         let mut txns = self
             .positions
@@ -255,7 +251,7 @@ impl Catalog {
             .cloned()
             .unwrap_or_default();
         txns.refresh(raw).await?;
-        let out = kafka_positions(&txns);
+        let out = strata_core::lake::kafka_offsets(txns.all());
         self.positions.lock().expect("positions lock").insert(url, txns);
         Ok(out)
     }
@@ -497,20 +493,18 @@ impl Catalog {
     /// its events beyond the batch coverage from and up to which offset, and the alarm for a
     /// partition nobody has consumed for too long.
     async fn system_partitions(&self, statuses: &[SpeedStatus]) -> Result<Arc<dyn TableProvider>> {
-        #[derive(Default)]
-        struct Row<'a> {
-            source: String,
-            owner: Option<(&'a str, &'a PartitionStatus)>,
-            owners: i64,
-            archived: Option<i64>,
-            ownership: Option<crate::partitions::Ownership>,
-        }
-        let mut rows: BTreeMap<(String, i32), Row<'_>> = BTreeMap::new();
+        partitions_table(&self.partition_rows(statuses).await?)
+    }
+
+    /// Every partition of the sources' topics that the lake, a speed layer or Kafka knows,
+    /// with what each says of it.
+    async fn partition_rows<'a>(&self, statuses: &'a [SpeedStatus]) -> Result<Vec<(TopicPartition, PartitionRow<'a>)>> {
+        let mut rows: BTreeMap<TopicPartition, PartitionRow<'a>> = BTreeMap::new();
         for source in &self.sources {
             if let Some(raw) = self.latest(&self.lake.raw_url(&source.name)).await? {
-                for ((topic, partition), next) in self.archived(&raw).await? {
-                    if source.topics.contains(&topic) {
-                        let row = rows.entry((topic, partition)).or_default();
+                for (tp, next) in self.archived(&raw).await? {
+                    if source.topics.contains(&tp.topic) {
+                        let row = rows.entry(tp).or_default();
                         row.archived = Some(next);
                     }
                 }
@@ -518,7 +512,7 @@ impl Catalog {
         }
         for status in statuses {
             for p in &status.partitions {
-                let row = rows.entry((p.topic.clone(), p.partition)).or_default();
+                let row = rows.entry(TopicPartition::new(&p.topic, p.partition)).or_default();
                 row.owners += 1;
                 if row
                     .owner
@@ -531,70 +525,12 @@ impl Catalog {
         for (tp, ownership) in self.watch.partitions(std::time::Instant::now()) {
             rows.entry(tp).or_default().ownership = Some(ownership);
         }
-        for ((topic, _), row) in rows.iter_mut() {
-            if let Some(s) = self.sources.iter().find(|s| s.topics.contains(topic)) {
+        for (tp, row) in rows.iter_mut() {
+            if let Some(s) = self.sources.iter().find(|s| s.topics.contains(&tp.topic)) {
                 row.source = s.name.clone();
             }
         }
-        let rows: Vec<((String, i32), Row<'_>)> = rows.into_iter().filter(|(_, r)| !r.source.is_empty()).collect();
-        let owner = |f: &dyn Fn(&PartitionStatus) -> Option<i64>| -> ArrayRef {
-            Arc::new(Int64Array::from(
-                rows.iter()
-                    .map(|(_, r)| r.owner.and_then(|(_, p)| f(p)))
-                    .collect::<Vec<_>>(),
-            ))
-        };
-        table_of(
-            system_partitions_schema(),
-            vec![
-                Arc::new(StringArray::from_iter_values(
-                    rows.iter().map(|(_, r)| r.source.as_str()),
-                )),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|((t, _), _)| t.as_str()))),
-                Arc::new(Int32Array::from_iter_values(rows.iter().map(|((_, p), _)| *p))),
-                Arc::new(StringArray::from(
-                    rows.iter().map(|(_, r)| r.owner.map(|(i, _)| i)).collect::<Vec<_>>(),
-                )),
-                owner(&|p| Some(p.generation as i64)),
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, r)| r.owners))),
-                owner(&|p| Some(p.consumed)),
-                Arc::new(Int64Array::from(
-                    rows.iter().map(|(_, r)| r.archived).collect::<Vec<_>>(),
-                )),
-                owner(&|p| p.high_watermark),
-                owner(&|p| p.high_watermark.map(|h| (h - p.consumed).max(0))),
-                Arc::new(StringArray::from_iter_values(
-                    rows.iter()
-                        .map(|(_, r)| if r.owner.is_some() { "speed" } else { "lake" }),
-                )),
-                Arc::new(Int64Array::from(
-                    rows.iter()
-                        .map(|(_, r)| r.owner.map(|(_, p)| p.consumed).or(r.archived))
-                        .collect::<Vec<_>>(),
-                )),
-                Arc::new(
-                    TimestampMicrosecondArray::from(
-                        rows.iter()
-                            .map(|(_, r)| r.owner.and_then(|(_, p)| p.max_event_time))
-                            .collect::<Vec<_>>(),
-                    )
-                    .with_timezone(TIMESTAMP_TZ),
-                ),
-                owner(&|p| Some(p.events as i64)),
-                owner(&|p| Some(p.rejected as i64)),
-                owner(&|p| Some(p.late_events as i64)),
-                Arc::new(Float64Array::from(
-                    rows.iter()
-                        .map(|(_, r)| r.ownership.map(|o| o.unowned_for.as_secs_f64()))
-                        .collect::<Vec<_>>(),
-                )),
-                Arc::new(BooleanArray::from(
-                    rows.iter()
-                        .map(|(_, r)| r.ownership.is_some_and(|o| o.alarm))
-                        .collect::<Vec<_>>(),
-                )),
-            ],
-        )
+        Ok(rows.into_iter().filter(|(_, r)| !r.source.is_empty()).collect())
     }
 
     /// The speed layers' positions, memory and lateness.
@@ -639,7 +575,7 @@ impl Catalog {
                     let mut max_event_time: Option<i64> = None;
                     for s in &statuses {
                         for p in s.partitions.iter().filter(|p| p.source == view.plan.source) {
-                            position.insert(strata_core::speed::partition_key(&p.topic, p.partition), p.consumed);
+                            position.insert(TopicPartition::new(&p.topic, p.partition), p.consumed);
                             max_event_time = max_event_time.max(p.max_event_time);
                             late += p.late_events;
                         }
@@ -860,15 +796,78 @@ fn lake_predicate(ranges: &[LakeRange]) -> datafusion::prelude::Expr {
         .unwrap_or_else(|| lit(false))
 }
 
-/// The Kafka positions among a raw table's transactions: `(topic, partition)` -> next offset.
-pub fn kafka_positions(txns: &AppTransactions) -> BTreeMap<(String, i32), i64> {
-    strata_core::lake::kafka_offsets(txns.all())
-        .into_iter()
-        .filter_map(|(key, next)| {
-            let (topic, partition) = key.rsplit_once('/')?;
-            Some(((topic.to_string(), partition.parse().ok()?), next))
-        })
-        .collect()
+/// What a speed layer, the lake and the partition watch say of a partition.
+#[derive(Default)]
+struct PartitionRow<'a> {
+    source: String,
+    owner: Option<(&'a str, &'a PartitionStatus)>,
+    owners: i64,
+    archived: Option<i64>,
+    ownership: Option<crate::partitions::Ownership>,
+}
+
+/// `system.partitions` of its rows.
+fn partitions_table(rows: &[(TopicPartition, PartitionRow<'_>)]) -> Result<Arc<dyn TableProvider>> {
+    let owner = |f: &dyn Fn(&PartitionStatus) -> Option<i64>| -> ArrayRef {
+        Arc::new(Int64Array::from(
+            rows.iter()
+                .map(|(_, r)| r.owner.and_then(|(_, p)| f(p)))
+                .collect::<Vec<_>>(),
+        ))
+    };
+    table_of(
+        system_partitions_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|(_, r)| r.source.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|(tp, _)| tp.topic.as_str()),
+            )),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|(tp, _)| tp.partition))),
+            Arc::new(StringArray::from(
+                rows.iter().map(|(_, r)| r.owner.map(|(i, _)| i)).collect::<Vec<_>>(),
+            )),
+            owner(&|p| Some(p.generation as i64)),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, r)| r.owners))),
+            owner(&|p| Some(p.consumed)),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|(_, r)| r.archived).collect::<Vec<_>>(),
+            )),
+            owner(&|p| p.high_watermark),
+            owner(&|p| p.high_watermark.map(|h| (h - p.consumed).max(0))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter()
+                    .map(|(_, r)| if r.owner.is_some() { "speed" } else { "lake" }),
+            )),
+            Arc::new(Int64Array::from(
+                rows.iter()
+                    .map(|(_, r)| r.owner.map(|(_, p)| p.consumed).or(r.archived))
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from(
+                    rows.iter()
+                        .map(|(_, r)| r.owner.and_then(|(_, p)| p.max_event_time))
+                        .collect::<Vec<_>>(),
+                )
+                .with_timezone(TIMESTAMP_TZ),
+            ),
+            owner(&|p| Some(p.events as i64)),
+            owner(&|p| Some(p.rejected as i64)),
+            owner(&|p| Some(p.late_events as i64)),
+            Arc::new(Float64Array::from(
+                rows.iter()
+                    .map(|(_, r)| r.ownership.map(|o| o.unowned_for.as_secs_f64()))
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(BooleanArray::from(
+                rows.iter()
+                    .map(|(_, r)| r.ownership.is_some_and(|o| o.alarm))
+                    .collect::<Vec<_>>(),
+            )),
+        ],
+    )
 }
 
 fn empty(schema: &SchemaRef) -> Result<Arc<dyn TableProvider>> {

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use strata_core::speed::{Offsets, PartRange, SpeedPart, partition_key};
+use strata_core::speed::{Offsets, PartRange, SpeedPart, TopicPartition};
 
 /// Events of one partition to read from the lake's raw table: offsets `[from, until)`
 /// (`until` None: everything archived from `from` on).
@@ -51,15 +51,15 @@ impl Composition {
 pub fn compose(
     topics: &[String],
     coverage: &Offsets,
-    archived: &BTreeMap<(String, i32), i64>,
+    archived: &Offsets,
     parts: impl IntoIterator<Item = SpeedPart>,
 ) -> Composition {
-    let mut chosen: BTreeMap<(String, i32), SpeedPart> = BTreeMap::new();
+    let mut chosen: BTreeMap<TopicPartition, SpeedPart> = BTreeMap::new();
     for part in parts {
         if !topics.contains(&part.range.topic) {
             continue;
         }
-        let key = (part.range.topic.clone(), part.range.partition);
+        let key = part.range.key();
         let newer = |p: &PartRange| (p.generation, p.until);
         match chosen.get(&key) {
             Some(held) if newer(&held.range) >= newer(&part.range) => {}
@@ -69,15 +69,15 @@ pub fn compose(
         }
     }
     let mut lake = Vec::new();
-    for ((topic, partition), &next) in archived.iter().filter(|((t, _), _)| topics.contains(t)) {
-        if chosen.contains_key(&(topic.clone(), *partition)) {
+    for (tp, &next) in archived.iter().filter(|(tp, _)| topics.contains(&tp.topic)) {
+        if chosen.contains_key(tp) {
             continue;
         }
-        let from = coverage.get(&partition_key(topic, *partition)).copied().unwrap_or(0);
+        let from = coverage.get(tp).copied().unwrap_or(0);
         if next > from {
             lake.push(LakeRange {
-                topic: topic.clone(),
-                partition: *partition,
+                topic: tp.topic.clone(),
+                partition: tp.partition,
                 from,
                 until: None,
             });
@@ -136,12 +136,12 @@ mod tests {
     #[test]
     fn every_partition_counts_once_from_the_newest_owner_or_the_lake() {
         let topics = vec!["t".to_string()];
-        let coverage: Offsets = [("t/0".to_string(), 100), ("t/1".to_string(), 50)].into();
-        let archived: BTreeMap<(String, i32), i64> = [
-            (("t".into(), 0), 300),
-            (("t".into(), 1), 80),
-            (("t".into(), 2), 40),
-            (("u".into(), 0), 9),
+        let coverage: Offsets = [(TopicPartition::new("t", 0), 100), (TopicPartition::new("t", 1), 50)].into();
+        let archived: Offsets = [
+            (TopicPartition::new("t", 0), 300),
+            (TopicPartition::new("t", 1), 80),
+            (TopicPartition::new("t", 2), 40),
+            (TopicPartition::new("u", 0), 9),
         ]
         .into();
         // Partition 0 reported by a process that lost it (generation 3) and by its new owner.
@@ -163,8 +163,8 @@ mod tests {
     #[test]
     fn the_lake_fills_between_the_coverage_and_where_the_states_start() {
         let topics = vec!["t".to_string()];
-        let coverage: Offsets = [("t/0".to_string(), 100)].into();
-        let archived: BTreeMap<(String, i32), i64> = [(("t".into(), 0), 500), (("t".into(), 1), 70)].into();
+        let coverage: Offsets = [(TopicPartition::new("t", 0), 100)].into();
+        let archived: Offsets = [(TopicPartition::new("t", 0), 500), (TopicPartition::new("t", 1), 70)].into();
         let c = compose(
             &topics,
             &coverage,
@@ -174,7 +174,7 @@ mod tests {
         assert_eq!(c.lake, [lake(0, 100, Some(400))]);
         assert!(c.has_gaps());
         // Nothing archived beyond the coverage of an unowned partition: nothing to read.
-        let c = compose(&topics, &coverage, &[(("t".into(), 0), 100)].into(), vec![]);
+        let c = compose(&topics, &coverage, &[(TopicPartition::new("t", 0), 100)].into(), vec![]);
         assert!(c.lake.is_empty() && c.speed.is_empty());
     }
 }

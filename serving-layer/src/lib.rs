@@ -102,8 +102,8 @@ pub fn health(catalog: &Catalog) -> std::result::Result<String, String> {
     }
     let unowned: Vec<serde_json::Value> = alarms
         .iter()
-        .map(|((topic, partition), since)| {
-            serde_json::json!({ "topic": topic, "partition": partition, "unowned_seconds": since.as_secs() })
+        .map(|(tp, since)| {
+            serde_json::json!({ "topic": tp.topic, "partition": tp.partition, "unowned_seconds": since.as_secs() })
         })
         .collect();
     Ok(serde_json::json!({ "status": "degraded", "unowned_partitions": unowned }).to_string())

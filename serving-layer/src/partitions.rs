@@ -18,12 +18,9 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use strata_core::config::Config;
-use strata_core::metrics::{Gauge, global};
-use strata_core::speed::SpeedSource;
+use strata_core::metrics::{Gauge, metrics};
+use strata_core::speed::{SpeedSource, TopicPartition};
 use tokio_util::sync::CancellationToken;
-
-/// A Kafka partition: (topic, partition).
-pub type TopicPartition = (String, i32);
 
 #[derive(Debug, Clone, Copy)]
 struct Seen {
@@ -58,11 +55,7 @@ impl PartitionWatch {
             grace,
             seen: Mutex::new(BTreeMap::new()),
             metadata_error: Mutex::new(None),
-            unowned: global().gauge(
-                "strata_partitions_unowned",
-                "Kafka partitions of the sources no live speed process has owned for longer than serve.unowned_partition_grace.",
-                &[],
-            ),
+            unowned: metrics().partitions_unowned.clone(),
         }
     }
 
@@ -156,16 +149,21 @@ pub async fn run(
         let mut owned = BTreeSet::new();
         let statuses = futures::future::join_all(speed.iter().map(|s| tokio::time::timeout(timeout, s.status()))).await;
         for status in statuses.into_iter().flatten().flatten() {
-            owned.extend(status.partitions.into_iter().map(|p| (p.topic, p.partition)));
+            owned.extend(
+                status
+                    .partitions
+                    .into_iter()
+                    .map(|p| TopicPartition::new(p.topic, p.partition)),
+            );
         }
         let now = Instant::now();
         watch.observe(&all, &owned, now);
         let alarms: BTreeSet<TopicPartition> = watch.alarms(now).into_iter().map(|(tp, _)| tp).collect();
         for tp in alarms.difference(&alarmed) {
-            tracing::warn!(topic = %tp.0, partition = tp.1, grace = ?watch.grace, "no live speed process has consumed this partition for longer than serve.unowned_partition_grace: answers miss its newest events");
+            tracing::warn!(partition = %tp, grace = ?watch.grace, "no live speed process has consumed this partition for longer than serve.unowned_partition_grace: answers miss its newest events");
         }
         for tp in alarmed.difference(&alarms) {
-            tracing::info!(topic = %tp.0, partition = tp.1, "the partition is consumed again");
+            tracing::info!(partition = %tp, "the partition is consumed again");
         }
         alarmed = alarms;
         tokio::select! {
@@ -202,7 +200,7 @@ fn topic_partitions(client: Result<&BaseConsumer, &String>, topics: &[String]) -
             if let Some(e) = t.error() {
                 return Err(format!("topic `{topic}`: {e:?}"));
             }
-            out.extend(t.partitions().iter().map(|p| (t.name().to_string(), p.id())));
+            out.extend(t.partitions().iter().map(|p| TopicPartition::new(t.name(), p.id())));
         }
     }
     Ok(out)
@@ -213,7 +211,7 @@ mod tests {
     use super::*;
 
     fn set(items: &[(&str, i32)]) -> BTreeSet<TopicPartition> {
-        items.iter().map(|(t, p)| (t.to_string(), *p)).collect()
+        items.iter().map(|(t, p)| TopicPartition::new(*t, *p)).collect()
     }
 
     #[test]
@@ -229,21 +227,21 @@ mod tests {
         watch.observe(&all, &set(&[("t", 0), ("t", 1)]), at(20));
         watch.observe(&all, &set(&[("t", 0)]), at(25));
         let alarms = watch.alarms(at(31));
-        assert_eq!(alarms, vec![(("t".to_string(), 2), Duration::from_secs(31))]);
+        assert_eq!(alarms, vec![(TopicPartition::new("t", 2), Duration::from_secs(31))]);
         let state = watch.partitions(at(51));
         assert_eq!(
-            state[&("t".to_string(), 1)],
+            state[&TopicPartition::new("t", 1)],
             Ownership {
                 unowned_for: Duration::from_secs(31),
                 alarm: true
             }
         );
-        assert!(!state[&("t".to_string(), 0)].alarm);
+        assert!(!state[&TopicPartition::new("t", 0)].alarm);
         // Owned again: the alarm ends.
         watch.observe(&all, &set(&[("t", 0), ("t", 1), ("t", 2)]), at(60));
         assert!(watch.alarms(at(60)).is_empty());
         assert_eq!(
-            watch.partitions(at(60))[&("t".to_string(), 2)].unowned_for,
+            watch.partitions(at(60))[&TopicPartition::new("t", 2)].unowned_for,
             Duration::ZERO
         );
     }

@@ -49,7 +49,7 @@ use futures::{Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use strata_core::executor::CpuRuntime;
-use strata_core::metrics::{LATENCY_BUCKETS, global};
+use strata_core::metrics::{Counter, Histogram, ResultLabel, metrics};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -185,6 +185,26 @@ pub struct StrataFlightSql {
     plans: Arc<Plans>,
     /// A query still running this long after it arrived fails with DEADLINE_EXCEEDED.
     timeout: Duration,
+    metrics: QueryMetrics,
+}
+
+/// The handles a query updates: `strata_queries_total{result}` and `strata_query_seconds`.
+#[derive(Debug, Clone)]
+struct QueryMetrics {
+    ok: Counter,
+    error: Counter,
+    seconds: Histogram,
+}
+
+impl QueryMetrics {
+    fn new() -> Self {
+        let m = metrics();
+        QueryMetrics {
+            ok: m.queries.get_or_create_owned(&ResultLabel::OK),
+            error: m.queries.get_or_create_owned(&ResultLabel::ERROR),
+            seconds: m.query_seconds.clone(),
+        }
+    }
 }
 
 impl StrataFlightSql {
@@ -195,6 +215,7 @@ impl StrataFlightSql {
             cpu,
             plans: Arc::default(),
             timeout,
+            metrics: QueryMetrics::new(),
         }
     }
 
@@ -251,9 +272,7 @@ impl StrataFlightSql {
         let started = Instant::now();
         let result = self.execute_metered(handle, started).await;
         if result.is_err() {
-            global()
-                .counter("strata_queries_total", "Queries answered.", &[("result", "error")])
-                .inc();
+            self.metrics.error.inc();
         }
         result
     }
@@ -276,7 +295,11 @@ impl StrataFlightSql {
             .map_err(|e| df_status(&e))?;
         let stream = self.cpu.run_stream(stream);
         let out_schema = schema.clone();
-        let mut metered = Metered { started, ok: true };
+        let mut metered = Metered {
+            started,
+            ok: true,
+            metrics: self.metrics.clone(),
+        };
         // Past the deadline the stream ends with DEADLINE_EXCEEDED; dropping the query's
         // stream stops its work on the CPU runtime.
         let batches = Deadline {
@@ -343,6 +366,7 @@ impl Stream for Deadline {
 struct Metered {
     started: Instant,
     ok: bool,
+    metrics: QueryMetrics,
 }
 
 impl Metered {
@@ -353,18 +377,9 @@ impl Metered {
 
 impl Drop for Metered {
     fn drop(&mut self) {
-        let result = if self.ok { "ok" } else { "error" };
-        global()
-            .counter("strata_queries_total", "Queries answered.", &[("result", result)])
-            .inc();
-        global()
-            .histogram(
-                "strata_query_seconds",
-                "Time from a query's arrival to its last batch.",
-                &[],
-                LATENCY_BUCKETS,
-            )
-            .observe(self.started.elapsed().as_secs_f64());
+        let result = if self.ok { &self.metrics.ok } else { &self.metrics.error };
+        result.inc();
+        self.metrics.seconds.observe(self.started.elapsed().as_secs_f64());
     }
 }
 

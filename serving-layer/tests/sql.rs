@@ -23,7 +23,7 @@ use strata_core::config::{Config, ViewConfig};
 use strata_core::executor::CpuRuntime;
 use strata_core::schema::{SourceSchema, TIMESTAMP_TZ, complete_raw_batch};
 use strata_core::session::{new_context, session_config};
-use strata_core::speed::{PartRange, PartitionStatus, SpeedPart, SpeedSource, SpeedStatus, partition_key};
+use strata_core::speed::{PartRange, PartitionStatus, SpeedPart, SpeedSource, SpeedStatus, TopicPartition};
 use strata_core::status::df_status;
 use strata_core::view::ViewPlan;
 use strata_serving::Catalog;
@@ -103,7 +103,7 @@ impl SpeedSource for MemorySpeed {
         let ctx = new_context(session_config())?;
         ctx.register_batch("events", self.events.clone())?;
         let batches = ctx.sql(&plan.state_sql("events")).await?.collect().await?;
-        let from = coverage.get(&partition_key("events", 0)).copied().unwrap_or(0);
+        let from = coverage.get(&TopicPartition::new("events", 0)).copied().unwrap_or(0);
         Ok(vec![SpeedPart {
             range: PartRange {
                 topic: "events".into(),

@@ -15,17 +15,18 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, TimestampMicrosecondType};
+use datafusion::prelude::{Expr, ident, lit, when};
 use strata_core::lake::{Lake, kafka_app_id, txn_history};
-use strata_core::metrics::{Histogram, LATENCY_BUCKETS, global};
+use strata_core::metrics::{Histogram, metrics};
 use strata_core::schema::{OFFSET, PARTITION, SourceSchema, TOPIC, rejected};
-use strata_core::speed::{LATENESS_BUCKETS, Offsets, partition_key};
-use strata_core::view::{WindowSpec, quote};
+use strata_core::speed::{LATENESS_BUCKETS, OffsetRange, Offsets, TopicPartition};
+use strata_core::view::WindowSpec;
 use strata_core::{Error, Result};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::archive::{ArchiveJob, ArchiveMessage, ArchiveRange, drop_partitions};
 use crate::consumer::{Assigned, Input, MicroBatch};
-use crate::engine::ViewEngine;
+use crate::engine::{SEGMENT_COLUMN, ViewEngine};
 use crate::store::{PartitionStates, Store};
 
 /// Fold a segment's state batches into one when it holds more than this many.
@@ -82,18 +83,8 @@ impl Aggregator {
             buffered_rows: 0,
             folds: None,
             fold_pending: Arc::default(),
-            visible: global().histogram(
-                "strata_speed_visible_seconds",
-                "From an event's consumption to its visibility in queries.",
-                &[],
-                LATENCY_BUCKETS,
-            ),
-            compute: global().histogram(
-                "strata_speed_batch_seconds",
-                "Time to compute the view states of a micro-batch and publish them.",
-                &[],
-                LATENCY_BUCKETS,
-            ),
+            visible: metrics().speed_visible.clone(),
+            compute: metrics().speed_batch.clone(),
         }
     }
 
@@ -114,7 +105,7 @@ impl Aggregator {
                 next = input.recv() => match next {
                     Some(Input::Batch(batch)) => self.batch(batch).await?,
                     Some(Input::Assigned(list)) => self.assigned(list).await?,
-                    Some(Input::Revoked { keys, done }) => {
+                    Some(Input::Revoked { partitions: keys, done }) => {
                         // What the partitions consumed is archived before they go: their new
                         // owner starts where this process stopped, and nothing is consumed twice.
                         self.flush().await?;
@@ -141,10 +132,10 @@ impl Aggregator {
     }
 
     /// Asks the folder to fold a segment's states of view `v` (once while pending).
-    fn fold_later(&self, key: &str, start: i64, v: usize) {
+    fn fold_later(&self, key: &TopicPartition, start: i64, v: usize) {
         let Some(folds) = &self.folds else { return };
         let job = FoldJob {
-            key: key.to_string(),
+            key: key.clone(),
             start,
             view: v,
         };
@@ -281,7 +272,7 @@ impl Aggregator {
         Ok(())
     }
 
-    fn revoked(&mut self, keys: &[String]) {
+    fn revoked(&mut self, keys: &[TopicPartition]) {
         let mut store = self.store.lock().expect("store lock");
         for key in keys {
             store.partitions.remove(key);
@@ -328,16 +319,16 @@ impl Aggregator {
                         tracing::info!(view = %plan.name, "the published batch version was computed under another definition: it is not used until the next batch run recomputes the view");
                         let starts = mine
                             .iter()
-                            .map(|a| (partition_key(&a.topic, a.partition), a.start))
+                            .map(|a| (TopicPartition::new(&a.topic, a.partition), a.start))
                             .collect();
                         coverage[v] = Some((starts, raw.as_ref().and_then(|r| r.version()).unwrap_or(0)));
                     }
                 }
             }
             // Built aside, published at once: a query never sees a partition without its states.
-            let mut fresh: BTreeMap<String, PartitionStates> = BTreeMap::new();
+            let mut fresh: BTreeMap<TopicPartition, PartitionStates> = BTreeMap::new();
             for a in &mine {
-                let key = partition_key(&a.topic, a.partition);
+                let key = TopicPartition::new(&a.topic, a.partition);
                 let mut p = new_partition(s, &a.topic, a.partition, a.start, views);
                 p.generation = a.generation;
                 for (floor, covered) in p.floor.iter_mut().zip(&coverage) {
@@ -370,7 +361,7 @@ impl Aggregator {
         partitions: &[&Assigned],
         coverage: &[Option<(Offsets, u64)>],
         history: Option<Vec<(u64, BTreeMap<String, i64>)>>,
-        fresh: &mut BTreeMap<String, PartitionStates>,
+        fresh: &mut BTreeMap<TopicPartition, PartitionStates>,
     ) -> Result<()> {
         let started = Instant::now();
         let views = self.engines.len();
@@ -380,15 +371,17 @@ impl Aggregator {
         ctx.register_table("raw", provider)?;
         for v in (0..views).filter(|v| self.view_source[*v] == s) {
             let covered = coverage[v].as_ref().map(|(o, _)| o);
-            let Some((filter, segment)) = recovery_sql(partitions, covered, &boundaries) else {
+            let Some((filter, segment)) = recovery_exprs(partitions, covered, &boundaries)? else {
                 continue;
             };
             let events = ctx
-                .sql(&format!("SELECT * FROM raw WHERE {filter}"))
+                .table("raw")
                 .await?
+                .filter(filter)?
+                .with_column(SEGMENT_COLUMN, segment)?
                 .collect()
                 .await?;
-            let states = self.engines[v].states_by_segment(events, &segment).await?;
+            let states = self.engines[v].states_by_segment(events).await?;
             for ((key, end), batches) in states {
                 let Some(p) = fresh.get_mut(&key) else { continue };
                 insert_recovered(p, v, end, batches, views);
@@ -474,66 +467,67 @@ fn lateness(max: Option<i64>, t: i64, windows: &[(usize, WindowSpec)], buckets: 
 fn archive_boundaries(
     partitions: &[&Assigned],
     history: Option<&[(u64, BTreeMap<String, i64>)]>,
-) -> BTreeMap<String, Vec<i64>> {
+) -> BTreeMap<TopicPartition, Vec<i64>> {
     let mut boundaries = BTreeMap::new();
     for a in partitions {
-        let app = kafka_app_id(&a.topic, a.partition);
+        let app = kafka_app_id(&TopicPartition::new(&a.topic, a.partition));
         let mut b: Vec<i64> = match history {
             Some(h) => h.iter().filter_map(|(_, txns)| txns.get(&app).copied()).collect(),
             None => vec![a.start],
         };
         b.dedup();
-        boundaries.insert(partition_key(&a.topic, a.partition), b);
+        boundaries.insert(TopicPartition::new(&a.topic, a.partition), b);
     }
     boundaries
 }
 
-/// The SQL recovering one view's states: a filter on the raw table for each partition's
-/// events from the view's coverage to the archived position, and the expression naming
-/// each event's segment (the first archive boundary above its offset). None when there is
-/// nothing to recover.
-fn recovery_sql(
+/// What recovers one view's states: a filter on the raw table for each partition's events
+/// from the view's coverage to the archived position, and the expression naming each
+/// event's segment (the first archive boundary above its offset). None when there is nothing
+/// to recover.
+fn recovery_exprs(
     partitions: &[&Assigned],
     coverage: Option<&Offsets>,
-    boundaries: &BTreeMap<String, Vec<i64>>,
-) -> Option<(String, String)> {
-    let mut conditions = Vec::new();
-    let mut segment_cases = Vec::new();
+    boundaries: &BTreeMap<TopicPartition, Vec<i64>>,
+) -> Result<Option<(Expr, Expr)>> {
+    let mut filter: Option<Expr> = None;
+    let mut segment: Option<datafusion::logical_expr::conditional_expressions::CaseBuilder> = None;
     for a in partitions {
-        let key = partition_key(&a.topic, a.partition);
+        let key = TopicPartition::new(&a.topic, a.partition);
         let from = coverage.and_then(|o| o.get(&key).copied()).unwrap_or(0);
         let until = a.start;
         if until <= from {
             continue;
         }
-        let topic = a.topic.replace('\'', "''");
-        conditions.push(format!(
-            "({} = '{topic}' AND {} = {} AND {} >= {from} AND {} < {until})",
-            quote(TOPIC),
-            quote(PARTITION),
-            a.partition,
-            quote(OFFSET),
-            quote(OFFSET)
-        ));
-        let mut case = String::from("CASE");
-        for b in boundaries[&key].iter().filter(|b| **b > from) {
-            case.push_str(&format!(" WHEN {} < {b} THEN {b}", quote(OFFSET)));
-        }
-        case.push_str(&format!(" ELSE {until} END"));
-        segment_cases.push(format!(
-            "WHEN {} = '{topic}' AND {} = {} THEN {case}",
-            quote(TOPIC),
-            quote(PARTITION),
-            a.partition
-        ));
+        let offset = || ident(OFFSET);
+        let this = ident(TOPIC)
+            .eq(lit(a.topic.as_str()))
+            .and(ident(PARTITION).eq(lit(a.partition)));
+        let range = this.clone().and(offset().gt_eq(lit(from))).and(offset().lt(lit(until)));
+        filter = Some(match filter {
+            Some(f) => f.or(range),
+            None => range,
+        });
+        let mut ends = boundaries[&key].iter().filter(|b| **b > from);
+        let numbered = match ends.next() {
+            Some(first) => {
+                let mut case = when(offset().lt(lit(*first)), lit(*first));
+                for b in ends {
+                    case = case.when(offset().lt(lit(*b)), lit(*b));
+                }
+                case.otherwise(lit(until))?
+            }
+            None => lit(until),
+        };
+        segment = Some(match segment {
+            Some(mut case) => case.when(this, numbered),
+            None => when(this, numbered),
+        });
     }
-    if conditions.is_empty() {
-        return None;
+    match (filter, segment) {
+        (Some(filter), Some(segment)) => Ok(Some((filter, segment.end()?))),
+        _ => Ok(None),
     }
-    Some((
-        conditions.join(" OR "),
-        format!("CAST(CASE {} END AS BIGINT)", segment_cases.join(" ")),
-    ))
 }
 
 /// A recovered segment ends at every archive boundary, with states or not (a flush of
@@ -542,12 +536,12 @@ fn recovery_sql(
 /// where the lake ends, as the archive's next flush must.
 fn end_recovered_segments(
     partitions: &[&Assigned],
-    boundaries: &BTreeMap<String, Vec<i64>>,
-    fresh: &mut BTreeMap<String, PartitionStates>,
+    boundaries: &BTreeMap<TopicPartition, Vec<i64>>,
+    fresh: &mut BTreeMap<TopicPartition, PartitionStates>,
     views: usize,
 ) {
     for a in partitions {
-        let key = partition_key(&a.topic, a.partition);
+        let key = TopicPartition::new(&a.topic, a.partition);
         if let Some(p) = fresh.get_mut(&key) {
             let floor = p.floor.iter().copied().min().unwrap_or(0);
             let ends = boundaries[&key].iter().copied().chain([a.start]);
@@ -564,28 +558,32 @@ fn end_recovered_segments(
 }
 
 /// A view's states of one micro-batch, per partition key.
-type ViewStates = (usize, BTreeMap<String, Vec<RecordBatch>>);
+type ViewStates = (usize, BTreeMap<TopicPartition, Vec<RecordBatch>>);
 
 /// Adds a micro-batch's states to each partition's open segment, which now ends at the
 /// batch's next offset; returns the (partition, segment, view) whose states are worth folding.
 fn add_states(
     store: &mut Store,
     source: usize,
-    positions: &[(String, i32, i64, i64)],
+    positions: &[OffsetRange],
     states: &[ViewStates],
-) -> Vec<(String, i64, usize)> {
+) -> Vec<(TopicPartition, i64, usize)> {
     let views = store.views.len();
     let mut to_fold = Vec::new();
-    for (topic, partition, first, next) in positions {
-        let key = partition_key(topic, *partition);
+    for OffsetRange {
+        partition: key,
+        start: first,
+        end: next,
+    } in positions
+    {
         let p = store
             .partitions
             .entry(key.clone())
-            .or_insert_with(|| new_partition(source, topic, *partition, *first, views));
+            .or_insert_with(|| new_partition(source, &key.topic, key.partition, *first, views));
         let segment = p.open_segment(views);
         segment.end = *next;
         for (v, by_partition) in states {
-            if let Some(b) = by_partition.get(&key) {
+            if let Some(b) = by_partition.get(key) {
                 segment.states[*v].extend(b.iter().cloned());
                 if segment.states[*v].len() > FOLD_AT {
                     to_fold.push((key.clone(), segment.start, *v));
@@ -597,7 +595,7 @@ fn add_states(
 }
 
 /// Counts a micro-batch's events per partition, and those late for a view's window.
-fn count_events(store: &mut Store, times: BTreeMap<String, Vec<i64>>, windows: &[(usize, WindowSpec)]) {
+fn count_events(store: &mut Store, times: BTreeMap<TopicPartition, Vec<i64>>, windows: &[(usize, WindowSpec)]) {
     let mut buckets = vec![vec![0u64; LATENESS_BUCKETS.len()]; store.views.len()];
     for (key, times) in times {
         if let Some(p) = store.partitions.get_mut(&key) {
@@ -626,7 +624,10 @@ fn count_rejects(store: &mut Store, rejects: &RecordBatch) {
         .map(|c| c.as_primitive::<Int32Type>().clone());
     if let (Some(t), Some(p)) = (topics, partitions) {
         for row in 0..rejects.num_rows() {
-            if let Some(ps) = store.partitions.get_mut(&partition_key(t.value(row), p.value(row))) {
+            if let Some(ps) = store
+                .partitions
+                .get_mut(&TopicPartition::new(t.value(row), p.value(row)))
+            {
                 ps.rejected += 1;
             }
         }
@@ -634,8 +635,8 @@ fn count_rejects(store: &mut Store, rejects: &RecordBatch) {
 }
 
 /// Event times per partition, in consumption order.
-fn per_partition_times(events: &RecordBatch, event_time: usize) -> BTreeMap<String, Vec<i64>> {
-    let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+fn per_partition_times(events: &RecordBatch, event_time: usize) -> BTreeMap<TopicPartition, Vec<i64>> {
+    let mut out: BTreeMap<TopicPartition, Vec<i64>> = BTreeMap::new();
     let (Some(t), Some(p)) = (events.column_by_name(TOPIC), events.column_by_name(PARTITION)) else {
         return out;
     };
@@ -643,7 +644,7 @@ fn per_partition_times(events: &RecordBatch, event_time: usize) -> BTreeMap<Stri
     let p = p.as_primitive::<Int32Type>();
     let ts = events.column(event_time).as_primitive::<TimestampMicrosecondType>();
     for row in 0..events.num_rows() {
-        out.entry(partition_key(t.value(row), p.value(row)))
+        out.entry(TopicPartition::new(t.value(row), p.value(row)))
             .or_default()
             .push(ts.value(row));
     }
@@ -653,7 +654,7 @@ fn per_partition_times(events: &RecordBatch, event_time: usize) -> BTreeMap<Stri
 /// A segment's states of one view to fold.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct FoldJob {
-    key: String,
+    key: TopicPartition,
     /// The segment's first offset: it names the segment while segments come and go.
     start: i64,
     view: usize,
@@ -804,8 +805,8 @@ mod tests {
         let views = engines.len();
         let names = engines.iter().map(|e| e.plan.name.clone()).collect();
         let store = Arc::new(Mutex::new(Store::new(names, vec![0; views])));
-        let list = vec![("clicks".to_string(), 0)];
-        let first = claim(&lake, &source, &list, &|_, _| Ok(0)).await.unwrap();
+        let list = vec![TopicPartition::new("clicks", 0)];
+        let first = claim(&lake, &source, &list, &|_| Ok(0)).await.unwrap();
         let mut archiver = Archiver::new(lake.clone(), vec![source.clone()], store.clone(), None);
         let position = |offset| KafkaPosition {
             topic: "clicks",
@@ -845,7 +846,7 @@ mod tests {
             assert_eq!(archiver.commit(&job).await.unwrap().archived.len(), 1);
         }
         // Another process takes the partition over.
-        let taken = claim(&lake, &source, &list, &|_, _| Ok(0)).await.unwrap();
+        let taken = claim(&lake, &source, &list, &|_| Ok(0)).await.unwrap();
         assert_eq!(taken[0].start, 150);
         let (archive, _jobs) = mpsc::channel(1);
         let mut aggregator = Aggregator::new(
@@ -868,7 +869,7 @@ mod tests {
             .await
             .unwrap();
         let store = store.lock().unwrap();
-        let p = &store.partitions[&partition_key("clicks", 0)];
+        let p = &store.partitions[&TopicPartition::new("clicks", 0)];
         let ends: Vec<(i64, i64)> = p.segments.iter().map(|s| (s.start, s.end)).collect();
         assert_eq!(ends, [(0, 100), (100, 150)]);
         assert_eq!(p.consumed(), 150, "the next flush starts where the lake ends");
@@ -889,7 +890,7 @@ mod tests {
         let mut store = Store::new(vec!["v".into()], vec![0]);
         let mut p = new_partition(0, "t", 0, 0, 1);
         p.open_segment(1).states[0] = states;
-        store.partitions.insert(partition_key("t", 0), p);
+        store.partitions.insert(TopicPartition::new("t", 0), p);
         store
     }
 
@@ -901,7 +902,7 @@ mod tests {
     fn a_fold_replaces_exactly_the_batches_it_read() {
         let read = vec![batch(1), batch(2)];
         let job = FoldJob {
-            key: partition_key("t", 0),
+            key: TopicPartition::new("t", 0),
             start: 0,
             view: 0,
         };
@@ -934,7 +935,7 @@ mod tests {
         let config = crate::fixtures::clicks_config(std::path::Path::new("/tmp/strata.toml"));
         let (source, engines) = crate::fixtures::clicks_engines(&config).await;
         let views = engines.len();
-        let key = partition_key("clicks", 0);
+        let key = TopicPartition::new("clicks", 0);
         let mut p = new_partition(0, "clicks", 0, 0, views);
         let mut expected = Vec::new();
         for round in 0..5i64 {

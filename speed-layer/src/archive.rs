@@ -35,9 +35,9 @@ use deltalake::kernel::Transaction;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
 use strata_core::lake::{AppTransactions, Lake, kafka_app_id, owner_app_id};
-use strata_core::metrics::{Counter, Histogram, LATENCY_BUCKETS, global};
+use strata_core::metrics::{Counter, Histogram, SourceLabel, metrics};
 use strata_core::schema::{EVENT_DATE, PARTITION, SourceSchema, TOPIC, rejected, rejected_schema};
-use strata_core::speed::partition_key;
+use strata_core::speed::TopicPartition;
 use strata_core::{Error, Result};
 use tokio::sync::{mpsc, oneshot};
 
@@ -56,8 +56,8 @@ pub struct ArchiveRange {
 }
 
 impl ArchiveRange {
-    pub fn key(&self) -> String {
-        partition_key(&self.topic, self.partition)
+    pub fn key(&self) -> TopicPartition {
+        TopicPartition::new(&self.topic, self.partition)
     }
 }
 
@@ -91,6 +91,12 @@ pub struct Claim {
     pub start: i64,
 }
 
+impl Claim {
+    pub fn key(&self) -> TopicPartition {
+        TopicPartition::new(&self.topic, self.partition)
+    }
+}
+
 /// Claims partitions of `source` for this process in one commit to its raw table: each
 /// partition's owner generation goes up by one, and a partition with no position yet gets
 /// `start_of(topic, partition)` pinned as its start (so that a crash before its first archive
@@ -99,8 +105,8 @@ pub struct Claim {
 pub async fn claim(
     lake: &Lake,
     source: &SourceSchema,
-    partitions: &[(String, i32)],
-    start_of: &(dyn Fn(&str, i32) -> Result<i64> + Sync),
+    partitions: &[TopicPartition],
+    start_of: &(dyn Fn(&TopicPartition) -> Result<i64> + Sync),
 ) -> Result<Vec<Claim>> {
     let mut table = open_raw(lake, source).await?;
     let mut backoff = Duration::from_millis(20);
@@ -110,15 +116,15 @@ pub async fn claim(
         let mut txns = AppTransactions::default();
         txns.refresh(&table).await?;
         let mut claims = Vec::new();
-        for (topic, partition) in partitions {
-            let owner = txns.get(&owner_app_id(topic, *partition)).unwrap_or(0);
-            let start = match txns.get(&kafka_app_id(topic, *partition)) {
+        for tp in partitions {
+            let owner = txns.get(&owner_app_id(tp)).unwrap_or(0);
+            let start = match txns.get(&kafka_app_id(tp)) {
                 Some(at) => at,
-                None => start_of(topic, *partition)?,
+                None => start_of(tp)?,
             };
             claims.push(Claim {
-                topic: topic.clone(),
-                partition: *partition,
+                topic: tp.topic.clone(),
+                partition: tp.partition,
                 generation: owner.max(0) as u64 + 1,
                 start,
             });
@@ -127,13 +133,13 @@ pub async fn claim(
             .iter()
             .flat_map(|c| {
                 [
-                    Transaction::new(owner_app_id(&c.topic, c.partition), c.generation as i64),
-                    Transaction::new(kafka_app_id(&c.topic, c.partition), c.start),
+                    Transaction::new(owner_app_id(&c.key()), c.generation as i64),
+                    Transaction::new(kafka_app_id(&c.key()), c.start),
                 ]
             })
             .collect();
         let info = serde_json::json!({ "claim": claims.iter().map(|c| serde_json::json!({
-            "partition": partition_key(&c.topic, c.partition), "generation": c.generation, "start": c.start,
+            "partition": c.key(), "generation": c.generation, "start": c.start,
         })).collect::<Vec<_>>() });
         match strata_core::lake::append(&mut table, Vec::new(), actions, info).await {
             Ok(_) => return Ok(claims),
@@ -200,12 +206,9 @@ impl Archiver {
         let commit_seconds = sources
             .iter()
             .map(|s| {
-                global().histogram(
-                    "strata_archive_commit_seconds",
-                    "Time to commit a flush of consumed events to the lake.",
-                    &[("source", &s.name)],
-                    LATENCY_BUCKETS,
-                )
+                metrics()
+                    .archive_commit
+                    .get_or_create_owned(&SourceLabel { source: s.name.clone() })
             })
             .collect();
         let n = sources.len();
@@ -216,16 +219,8 @@ impl Archiver {
             consumer,
             tables: (0..n).map(|_| None).collect(),
             commit_seconds,
-            failures: global().counter(
-                "strata_archive_failures_total",
-                "Archive commits that failed (and were retried).",
-                &[],
-            ),
-            fenced: global().counter(
-                "strata_archive_fenced_total",
-                "Archive ranges not committed because another speed process owns their partition now.",
-                &[],
-            ),
+            failures: metrics().archive_failures.clone(),
+            fenced: metrics().archive_fenced.clone(),
         }
     }
 
@@ -311,8 +306,8 @@ impl Archiver {
         };
         let mut to_write = Vec::new();
         for range in &job.ranges {
-            let owner = tables.raw_txns.get(&owner_app_id(&range.topic, range.partition));
-            let at = tables.raw_txns.get(&kafka_app_id(&range.topic, range.partition));
+            let owner = tables.raw_txns.get(&owner_app_id(&range.key()));
+            let at = tables.raw_txns.get(&kafka_app_id(&range.key()));
             if owner != Some(range.generation as i64) {
                 tracing::warn!(source = %name, partition = %range.key(), generation = range.generation, lake_owner = ?owner,
                     "another speed process owns this partition now: its flushed range [{}, {}) is left to it", range.start, range.end);
@@ -331,7 +326,7 @@ impl Archiver {
                 )));
             }
         }
-        self.fenced.add(outcome.fenced.len() as u64);
+        self.fenced.inc_by(outcome.fenced.len() as u64);
         if !to_write.is_empty() {
             self.write(s, job, &to_write).await?;
             self.commit_seconds[s].observe(started.elapsed().as_secs_f64());
@@ -347,7 +342,7 @@ impl Archiver {
     async fn write(&mut self, s: usize, job: &ArchiveJob, ranges: &[ArchiveRange]) -> Result<()> {
         let raw_schema = self.sources[s].raw.clone();
         let tables = self.tables(s).await?;
-        let keys: Vec<String> = ranges.iter().map(ArchiveRange::key).collect();
+        let keys: Vec<TopicPartition> = ranges.iter().map(ArchiveRange::key).collect();
         let info = serde_json::json!({ "archive": {
             "ranges": ranges.iter().map(|r| serde_json::json!({
                 "partition": r.key(), "generation": r.generation, "from": r.start, "to": r.end,
@@ -375,7 +370,7 @@ impl Archiver {
             let positions = ranges
                 .iter()
                 .map(|r| {
-                    let id = kafka_app_id(&r.topic, r.partition);
+                    let id = kafka_app_id(&r.key());
                     let at = tables.rejected_txns.get(&id).map_or(r.end, |done| done.max(r.end));
                     Transaction::new(id, at)
                 })
@@ -397,8 +392,8 @@ impl Archiver {
             .iter()
             .flat_map(|r| {
                 [
-                    Transaction::new(kafka_app_id(&r.topic, r.partition), r.end),
-                    Transaction::new(owner_app_id(&r.topic, r.partition), r.generation as i64),
+                    Transaction::new(kafka_app_id(&r.key()), r.end),
+                    Transaction::new(owner_app_id(&r.key()), r.generation as i64),
                 ]
             })
             .collect();
@@ -439,29 +434,35 @@ impl Archiver {
 }
 
 /// The rows of a batch (events or rejects) of the partitions `keys`.
-pub fn keep_partitions(batch: &RecordBatch, keys: &[String], topic: &str, partition: &str) -> RecordBatch {
+pub fn keep_partitions(batch: &RecordBatch, keys: &[TopicPartition], topic: &str, partition: &str) -> RecordBatch {
     select_partitions(batch, keys, topic, partition, true)
 }
 
 /// The rows of a batch (events or rejects) of partitions other than `keys`.
-pub fn drop_partitions(batch: &RecordBatch, keys: &[String], topic: &str, partition: &str) -> RecordBatch {
+pub fn drop_partitions(batch: &RecordBatch, keys: &[TopicPartition], topic: &str, partition: &str) -> RecordBatch {
     select_partitions(batch, keys, topic, partition, false)
 }
 
-fn select_partitions(batch: &RecordBatch, keys: &[String], topic: &str, partition: &str, keep: bool) -> RecordBatch {
+fn select_partitions(
+    batch: &RecordBatch,
+    keys: &[TopicPartition],
+    topic: &str,
+    partition: &str,
+    keep: bool,
+) -> RecordBatch {
     let (Some(t), Some(p)) = (batch.column_by_name(topic), batch.column_by_name(partition)) else {
         return batch.clone();
     };
     let t = t.as_string::<i32>();
     let p = p.as_primitive::<Int32Type>();
     let mask: BooleanArray = (0..batch.num_rows())
-        .map(|row| Some(keys.contains(&partition_key(t.value(row), p.value(row))) == keep))
+        .map(|row| Some(keys.contains(&TopicPartition::new(t.value(row), p.value(row))) == keep))
         .collect();
     filter_record_batch(batch, &mask).unwrap_or_else(|_| batch.clone())
 }
 
 /// The rejects of a batch of partitions `keys`, at or beyond the rejected table's positions.
-fn not_yet_rejected(batch: &RecordBatch, keys: &[String], positions: &AppTransactions) -> Result<RecordBatch> {
+fn not_yet_rejected(batch: &RecordBatch, keys: &[TopicPartition], positions: &AppTransactions) -> Result<RecordBatch> {
     let (Some(t), Some(p), Some(o)) = (
         batch.column_by_name(rejected::TOPIC),
         batch.column_by_name(rejected::PARTITION),
@@ -474,16 +475,16 @@ fn not_yet_rejected(batch: &RecordBatch, keys: &[String], positions: &AppTransac
         p.as_primitive::<Int32Type>(),
         o.as_primitive::<Int64Type>(),
     );
-    let mut done: BTreeMap<String, Option<i64>> = BTreeMap::new();
+    let mut done: BTreeMap<TopicPartition, Option<i64>> = BTreeMap::new();
     let keep: BooleanArray = (0..batch.num_rows())
         .map(|row| {
-            let key = partition_key(t.value(row), p.value(row));
+            let key = TopicPartition::new(t.value(row), p.value(row));
             if !keys.contains(&key) {
                 return Some(false);
             }
             let done = *done
                 .entry(key)
-                .or_insert_with(|| positions.get(&kafka_app_id(t.value(row), p.value(row))));
+                .or_insert_with_key(|key| positions.get(&kafka_app_id(key)));
             Some(o.value(row) >= done.unwrap_or(0))
         })
         .collect();
@@ -527,8 +528,8 @@ mod tests {
 
     /// Claims partitions for a process; a partition new to the lake starts at 0.
     async fn claim_all(lake: &Lake, source: &SourceSchema, partitions: &[i32]) -> BTreeMap<i32, Claim> {
-        let list: Vec<(String, i32)> = partitions.iter().map(|p| (TOPIC_NAME.to_string(), *p)).collect();
-        claim(lake, source, &list, &|_, _| Ok(0))
+        let list: Vec<TopicPartition> = partitions.iter().map(|p| TopicPartition::new(TOPIC_NAME, *p)).collect();
+        claim(lake, source, &list, &|_| Ok(0))
             .await
             .unwrap()
             .into_iter()
@@ -648,7 +649,7 @@ mod tests {
                 let txns = lost
                     .ranges
                     .iter()
-                    .map(|r| Transaction::new(kafka_app_id(&r.topic, r.partition), r.end))
+                    .map(|r| Transaction::new(kafka_app_id(&r.key()), r.end))
                     .collect();
                 strata_core::lake::append(&mut tables.rejected, lost.rejects, txns, serde_json::json!({}))
                     .await
@@ -672,8 +673,8 @@ mod tests {
                 "restart between the flushes: {restart}"
             );
             let raw = lake_txns(&lake).await;
-            assert_eq!(raw.get(&kafka_app_id(TOPIC_NAME, 0)), Some(200));
-            assert_eq!(raw.get(&kafka_app_id(TOPIC_NAME, 1)), Some(130));
+            assert_eq!(raw.get(&kafka_app_id(&TopicPartition::new(TOPIC_NAME, 0))), Some(200));
+            assert_eq!(raw.get(&kafka_app_id(&TopicPartition::new(TOPIC_NAME, 1))), Some(130));
         }
     }
 
@@ -736,8 +737,11 @@ mod tests {
                 "A first: {a_lands_first}"
             );
             let txns = lake_txns(&lake).await;
-            assert_eq!(txns.get(&kafka_app_id(TOPIC_NAME, 0)), Some(180));
-            assert_eq!(txns.get(&owner_app_id(TOPIC_NAME, 0)), Some(b[&0].generation as i64));
+            assert_eq!(txns.get(&kafka_app_id(&TopicPartition::new(TOPIC_NAME, 0))), Some(180));
+            assert_eq!(
+                txns.get(&owner_app_id(&TopicPartition::new(TOPIC_NAME, 0))),
+                Some(b[&0].generation as i64)
+            );
         }
     }
 
@@ -755,7 +759,7 @@ mod tests {
         let tables = archiver_a.tables(0).await.unwrap();
         tables.raw_txns.refresh(&tables.raw).await.unwrap();
         assert_eq!(
-            tables.raw_txns.get(&owner_app_id(TOPIC_NAME, 0)),
+            tables.raw_txns.get(&owner_app_id(&TopicPartition::new(TOPIC_NAME, 0))),
             Some(a[&0].generation as i64)
         );
         // ... B claims the partition ...
@@ -798,7 +802,7 @@ mod tests {
             let lost = job(&source, &[(0, b[&0].generation, 100, 200)], &[(0, 150)]);
             let mut archiver_b = archiver(&lake, &source);
             let tables = archiver_b.tables(0).await.unwrap();
-            let txns = vec![Transaction::new(kafka_app_id(TOPIC_NAME, 0), 200)];
+            let txns = vec![Transaction::new(kafka_app_id(&TopicPartition::new(TOPIC_NAME, 0)), 200)];
             strata_core::lake::append(&mut tables.rejected, lost.rejects, txns, serde_json::json!({}))
                 .await
                 .unwrap();
@@ -824,16 +828,16 @@ mod tests {
     #[tokio::test]
     async fn the_first_claim_pins_the_start() {
         let (_scratch, lake, source) = setup("pin");
-        let list = vec![(TOPIC_NAME.to_string(), 3)];
-        let first = claim(&lake, &source, &list, &|_, _| Ok(1000)).await.unwrap();
+        let list = vec![TopicPartition::new(TOPIC_NAME, 3)];
+        let first = claim(&lake, &source, &list, &|_| Ok(1000)).await.unwrap();
         assert_eq!((first[0].generation, first[0].start), (1, 1000));
-        let again = claim(&lake, &source, &list, &|_, _| Ok(5000)).await.unwrap();
+        let again = claim(&lake, &source, &list, &|_| Ok(5000)).await.unwrap();
         assert_eq!(
             (again[0].generation, again[0].start),
             (2, 1000),
             "the pinned start holds"
         );
-        let failing = claim(&lake, &source, &list, &|_, _| Err(Error::Input("no watermark".into())))
+        let failing = claim(&lake, &source, &list, &|_| Err(Error::Input("no watermark".into())))
             .await
             .unwrap();
         assert_eq!(failing[0].start, 1000, "a known start needs no lookup");

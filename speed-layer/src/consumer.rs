@@ -28,9 +28,9 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use strata_core::config::Config;
 use strata_core::decode::{JsonDecoder, KafkaPosition, Origin, Rejects};
 use strata_core::lake::Lake;
-use strata_core::metrics::{Counter, Histogram, LATENCY_BUCKETS, global};
+use strata_core::metrics::{Counter, Histogram, SourceLabel, metrics};
 use strata_core::schema::SourceSchema;
-use strata_core::speed::partition_key;
+use strata_core::speed::{OffsetRange, TopicPartition};
 use strata_core::{Error, Result};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -55,7 +55,7 @@ pub enum Input {
     /// Partitions no longer owned: what they consumed is archived, then their states are
     /// dropped; `done` is answered when they are gone.
     Revoked {
-        keys: Vec<String>,
+        partitions: Vec<TopicPartition>,
         done: std::sync::mpsc::SyncSender<()>,
     },
     Batch(MicroBatch),
@@ -78,16 +78,16 @@ pub struct MicroBatch {
     pub source: usize,
     pub events: Option<arrow::array::RecordBatch>,
     pub rejects: Option<arrow::array::RecordBatch>,
-    /// Per partition: (topic, partition, first offset, next offset).
-    pub positions: Vec<(String, i32, i64, i64)>,
+    /// Per partition, the offsets consumed: from the first record to the next offset.
+    pub positions: Vec<OffsetRange>,
     pub consumed_at: Instant,
 }
 
 /// A change of assignment, as librdkafka's callback saw it.
 #[derive(Debug)]
 enum Rebalance {
-    Assign(Vec<(String, i32)>),
-    Revoke(Vec<(String, i32)>),
+    Assign(Vec<TopicPartition>),
+    Revoke(Vec<TopicPartition>),
 }
 
 /// Rebalance events recorded by librdkafka's callback, in order, for the polling loop.
@@ -126,10 +126,10 @@ impl Drop for Closing<'_> {
 /// What librdkafka's own handling of a rebalance does: assign or unassign the partitions.
 fn answer(consumer: &KafkaConsumer, change: &Rebalance) {
     let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
-    let list = |partitions: &[(String, i32)]| {
+    let list = |partitions: &[TopicPartition]| {
         let mut tpl = TopicPartitionList::new();
-        for (t, p) in partitions {
-            tpl.add_partition(t, *p);
+        for tp in partitions {
+            tpl.add_partition(&tp.topic, tp.partition);
         }
         tpl
     };
@@ -154,10 +154,10 @@ impl ConsumerContext for SpeedContext {
     /// Records the change; the polling loop claims, seeks and archives, then assigns or
     /// unassigns (librdkafka waits for that call).
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let list: Vec<(String, i32)> = tpl
+        let list: Vec<TopicPartition> = tpl
             .elements()
             .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
+            .map(|e| TopicPartition::new(e.topic(), e.partition()))
             .collect();
         let event = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(list),
@@ -169,7 +169,7 @@ impl ConsumerContext for SpeedContext {
                     .map(|a| {
                         a.elements()
                             .iter()
-                            .map(|e| (e.topic().to_string(), e.partition()))
+                            .map(|e| TopicPartition::new(e.topic(), e.partition()))
                             .collect()
                     })
                     .unwrap_or_default();
@@ -248,20 +248,20 @@ fn kafka_error(what: &str, file: &std::path::Path, e: KafkaError) -> Error {
 /// aborted transactions, compaction — and the record after a gap is taken as it comes: a
 /// gap costs nothing.
 #[derive(Debug, Default)]
-struct NextOffsets(HashMap<(String, i32), i64>);
+struct NextOffsets(HashMap<TopicPartition, i64>);
 
 impl NextOffsets {
-    fn start(&mut self, partition: (String, i32), at: i64) {
+    fn start(&mut self, partition: TopicPartition, at: i64) {
         self.0.insert(partition, at);
     }
 
-    fn forget(&mut self, partition: &(String, i32)) {
+    fn forget(&mut self, partition: &TopicPartition) {
         self.0.remove(partition);
     }
 
     /// Whether to take the record at `offset` (of a partition owned, at or beyond the next
     /// offset); the next offset then follows it.
-    fn take(&mut self, partition: &(String, i32), offset: i64) -> bool {
+    fn take(&mut self, partition: &TopicPartition, offset: i64) -> bool {
         match self.0.get_mut(partition) {
             Some(next) if offset >= *next => {
                 *next = offset + 1;
@@ -276,7 +276,7 @@ struct SourceState {
     schema: Arc<SourceSchema>,
     decoder: JsonDecoder,
     rejects: Rejects,
-    positions: BTreeMap<(String, i32), (i64, i64)>,
+    positions: BTreeMap<TopicPartition, (i64, i64)>,
     consumed: Counter,
     rejected: Counter,
     /// From a record's Kafka timestamp to its consumption.
@@ -383,6 +383,7 @@ impl Poller {
 
     /// The decoding state and metric handles of each source.
     fn source_states(&self) -> Vec<SourceState> {
+        let label = |s: &SourceSchema| SourceLabel { source: s.name.clone() };
         self.sources
             .iter()
             .map(|s| SourceState {
@@ -390,22 +391,9 @@ impl Poller {
                 decoder: JsonDecoder::new(s.clone()),
                 rejects: Rejects::new(&s.name, chrono::Utc::now().timestamp_micros()),
                 positions: BTreeMap::new(),
-                consumed: global().counter(
-                    "strata_events_consumed_total",
-                    "Valid events consumed from Kafka.",
-                    &[("source", &s.name)],
-                ),
-                rejected: global().counter(
-                    "strata_events_rejected_total",
-                    "Records rejected (unparsable, wrong type, no event time, too large).",
-                    &[("source", &s.name)],
-                ),
-                delay: global().histogram(
-                    "strata_kafka_delay_seconds",
-                    "From a record's Kafka timestamp (its produce, under CreateTime) to its consumption.",
-                    &[("source", &s.name)],
-                    LATENCY_BUCKETS,
-                ),
+                consumed: metrics().events_consumed.get_or_create_owned(&label(s)),
+                rejected: metrics().events_rejected.get_or_create_owned(&label(s)),
+                delay: metrics().kafka_delay.get_or_create_owned(&label(s)),
             })
             .collect()
     }
@@ -429,7 +417,7 @@ impl Poller {
             Rebalance::Assign(list) => {
                 let claims = self.assign(&list)?;
                 for c in &claims {
-                    next.start((c.topic.clone(), c.partition), c.start);
+                    next.start(TopicPartition::new(&c.topic, c.partition), c.start);
                 }
                 let list = claims
                     .into_iter()
@@ -458,7 +446,7 @@ impl Poller {
         let topic = message.topic();
         let partition = message.partition();
         let offset = message.offset();
-        let key = (topic.to_string(), partition);
+        let key = TopicPartition::new(topic, partition);
         if !next.take(&key, offset) {
             return false;
         }
@@ -483,7 +471,9 @@ impl Poller {
             None => Err((&[][..], "empty message: no payload".to_string())),
         };
         match result {
-            Ok(()) => source.consumed.inc(),
+            Ok(()) => {
+                source.consumed.inc();
+            }
             Err((payload, reason)) => {
                 source.rejects.push(Origin::Kafka(position), payload, &reason);
                 source.rejected.inc();
@@ -499,11 +489,13 @@ impl Poller {
 
     /// Lets partitions go once the aggregator has archived what they consumed and dropped
     /// them; false if the aggregator is gone.
-    fn revoke(&self, list: &[(String, i32)]) -> Result<bool> {
-        let keys: Vec<String> = list.iter().map(|(t, p)| partition_key(t, *p)).collect();
-        tracing::info!(partitions = ?keys, "partitions revoked: archiving what they consumed");
+    fn revoke(&self, list: &[TopicPartition]) -> Result<bool> {
+        tracing::info!(partitions = %list.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "), "partitions revoked: archiving what they consumed");
         let (done, archived) = std::sync::mpsc::sync_channel(1);
-        let sent = self.send(Input::Revoked { keys, done });
+        let sent = self.send(Input::Revoked {
+            partitions: list.to_vec(),
+            done,
+        });
         if matches!(sent, Ok(true)) && archived.recv_timeout(REVOKE_WAIT).is_err() {
             tracing::warn!("the revoked partitions were not archived in time: letting them go");
         }
@@ -514,7 +506,7 @@ impl Poller {
 
     /// Claims newly assigned partitions in the lake (per source, one commit) and assigns them
     /// at the claimed starts.
-    fn assign(&self, list: &[(String, i32)]) -> Result<Vec<Claim>> {
+    fn assign(&self, list: &[TopicPartition]) -> Result<Vec<Claim>> {
         let claims = self.claim_all(list);
         let claims = match claims {
             Ok(c) => c,
@@ -537,7 +529,7 @@ impl Poller {
         };
         result.map_err(|e| Error::kafka("assign partitions", e))?;
         tracing::info!(
-            partitions = ?claims.iter().map(|c| (partition_key(&c.topic, c.partition), c.generation, c.start)).collect::<Vec<_>>(),
+            partitions = ?claims.iter().map(|c| (TopicPartition::new(&c.topic, c.partition).to_string(), c.generation, c.start)).collect::<Vec<_>>(),
             "partitions assigned (generation, start)"
         );
         for c in &claims {
@@ -556,17 +548,13 @@ impl Poller {
         else {
             return;
         };
-        let skipped = global().counter(
-            "strata_consumer_offsets_out_of_range_total",
-            "Offsets between a partition's position in the lake and what Kafka holds, never consumed (retention deleted them, or the topic was recreated).",
-            &[],
-        );
+        let skipped = &metrics().offsets_out_of_range;
         if c.start < low {
-            skipped.add((low - c.start) as u64);
+            skipped.inc_by((low - c.start) as u64);
             tracing::error!(topic = %c.topic, partition = c.partition, position = c.start, log_start = low,
                 "records between the lake's position and the partition's log start were deleted by retention before they were consumed: they are lost");
         } else if c.start > high {
-            skipped.add((c.start - high) as u64);
+            skipped.inc_by((c.start - high) as u64);
             tracing::error!(topic = %c.topic, partition = c.partition, position = c.start, log_end = high,
                 "the lake's position is beyond the end of the partition (the topic was recreated or truncated): records below the position are skipped");
         }
@@ -574,12 +562,12 @@ impl Poller {
 
     /// Claims partitions in the lake, one commit per source; a failure of Kafka or of the lake
     /// is retried (with backoff, for up to [`CLAIM_PATIENCE`]) before it stops the speed layer.
-    fn claim_all(&self, list: &[(String, i32)]) -> Result<Vec<Claim>> {
+    fn claim_all(&self, list: &[TopicPartition]) -> Result<Vec<Claim>> {
         let mut claims = Vec::new();
         for source in &self.sources {
-            let mine: Vec<(String, i32)> = list
+            let mine: Vec<TopicPartition> = list
                 .iter()
-                .filter(|(t, _)| source.topics.contains(t))
+                .filter(|tp| source.topics.contains(&tp.topic))
                 .cloned()
                 .collect();
             if mine.is_empty() {
@@ -589,10 +577,10 @@ impl Poller {
             let at_end = self.start_at_end;
             // Where a partition new to the lake starts: its end, or its beginning (the log
             // start, which retention may have moved past offset 0).
-            let start_of = move |topic: &str, partition: i32| -> Result<i64> {
+            let start_of = move |tp: &TopicPartition| -> Result<i64> {
                 let (low, high) = consumer
-                    .fetch_watermarks(topic, partition, Duration::from_secs(10))
-                    .map_err(|e| Error::kafka(format!("read the offsets of {topic}/{partition}"), e))?;
+                    .fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(10))
+                    .map_err(|e| Error::kafka(format!("read the offsets of {tp}"), e))?;
                 Ok(if at_end { high } else { low })
             };
             let started = Instant::now();
@@ -651,7 +639,7 @@ impl Poller {
                 rejects: (!s.rejects.is_empty()).then(|| s.rejects.finish()),
                 positions: std::mem::take(&mut s.positions)
                     .into_iter()
-                    .map(|((t, p), (first, next))| (t, p, first, next))
+                    .map(|(partition, (start, end))| OffsetRange { partition, start, end })
                     .collect(),
                 consumed_at,
             };
@@ -729,14 +717,14 @@ mod tests {
     /// record below the start, or of a partition given up, is not taken.
     #[test]
     fn gaps_in_offsets_are_taken_at_once() {
-        let p0 = ("t".to_string(), 0);
+        let p0 = TopicPartition::new("t", 0);
         let mut next = NextOffsets::default();
         next.start(p0.clone(), 100);
         let offsets = [98, 99, 100, 101, 102, 104, 105, 106, 120, 121, 500, 501];
         let taken: Vec<i64> = offsets.into_iter().filter(|o| next.take(&p0, *o)).collect();
         assert_eq!(taken, [100, 101, 102, 104, 105, 106, 120, 121, 500, 501]);
         assert!(!next.take(&p0, 501), "a record taken once is not taken again");
-        assert!(!next.take(&("t".to_string(), 1), 0), "a partition not owned");
+        assert!(!next.take(&TopicPartition::new("t", 1), 0), "a partition not owned");
         next.forget(&p0);
         assert!(!next.take(&p0, 502), "a partition given up");
     }

@@ -17,7 +17,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use strata_core::schema::{PARTITION, TOPIC};
 use strata_core::session::{new_context, session_config};
-use strata_core::speed::partition_key;
+use strata_core::speed::TopicPartition;
 use strata_core::view::ViewPlan;
 use strata_core::{Error, Result};
 
@@ -25,12 +25,14 @@ const KEY_TOPIC: &str = "__topic";
 const KEY_PARTITION: &str = "__partition";
 /// Key of a recovery segment (see [`ViewEngine::states_by_segment`]).
 pub const KEY_SEGMENT: &str = "__segment";
+/// The column of recovered raw events that names their segment (the state SQL's key
+/// [`KEY_SEGMENT`] is computed from it).
+pub const SEGMENT_COLUMN: &str = "__recovery_segment";
 
 /// Computes the states of one view.
 pub struct ViewEngine {
     pub plan: ViewPlan,
     source: String,
-    raw_schema: SchemaRef,
     /// Schema of the state rows (the view table's).
     pub state_schema: SchemaRef,
     ctx: SessionContext,
@@ -75,7 +77,6 @@ impl ViewEngine {
         Ok(ViewEngine {
             plan,
             source: source.to_string(),
-            raw_schema,
             state_schema,
             ctx,
             by_partition,
@@ -99,12 +100,12 @@ impl ViewEngine {
     }
 
     /// The states of a batch of raw events, per Kafka partition (`topic/partition` key).
-    pub async fn states_by_partition(&self, events: RecordBatch) -> Result<BTreeMap<String, Vec<RecordBatch>>> {
+    pub async fn states_by_partition(&self, events: RecordBatch) -> Result<BTreeMap<TopicPartition, Vec<RecordBatch>>> {
         if events.num_rows() == 0 {
             return Ok(BTreeMap::new());
         }
         let keyed = self.by_partition.run(&self.ctx, vec![events]).await?;
-        let mut out: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
+        let mut out: BTreeMap<TopicPartition, Vec<RecordBatch>> = BTreeMap::new();
         for batch in keyed {
             for (key, part) in self.split(&batch, |b, row| {
                 let t = b.column_by_name(KEY_TOPIC).expect("topic key").as_string::<i32>();
@@ -112,7 +113,7 @@ impl ViewEngine {
                     .column_by_name(KEY_PARTITION)
                     .expect("partition key")
                     .as_primitive::<Int32Type>();
-                partition_key(t.value(row), p.value(row))
+                TopicPartition::new(t.value(row), p.value(row))
             })? {
                 out.entry(key).or_default().push(part);
             }
@@ -120,23 +121,25 @@ impl ViewEngine {
         Ok(out)
     }
 
-    /// The states of `events` grouped by the segment number `segment` (SQL over the raw
-    /// table's columns) assigns each event: states per recovery segment.
+    /// The states of raw `events` grouped by the segment number of their column
+    /// [`SEGMENT_COLUMN`]: states per recovery segment.
     pub async fn states_by_segment(
         &self,
         events: Vec<RecordBatch>,
-        segment: &str,
-    ) -> Result<BTreeMap<(String, i64), Vec<RecordBatch>>> {
+    ) -> Result<BTreeMap<(TopicPartition, i64), Vec<RecordBatch>>> {
+        let Some(schema) = events.first().map(RecordBatch::schema) else {
+            return Ok(BTreeMap::new());
+        };
         let sql = self.plan.state_sql_keyed(
             &self.source,
             &[
                 (&quote(TOPIC), KEY_TOPIC),
                 (&quote(PARTITION), KEY_PARTITION),
-                (segment, KEY_SEGMENT),
+                (&quote(SEGMENT_COLUMN), KEY_SEGMENT),
             ],
         );
-        let keyed = self.run(&self.source, events, self.raw_schema.clone(), &sql).await?;
-        let mut out: BTreeMap<(String, i64), Vec<RecordBatch>> = BTreeMap::new();
+        let keyed = self.run(&self.source, events, schema, &sql).await?;
+        let mut out: BTreeMap<(TopicPartition, i64), Vec<RecordBatch>> = BTreeMap::new();
         for batch in keyed {
             for (key, part) in self.split(&batch, |b, row| {
                 let t = b.column_by_name(KEY_TOPIC).expect("topic key").as_string::<i32>();
@@ -148,7 +151,7 @@ impl ViewEngine {
                     .column_by_name(KEY_SEGMENT)
                     .expect("segment key")
                     .as_primitive::<Int64Type>();
-                (partition_key(t.value(row), p.value(row)), s.value(row))
+                (TopicPartition::new(t.value(row), p.value(row)), s.value(row))
             })? {
                 out.entry(key).or_default().push(part);
             }

@@ -22,6 +22,7 @@ mod fixtures;
 pub mod flight;
 pub mod store;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,9 +30,11 @@ use rdkafka::consumer::Consumer as _;
 use strata_core::config::Config;
 use strata_core::executor::CpuRuntime;
 use strata_core::lake::Lake;
-use strata_core::metrics::global;
+use strata_core::metrics::{Gauge, PartitionLabel, ViewLabel, metrics};
 use strata_core::schema::SourceSchema;
-use strata_core::speed::{LATENESS_BUCKETS, LatenessBucket, Offsets, SpeedPart, SpeedSource, SpeedStatus};
+use strata_core::speed::{
+    LATENESS_BUCKETS, LatenessBucket, Offsets, SpeedPart, SpeedSource, SpeedStatus, TopicPartition,
+};
 use strata_core::{Error, Result};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -258,6 +261,7 @@ async fn refresh(
 ) {
     let views: Vec<String> = store.lock().expect("store lock").views.clone();
     let mut tables: Vec<Option<deltalake::DeltaTable>> = views.iter().map(|_| None).collect();
+    let mut gauges = StatusGauges::new(&views);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -287,55 +291,74 @@ async fn refresh(
             tables[v] = table;
         }
         // High watermarks, for lag.
-        let partitions: Vec<(String, String, i32)> = store
-            .lock()
-            .expect("store lock")
-            .partitions
-            .iter()
-            .map(|(k, p)| (k.clone(), p.topic.clone(), p.partition))
-            .collect();
+        let partitions: Vec<TopicPartition> = store.lock().expect("store lock").partitions.keys().cloned().collect();
         let c = consumer.clone();
         let marks = tokio::task::spawn_blocking(move || {
             partitions
                 .into_iter()
-                .filter_map(|(k, t, p)| {
-                    c.fetch_watermarks(&t, p, Duration::from_secs(2))
-                        .ok()
-                        .map(|(_, high)| (k, t, p, high))
+                .filter_map(|tp| {
+                    let (_, high) = c
+                        .fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(2))
+                        .ok()?;
+                    Some((tp, high))
                 })
                 .collect::<Vec<_>>()
         })
         .await
         .unwrap_or_default();
         let mut store = store.lock().expect("store lock");
-        for (k, t, p, high) in marks {
-            if let Some(ps) = store.partitions.get_mut(&k) {
+        for (tp, high) in marks {
+            if let Some(ps) = store.partitions.get_mut(&tp) {
                 ps.high_watermark = Some(high);
-                let lag = (high - ps.consumed()).max(0);
-                global()
-                    .gauge(
-                        "strata_consumer_lag",
-                        "Messages in Kafka not yet consumed.",
-                        &[("topic", &t), ("partition", &p.to_string())],
-                    )
-                    .set(lag);
             }
         }
-        for status in store.view_status() {
-            let l = [("view", status.view.as_str())];
-            global()
-                .gauge("strata_speed_generations", "Speed-layer generations held.", &l)
-                .set(status.generations as i64);
-            global()
-                .gauge(
-                    "strata_speed_states",
-                    "Live (window, group) states in the speed layer.",
-                    &l,
-                )
-                .set(status.state_rows as i64);
-            global()
-                .gauge("strata_speed_state_bytes", "Memory of the speed layer's states.", &l)
-                .set(status.state_bytes as i64);
+        gauges.export(&store);
+    }
+}
+
+/// The speed layer's gauges: one lag series per partition held (dropped when it goes), and
+/// the state of each view, as handles taken once.
+struct StatusGauges {
+    lag: HashMap<TopicPartition, Gauge>,
+    views: Vec<[Gauge; 3]>,
+}
+
+impl StatusGauges {
+    fn new(views: &[String]) -> Self {
+        let m = metrics();
+        let views = views
+            .iter()
+            .map(|v| {
+                let label = ViewLabel { view: v.clone() };
+                [&m.speed_generations, &m.speed_states, &m.speed_state_bytes].map(|f| f.get_or_create_owned(&label))
+            })
+            .collect();
+        StatusGauges {
+            lag: HashMap::new(),
+            views,
+        }
+    }
+
+    fn export(&mut self, store: &Store) {
+        self.lag.retain(|tp, _| {
+            let held = store.partitions.contains_key(tp);
+            if !held {
+                metrics().consumer_lag.remove(&PartitionLabel::from(tp));
+            }
+            held
+        });
+        for (tp, p) in &store.partitions {
+            if let Some(high) = p.high_watermark {
+                self.lag
+                    .entry(tp.clone())
+                    .or_insert_with_key(|tp| metrics().consumer_lag.get_or_create_owned(&PartitionLabel::from(tp)))
+                    .set((high - p.consumed()).max(0));
+            }
+        }
+        for (status, [generations, states, bytes]) in store.view_status().iter().zip(&self.views) {
+            generations.set(status.generations as i64);
+            states.set(status.state_rows as i64);
+            bytes.set(status.state_bytes as i64);
         }
     }
 }
@@ -360,7 +383,7 @@ impl SpeedSource for SpeedLayer {
         let store = self.store.lock().expect("store lock");
         let mut partitions = store.partition_status();
         for p in &mut partitions {
-            let key = strata_core::speed::partition_key(&p.topic, p.partition);
+            let key = TopicPartition::new(&p.topic, p.partition);
             if let Some(ps) = store.partitions.get(&key) {
                 p.source = self.sources[ps.source].name.clone();
             }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use strata_core::speed::{
-    LATENESS_BUCKETS, Offsets, PartRange, PartitionStatus, SpeedPart, ViewSpeedStatus, partition_key,
+    LATENESS_BUCKETS, Offsets, PartRange, PartitionStatus, SpeedPart, TopicPartition, ViewSpeedStatus,
 };
 use strata_core::{Error, Result};
 
@@ -75,8 +75,8 @@ pub struct PartitionStates {
 }
 
 impl PartitionStates {
-    pub fn key(&self) -> String {
-        partition_key(&self.topic, self.partition)
+    pub fn key(&self) -> TopicPartition {
+        TopicPartition::new(&self.topic, self.partition)
     }
 
     /// The next offset to consume.
@@ -107,7 +107,7 @@ pub struct Store {
     pub views: Vec<String>,
     /// View index -> source index.
     pub view_source: Vec<usize>,
-    pub partitions: BTreeMap<String, PartitionStates>,
+    pub partitions: BTreeMap<TopicPartition, PartitionStates>,
     /// Per view: coverages seen, oldest first (the newest older than the grace is applied).
     coverage: Vec<VecDeque<SeenCoverage>>,
     /// Per view: lateness histogram counts (see [`LATENESS_BUCKETS`]).
@@ -313,7 +313,7 @@ mod tests {
     }
 
     fn cov(o: i64) -> Offsets {
-        [("t/0".to_string(), o)].into_iter().collect()
+        [(TopicPartition::new("t", 0), o)].into_iter().collect()
     }
 
     fn range(parts: &[SpeedPart]) -> (u64, i64, i64) {
@@ -358,12 +358,12 @@ mod tests {
         assert_eq!((values(&states), range(&states)), (vec![2, 3], (7, 400, 600)));
         assert_eq!(values(&store.states("v", &cov(400)).unwrap()), [2, 3]);
         // View w still needs them: the segments stay.
-        assert_eq!(store.partitions["t/0"].segments.len(), 4);
+        assert_eq!(store.partitions[&TopicPartition::new("t", 0)].segments.len(), 4);
         assert_eq!(values(&store.states("w", &cov(100)).unwrap()), [10, 11, 12]);
         store.observe_coverage(1, cov(520), t0 + grace, grace);
         store.observe_coverage(1, cov(520), t0 + 2 * grace, grace);
         assert_eq!(
-            store.partitions["t/0"].segments.len(),
+            store.partitions[&TopicPartition::new("t", 0)].segments.len(),
             2,
             "covered for both views: dropped"
         );

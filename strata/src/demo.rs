@@ -24,7 +24,7 @@ use anyhow::{Context, Result};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use strata_core::config::Config;
-use strata_core::metrics::global;
+use strata_core::metrics::metrics;
 use strata_core::speed::SpeedSource;
 
 use crate::generate::Spec;
@@ -205,9 +205,8 @@ fn print_connect(address: SocketAddr, metrics: SocketAddr, config: &Path) {
 }
 
 fn status_line(status: &strata_core::speed::SpeedStatus, rate: f64, elapsed: Duration) -> String {
-    let visible = global().histogram("strata_speed_visible_seconds", "", &[], &[]);
-    let p99 = visible
-        .quantile(0.99)
+    let p99 = metrics()
+        .quantile("strata_speed_visible_seconds", 0.99)
         .map_or("-".to_string(), |s| format!("{:.0} ms", s * 1000.0));
     let events: u64 = status.partitions.iter().map(|p| p.events).sum();
     let late: u64 = status.partitions.iter().map(|p| p.late_events).sum();
@@ -229,9 +228,8 @@ async fn live_view(
     out.push_str("Strata demo — Kafka (in process) -> speed + batch layers -> Flight SQL\n\n");
     out.push_str(&status_line(status, rate, elapsed));
     out.push_str(&format!("  produced {produced}\n"));
-    let visible = global().histogram("strata_speed_visible_seconds", "", &[], &[]);
-    let p50 = visible
-        .quantile(0.5)
+    let p50 = metrics()
+        .quantile("strata_speed_visible_seconds", 0.5)
         .map_or("-".to_string(), |s| format!("{:.1} ms", s * 1000.0));
     out.push_str(&format!("freshness: consumed -> visible p50 <= {p50}\n"));
     for v in &status.views {
