@@ -1,6 +1,7 @@
-//! Security: tokens, passwords, read-only SQL, and no unauthenticated remote serving.
+//! Security: tokens, passwords, read-only SQL, TLS, and no unauthenticated or plaintext-token
+//! remote serving.
 
-use crate::common::{Scratch, StrataServer, run_err, run_ok, run_python, strata};
+use crate::common::{Scratch, StrataServer, certificates, run_err, run_ok, run_python, strata};
 use crate::historical::{example_config, generate};
 
 #[test]
@@ -89,4 +90,99 @@ fn a_server_beyond_loopback_refuses_to_start_without_auth() {
         "{err}"
     );
     assert!(err.contains("serve.auth"), "{err}");
+}
+
+#[test]
+fn flight_sql_over_tls_to_strata_query_adbc_and_pyarrow_and_no_plaintext_tokens_beyond_loopback() {
+    let scratch = Scratch::new("tls");
+    let lake = scratch.path("lake");
+    let config = example_config(&scratch.0, lake.to_str().unwrap(), "");
+    let data = scratch.path("events.jsonl");
+    generate(&config, &data, 5_000, 9);
+    let (ca, cert, key) = certificates(&scratch.0);
+    let env = [
+        ("STRATA_AUTH_TOKEN", "the-token"),
+        ("STRATA_TLS_CERT", cert.to_str().unwrap()),
+        ("STRATA_TLS_KEY", key.to_str().unwrap()),
+    ];
+    let imported = run_ok(strata(&config).args(["import", "page_views"]).arg(&data).envs(env));
+    let events: u64 = imported
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the import's summary: {imported}"));
+    assert!(events > 4_000, "{imported}");
+
+    let server = StrataServer::start(&config, &env);
+    let tls = format!("grpc+tls://{}", server.address);
+    let plaintext = format!("grpc://{}", server.address);
+    let sql = "SELECT count(*) AS n FROM raw.page_views";
+    let query = |endpoint: &str| {
+        let mut c = strata(&config);
+        c.args([
+            "query",
+            sql,
+            "--format",
+            "csv",
+            "--token",
+            "the-token",
+            "--endpoint",
+            endpoint,
+        ])
+        .env_remove("STRATA_TLS_CA");
+        c
+    };
+    // strata query trusting the CA: the events imported, counted over TLS.
+    let out = run_ok(query(&tls).arg("--tls-ca").arg(&ca));
+    assert_eq!(out, format!("n\n{events}\n"));
+    // Trusting only the system's roots, or speaking plaintext to the TLS port: refused.
+    let err = run_err(&mut query(&tls));
+    assert!(
+        err.contains("cannot connect") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    // The TCP connection opens, then the server drops it at the failed TLS handshake: the
+    // client reports that (when, depends on when HTTP/2 notices) and never an answer.
+    let err = run_err(&mut query(&plaintext));
+    assert!(
+        ["cannot connect", "transport", "Cancelled", "Unavailable"]
+            .iter()
+            .any(|m| err.contains(m)),
+        "{err}"
+    );
+    // ADBC and pyarrow.flight trusting the CA answer the same; without it, refused.
+    let out = run_python(
+        "tls.py",
+        &[
+            "--endpoint",
+            &tls,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--token",
+            "the-token",
+            "--sql",
+            sql,
+        ],
+    );
+    assert!(out.contains(&format!("adbc: [{events}]")), "{out}");
+    assert!(out.contains("tls: both clients answered over TLS"), "{out}");
+    drop(server);
+
+    // Beyond loopback, a token over plaintext is refused at start, naming the keys to set.
+    let err = run_err(
+        strata(&config)
+            .args(["serve", "--address", "0.0.0.0:0"])
+            .env("STRATA_AUTH_TOKEN", "the-token")
+            .env_remove("STRATA_TLS_CERT")
+            .env_remove("STRATA_TLS_KEY"),
+    );
+    assert!(err.contains("serve.tls_cert") && err.contains("plaintext"), "{err}");
+    // A certificate without its key names the missing key.
+    let err = run_err(
+        strata(&config)
+            .args(["serve"])
+            .env("STRATA_TLS_CERT", &cert)
+            .env_remove("STRATA_TLS_KEY"),
+    );
+    assert!(err.contains("serve.tls_key") && err.contains("is missing"), "{err}");
 }

@@ -12,7 +12,9 @@ use std::process::{Command, Stdio};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::common::{Process, Scratch, StrataServer, free_port, python, repo, run_ok, run_python, strata};
+use crate::common::{
+    Process, Scratch, StrataServer, certificates, free_port, python, repo, run_ok, run_python, strata,
+};
 use crate::historical::{example_config, generate};
 use crate::kafka::Kafka;
 
@@ -153,7 +155,7 @@ fn start(
                 .unwrap();
             assert!(line.contains("strata speed serving states on"), "{line}");
             let server = server.unwrap_or_else(|| {
-                let endpoint = format!("http://{speed_address}");
+                let endpoint = format!("grpc+tls://{speed_address}");
                 let mut env = env.to_vec();
                 env.push(("STRATA_SPEED_ENDPOINTS", &endpoint));
                 StrataServer::start(config, &env)
@@ -189,10 +191,20 @@ fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
     let data = scratch.path("events.jsonl");
     let total = events();
     generate(&config, &data, total, seed);
-    let env = [("STRATA_KAFKA_BROKERS", broker.brokers.as_str())];
+    // Apart, the serving layer reaches the speed layer over TLS, trusting the test's CA.
+    let (ca, cert, key) = certificates(&scratch.0);
+    let mut env = vec![("STRATA_KAFKA_BROKERS", broker.brokers.as_str())];
+    if matches!(deployment, Deployment::Separate) {
+        env.extend([
+            ("STRATA_SPEED_TLS_CERT", cert.to_str().unwrap()),
+            ("STRATA_SPEED_TLS_KEY", key.to_str().unwrap()),
+            ("STRATA_SPEED_TLS_CA", ca.to_str().unwrap()),
+        ]);
+    }
+    let env = env.as_slice();
 
     let speed_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut running = start(&deployment, &config, &env, speed_address, None);
+    let mut running = start(&deployment, &config, env, speed_address, None);
     let mut rng = StdRng::seed_from_u64(seed);
     let chunks = 8u64;
     let per_chunk = total / chunks;
@@ -218,13 +230,13 @@ fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
             let _ = running.speed.child.wait();
             wait_produced(producer);
             let server = running.server.take();
-            running = start(&deployment, &config, &env, speed_address, server);
+            running = start(&deployment, &config, env, speed_address, server);
         } else {
             wait_produced(producer);
         }
         produced = to;
         if batch_after.contains(&chunk) {
-            let out = run_ok(strata(&config).args(["batch", "run"]).envs(env));
+            let out = run_ok(strata(&config).args(["batch", "run"]).envs(env.iter().copied()));
             println!(
                 "chunk {chunk}: {}",
                 out.lines()
@@ -237,7 +249,7 @@ fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
     }
     // The end: everything archived exactly once, rejects exactly once, views still exact.
     oracle(&running.endpoint, &scratch, &data, &positions, produced, true);
-    let out = run_ok(strata(&config).args(["batch", "run"]).envs(env));
+    let out = run_ok(strata(&config).args(["batch", "run"]).envs(env.iter().copied()));
     assert!(out.contains("published view page_stats"), "{out}");
     oracle(&running.endpoint, &scratch, &data, &positions, produced, true);
     let status = run_ok(strata(&config).args([
@@ -279,7 +291,7 @@ fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
     );
     assert_ne!(changed, text, "the example view changed shape");
     std::fs::write(&config, changed).unwrap();
-    let mut running = start(&deployment, &config, &env, speed_address, None);
+    let mut running = start(&deployment, &config, env, speed_address, None);
     let two_minutes = ["--wait-consumed", "--page-stats-minutes", "2"];
     oracle_with(
         &running.endpoint,
@@ -298,7 +310,7 @@ fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
         current(&running.endpoint),
         "view,batch_current\ndevice_5m,true\npage_stats,false\n"
     );
-    let out = run_ok(strata(&config).args(["batch", "run"]).envs(env));
+    let out = run_ok(strata(&config).args(["batch", "run"]).envs(env.iter().copied()));
     assert!(
         out.contains("published view page_stats") && out.contains("view device_5m: up to date"),
         "{out}"

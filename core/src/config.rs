@@ -17,6 +17,19 @@ use serde::{Deserialize, Deserializer};
 use crate::duration::parse_duration;
 use crate::error::{Error, Result};
 
+/// A certificate chain and its private key, PEM, as read from the files the config names.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TlsFiles { .. }")
+    }
+}
+
 /// An environment variable that overrides a key of the file: the one layer of overrides
 /// (command-line flags of a subcommand then override the result).
 pub struct EnvOverride {
@@ -120,6 +133,46 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
             Ok(())
         },
     },
+    EnvOverride {
+        var: "STRATA_TLS_CERT",
+        key: "serve.tls_cert",
+        set: |c, v| {
+            c.serve.tls_cert = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "STRATA_TLS_KEY",
+        key: "serve.tls_key",
+        set: |c, v| {
+            c.serve.tls_key = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "STRATA_SPEED_TLS_CERT",
+        key: "speed.tls_cert",
+        set: |c, v| {
+            c.speed.tls_cert = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "STRATA_SPEED_TLS_KEY",
+        key: "speed.tls_key",
+        set: |c, v| {
+            c.speed.tls_key = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "STRATA_SPEED_TLS_CA",
+        key: "serve.speed_tls_ca",
+        set: |c, v| {
+            c.serve.speed_tls_ca = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
 ];
 
 /// An address to listen on: `IP:PORT`.
@@ -214,6 +267,12 @@ pub struct SpeedConfig {
     /// that started on the previous version.
     #[serde(default = "default_retention_grace", deserialize_with = "de_duration")]
     pub retention_grace: Duration,
+    /// Serve the speed states over TLS with this certificate (PEM, the chain) ...
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// ... and its private key (PEM).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_flush_interval() -> Duration {
@@ -244,6 +303,8 @@ impl Default for SpeedConfig {
             address: default_speed_address(),
             coverage_refresh: default_coverage_refresh(),
             retention_grace: default_retention_grace(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -463,6 +524,20 @@ pub struct ServeConfig {
     /// server reachable from the network refuses to start without auth.
     #[serde(default)]
     pub allow_unauthenticated_remote: bool,
+    /// Serve Flight SQL over TLS with this certificate (PEM, the chain) ...
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// ... and its private key (PEM).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Send a bearer token (or a password) over plaintext on an address beyond loopback. Off
+    /// by default: with auth and no TLS, such a server refuses to start.
+    #[serde(default)]
+    pub allow_plaintext_remote: bool,
+    /// The certificate authority (PEM) that signed the speed endpoints' certificates, for
+    /// `https://` speed endpoints; the system's roots when unset.
+    #[serde(default)]
+    pub speed_tls_ca: Option<PathBuf>,
     /// Speed layers to merge with (Flight endpoints of `strata speed`, e.g.
     /// "http://127.0.0.1:50052"). `strata run` merges with its own speed layer.
     #[serde(default)]
@@ -514,6 +589,10 @@ impl Default for ServeConfig {
             address: default_address(),
             auth: AuthConfig::default(),
             allow_unauthenticated_remote: false,
+            tls_cert: None,
+            tls_key: None,
+            allow_plaintext_remote: false,
+            speed_tls_ca: None,
             speed_endpoints: Vec::new(),
             speed_timeout: default_speed_timeout(),
             unowned_partition_grace: default_unowned_grace(),
@@ -664,6 +743,8 @@ impl Config {
             ));
         }
         crate::lake::LakeUrl::parse(&self.lake.url, self.base_dir()).map_err(|m| self.err("lake.url", m))?;
+        self.tls("serve")?;
+        self.tls("speed")?;
 
         let mut names = std::collections::HashSet::new();
         for (i, source) in self.sources.iter().enumerate() {
@@ -797,6 +878,53 @@ impl Config {
     }
 
     /// The directory relative lake paths are resolved against: the config file's.
+    /// The certificate and key files `section` (`serve` or `speed`) serves TLS with, read
+    /// from `<section>.tls_cert` and `<section>.tls_key` (relative to the config file's
+    /// directory): none when neither is set, an error naming the key when one is missing or
+    /// cannot be read.
+    pub fn tls(&self, section: &str) -> Result<Option<TlsFiles>> {
+        let (cert, key) = match section {
+            "serve" => (&self.serve.tls_cert, &self.serve.tls_key),
+            "speed" => (&self.speed.tls_cert, &self.speed.tls_key),
+            other => return Err(Error::Internal(format!("no TLS settings in [{other}]"))),
+        };
+        let read = |name: &str, path: &Path| -> Result<Vec<u8>> {
+            let path = self.base_dir().join(path);
+            std::fs::read(&path).map_err(|e| {
+                self.err(
+                    format!("{section}.{name}"),
+                    format!("cannot read `{}`: {e}", path.display()),
+                )
+            })
+        };
+        match (cert, key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: read("tls_cert", cert)?,
+                key: read("tls_key", key)?,
+            })),
+            (Some(_), None) => Err(self.err(
+                format!("{section}.tls_key"),
+                format!("is missing: {section}.tls_cert is set, and TLS needs the certificate's private key too"),
+            )),
+            (None, Some(_)) => Err(self.err(
+                format!("{section}.tls_cert"),
+                format!("is missing: {section}.tls_key is set, and TLS needs the certificate too"),
+            )),
+        }
+    }
+
+    /// The PEM of `serve.speed_tls_ca` (relative to the config file's directory), if set.
+    pub fn speed_tls_ca(&self) -> Result<Option<Vec<u8>>> {
+        let Some(path) = &self.serve.speed_tls_ca else {
+            return Ok(None);
+        };
+        let path = self.base_dir().join(path);
+        std::fs::read(&path)
+            .map(Some)
+            .map_err(|e| self.err("serve.speed_tls_ca", format!("cannot read `{}`: {e}", path.display())))
+    }
+
     pub fn base_dir(&self) -> &Path {
         self.file
             .parent()
@@ -1074,6 +1202,10 @@ mod example_tests {
             "target_file_mb",
             "address",
             "allow_unauthenticated_remote",
+            "tls_cert",
+            "tls_key",
+            "allow_plaintext_remote",
+            "speed_tls_ca",
             "token",
             "token_ttl",
             "[[serve.auth.users]]",

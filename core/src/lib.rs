@@ -11,6 +11,7 @@
 //! - [`session`], [`executor`]: DataFusion sessions and the runtime CPU-heavy work runs on;
 //! - [`clock`]: injectable time and batch schedules;
 //! - [`status`]: errors as gRPC statuses, for every Flight service.
+//! - [`tls`]: TLS for the Flight endpoints, and the endpoint URLs clients accept;
 
 pub mod aggregate;
 pub mod clock;
@@ -26,6 +27,7 @@ pub mod schema;
 pub mod session;
 pub mod speed;
 pub mod status;
+pub mod tls;
 pub mod view;
 
 pub use error::{Error, ErrorDomain, Result};

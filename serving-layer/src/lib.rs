@@ -28,7 +28,6 @@ use strata_core::{Error, Result};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 pub use catalog::Catalog;
 pub use service::StrataFlightSql;
@@ -76,7 +75,8 @@ impl Drop for RunningServer {
     }
 }
 
-/// Refuses to serve beyond loopback without authentication, unless told to.
+/// Refuses to serve beyond loopback without authentication, or with authentication over
+/// plaintext, unless told to.
 pub fn check_exposure(config: &Config, address: &SocketAddr) -> Result<()> {
     if !address.ip().is_loopback() && !config.serve.auth.enabled() && !config.serve.allow_unauthenticated_remote {
         return Err(Error::config(
@@ -86,6 +86,18 @@ pub fn check_exposure(config: &Config, address: &SocketAddr) -> Result<()> {
                 "refusing to serve on {address} without authentication: anyone who can reach it could read the lake. \
                  Set serve.auth.token (or STRATA_AUTH_TOKEN) or serve.auth.users, bind to 127.0.0.1, \
                  or set serve.allow_unauthenticated_remote = true to accept the risk"
+            ),
+        ));
+    }
+    let tls = config.serve.tls_cert.is_some() && config.serve.tls_key.is_some();
+    if !address.ip().is_loopback() && config.serve.auth.enabled() && !tls && !config.serve.allow_plaintext_remote {
+        return Err(Error::config(
+            &config.file,
+            "serve.tls_cert",
+            format!(
+                "refusing to take bearer tokens and passwords in plaintext on {address}: anyone on the way could \
+                 read them. Set serve.tls_cert and serve.tls_key (or STRATA_TLS_CERT and STRATA_TLS_KEY), \
+                 bind to 127.0.0.1, or set serve.allow_plaintext_remote = true to accept the risk"
             ),
         ));
     }
@@ -136,18 +148,13 @@ pub async fn start(
     let bound = listener
         .local_addr()
         .map_err(|e| Error::io("read the bound address", e))?;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let svc = FlightServiceServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let svc = InterceptedService::new(svc, auth::Interceptor(auth));
-    let signal = stop.clone();
-    let task = tokio::spawn(async move {
-        Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(incoming, signal.cancelled_owned())
-            .await
-    });
+    let tls = strata_core::tls::acceptor_of(config, "serve")?;
+    let router = Server::builder().add_service(svc);
+    let task = tokio::spawn(strata_core::tls::serve(router, listener, tls, stop.clone()));
     Ok(RunningServer {
         address: bound,
         catalog,

@@ -25,10 +25,11 @@ use arrow_flight::{
 };
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
+use strata_core::config::Config;
 use strata_core::speed::{Offsets, PartRange, SpeedPart, SpeedSource, SpeedStatus};
 use strata_core::{Error, Result};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::SpeedLayer;
@@ -180,13 +181,26 @@ impl FlightService for SpeedFlight {
 }
 
 /// Binds the address speed states will be served on (port 0 picks a free port). Beyond
-/// loopback a token is required (the serving layer's `serve.auth.token`).
-pub async fn bind(address: SocketAddr, token: Option<&str>) -> Result<tokio::net::TcpListener> {
-    if !address.ip().is_loopback() && token.is_none() {
+/// loopback a token is required (the serving layer's `serve.auth.token`), and TLS
+/// (`speed.tls_cert`, `speed.tls_key`) unless `serve.allow_plaintext_remote`.
+pub async fn bind(config: &Config, address: SocketAddr) -> Result<tokio::net::TcpListener> {
+    if !address.ip().is_loopback() && config.serve.auth.token.is_none() {
         return Err(Error::Input(format!(
             "refusing to serve speed states on {address} without a token: set serve.auth.token (or STRATA_AUTH_TOKEN), \
              which `strata serve` also uses to call the speed layer, or bind to 127.0.0.1"
         )));
+    }
+    let tls = config.speed.tls_cert.is_some() && config.speed.tls_key.is_some();
+    if !address.ip().is_loopback() && !tls && !config.serve.allow_plaintext_remote {
+        return Err(Error::config(
+            &config.file,
+            "speed.tls_cert",
+            format!(
+                "refusing to take the speed layer's token in plaintext on {address}: set speed.tls_cert and \
+                 speed.tls_key (or STRATA_SPEED_TLS_CERT and STRATA_SPEED_TLS_KEY), bind to 127.0.0.1, or set \
+                 serve.allow_plaintext_remote = true to accept the risk"
+            ),
+        ));
     }
     tokio::net::TcpListener::bind(address)
         .await
@@ -197,7 +211,7 @@ pub async fn bind(address: SocketAddr, token: Option<&str>) -> Result<tokio::net
 pub async fn serve(
     speed: Arc<SpeedLayer>,
     listener: tokio::net::TcpListener,
-    token: Option<String>,
+    config: &Config,
     stop: CancellationToken,
 ) -> Result<(
     SocketAddr,
@@ -206,17 +220,14 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .map_err(|e| Error::io("read the bound address", e))?;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let service = FlightServiceServer::new(SpeedFlight { speed })
         .max_encoding_message_size(64 << 20)
         .max_decoding_message_size(64 << 20);
-    let service = tonic::service::interceptor::InterceptedService::new(service, TokenCheck(token.map(Arc::from)));
-    let task = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-            .await
-    });
+    let token = config.serve.auth.token.as_deref().map(Arc::from);
+    let service = tonic::service::interceptor::InterceptedService::new(service, TokenCheck(token));
+    let tls = strata_core::tls::acceptor_of(config, "speed")?;
+    let router = tonic::transport::Server::builder().add_service(service);
+    let task = tokio::spawn(strata_core::tls::serve(router, listener, tls, stop));
     Ok((bound, task))
 }
 
@@ -256,20 +267,20 @@ pub struct RemoteSpeed {
 }
 
 impl RemoteSpeed {
-    pub fn new(endpoint: &str, token: Option<String>) -> Result<RemoteSpeed> {
-        let url = if endpoint.contains("://") {
-            endpoint.to_string()
-        } else {
-            format!("http://{endpoint}")
+    /// A speed endpoint of `serve.speed_endpoints`, called with `serve.auth.token`; over TLS
+    /// (`https://`, `grpc+tls://`) trusting `serve.speed_tls_ca`, else the system's roots.
+    pub fn new(endpoint: &str, config: &Config) -> Result<RemoteSpeed> {
+        let url = strata_core::tls::endpoint_url(endpoint);
+        let ca = match strata_core::tls::is_tls(&url) {
+            true => config.speed_tls_ca()?,
+            false => None,
         };
-        let channel = Endpoint::from_shared(url.clone())
-            .map_err(|e| Error::Input(format!("`{endpoint}` is not a speed endpoint URL: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .connect_lazy();
+        let channel = strata_core::tls::channel(&url, ca.as_deref(), std::time::Duration::from_secs(5))
+            .map_err(|m| Error::config(&config.file, "serve.speed_endpoints", format!("`{endpoint}`: {m}")))?;
         Ok(RemoteSpeed {
             endpoint: url,
             channel,
-            token,
+            token: config.serve.auth.token.clone(),
         })
     }
 

@@ -118,7 +118,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     let started = Instant::now();
     let connection = Connection {
-        endpoint: format!("http://{address}"),
+        endpoint: format!("grpc://{address}"),
+        tls_ca: None,
         token: config.serve.auth.token.clone(),
         user: None,
         password: None,

@@ -7,7 +7,6 @@ use arrow::array::RecordBatch;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
-use tonic::transport::Endpoint;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -20,9 +19,14 @@ pub enum Format {
 /// How to reach and log in to a server.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
-    /// The Flight SQL endpoint.
-    #[arg(long, env = "STRATA_ENDPOINT", default_value = "http://127.0.0.1:50051")]
+    /// The Flight SQL endpoint: grpc+tls://host:port (or https://) for TLS, grpc://host:port
+    /// (or http://, or host:port) for plaintext.
+    #[arg(long, env = "STRATA_ENDPOINT", default_value = "grpc://127.0.0.1:50051")]
     pub endpoint: String,
+    /// For TLS: the certificate authority (PEM) that signed the server's certificate; the
+    /// system's roots when not given.
+    #[arg(long, env = "STRATA_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// A bearer token (the server's serve.auth.token).
     #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -36,16 +40,26 @@ pub struct Connection {
 
 impl Connection {
     pub async fn connect(&self) -> Result<FlightSqlServiceClient<tonic::transport::Channel>> {
-        let endpoint = if self.endpoint.contains("://") {
-            self.endpoint.clone()
-        } else {
-            format!("http://{}", self.endpoint)
+        let endpoint = strata_core::tls::endpoint_url(&self.endpoint);
+        let tls = strata_core::tls::is_tls(&endpoint);
+        let ca = match (&self.tls_ca, tls) {
+            (Some(path), true) => Some(
+                std::fs::read(path).with_context(|| format!("cannot read the CA certificate `{}`", path.display()))?,
+            ),
+            (Some(_), false) => bail!(
+                "--tls-ca is given but `{}` is plaintext: use grpc+tls://host:port",
+                self.endpoint
+            ),
+            (None, _) => None,
         };
-        let channel = Endpoint::from_shared(endpoint.clone())
-            .with_context(|| format!("`{endpoint}` is not an endpoint URL"))?
-            .connect()
+        let channel = strata_core::tls::connect(&endpoint, ca.as_deref(), std::time::Duration::from_secs(10))
             .await
-            .with_context(|| format!("cannot connect to {endpoint}: is `strata serve` running there?"))?;
+            .map_err(|m| {
+                anyhow::anyhow!(
+                    "cannot connect to {}: {m} (is `strata serve` running there, and does it serve TLS exactly when the endpoint says grpc+tls://?)",
+                    self.endpoint
+                )
+            })?;
         let inner = FlightServiceClient::new(channel).max_decoding_message_size(64 << 20);
         let mut client = FlightSqlServiceClient::new_from_inner(inner);
         match (&self.token, &self.user) {

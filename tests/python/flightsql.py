@@ -40,8 +40,8 @@ def statement_query(sql: str) -> bytes:
 class PyArrowFlightSql:
     """Runs Flight SQL statements with pyarrow.flight."""
 
-    def __init__(self, endpoint: str, token: str | None = None):
-        self.client = flight.FlightClient(endpoint)
+    def __init__(self, endpoint: str, token: str | None = None, tls_root_certs: bytes | None = None):
+        self.client = flight.FlightClient(endpoint, tls_root_certs=tls_root_certs)
         self.options = flight.FlightCallOptions(
             headers=[(b"authorization", f"Bearer {token}".encode())] if token else []
         )
@@ -55,8 +55,11 @@ class PyArrowFlightSql:
         return pa.concat_tables(tables)
 
 
-def adbc_connect(endpoint: str, token: str | None = None, user: str | None = None, password: str | None = None):
+def adbc_connect(endpoint: str, token: str | None = None, user: str | None = None, password: str | None = None,
+                 tls_root_certs: str | None = None):
     kwargs = {}
+    if tls_root_certs:
+        kwargs["adbc.flight.sql.client_option.tls_root_certs"] = tls_root_certs
     if token:
         kwargs["adbc.flight.sql.authorization_header"] = f"Bearer {token}"
     if user:

@@ -36,10 +36,7 @@ pub async fn run(config: &Path, args: Args) -> Result<()> {
     };
     let speed = endpoints
         .iter()
-        .map(|e| {
-            strata_speed::flight::RemoteSpeed::new(e, config.serve.auth.token.clone())
-                .map(|r| Arc::new(r) as Arc<dyn SpeedSource>)
-        })
+        .map(|e| strata_speed::flight::RemoteSpeed::new(e, &config).map(|r| Arc::new(r) as Arc<dyn SpeedSource>))
         .collect::<strata_core::Result<Vec<_>>>()?;
     let cpu = CpuRuntime::new(None)?;
     let stop = shutdown_signal();

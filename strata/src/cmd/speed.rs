@@ -30,18 +30,12 @@ pub async fn run(config: &Path, args: Args) -> Result<()> {
     let cpu = CpuRuntime::new(None)?;
     let stop = shutdown_signal();
     // Bound first: the speed layer is known to the serving layer by that address.
-    let listener = strata_speed::flight::bind(address, config.serve.auth.token.as_deref()).await?;
+    let listener = strata_speed::flight::bind(&config, address).await?;
     let mut named = (*config).clone();
     named.speed.address = listener.local_addr()?;
     let speed = SpeedLayer::start(&named, cpu).await?;
     let flight_stop = CancellationToken::new();
-    let (bound, flight) = strata_speed::flight::serve(
-        speed.clone(),
-        listener,
-        config.serve.auth.token.clone(),
-        flight_stop.clone(),
-    )
-    .await?;
+    let (bound, flight) = strata_speed::flight::serve(speed.clone(), listener, &config, flight_stop.clone()).await?;
     let ops = start_ops(args.ops.address(&config), speed_health(&speed), flight_stop.clone()).await?;
     println!("strata speed serving states on {bound}");
     std::io::stdout().flush()?;
