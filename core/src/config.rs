@@ -743,8 +743,8 @@ impl Config {
             ));
         }
         crate::lake::LakeUrl::parse(&self.lake.url, self.base_dir()).map_err(|m| self.err("lake.url", m))?;
-        self.tls("serve")?;
-        self.tls("speed")?;
+        self.tls_paths("serve")?;
+        self.tls_paths("speed")?;
 
         let mut names = std::collections::HashSet::new();
         for (i, source) in self.sources.iter().enumerate() {
@@ -878,15 +878,35 @@ impl Config {
     }
 
     /// The directory relative lake paths are resolved against: the config file's.
-    /// The certificate and key files `section` (`serve` or `speed`) serves TLS with, read
-    /// from `<section>.tls_cert` and `<section>.tls_key` (relative to the config file's
-    /// directory): none when neither is set, an error naming the key when one is missing or
-    /// cannot be read.
-    pub fn tls(&self, section: &str) -> Result<Option<TlsFiles>> {
+    /// The certificate and key files `section` (`serve` or `speed`) serves TLS with, as set
+    /// by `<section>.tls_cert` and `<section>.tls_key`: none when neither is, an error naming
+    /// the key that is missing when only one is.
+    fn tls_paths(&self, section: &str) -> Result<Option<(&Path, &Path)>> {
         let (cert, key) = match section {
             "serve" => (&self.serve.tls_cert, &self.serve.tls_key),
             "speed" => (&self.speed.tls_cert, &self.speed.tls_key),
             other => return Err(Error::Internal(format!("no TLS settings in [{other}]"))),
+        };
+        match (cert, key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some((cert, key))),
+            (Some(_), None) => Err(self.err(
+                format!("{section}.tls_key"),
+                format!("is missing: {section}.tls_cert is set, and TLS needs the certificate's private key too"),
+            )),
+            (None, Some(_)) => Err(self.err(
+                format!("{section}.tls_cert"),
+                format!("is missing: {section}.tls_key is set, and TLS needs the certificate too"),
+            )),
+        }
+    }
+
+    /// The certificate and key `section` serves TLS with, read from their files (relative to
+    /// the config file's directory) when the server starts; an error naming the key whose
+    /// file cannot be read.
+    pub fn tls(&self, section: &str) -> Result<Option<TlsFiles>> {
+        let Some((cert, key)) = self.tls_paths(section)? else {
+            return Ok(None);
         };
         let read = |name: &str, path: &Path| -> Result<Vec<u8>> {
             let path = self.base_dir().join(path);
@@ -897,21 +917,10 @@ impl Config {
                 )
             })
         };
-        match (cert, key) {
-            (None, None) => Ok(None),
-            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
-                cert: read("tls_cert", cert)?,
-                key: read("tls_key", key)?,
-            })),
-            (Some(_), None) => Err(self.err(
-                format!("{section}.tls_key"),
-                format!("is missing: {section}.tls_cert is set, and TLS needs the certificate's private key too"),
-            )),
-            (None, Some(_)) => Err(self.err(
-                format!("{section}.tls_cert"),
-                format!("is missing: {section}.tls_key is set, and TLS needs the certificate too"),
-            )),
-        }
+        Ok(Some(TlsFiles {
+            cert: read("tls_cert", cert)?,
+            key: read("tls_key", key)?,
+        }))
     }
 
     /// The PEM of `serve.speed_tls_ca` (relative to the config file's directory), if set.

@@ -251,9 +251,10 @@ fn prepare(
     let endpoint = Endpoint::from_shared(url.replacen("https://", "http://", 1))
         .map_err(|e| format!("`{url}` is not an endpoint URL: {e}"))?
         .connect_timeout(timeout);
-    let tls = match is_tls(url) {
-        true => Some(TlsConnect(connector(ca)?)),
-        false => None,
+    let tls = if is_tls(url) {
+        Some(TlsConnect(connector(ca)?))
+    } else {
+        None
     };
     Ok((endpoint, tls))
 }

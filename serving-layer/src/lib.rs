@@ -89,7 +89,8 @@ pub fn check_exposure(config: &Config, address: &SocketAddr) -> Result<()> {
             ),
         ));
     }
-    let tls = config.serve.tls_cert.is_some() && config.serve.tls_key.is_some();
+    // Validation lets the certificate and key be set only together.
+    let tls = config.serve.tls_cert.is_some();
     if !address.ip().is_loopback() && config.serve.auth.enabled() && !tls && !config.serve.allow_plaintext_remote {
         return Err(Error::config(
             &config.file,

@@ -190,7 +190,8 @@ pub async fn bind(config: &Config, address: SocketAddr) -> Result<tokio::net::Tc
              which `strata serve` also uses to call the speed layer, or bind to 127.0.0.1"
         )));
     }
-    let tls = config.speed.tls_cert.is_some() && config.speed.tls_key.is_some();
+    // Validation lets the certificate and key be set only together.
+    let tls = config.speed.tls_cert.is_some();
     if !address.ip().is_loopback() && !tls && !config.serve.allow_plaintext_remote {
         return Err(Error::config(
             &config.file,
@@ -271,9 +272,10 @@ impl RemoteSpeed {
     /// (`https://`, `grpc+tls://`) trusting `serve.speed_tls_ca`, else the system's roots.
     pub fn new(endpoint: &str, config: &Config) -> Result<RemoteSpeed> {
         let url = strata_core::tls::endpoint_url(endpoint);
-        let ca = match strata_core::tls::is_tls(&url) {
-            true => config.speed_tls_ca()?,
-            false => None,
+        let ca = if strata_core::tls::is_tls(&url) {
+            config.speed_tls_ca()?
+        } else {
+            None
         };
         let channel = strata_core::tls::channel(&url, ca.as_deref(), std::time::Duration::from_secs(5))
             .map_err(|m| Error::config(&config.file, "serve.speed_endpoints", format!("`{endpoint}`: {m}")))?;

@@ -165,7 +165,7 @@ impl ScalarUDFImpl for KllQuantile {
     }
 }
 
-fn coerce_binary(name: &str, args: &[DataType], rest: &[DataType]) -> Result<Vec<DataType>> {
+pub(crate) fn coerce_binary(name: &str, args: &[DataType], rest: &[DataType]) -> Result<Vec<DataType>> {
     if args.len() != 1 + rest.len() {
         return plan_err!("{name} takes {} arguments", 1 + rest.len());
     }

@@ -26,7 +26,7 @@ use datafusion::logical_expr::{
     ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-use super::sketch::row_filter;
+use super::sketch::{coerce_binary, row_filter};
 use super::{Call, MergeableAggregate, State};
 use crate::view::fn_names;
 
@@ -360,13 +360,7 @@ impl ScalarUDFImpl for MomentsVariance {
     }
 
     fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
-        match args {
-            [
-                DataType::Binary | DataType::BinaryView | DataType::LargeBinary | DataType::Null,
-                d,
-            ] if d.is_integer() => Ok(vec![DataType::Binary, DataType::Int64]),
-            _ => plan_err!("{}(moments, ddof): got {args:?}", self.name()),
-        }
+        coerce_binary(self.name(), args, &[DataType::Int64])
     }
 
     fn return_type(&self, _: &[DataType]) -> Result<DataType> {
