@@ -34,7 +34,7 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
 from confluent_kafka import Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
-from flightsql import PyArrowFlightSql  # noqa: E402
+from flight_clients import PyArrowFlightSql  # noqa: E402
 
 TOPIC = "page_views"
 POLL_PAUSE = 0.005

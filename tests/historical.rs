@@ -45,22 +45,22 @@ pub fn generate(config: &Path, out: &Path, events: u64, seed: u64) {
     );
 }
 
-fn manifest(data: &Path) -> serde_json::Value {
+pub fn manifest(data: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(format!("{}.manifest.json", data.display())).expect("manifest");
     serde_json::from_str(&text).expect("manifest json")
 }
 
 /// Import, batch, serve and compare with DuckDB, on a lake at `lake_url`.
-fn historical_round_trip(scratch: &Scratch, lake_url: &str, extra_config: &str, env: &[(&str, &str)]) {
+fn historical_round_trip(scratch: &Scratch, lake_url: &str, extra_config: &str, env: &[(&str, &str)], events: u64) {
     let _heavy = crate::common::heavy();
     let config = example_config(&scratch.0, lake_url, extra_config);
     let data = scratch.path("events.jsonl");
-    generate(&config, &data, events(), 7);
+    generate(&config, &data, events, 7);
     let m = manifest(&data);
     let valid = m["valid"].as_u64().unwrap();
     let malformed = m["malformed"].as_array().unwrap().len();
     assert!(
-        malformed as f64 >= events() as f64 * 0.005,
+        malformed as f64 >= events as f64 * 0.005,
         "the generator made too few malformed lines"
     );
 
@@ -163,7 +163,7 @@ fn historical_round_trip(scratch: &Scratch, lake_url: &str, extra_config: &str, 
 fn import_batch_and_serve_equal_duckdb_on_a_local_lake() {
     let scratch = Scratch::new("local");
     let lake = scratch.path("lake");
-    historical_round_trip(&scratch, lake.to_str().unwrap(), "", &[]);
+    historical_round_trip(&scratch, lake.to_str().unwrap(), "", &[], events());
 }
 
 #[test]
@@ -192,6 +192,6 @@ fn import_batch_and_serve_equal_duckdb_on_s3() {
         ("STRATA_S3_SECRET_ACCESS_KEY", "test"),
         ("STRATA_S3_REGION", "us-east-1"),
     ];
-    historical_round_trip(&scratch, "s3://strata-e2e/lake", "", &env);
+    historical_round_trip(&scratch, "s3://strata-e2e/lake", "", &env, events());
     drop(moto);
 }

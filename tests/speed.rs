@@ -106,7 +106,7 @@ pub fn oracle_with(
 /// Polls the served consumed position until it reaches `at_least`.
 pub fn wait_consumed(endpoint: &str, at_least: u64) {
     let script = format!(
-        "import sys, time\nsys.path.insert(0, '{}')\nfrom flightsql import PyArrowFlightSql\nc = PyArrowFlightSql('{endpoint}')\n\
+        "import sys, time\nsys.path.insert(0, '{}')\nfrom flight_clients import PyArrowFlightSql\nc = PyArrowFlightSql('{endpoint}')\n\
          deadline = time.monotonic() + 120\nwhile time.monotonic() < deadline:\n    try:\n        n = c.query('SELECT coalesce(sum(consumed_offset), 0) AS n FROM system.partitions').to_pylist()[0]['n']\n        if n >= {at_least}: sys.exit(0)\n    except Exception: pass\n    time.sleep(0.01)\nsys.exit('never consumed {at_least}')\n",
         repo().join("tests/python").display()
     );

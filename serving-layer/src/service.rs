@@ -58,7 +58,7 @@ use crate::catalog::{Catalog, SCHEMAS};
 use crate::metadata::{SQL_INFO, XDBC_TYPES, foreign_keys_schema, primary_keys_schema};
 use strata_core::status::df_status;
 
-use crate::sql::{check_read_only, read_only_options};
+use crate::sql::{check_read_only, number_placeholders, read_only_options};
 
 type DoGetStream = <StrataFlightSql as FlightService>::DoGetStream;
 
@@ -84,7 +84,7 @@ impl Handle {
             .map_err(|_| Status::invalid_argument("unknown statement handle: prepare the statement again"))
     }
 
-    fn params(&self) -> Result<Option<ParamValues>, Status> {
+    fn params(&self) -> Result<Option<Vec<ScalarValue>>, Status> {
         let Some(encoded) = &self.params else {
             return Ok(None);
         };
@@ -111,8 +111,36 @@ impl Handle {
             .map(|c| ScalarValue::try_from_array(c, 0))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| df_status(&e))?;
-        Ok(Some(ParamValues::from(values)))
+        Ok(Some(values))
     }
+}
+
+/// Bound values read as the types the planner gave their parameters: a client binds what
+/// its setter makes (JDBC's `setLong` for an INT parameter, `setTimestamp` in milliseconds
+/// for a microsecond column), the plan compares in the column's type.
+fn as_parameter_types(df: &DataFrame, values: Vec<ScalarValue>) -> Result<Vec<ScalarValue>, Status> {
+    let types = df.logical_plan().get_parameter_types().map_err(|e| df_status(&e))?;
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| match types.get(&format!("${}", i + 1)) {
+            Some(Some(want)) if value.data_type() != *want => {
+                let cast = value.cast_to(want).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "parameter {} is {} and cannot be read as {want}: {}",
+                        i + 1,
+                        value.data_type(),
+                        e.strip_backtrace()
+                    ))
+                })?;
+                // Only where the parameter's type holds the value exactly (1.5 bound for an
+                // integer stays 1.5, and compares as a float).
+                let exact = cast.cast_to(&value.data_type()).is_ok_and(|back| back == value);
+                Ok(if exact { cast } else { value })
+            }
+            _ => Ok(value),
+        })
+        .collect()
 }
 
 /// How long a plan made by GetFlightInfo waits for the DoGet of its ticket. A client asks
@@ -227,16 +255,22 @@ impl StrataFlightSql {
     }
 
     /// Plans a statement: refused if it is not read-only, the planner's message if it does
-    /// not plan.
+    /// not plan. `?` parameters are numbered; bound values are read as the types the
+    /// planner gave their parameters.
     async fn plan(&self, handle: &Handle) -> Result<DataFrame, Status> {
         check_read_only(&handle.sql)?;
+        let sql = number_placeholders(&handle.sql)?;
         let ctx = self.catalog.session();
         let df = ctx
-            .sql_with_options(&handle.sql, read_only_options())
+            .sql_with_options(&sql, read_only_options())
             .await
             .map_err(|e| df_status(&e))?;
         match handle.params()? {
-            Some(params) => df.with_param_values(params).map_err(|e| df_status(&e)),
+            Some(values) => {
+                let values = as_parameter_types(&df, values)?;
+                df.with_param_values(ParamValues::from(values))
+                    .map_err(|e| df_status(&e))
+            }
             None => Ok(df),
         }
     }

@@ -3,10 +3,14 @@
 //! planning with a message that says so; DataFusion's own SQL options refuse them again.
 //! (Errors become `tonic::Status` in one place, `strata_core::status`.)
 
+use std::borrow::Cow;
+use std::fmt::Write;
+
 use datafusion::execution::context::SQLOptions;
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
 use tonic::Status;
 
 /// DataFusion's options for every statement Strata plans.
@@ -80,6 +84,65 @@ fn check_statement(s: &Statement) -> Result<(), Status> {
     )))
 }
 
+/// JDBC and ODBC clients (DBeaver, Tableau) write parameters as `?`; DataFusion numbers
+/// them `$1, $2, …`. Rewrites each `?` placeholder, outside strings, quoted names and
+/// comments, to its position; SQL without one is returned as it is.
+pub fn number_placeholders(sql: &str) -> Result<Cow<'_, str>, Status> {
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let is_mark = |t: &Token| matches!(t, Token::Placeholder(p) if p == "?");
+    let marks: Vec<Location> = tokens
+        .iter()
+        .filter(|t| is_mark(&t.token))
+        .map(|t| t.span.start)
+        .collect();
+    if marks.is_empty() {
+        return Ok(Cow::Borrowed(sql));
+    }
+    if let Some(other) = tokens
+        .iter()
+        .find(|t| matches!(&t.token, Token::Placeholder(_)) && !is_mark(&t.token))
+    {
+        return Err(Status::invalid_argument(format!(
+            "parameters are written either as `?` or as `$1, $2, …`, not both: `{}` at line {}, column {} beside `?`",
+            other.token, other.span.start.line, other.span.start.column
+        )));
+    }
+    // The tokenizer's locations count characters from 1 and start a line after each '\n'.
+    let mut out = String::with_capacity(sql.len() + 2 * marks.len());
+    let mut at = Location { line: 1, column: 1 };
+    let mut next = marks.iter().peekable();
+    let mut n = 0;
+    for ch in sql.chars() {
+        if ch == '?' && next.next_if(|m| **m == at).is_some() {
+            n += 1;
+            write!(out, "${n}").expect("writing to a String");
+        } else {
+            out.push(ch);
+        }
+        at = if ch == '\n' {
+            Location {
+                line: at.line + 1,
+                column: 1,
+            }
+        } else {
+            Location {
+                column: at.column + 1,
+                ..at
+            }
+        };
+    }
+    if n != marks.len() {
+        // The tokenizer re-reads MySQL-style hint comments (/*! ... */) with locations of
+        // their own: such a `?` cannot be placed.
+        return Err(Status::invalid_argument(
+            "cannot number the `?` parameters of this statement (is one inside a /*! */ comment?): write them as $1, $2, …",
+        ));
+    }
+    Ok(Cow::Owned(out))
+}
+
 #[cfg(test)]
 mod tests {
     use tonic::Code;
@@ -124,5 +187,26 @@ mod tests {
         assert_eq!(e.code(), Code::InvalidArgument);
         let e = check_read_only("SELECT 1; SELECT 2").unwrap_err();
         assert!(e.message().contains("exactly one"));
+    }
+
+    #[test]
+    fn question_marks_become_numbered_placeholders() {
+        let sql = "SELECT '?', \"a?\" FROM t -- why?\nWHERE a = ? AND\n  b IN (?,?) /* ? */ LIMIT ?";
+        assert_eq!(
+            number_placeholders(sql).unwrap(),
+            "SELECT '?', \"a?\" FROM t -- why?\nWHERE a = $1 AND\n  b IN ($2,$3) /* ? */ LIMIT $4"
+        );
+        assert_eq!(number_placeholders("SELECT 'é', ? + 1").unwrap(), "SELECT 'é', $1 + 1");
+        let untouched = "SELECT * FROM t WHERE a = $1";
+        assert!(matches!(number_placeholders(untouched).unwrap(), Cow::Borrowed(s) if s == untouched));
+        let e = number_placeholders("SELECT ? + $1").unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("not both: `$1` at line 1, column 12"),
+            "{}",
+            e.message()
+        );
+        let e = number_placeholders("SELECT /*!? */ 1").unwrap_err();
+        assert!(e.message().contains("cannot number"), "{}", e.message());
     }
 }

@@ -4,6 +4,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result, bail};
 use arrow::array::RecordBatch;
+use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
@@ -54,12 +55,7 @@ impl Connection {
         };
         let channel = strata_core::tls::connect(&endpoint, ca.as_deref(), std::time::Duration::from_secs(10))
             .await
-            .map_err(|m| {
-                anyhow::anyhow!(
-                    "cannot connect to {}: {m} (is `strata serve` running there, and does it serve TLS exactly when the endpoint says grpc+tls://?)",
-                    self.endpoint
-                )
-            })?;
+            .map_err(|m| self.unreachable(&m))?;
         let inner = FlightServiceClient::new(channel).max_decoding_message_size(64 << 20);
         let mut client = FlightSqlServiceClient::new_from_inner(inner);
         match (&self.token, &self.user) {
@@ -69,20 +65,49 @@ impl Connection {
                 client
                     .handshake(user, &password)
                     .await
-                    .map_err(|e| anyhow::anyhow!("login as {user} failed: {}", flight_message(&e)))?;
+                    .map_err(|e| self.failed(&e, &format!("login as {user} failed: ")))?;
             }
             (None, None) => {}
         }
         Ok(client)
     }
+
+    fn unreachable(&self, why: &dyn std::fmt::Display) -> anyhow::Error {
+        anyhow::anyhow!(
+            "cannot connect to {}: {why} (is `strata serve` running there, and does it serve TLS exactly when the endpoint says grpc+tls://?)",
+            self.endpoint
+        )
+    }
+
+    /// A failed call: the server's status with its code, or, when the connection failed
+    /// under it (see [`never_reached`]), that the server was not reached.
+    fn failed(&self, e: &FlightError, context: &str) -> anyhow::Error {
+        match e {
+            FlightError::Tonic(status) if never_reached(status) => {
+                self.unreachable(&format!("{:?}: {}", status.code(), status.message()))
+            }
+            FlightError::Tonic(status) => anyhow::anyhow!("{context}{:?}: {}", status.code(), status.message()),
+            other => anyhow::anyhow!("{context}{other}"),
+        }
+    }
 }
 
-/// The message of a Flight error, with the server's status when there is one.
-pub fn flight_message(e: &arrow_flight::error::FlightError) -> String {
-    match e {
-        arrow_flight::error::FlightError::Tonic(status) => format!("{:?}: {}", status.code(), status.message()),
-        other => other.to_string(),
+/// Whether a call failed on this side of the connection: an I/O error, or an HTTP/2 error
+/// this side detected (what a plaintext client makes of a TLS server's answer), in the
+/// status's source chain. A status the server sent has no source; a reset or GOAWAY the
+/// server sent is the server's answer.
+fn never_reached(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<std::io::Error>() {
+            return true;
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return !h2.is_remote();
+        }
+        source = e.source();
     }
+    false
 }
 
 /// Runs `sql` and returns every batch.
@@ -91,20 +116,14 @@ pub async fn run(connection: &Connection, sql: &str) -> Result<Vec<RecordBatch>>
     let info = client
         .execute(sql.to_string(), None)
         .await
-        .map_err(|e| anyhow::anyhow!("{}", flight_message(&e)))?;
+        .map_err(|e| connection.failed(&e, ""))?;
     let mut batches = Vec::new();
     for endpoint in &info.endpoint {
         let Some(ticket) = endpoint.ticket.clone() else {
             bail!("the server returned an endpoint without a ticket");
         };
-        let stream = client
-            .do_get(ticket)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", flight_message(&e)))?;
-        let mut got: Vec<RecordBatch> = stream
-            .try_collect()
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", flight_message(&e)))?;
+        let stream = client.do_get(ticket).await.map_err(|e| connection.failed(&e, ""))?;
+        let mut got: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| connection.failed(&e, ""))?;
         batches.append(&mut got);
     }
     if batches.is_empty() {

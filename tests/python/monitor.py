@@ -17,7 +17,7 @@ import json
 import os
 import time
 
-from flightsql import PyArrowFlightSql
+from flight_clients import PyArrowFlightSql
 
 
 def main():

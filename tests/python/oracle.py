@@ -26,7 +26,7 @@ import sys
 import duckdb
 import pyarrow as pa
 
-from flightsql import PyArrowFlightSql, adbc_connect, adbc_query
+from flight_clients import PyArrowFlightSql, adbc_connect, adbc_query
 
 # Documented accuracy (see core/src/functions.rs): HLL lg_k=12 has a relative standard
 # error of 1.04/64 = 1.6%; KLL k=200 a normalized rank error of 1.33% (99% confidence).

@@ -6,7 +6,7 @@ import sys
 
 import pyarrow.flight as flight
 
-from flightsql import PyArrowFlightSql, adbc_connect, adbc_query
+from flight_clients import PyArrowFlightSql, adbc_connect, adbc_query
 
 FORBIDDEN = {
     "CREATE TABLE t (a INT)": "CREATE TABLE is not allowed",

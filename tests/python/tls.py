@@ -9,7 +9,7 @@ checks that a client trusting only the system's roots, and a plaintext one, are 
 import argparse
 import sys
 
-from flightsql import PyArrowFlightSql, adbc_connect, adbc_query
+from flight_clients import PyArrowFlightSql, adbc_connect, adbc_query
 
 
 def refused(what, call):

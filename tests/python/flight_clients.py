@@ -6,6 +6,7 @@ depend on generated protobuf code.
 """
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.flight as flight
 import adbc_driver_flightsql.dbapi as adbc
 
@@ -75,3 +76,20 @@ def adbc_query(conn, sql: str, params=None) -> pa.Table:
         else:
             cur.execute(sql, parameters=params)
         return cur.fetch_arrow_table()
+
+
+def plain_rows(table: pa.Table) -> list[list]:
+    """Rows as plain values, comparable across engines and clients: timestamps as
+    microseconds since the epoch (whatever their unit and zone), dates as ISO dates, bytes
+    as hex."""
+    columns = []
+    for col in table.columns:
+        if pa.types.is_timestamp(col.type):
+            col = pc.cast(pc.cast(col, pa.timestamp("us", col.type.tz)), pa.int64())
+        values = col.to_pylist()
+        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type) or pa.types.is_binary_view(col.type):
+            values = [None if v is None else v.hex() for v in values]
+        elif pa.types.is_date(col.type):
+            values = [None if v is None else v.isoformat() for v in values]
+        columns.append(values)
+    return [list(row) for row in zip(*columns)]
