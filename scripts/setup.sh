@@ -25,55 +25,37 @@ else
 fi
 
 tools="${STRATA_TOOLS:-$HOME/.cache/strata-tools}"
-kafka="$tools/kafka-4.4.0"
-if [ -f "$kafka/.complete" ]; then
-  echo "setup: Apache Kafka present ($kafka)"
-else
-  command -v java >/dev/null 2>&1 || { echo "setup: Apache Kafka needs Java 17 or newer (java is not on the PATH)" >&2; exit 1; }
-  command -v mvn >/dev/null 2>&1 || { echo "setup: fetching Apache Kafka needs Maven (mvn is not on the PATH)" >&2; exit 1; }
-  echo "setup: fetching Apache Kafka 4.4.0 into $kafka"
-  rm -rf "$kafka"
-  mvn -q -f scripts/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory="$kafka/libs"
-  touch "$kafka/.complete"
-fi
+command -v java >/dev/null 2>&1 || { echo "setup: the tests' Java tools need Java 17 or newer (java is not on the PATH)" >&2; exit 1; }
 
+# maven_fetch WHAT DIR POM [MAVEN ARGS...]: copies POM's artifacts (and their dependencies)
+# into DIR with Maven, once; DIR/.complete marks a finished fetch.
+maven_fetch() {
+  local what=$1 dir=$2 pom=$3
+  shift 3
+  if [ -f "$dir/.complete" ]; then
+    echo "setup: $what present ($dir)"
+    return
+  fi
+  command -v mvn >/dev/null 2>&1 || { echo "setup: fetching $what needs Maven (mvn is not on the PATH)" >&2; exit 1; }
+  echo "setup: fetching $what into $dir"
+  rm -rf "$dir"
+  mvn -q -f "$pom" dependency:copy-dependencies "$@"
+  touch "$dir/.complete"
+}
+
+kafka="$tools/kafka-4.4.0"
+maven_fetch "Apache Kafka 4.4.0" "$kafka" scripts/kafka/pom.xml -DoutputDirectory="$kafka/libs"
 # The Arrow Flight SQL JDBC driver (DBeaver's and Tableau's), for the JDBC tests: one shaded
 # jar, run by tests/python/jdbc.py with this machine's Java.
 jdbc="$tools/flight-sql-jdbc-18.3.0"
-if [ -f "$jdbc/.complete" ]; then
-  echo "setup: Flight SQL JDBC driver present ($jdbc)"
-else
-  command -v mvn >/dev/null 2>&1 || { echo "setup: fetching the Flight SQL JDBC driver needs Maven (mvn is not on the PATH)" >&2; exit 1; }
-  echo "setup: fetching the Flight SQL JDBC driver 18.3.0 into $jdbc"
-  rm -rf "$jdbc"
-  mvn -q -f scripts/jdbc/pom.xml dependency:copy-dependencies -DoutputDirectory="$jdbc"
-  touch "$jdbc/.complete"
-fi
-
-# Delta Lake for Spark (pyspark is in .venv), for the tests where Spark reads the lake.
+maven_fetch "the Flight SQL JDBC driver 18.3.0" "$jdbc" scripts/jdbc/pom.xml -DoutputDirectory="$jdbc"
+# Delta Lake for Spark (pyspark, in .venv, brings Spark, Scala and ANTLR), for Spark reading the lake.
 delta="$tools/delta-spark-4.0.0"
-if [ -f "$delta/.complete" ]; then
-  echo "setup: delta-spark present ($delta)"
-else
-  command -v mvn >/dev/null 2>&1 || { echo "setup: fetching delta-spark needs Maven (mvn is not on the PATH)" >&2; exit 1; }
-  echo "setup: fetching delta-spark 4.0.0 into $delta"
-  rm -rf "$delta"
-  mvn -q -f scripts/delta/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
-    -DexcludeArtifactIds=scala-library,antlr4-runtime -DoutputDirectory="$delta"
-  touch "$delta/.complete"
-fi
-
+maven_fetch "delta-spark 4.0.0" "$delta" scripts/delta/pom.xml -DincludeScope=runtime \
+  -DexcludeArtifactIds=scala-library,antlr4-runtime -DoutputDirectory="$delta"
 # Hadoop's MiniDFSCluster (a NameNode and a DataNode), for the tests with the lake on HDFS.
 hadoop="$tools/hadoop-minicluster-3.5.0"
-if [ -f "$hadoop/.complete" ]; then
-  echo "setup: Hadoop minicluster present ($hadoop)"
-else
-  command -v mvn >/dev/null 2>&1 || { echo "setup: fetching Hadoop's minicluster needs Maven (mvn is not on the PATH)" >&2; exit 1; }
-  echo "setup: fetching Hadoop's minicluster 3.5.0 into $hadoop"
-  rm -rf "$hadoop"
-  mvn -q -f scripts/hdfs/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$hadoop"
-  touch "$hadoop/.complete"
-fi
+maven_fetch "Hadoop's minicluster 3.5.0" "$hadoop" scripts/hdfs/pom.xml -DincludeScope=runtime -DoutputDirectory="$hadoop"
 
 # docker-compose validates docker-compose.yml in CI (`docker-compose config`; no engine runs).
 if command -v docker-compose >/dev/null 2>&1; then
