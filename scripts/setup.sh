@@ -4,7 +4,7 @@
 #   confluent-kafka, pyspark, SQLAlchemy with the Flight SQL dialect);
 # - Apache Kafka, the broker of the tests (its jars, fetched with Maven into
 #   $STRATA_TOOLS/kafka-4.4.0/libs; started by scripts/kafka-broker; needs Java 17+);
-# - the Arrow Flight SQL JDBC driver ($STRATA_TOOLS/flight-sql-jdbc-18.3.0, Maven);
+# - the Arrow Flight SQL JDBC driver ($STRATA_TOOLS/flight-sql-jdbc-18.2.0, Maven);
 # - delta-spark, for Spark reading the lake ($STRATA_TOOLS/delta-spark-4.0.0, Maven);
 # - Hadoop's MiniDFSCluster, HDFS for the tests ($STRATA_TOOLS/hadoop-minicluster-3.5.0, Maven);
 # - docker-compose, to validate docker-compose.yml (Debian package).
@@ -47,8 +47,8 @@ kafka="$tools/kafka-4.4.0"
 maven_fetch "Apache Kafka 4.4.0" "$kafka" scripts/kafka/pom.xml -DoutputDirectory="$kafka/libs"
 # The Arrow Flight SQL JDBC driver (DBeaver's and Tableau's), for the JDBC tests: one shaded
 # jar, run by tests/python/jdbc.py with this machine's Java.
-jdbc="$tools/flight-sql-jdbc-18.3.0"
-maven_fetch "the Flight SQL JDBC driver 18.3.0" "$jdbc" scripts/jdbc/pom.xml -DoutputDirectory="$jdbc"
+jdbc="$tools/flight-sql-jdbc-18.2.0"
+maven_fetch "the Flight SQL JDBC driver 18.2.0" "$jdbc" scripts/jdbc/pom.xml -DoutputDirectory="$jdbc"
 # Delta Lake for Spark (pyspark, in .venv, brings Spark, Scala and ANTLR), for Spark reading the lake.
 delta="$tools/delta-spark-4.0.0"
 maven_fetch "delta-spark 4.0.0" "$delta" scripts/delta/pom.xml -DincludeScope=runtime \

@@ -30,7 +30,14 @@ fn the_jdbc_driver_browses_and_queries_as_adbc_answers_with_the_token_in_its_url
     println!("{out}");
     // Every event the generator made valid, counted through the driver.
     assert!(out.contains(&format!("jdbc: raw rows {valid}\n")), "{out}");
-    for name in ["view", "raw", "system", "view_prepared", "raw_prepared", "system_prepared"] {
+    for name in [
+        "view",
+        "raw",
+        "system",
+        "view_prepared",
+        "raw_prepared",
+        "system_prepared",
+    ] {
         assert!(out.contains(&format!("jdbc: {name}: ")), "{out}");
     }
     assert!(out.contains("jdbc: a wrong token is refused"), "{out}");

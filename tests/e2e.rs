@@ -5,11 +5,14 @@
 //! They need the project's Python environment (scripts/setup.sh installs it); the README's
 //! test command, scripts/test.sh, sets everything up and runs them.
 
+mod clients;
 mod common;
 mod demo;
 mod group;
+mod hdfs;
 mod historical;
 mod kafka;
+mod lake;
 mod limits;
 mod node;
 mod security;

@@ -1,13 +1,13 @@
-//! HDFS for real (issue 14, point 1; not yet wired into tests/e2e.rs: written, not yet run
-//! by the suite). A NameNode and a DataNode from Hadoop's MiniDFSCluster on 127.0.0.1
-//! (tests/java/HdfsMiniCluster.java), and the historical oracle with the lake on hdfs://.
+//! The lake on HDFS: a NameNode and a DataNode from Hadoop's MiniDFSCluster on 127.0.0.1
+//! (tests/java/HdfsMiniCluster.java), the historical oracle and the speed oracle with the
+//! lake on hdfs://, and a NameNode that cannot be reached.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{Process, Scratch, repo};
+use crate::common::{Process, Scratch, StrataServer, free_port, repo, run_err, strata};
 
 /// Where scripts/setup.sh puts the tools it fetches ($STRATA_TOOLS, or ~/.cache/strata-tools).
 pub fn tools() -> PathBuf {
@@ -74,8 +74,42 @@ impl Hdfs {
 
 #[test]
 fn import_batch_and_serve_equal_duckdb_on_hdfs() {
-    let scratch = Scratch::new("hdfs");
-    let hdfs = crate::common::Hdfs::start(&scratch.path("hdfs"));
-    historical_round_trip(&scratch, &format!("{}/strata/lake", hdfs.url), "", &[], events() / 5);
+    let _heavy = crate::common::heavy();
+    let scratch = Scratch::new("hdfs-historical");
+    let hdfs = Hdfs::start(&scratch.path("hdfs"));
+    let lake = format!("{}/strata/lake", hdfs.url);
+    crate::historical::historical_round_trip(&scratch, &lake, "", &[], crate::historical::events() / 5);
     drop(hdfs);
+}
+
+#[test]
+fn speed_layer_equals_duckdb_through_kills_on_hdfs() {
+    let _heavy = crate::common::heavy();
+    let scratch = Scratch::new("hdfs-speed");
+    let hdfs = Hdfs::start(&scratch.path("hdfs"));
+    let lake = format!("{}/strata/lake", hdfs.url);
+    let events = crate::speed::events() / 5;
+    crate::speed::speed_oracle(crate::speed::Deployment::OneProcess, &scratch, &lake, events, 14);
+    drop(hdfs);
+}
+
+#[test]
+fn a_lake_on_an_unreachable_namenode_is_an_error_naming_its_url() {
+    let scratch = Scratch::new("hdfs-unreachable");
+    // A port nothing listens on.
+    let url = format!("hdfs://127.0.0.1:{}/strata/lake", free_port());
+    let config = crate::historical::example_config(&scratch.0, &url, "");
+    let data = scratch.path("events.jsonl");
+    crate::historical::generate(&config, &data, 10, 1);
+    let batch = run_err(strata(&config).args(["batch", "run"]));
+    assert!(batch.contains(&format!("{url}/_strata/")), "{batch}");
+    let import = run_err(strata(&config).args(["import", "page_views"]).arg(&data));
+    assert!(import.contains(&format!("{url}/raw/page_views/")), "{import}");
+    // The server starts (the lake may come back); each query that needs it says where it is.
+    let server = StrataServer::start(&config, &[]);
+    let query = |sql: &str| run_err(strata(&config).args(["query", sql, "--endpoint", &server.endpoint()]));
+    let raw = query("SELECT count(*) FROM raw.page_views");
+    assert!(raw.contains(&format!("{url}/raw/page_views/")), "{raw}");
+    let view = query("SELECT * FROM page_stats");
+    assert!(view.contains(&format!("{url}/views/page_stats/")), "{view}");
 }

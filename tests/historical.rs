@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::common::{Process, Scratch, StrataServer, free_port, run_ok, run_python, strata, wait_for_port};
 
 /// Events of the big end-to-end runs (STRATA_E2E_EVENTS overrides).
-fn events() -> u64 {
+pub fn events() -> u64 {
     std::env::var("STRATA_E2E_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -50,9 +50,9 @@ pub fn manifest(data: &Path) -> serde_json::Value {
     serde_json::from_str(&text).expect("manifest json")
 }
 
-/// Import, batch, serve and compare with DuckDB, on a lake at `lake_url`.
-fn historical_round_trip(scratch: &Scratch, lake_url: &str, extra_config: &str, env: &[(&str, &str)], events: u64) {
-    let _heavy = crate::common::heavy();
+/// Import, batch, serve and compare with DuckDB, on a lake at `lake_url`. The caller holds
+/// `heavy()` (it may start the lake's store first).
+pub fn historical_round_trip(scratch: &Scratch, lake_url: &str, extra_config: &str, env: &[(&str, &str)], events: u64) {
     let config = example_config(&scratch.0, lake_url, extra_config);
     let data = scratch.path("events.jsonl");
     generate(&config, &data, events, 7);
@@ -161,6 +161,7 @@ fn historical_round_trip(scratch: &Scratch, lake_url: &str, extra_config: &str, 
 
 #[test]
 fn import_batch_and_serve_equal_duckdb_on_a_local_lake() {
+    let _heavy = crate::common::heavy();
     let scratch = Scratch::new("local");
     let lake = scratch.path("lake");
     historical_round_trip(&scratch, lake.to_str().unwrap(), "", &[], events());
@@ -168,6 +169,7 @@ fn import_batch_and_serve_equal_duckdb_on_a_local_lake() {
 
 #[test]
 fn import_batch_and_serve_equal_duckdb_on_s3() {
+    let _heavy = crate::common::heavy();
     let scratch = Scratch::new("s3");
     let port = free_port();
     let moto = crate::common::python().parent().unwrap().join("moto_server");

@@ -50,7 +50,10 @@ fn duckdb_and_spark_read_the_lake_as_strata_serves_it_through_compaction_and_rep
     let (out, before) = read_lake(&config, &lake, false);
     // The engines count what the generator made: every valid event, every malformed record.
     assert!(out.contains(&format!("lake: raw.page_views {valid} rows")), "{out}");
-    assert!(out.contains(&format!("lake: rejected.page_views {malformed} rows")), "{out}");
+    assert!(
+        out.contains(&format!("lake: rejected.page_views {malformed} rows")),
+        "{out}"
+    );
 
     let batch = run_ok(strata(&config).args(["batch", "run"]));
     assert!(batch.contains("compacted raw.page_views:"), "{batch}");
@@ -66,5 +69,8 @@ fn duckdb_and_spark_read_the_lake_as_strata_serves_it_through_compaction_and_rep
     let batch = run_ok(strata(&config).args(["batch", "run", "--force"]));
     assert!(batch.contains("published view page_stats version"), "{batch}");
     let (_, republished) = read_lake(&config, &lake, true);
-    assert_eq!(republished, compacted, "a new version of the same events reads differently");
+    assert_eq!(
+        republished, compacted,
+        "a new version of the same events reads differently"
+    );
 }

@@ -21,7 +21,7 @@ use crate::kafka::Kafka;
 const PARTITIONS: i32 = 6;
 const TOPIC: &str = "page_views";
 
-fn events() -> u64 {
+pub fn events() -> u64 {
     std::env::var("STRATA_E2E_KAFKA_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -114,7 +114,7 @@ pub fn wait_consumed(endpoint: &str, at_least: u64) {
 }
 
 /// The speed layer under test: in `strata run`, or `strata speed` + `strata serve`.
-enum Deployment {
+pub enum Deployment {
     OneProcess,
     Separate,
 }
@@ -173,15 +173,14 @@ fn start(
     }
 }
 
-fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
-    let _heavy = crate::common::heavy();
-    let scratch = Scratch::new(name);
-    let broker = Kafka::start(&scratch);
+/// The speed oracle of `total` events with the lake at `lake_url`. The caller holds `heavy()`
+/// (it may start the lake's store first).
+pub fn speed_oracle(deployment: Deployment, scratch: &Scratch, lake_url: &str, total: u64, seed: u64) {
+    let broker = Kafka::start(scratch);
     broker.create_topic(TOPIC, PARTITIONS);
     let positions = scratch.path("positions.jsonl");
-    let lake = scratch.path("lake");
     // Archive often, and let a restarted consumer rejoin the group quickly.
-    let config = example_config(&scratch.0, lake.to_str().unwrap(), "").to_path_buf();
+    let config = example_config(&scratch.0, lake_url, "").to_path_buf();
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("flush_interval = \"1s\"", "flush_interval = \"300ms\"")
@@ -189,7 +188,6 @@ fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
         .replace("\"auto.offset.reset\" = \"earliest\"", "\"auto.offset.reset\" = \"earliest\"\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"");
     std::fs::write(&config, text).unwrap();
     let data = scratch.path("events.jsonl");
-    let total = events();
     generate(&config, &data, total, seed);
     // Apart, the serving layer reaches the speed layer over TLS, trusting the test's CA.
     let (ca, cert, key) = certificates(&scratch.0);
@@ -245,13 +243,13 @@ fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
                     .join("; ")
             );
         }
-        oracle(&running.endpoint, &scratch, &data, &positions, produced, false);
+        oracle(&running.endpoint, scratch, &data, &positions, produced, false);
     }
     // The end: everything archived exactly once, rejects exactly once, views still exact.
-    oracle(&running.endpoint, &scratch, &data, &positions, produced, true);
+    oracle(&running.endpoint, scratch, &data, &positions, produced, true);
     let out = run_ok(strata(&config).args(["batch", "run"]).envs(env.iter().copied()));
     assert!(out.contains("published view page_stats"), "{out}");
-    oracle(&running.endpoint, &scratch, &data, &positions, produced, true);
+    oracle(&running.endpoint, scratch, &data, &positions, produced, true);
     let status = run_ok(strata(&config).args([
         "query",
         "SELECT view, batch_version IS NOT NULL AS published, speed_generations >= 0 AS live FROM system.freshness ORDER BY view",
@@ -295,7 +293,7 @@ fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
     let two_minutes = ["--wait-consumed", "--page-stats-minutes", "2"];
     oracle_with(
         &running.endpoint,
-        &scratch,
+        scratch,
         &data,
         &positions,
         produced,
@@ -317,7 +315,7 @@ fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
     );
     oracle_with(
         &running.endpoint,
-        &scratch,
+        scratch,
         &data,
         &positions,
         produced,
@@ -339,10 +337,16 @@ fn speed_oracle(deployment: Deployment, name: &str, seed: u64) {
 
 #[test]
 fn speed_layer_equals_duckdb_through_kills_in_one_process() {
-    speed_oracle(Deployment::OneProcess, "speed-run", 11);
+    let _heavy = crate::common::heavy();
+    let scratch = Scratch::new("speed-run");
+    let lake = scratch.path("lake");
+    speed_oracle(Deployment::OneProcess, &scratch, lake.to_str().unwrap(), events(), 11);
 }
 
 #[test]
 fn speed_layer_equals_duckdb_through_kills_with_serve_in_another_process() {
-    speed_oracle(Deployment::Separate, "speed-separate", 12);
+    let _heavy = crate::common::heavy();
+    let scratch = Scratch::new("speed-separate");
+    let lake = scratch.path("lake");
+    speed_oracle(Deployment::Separate, &scratch, lake.to_str().unwrap(), events(), 12);
 }

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
-use strata_core::lake::Lake;
+use strata_core::lake::{Lake, redact};
 use strata_core::{Error, Result};
 use tokio_util::sync::CancellationToken;
 
@@ -165,7 +165,11 @@ impl Lease {
         match created {
             Ok(_) => {}
             Err(object_store::Error::AlreadyExists { .. }) => take_over(&store, &path, &me, now).await?,
-            Err(e) => return Err(Error::lake("create the batch lease", e)),
+            // The lake's first contact in a batch run: name where it is.
+            Err(e) => {
+                let dir = redact(&lake.root().join(&["_strata"]));
+                return Err(Error::lake(format!("create the batch lease in {dir}"), e));
+            }
         }
 
         let stop = CancellationToken::new();

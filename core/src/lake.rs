@@ -609,11 +609,66 @@ pub async fn table_provider(
     table
         .update_datafusion_session(&ctx.state())
         .map_err(|e| Error::lake("register the lake's store", e))?;
-    table
+    let delta = table
         .table_provider()
         .with_session(Arc::new(ctx.state()))
         .await
-        .map_err(|e| Error::lake("read a table", e))
+        .map_err(|e| Error::lake("read a table", e))?;
+    Ok(Arc::new(LimitKept(delta)))
+}
+
+/// A Delta table's provider whose scans keep their `LIMIT`. The Delta scan of a query that
+/// reads only partition columns (`SELECT event_date FROM raw.x LIMIT 3`) answers from the
+/// log, ignores the limit it is given, and yet says limits may be pushed through it, so
+/// DataFusion's physical limit pushdown drops the query's limit and every row comes back.
+/// Such a scan is capped here, where the limit is known.
+#[derive(Debug)]
+struct LimitKept(Arc<dyn datafusion::catalog::TableProvider>);
+
+#[async_trait::async_trait]
+impl datafusion::catalog::TableProvider for LimitKept {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema()
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        self.0.table_type()
+    }
+
+    fn constraints(&self) -> Option<&datafusion::common::Constraints> {
+        self.0.constraints()
+    }
+
+    fn statistics(&self) -> Option<datafusion::common::Statistics> {
+        self.0.statistics()
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&datafusion::prelude::Expr],
+    ) -> datafusion::error::Result<Vec<datafusion::logical_expr::TableProviderFilterPushDown>> {
+        self.0.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::prelude::Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let plan = self.0.scan(session, projection, filters, limit).await?;
+        match limit {
+            Some(fetch) if plan.children().is_empty() && plan.supports_limit_pushdown() && plan.fetch().is_none() => {
+                // A leaf that lets limits through to children it does not have: cap it.
+                Ok(Arc::new(
+                    datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec::new(plan)
+                        .with_fetch(Some(fetch)),
+                ))
+            }
+            _ => Ok(plan),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -648,5 +703,55 @@ mod tests {
                 .unwrap_err()
                 .contains("no bucket")
         );
+    }
+
+    /// A query that reads only a partition column is answered from the Delta log; its
+    /// `LIMIT` still holds.
+    #[tokio::test]
+    async fn a_limit_holds_over_a_scan_of_partition_columns_only() {
+        use arrow::array::{Int64Array, StringArray};
+        use arrow::datatypes::{DataType, Field, Schema};
+
+        let dir = std::env::temp_dir().join(format!("strata-limit-kept-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = LakeConfig {
+            url: dir.to_str().unwrap().to_string(),
+            s3: Default::default(),
+            options: Default::default(),
+        };
+        let lake = Lake::new(&config, &dir).unwrap();
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("day", DataType::Utf8, false),
+        ]));
+        let url = lake.raw_url("t");
+        let mut table = lake.open_or_create(&url, &schema, &["day"], "t").await.unwrap();
+        let batch = arrow::array::RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..10)),
+                Arc::new(StringArray::from_iter_values((0..10).map(|i| format!("d{}", i % 2)))),
+            ],
+        )
+        .unwrap();
+        append(&mut table, vec![batch], vec![], serde_json::json!({}))
+            .await
+            .unwrap();
+
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table("t", table_provider(&ctx, &table).await.unwrap())
+            .unwrap();
+        for (sql, rows) in [
+            ("SELECT day FROM t LIMIT 3", 3),
+            ("SELECT day FROM t LIMIT 30", 10),
+            ("SELECT day FROM t OFFSET 8 LIMIT 5", 2),
+            ("SELECT n, day FROM t LIMIT 3", 3),
+            ("SELECT day FROM t", 10),
+        ] {
+            let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+            let got: usize = batches.iter().map(|b| b.num_rows()).sum();
+            assert_eq!(got, rows, "{sql}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

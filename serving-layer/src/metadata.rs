@@ -149,7 +149,8 @@ pub static XDBC_TYPES: LazyLock<XdbcTypeInfoData> = LazyLock::new(|| {
         literal_prefix: Some("X'".into()),
         literal_suffix: Some("'".into()),
         searchable: Searchable::None,
-        ..base("BINARY", XdbcDataType::XdbcBinary, Some(i32::MAX))
+        // Variable length: JDBC types binary columns VARBINARY.
+        ..base("VARBINARY", XdbcDataType::XdbcVarbinary, Some(i32::MAX))
     });
     b.append(XdbcTypeInfo {
         literal_prefix: Some("DATE '".into()),

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
@@ -141,6 +141,20 @@ fn as_parameter_types(df: &DataFrame, values: Vec<ScalarValue>) -> Result<Vec<Sc
             _ => Ok(value),
         })
         .collect()
+}
+
+/// The type a prepared statement's parameter schema gives a parameter. Timestamps are named
+/// in milliseconds whatever the column's unit: the Flight SQL JDBC driver (through 18.x)
+/// writes `setTimestamp`'s epoch milliseconds into a vector of the unit the server names,
+/// unconverted, so a microsecond parameter would receive a time a thousand times too early.
+/// Named in milliseconds it arrives right, and [`as_parameter_types`] reads it exactly in
+/// the column's unit; clients that bind their own types (ADBC) are unaffected.
+fn advertised_parameter_type(planned: Option<DataType>) -> DataType {
+    match planned {
+        Some(DataType::Timestamp(_, zone)) => DataType::Timestamp(TimeUnit::Millisecond, zone),
+        Some(t) => t,
+        None => DataType::Null,
+    }
 }
 
 /// How long a plan made by GetFlightInfo waits for the DoGet of its ticket. A client asks
@@ -614,7 +628,7 @@ impl FlightSqlService for StrataFlightSql {
         let parameter_schema = Schema::new(
             parameters
                 .into_iter()
-                .map(|(name, t)| Field::new(name, t.unwrap_or(DataType::Null), true))
+                .map(|(name, t)| Field::new(name, advertised_parameter_type(t), true))
                 .collect::<Vec<_>>(),
         );
         Ok(ActionCreatePreparedStatementResult {

@@ -1,7 +1,7 @@
 """Small Flight SQL helpers for the tests: ADBC connections and a pyarrow.flight client.
 
 pyarrow.flight speaks plain Arrow Flight; Flight SQL commands are protobuf messages wrapped
-in google.protobuf.Any. The two we need are encoded by hand here, so the tests do not
+in google.protobuf.Any. The few we need are encoded by hand here, so the tests do not
 depend on generated protobuf code.
 """
 
@@ -48,7 +48,14 @@ class PyArrowFlightSql:
         )
 
     def query(self, sql: str) -> pa.Table:
-        descriptor = flight.FlightDescriptor.for_command(statement_query(sql))
+        return self.command(statement_query(sql))
+
+    def xdbc_type_info(self) -> pa.Table:
+        """The server's answer to CommandGetXdbcTypeInfo (every type)."""
+        return self.command(_any("CommandGetXdbcTypeInfo", b""))
+
+    def command(self, command: bytes) -> pa.Table:
+        descriptor = flight.FlightDescriptor.for_command(command)
         info = self.client.get_flight_info(descriptor, self.options)
         tables = [self.client.do_get(ep.ticket, self.options).read_all() for ep in info.endpoints]
         if not tables:
