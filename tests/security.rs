@@ -93,7 +93,7 @@ fn a_server_beyond_loopback_refuses_to_start_without_auth() {
 }
 
 #[test]
-fn flight_sql_over_tls_to_strata_query_adbc_and_pyarrow_and_no_plaintext_tokens_beyond_loopback() {
+fn flight_sql_over_tls_to_strata_query_adbc_pyarrow_and_jdbc_and_no_plaintext_tokens_beyond_loopback() {
     let scratch = Scratch::new("tls");
     let lake = scratch.path("lake");
     let config = example_config(&scratch.0, lake.to_str().unwrap(), "");
@@ -112,6 +112,8 @@ fn flight_sql_over_tls_to_strata_query_adbc_and_pyarrow_and_no_plaintext_tokens_
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("the import's summary: {imported}"));
     assert!(events > 4_000, "{imported}");
+    // Views for the JDBC driver to query.
+    run_ok(strata(&config).args(["batch", "run"]).envs(env));
 
     let server = StrataServer::start(&config, &env);
     let tls = format!("grpc+tls://{}", server.address);
@@ -165,6 +167,28 @@ fn flight_sql_over_tls_to_strata_query_adbc_and_pyarrow_and_no_plaintext_tokens_
     );
     assert!(out.contains(&format!("adbc: [{events}]")), "{out}");
     assert!(out.contains("tls: both clients answered over TLS"), "{out}");
+    // The JDBC driver with useEncryption=true and a trust store holding the CA answers as
+    // ADBC does; with the system's trust store only, it is refused at the handshake.
+    let out = run_python(
+        "jdbc.py",
+        &[
+            "--endpoint",
+            &tls,
+            "--token",
+            "the-token",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--scratch",
+            scratch.0.to_str().unwrap(),
+        ],
+    );
+    println!("{out}");
+    assert!(out.contains(&format!("jdbc: raw rows {events}\n")), "{out}");
+    assert!(
+        out.contains("jdbc: a driver without the CA in its trust store is refused"),
+        "{out}"
+    );
+    assert!(out.contains("jdbc: every answer equals ADBC"), "{out}");
     drop(server);
 
     // Beyond loopback, a token over plaintext is refused at start, naming the keys to set.
