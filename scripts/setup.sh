@@ -7,7 +7,9 @@
 # - the Arrow Flight SQL JDBC driver ($STRATA_TOOLS/flight-sql-jdbc-18.2.0, Maven);
 # - delta-spark, for Spark reading the lake ($STRATA_TOOLS/delta-spark-4.0.0, Maven);
 # - Hadoop's MiniDFSCluster, HDFS for the tests ($STRATA_TOOLS/hadoop-minicluster-3.5.0, Maven);
-# - docker-compose, to validate docker-compose.yml (Debian package).
+# - Apache Superset 6.1.0 with the Flight SQL dialect ($STRATA_TOOLS/superset-6.1.0, a venv);
+# - docker-compose, to validate docker-compose.yml, and Chromium, for Superset's chart
+#   screenshot (Debian packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,16 +59,39 @@ maven_fetch "delta-spark 4.0.0" "$delta" scripts/delta/pom.xml -DincludeScope=ru
 hadoop="$tools/hadoop-minicluster-3.5.0"
 maven_fetch "Hadoop's minicluster 3.5.0" "$hadoop" scripts/hdfs/pom.xml -DincludeScope=runtime -DoutputDirectory="$hadoop"
 
+# apt_install WHAT COMMAND PACKAGE: installs Debian's PACKAGE unless COMMAND is on the PATH.
+apt_install() {
+  local what=$1 command=$2 package=$3
+  if command -v "$command" >/dev/null 2>&1; then
+    echo "setup: $what present"
+  elif command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing $what (Debian's $package)"
+    local sudo
+    sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+    $sudo apt-get install -y -qq "$package" >/dev/null || {
+      $sudo apt-get update -qq && $sudo apt-get install -y -qq "$package" >/dev/null
+    }
+  else
+    echo "setup: $what is missing and there is no apt-get: install $package" >&2
+    exit 1
+  fi
+}
+
 # docker-compose validates docker-compose.yml in CI (`docker-compose config`; no engine runs).
-if command -v docker-compose >/dev/null 2>&1; then
-  echo "setup: docker-compose present"
-elif command -v apt-get >/dev/null 2>&1; then
-  echo "setup: installing docker-compose (to validate docker-compose.yml)"
-  sudo=$([ "$(id -u)" = 0 ] || echo sudo)
-  $sudo apt-get install -y -qq docker-compose >/dev/null || {
-    $sudo apt-get update -qq && $sudo apt-get install -y -qq docker-compose >/dev/null
-  }
+apt_install docker-compose docker-compose docker-compose
+# Chromium, headless, for the screenshot of a Superset chart (driven by Playwright from .venv).
+apt_install Chromium chromium chromium
+
+# Apache Superset, in an environment of its own (its pins differ from .venv's).
+superset="$tools/superset-6.1.0"
+want=$(sha256sum scripts/superset/requirements.txt | cut -d' ' -f1)
+if [ -x "$superset/bin/superset" ] && [ "$(cat "$superset/.requirements.sha" 2>/dev/null)" = "$want" ]; then
+  echo "setup: Apache Superset present ($superset)"
 else
-  echo "setup: docker-compose is missing and there is no apt-get: install docker-compose to validate docker-compose.yml" >&2
-  exit 1
+  echo "setup: installing Apache Superset 6.1.0 into $superset"
+  rm -rf "$superset"
+  "$python" -m venv "$superset"
+  "$superset/bin/pip" install --quiet --upgrade pip
+  "$superset/bin/pip" install --quiet -r scripts/superset/requirements.txt
+  echo "$want" > "$superset/.requirements.sha"
 fi

@@ -1,10 +1,10 @@
 //! SQL clients beyond ADBC: the Arrow Flight SQL JDBC driver driven as DBeaver drives it
-//! (tests/java/FlightSqlJdbc.java), and SQLAlchemy with the Flight SQL dialect as Superset
-//! uses it, over a lake whose events the test made.
+//! (tests/java/FlightSqlJdbc.java), SQLAlchemy with the Flight SQL dialect as Superset uses
+//! it, and Apache Superset itself, over a lake whose events the test made.
 
 use std::path::PathBuf;
 
-use crate::common::{Scratch, StrataServer, run_ok, run_python, strata};
+use crate::common::{Scratch, StrataServer, run_ok, run_python, strata, tools};
 use crate::historical::{example_config, generate, manifest};
 
 const TOKEN: &str = "clients-token";
@@ -68,4 +68,39 @@ fn sqlalchemy_reflects_the_catalog_and_a_charts_query_equals_duckdb() {
         out.contains("sqlalchemy: reflection and the chart's query answer as they should"),
         "{out}"
     );
+}
+
+#[test]
+fn superset_sql_lab_and_a_chart_equal_duckdb_and_the_chart_renders() {
+    let _heavy = crate::common::heavy();
+    let scratch = Scratch::new("superset");
+    let (config, data, _) = batched_lake(&scratch, 20_000, 12);
+    let server = StrataServer::start(&config, &[("STRATA_AUTH_TOKEN", TOKEN)]);
+    let venv = tools().join("superset-6.1.0");
+    assert!(
+        venv.join("bin/superset").exists(),
+        "Apache Superset is not in {}: run scripts/setup.sh",
+        venv.display()
+    );
+    let out = run_python(
+        "superset.py",
+        &[
+            "--endpoint",
+            &server.endpoint(),
+            "--token",
+            TOKEN,
+            "--scratch",
+            scratch.0.to_str().unwrap(),
+            "--superset-venv",
+            venv.to_str().unwrap(),
+            data.to_str().unwrap(),
+        ],
+    );
+    println!("{out}");
+    assert!(out.contains("superset: SQL Lab answered"), "{out}");
+    assert!(out.contains("equal to DuckDB"), "{out}");
+    assert!(out.contains("superset: the chart's data equals DuckDB"), "{out}");
+    assert!(out.contains("superset: chart screenshot"), "{out}");
+    let png = std::fs::read(scratch.path("superset-chart.png")).expect("the chart's screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());
 }

@@ -288,3 +288,10 @@ pub fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     ]);
     (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
 }
+
+/// Where scripts/setup.sh puts the tools it fetches ($STRATA_TOOLS, or ~/.cache/strata-tools).
+pub fn tools() -> PathBuf {
+    std::env::var_os("STRATA_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/strata-tools"))
+}

@@ -27,12 +27,14 @@ fn quick_start() -> Vec<String> {
 }
 
 /// The README's Python snippets (its ```python blocks: ADBC, then `pyarrow.flight`).
+/// The README's Python snippets that query the demo's endpoint.
 fn python_snippets() -> Vec<String> {
     let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
     readme
         .split("```python\n")
         .skip(1)
         .map(|b| b.split("```").next().unwrap_or_default().to_string())
+        .filter(|snippet| snippet.contains("grpc://127.0.0.1:50051"))
         .collect()
 }
 

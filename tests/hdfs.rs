@@ -3,18 +3,11 @@
 //! lake on hdfs://, and a NameNode that cannot be reached.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{Process, Scratch, StrataServer, free_port, repo, run_err, strata};
-
-/// Where scripts/setup.sh puts the tools it fetches ($STRATA_TOOLS, or ~/.cache/strata-tools).
-pub fn tools() -> PathBuf {
-    std::env::var_os("STRATA_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/strata-tools"))
-}
+use crate::common::{Process, Scratch, StrataServer, free_port, repo, run_err, strata, tools};
 
 /// HDFS on 127.0.0.1: a NameNode and a DataNode (tests/java/HdfsMiniCluster.java), storing
 /// under the scratch directory, stopped by process id when dropped (and, should the test

@@ -92,14 +92,19 @@ impl Connection {
     }
 }
 
-/// Whether a call failed on this side of the connection: an I/O error, or an HTTP/2 error
-/// this side detected (what a plaintext client makes of a TLS server's answer), in the
-/// status's source chain. A status the server sent has no source; a reset or GOAWAY the
-/// server sent is the server's answer.
+/// Whether a call failed on this side of the connection: an I/O error, an HTTP/2 error this
+/// side detected (what a plaintext client makes of a TLS server's answer), or a request the
+/// connection closed under before it was sent, in the status's source chain. A status the
+/// server sent has no source; a reset or GOAWAY the server sent is the server's answer.
 fn never_reached(status: &tonic::Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(e) = source {
         if e.is::<std::io::Error>() {
+            return true;
+        }
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>()
+            && (hyper.is_canceled() || hyper.is_closed())
+        {
             return true;
         }
         if let Some(h2) = e.downcast_ref::<h2::Error>() {

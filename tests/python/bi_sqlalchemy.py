@@ -84,16 +84,32 @@ def check_reflection(engine, conn):
           f"{columns} columns, as ADBC sees them")
 
 
-def chart(engine, con):
-    """A bar chart of views per 5-minute bucket for the two busiest countries, over the
-    middle half of the data's time range, as Superset's query builder writes it."""
+def chart_truth(con):
+    """The chart of views per 5-minute bucket for the two busiest countries, over the middle
+    half of the data's time range (to the second), as DuckDB computes it from the input
+    events: (start, end, countries, [(bucket in epoch microseconds, country, views)] ordered
+    by views descending, bucket, country). A window's start is its events' minute; the
+    chart buckets those."""
     lo, hi = con.execute("SELECT min(ts), max(ts) FROM events").fetchone()
-    start = lo + (hi - lo) / 4
-    end = hi - (hi - lo) / 4
+    start = (lo + (hi - lo) / 4).replace(microsecond=0)
+    end = (hi - (hi - lo) / 4).replace(microsecond=0)
     countries = [r[0] for r in con.execute(
         "SELECT country FROM events WHERE country IS NOT NULL GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 2"
     ).fetchall()]
+    rows = con.execute(
+        """SELECT epoch_us(time_bucket(INTERVAL '5 minutes', date_trunc('minute', ts), TIMESTAMPTZ '1970-01-01 00:00:00+00')) AS b,
+                  country, count(*) AS views
+           FROM events
+           WHERE date_trunc('minute', ts) >= ? AND date_trunc('minute', ts) < ? AND country IN (?, ?)
+           GROUP BY ALL ORDER BY views DESC, b, country""",
+        [start, end, *countries],
+    ).fetchall()
+    return start, end, countries, [tuple(r) for r in rows]
 
+
+def chart(engine, con):
+    """The chart's query as Superset's query builder writes it, through SQLAlchemy Core."""
+    start, end, countries, want = chart_truth(con)
     page_stats = sa.Table("page_stats", sa.MetaData(), autoload_with=engine, schema="public")
     bucket = sa.func.date_bin(sa.literal_column("INTERVAL '5 minutes'"), page_stats.c.window_start)
     ts = lambda t: sa.literal_column(f"TIMESTAMP '{t.strftime('%Y-%m-%d %H:%M:%S')}'")  # noqa: E731
@@ -108,17 +124,6 @@ def chart(engine, con):
     )
     with engine.connect() as c:
         got = [(utc_micros(r[0]), r[1], r[2]) for r in c.execute(query).fetchall()]
-
-    # DuckDB from the input: a window's start is its event's minute; the chart buckets those.
-    want = con.execute(
-        """SELECT epoch_us(time_bucket(INTERVAL '5 minutes', date_trunc('minute', ts), TIMESTAMPTZ '1970-01-01 00:00:00+00')) AS b,
-                  country, count(*) AS views
-           FROM events
-           WHERE date_trunc('minute', ts) >= ? AND date_trunc('minute', ts) < ? AND country IN (?, ?)
-           GROUP BY ALL ORDER BY views DESC, b, country""",
-        [start.replace(microsecond=0), end.replace(microsecond=0), *countries],
-    ).fetchall()
-    want = [tuple(r) for r in want]
     if got != want:
         sys.exit(f"the chart's query differs from DuckDB:\n  Strata {got[:10]}...\n  DuckDB {want[:10]}...")
     if len(got) < 4:
