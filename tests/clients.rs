@@ -2,7 +2,7 @@
 //! (tests/java/FlightSqlJdbc.java), SQLAlchemy with the Flight SQL dialect as Superset uses
 //! it, and Apache Superset itself, over a lake whose events the test made.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::common::{Scratch, StrataServer, run_ok, run_python, strata, tools};
 use crate::historical::{example_config, generate, manifest};
@@ -19,6 +19,24 @@ fn batched_lake(scratch: &Scratch, events: u64, seed: u64) -> (PathBuf, PathBuf,
     run_ok(strata(&config).args(["import", "page_views"]).arg(&data));
     run_ok(strata(&config).args(["batch", "run"]));
     (config, data, valid)
+}
+
+/// Runs a BI client's script against `server` with the events of `data` as its truth.
+fn bi_client(script: &str, server: &StrataServer, scratch: &Scratch, data: &Path, extra: &[&str]) -> String {
+    let endpoint = server.endpoint();
+    let mut args = vec![
+        "--endpoint",
+        &endpoint,
+        "--token",
+        TOKEN,
+        "--scratch",
+        scratch.0.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args.push(data.to_str().unwrap());
+    let out = run_python(script, &args);
+    println!("{out}");
+    out
 }
 
 #[test]
@@ -49,19 +67,7 @@ fn sqlalchemy_reflects_the_catalog_and_a_charts_query_equals_duckdb() {
     let scratch = Scratch::new("sqlalchemy");
     let (config, data, _) = batched_lake(&scratch, 20_000, 12);
     let server = StrataServer::start(&config, &[("STRATA_AUTH_TOKEN", TOKEN)]);
-    let out = run_python(
-        "bi_sqlalchemy.py",
-        &[
-            "--endpoint",
-            &server.endpoint(),
-            "--token",
-            TOKEN,
-            "--scratch",
-            scratch.0.to_str().unwrap(),
-            data.to_str().unwrap(),
-        ],
-    );
-    println!("{out}");
+    let out = bi_client("bi_sqlalchemy.py", &server, &scratch, &data, &[]);
     assert!(out.contains("sqlalchemy: reflected 4 schemas"), "{out}");
     assert!(out.contains("equals DuckDB"), "{out}");
     assert!(
@@ -82,21 +88,13 @@ fn superset_sql_lab_and_a_chart_equal_duckdb_and_the_chart_renders() {
         "Apache Superset is not in {}: run scripts/setup.sh",
         venv.display()
     );
-    let out = run_python(
+    let out = bi_client(
         "superset.py",
-        &[
-            "--endpoint",
-            &server.endpoint(),
-            "--token",
-            TOKEN,
-            "--scratch",
-            scratch.0.to_str().unwrap(),
-            "--superset-venv",
-            venv.to_str().unwrap(),
-            data.to_str().unwrap(),
-        ],
+        &server,
+        &scratch,
+        &data,
+        &["--superset-venv", venv.to_str().unwrap()],
     );
-    println!("{out}");
     assert!(out.contains("superset: SQL Lab answered"), "{out}");
     assert!(out.contains("equal to DuckDB"), "{out}");
     assert!(out.contains("superset: the chart's data equals DuckDB"), "{out}");
