@@ -14,17 +14,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python=${PYTHON:-python3}
-stamp=.venv/.requirements.sha
-want=$(sha256sum scripts/requirements.txt | cut -d' ' -f1)
-if [ -x .venv/bin/python ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-  echo "setup: Python environment up to date (.venv)"
-else
-  echo "setup: installing the Python environment into .venv"
-  "$python" -m venv .venv
-  .venv/bin/pip install --quiet --upgrade pip
-  .venv/bin/pip install --quiet -r scripts/requirements.txt
-  echo "$want" > "$stamp"
-fi
+# venv_install WHAT DIR REQUIREMENTS: a Python environment in DIR with REQUIREMENTS, made
+# again only when they change (their hash is kept in DIR/.requirements.sha).
+venv_install() {
+  local what=$1 dir=$2 requirements=$3 want
+  want=$(sha256sum "$requirements" | cut -d' ' -f1)
+  if [ -x "$dir/bin/python" ] && [ "$(cat "$dir/.requirements.sha" 2>/dev/null)" = "$want" ]; then
+    echo "setup: $what up to date ($dir)"
+    return
+  fi
+  echo "setup: installing $what into $dir"
+  rm -rf "$dir"
+  "$python" -m venv "$dir"
+  "$dir/bin/pip" install --quiet --upgrade pip
+  "$dir/bin/pip" install --quiet -r "$requirements"
+  echo "$want" > "$dir/.requirements.sha"
+}
+venv_install "the Python environment" .venv scripts/requirements.txt
 
 tools="${STRATA_TOOLS:-$HOME/.cache/strata-tools}"
 command -v java >/dev/null 2>&1 || { echo "setup: the tests' Java tools need Java 17 or newer (java is not on the PATH)" >&2; exit 1; }
@@ -83,15 +89,4 @@ apt_install docker-compose docker-compose docker-compose
 apt_install Chromium chromium chromium
 
 # Apache Superset, in an environment of its own (its pins differ from .venv's).
-superset="$tools/superset-6.1.0"
-want=$(sha256sum scripts/superset/requirements.txt | cut -d' ' -f1)
-if [ -x "$superset/bin/superset" ] && [ "$(cat "$superset/.requirements.sha" 2>/dev/null)" = "$want" ]; then
-  echo "setup: Apache Superset present ($superset)"
-else
-  echo "setup: installing Apache Superset 6.1.0 into $superset"
-  rm -rf "$superset"
-  "$python" -m venv "$superset"
-  "$superset/bin/pip" install --quiet --upgrade pip
-  "$superset/bin/pip" install --quiet -r scripts/superset/requirements.txt
-  echo "$want" > "$superset/.requirements.sha"
-fi
+venv_install "Apache Superset 6.1.0" "$tools/superset-6.1.0" scripts/superset/requirements.txt

@@ -41,6 +41,8 @@ fn bi_client(script: &str, server: &StrataServer, scratch: &Scratch, data: &Path
 
 #[test]
 fn the_jdbc_driver_browses_and_queries_as_adbc_answers_with_the_token_in_its_url() {
+    // A JVM beside the server: one at a time with the other heavy tests.
+    let _heavy = crate::common::heavy();
     let scratch = Scratch::new("jdbc");
     let (config, _, valid) = batched_lake(&scratch, 5_000, 11);
     let server = StrataServer::start(&config, &[("STRATA_AUTH_TOKEN", TOKEN)]);

@@ -26,8 +26,7 @@ fn quick_start() -> Vec<String> {
         .collect()
 }
 
-/// The README's Python snippets (its ```python blocks: ADBC, then `pyarrow.flight`).
-/// The README's Python snippets that query the demo's endpoint.
+/// The README's Python snippets that query the demo's endpoint (ADBC, then `pyarrow.flight`).
 fn python_snippets() -> Vec<String> {
     let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
     readme

@@ -94,6 +94,9 @@ fn a_server_beyond_loopback_refuses_to_start_without_auth() {
 
 #[test]
 fn flight_sql_over_tls_to_strata_query_adbc_pyarrow_and_jdbc_and_no_plaintext_tokens_beyond_loopback() {
+    // A JVM beside the server, and timing-sensitive refusals: one at a time with the other
+    // heavy tests.
+    let _heavy = crate::common::heavy();
     let scratch = Scratch::new("tls");
     let lake = scratch.path("lake");
     let config = example_config(&scratch.0, lake.to_str().unwrap(), "");

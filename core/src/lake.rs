@@ -650,6 +650,15 @@ impl datafusion::catalog::TableProvider for LimitKept {
         self.0.supports_filters_pushdown(filters)
     }
 
+    async fn insert_into(
+        &self,
+        session: &dyn datafusion::catalog::Session,
+        input: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        op: datafusion::logical_expr::dml::InsertOp,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        self.0.insert_into(session, input, op).await
+    }
+
     async fn scan(
         &self,
         session: &dyn datafusion::catalog::Session,
@@ -741,6 +750,21 @@ mod tests {
         let ctx = datafusion::prelude::SessionContext::new();
         ctx.register_table("t", table_provider(&ctx, &table).await.unwrap())
             .unwrap();
+        // The case at hand: the scan answered from the log, capped here.
+        let explain = ctx
+            .sql("EXPLAIN SELECT day FROM t LIMIT 3")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let plan = arrow::util::pretty::pretty_format_batches(&explain)
+            .unwrap()
+            .to_string();
+        assert!(
+            plan.contains("DeltaScanMetaExec") && plan.contains("CoalescePartitionsExec: fetch=3"),
+            "{plan}"
+        );
         for (sql, rows) in [
             ("SELECT day FROM t LIMIT 3", 3),
             ("SELECT day FROM t LIMIT 30", 10),

@@ -92,12 +92,13 @@ fn main() -> std::process::ExitCode {
 }
 
 /// An error and its causes on one line, each cause once: most errors already print their
-/// source, and many stores wrap one error in several layers that print the same text.
+/// source, and many stores wrap one error in several layers that print the same text (a
+/// cause the text already ends with is not repeated).
 fn causes(e: &anyhow::Error) -> String {
     let mut text = e.to_string();
     for cause in e.chain().skip(1) {
         let cause = cause.to_string();
-        if !text.contains(&cause) {
+        if !text.ends_with(&cause) {
             text.push_str(": ");
             text.push_str(&cause);
         }

@@ -152,7 +152,7 @@ def check_browse(seen: dict, conn, flight: PyArrowFlightSql):
     info = {t["data_type"] for t in xdbc}
     odbc = {16: -7}
     if not {odbc.get(code, code) for code in typed} <= info:
-        sys.exit(f"GetXdbcTypeInfo lacks the types {typed - info} that columns have: {xdbc}")
+        sys.exit(f"GetXdbcTypeInfo lacks the types {({odbc.get(c, c) for c in typed}) - info} that columns have: {xdbc}")
     if sorted(k.strip() for k in seen["keywords"].split(",")) != ["WINDOW_END", "WINDOW_START"]:
         sys.exit(f"keywords: {seen['keywords']}")
     if seen["product"] != "Strata" or not seen["readOnly"] or seen["identifierQuote"] != '"':

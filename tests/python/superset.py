@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import socket
 import struct
 import subprocess
@@ -32,7 +33,8 @@ import requests
 from bi_sqlalchemy import chart_truth
 from oracle import duck, load_valid
 
-CHROMIUM = "/usr/bin/chromium"
+# Debian's Chromium, which scripts/setup.sh installs.
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Superset has no engine spec for `datafusion`, so it uses BaseEngineSpec, which knows no
 # time grain: asking for one (e.g. time_grain_sqla "PT5M") fails in Superset before any SQL
 # reaches Strata ("NotImplementedError: No grain spec for PT5M for database base", HTTP 500
