@@ -5,6 +5,7 @@
 //! They need the project's Python environment (scripts/setup.sh installs it); the README's
 //! test command, scripts/test.sh, sets everything up and runs them.
 
+mod ballista;
 mod clients;
 mod common;
 mod demo;

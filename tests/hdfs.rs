@@ -82,7 +82,7 @@ fn speed_layer_equals_duckdb_through_kills_on_hdfs() {
     let hdfs = Hdfs::start(&scratch.path("hdfs"));
     let lake = format!("{}/strata/lake", hdfs.url);
     let events = crate::speed::events() / 5;
-    crate::speed::speed_oracle(crate::speed::Deployment::OneProcess, &scratch, &lake, events, 14);
+    crate::speed::speed_oracle(crate::speed::Deployment::OneProcess, &scratch, &lake, events, 14, &[]);
     drop(hdfs);
 }
 

@@ -8,7 +8,7 @@ use crate::common::{Scratch, StrataServer, run_ok, run_python, strata};
 use crate::historical::{example_config, generate, manifest};
 
 /// Runs tests/python/lake_readers.py against a server on the lake; its digest lines by table.
-fn read_lake(config: &std::path::Path, lake: &std::path::Path, views: bool) -> (String, BTreeMap<String, String>) {
+pub fn read_lake(config: &std::path::Path, lake: &std::path::Path, views: bool) -> (String, BTreeMap<String, String>) {
     let server = StrataServer::start(config, &[]);
     let endpoint = server.endpoint();
     let mut args = vec!["--lake", lake.to_str().unwrap(), "--endpoint", &endpoint];

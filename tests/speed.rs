@@ -173,9 +173,16 @@ fn start(
     }
 }
 
-/// The speed oracle of `total` events with the lake at `lake_url`. The caller holds `heavy()`
-/// (it may start the lake's store first).
-pub fn speed_oracle(deployment: Deployment, scratch: &Scratch, lake_url: &str, total: u64, seed: u64) {
+/// The speed oracle of `total` events with the lake at `lake_url`, every process started with
+/// `extra_env` too. The caller holds `heavy()` (it may start the lake's store first).
+pub fn speed_oracle(
+    deployment: Deployment,
+    scratch: &Scratch,
+    lake_url: &str,
+    total: u64,
+    seed: u64,
+    extra_env: &[(&str, &str)],
+) {
     let broker = Kafka::start(scratch);
     broker.create_topic(TOPIC, PARTITIONS);
     let positions = scratch.path("positions.jsonl");
@@ -192,6 +199,7 @@ pub fn speed_oracle(deployment: Deployment, scratch: &Scratch, lake_url: &str, t
     // Apart, the serving layer reaches the speed layer over TLS, trusting the test's CA.
     let (ca, cert, key) = certificates(&scratch.0);
     let mut env = vec![("STRATA_KAFKA_BROKERS", broker.brokers.as_str())];
+    env.extend_from_slice(extra_env);
     if matches!(deployment, Deployment::Separate) {
         env.extend([
             ("STRATA_SPEED_TLS_CERT", cert.to_str().unwrap()),
@@ -340,7 +348,14 @@ fn speed_layer_equals_duckdb_through_kills_in_one_process() {
     let _heavy = crate::common::heavy();
     let scratch = Scratch::new("speed-run");
     let lake = scratch.path("lake");
-    speed_oracle(Deployment::OneProcess, &scratch, lake.to_str().unwrap(), events(), 11);
+    speed_oracle(
+        Deployment::OneProcess,
+        &scratch,
+        lake.to_str().unwrap(),
+        events(),
+        11,
+        &[],
+    );
 }
 
 #[test]
@@ -348,5 +363,12 @@ fn speed_layer_equals_duckdb_through_kills_with_serve_in_another_process() {
     let _heavy = crate::common::heavy();
     let scratch = Scratch::new("speed-separate");
     let lake = scratch.path("lake");
-    speed_oracle(Deployment::Separate, &scratch, lake.to_str().unwrap(), events(), 12);
+    speed_oracle(
+        Deployment::Separate,
+        &scratch,
+        lake.to_str().unwrap(),
+        events(),
+        12,
+        &[],
+    );
 }

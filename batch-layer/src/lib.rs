@@ -13,6 +13,7 @@
 //! Also here: [`import`], the backfill of history from files into raw tables.
 
 pub mod compact;
+pub mod engine;
 pub mod import;
 pub mod lease;
 pub mod recompute;
@@ -71,8 +72,8 @@ pub struct BatchLayer {
     sources: Vec<Arc<SourceSchema>>,
     views: Vec<ViewPlan>,
     cpu: CpuRuntime,
-    /// Recomputes run under its memory pool (batch.memory).
-    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+    /// Where recomputes run (locally under batch.memory's pool, or on Ballista).
+    engine: engine::Engine,
 }
 
 /// The share of the machine's memory a recompute may use, unless batch.memory says otherwise.
@@ -84,13 +85,14 @@ impl BatchLayer {
         let sources = config.sources.iter().map(SourceSchema::new).collect();
         let views = config.view_plans()?;
         let runtime = strata_core::session::runtime_with_memory(config.batch.memory, RECOMPUTE_MEMORY_SHARE)?;
+        let engine = engine::Engine::new(&config, runtime)?;
         Ok(BatchLayer {
             config,
             lake,
             sources,
             views,
             cpu,
-            runtime,
+            engine,
         })
     }
 
@@ -141,16 +143,8 @@ impl BatchLayer {
                 report.compactions.push(c);
             }
             for plan in self.views.iter().filter(|v| v.source == source.name) {
-                let v = recompute::recompute(
-                    &self.lake,
-                    raw.as_ref(),
-                    source,
-                    plan,
-                    options,
-                    &self.cpu,
-                    &self.runtime,
-                )
-                .await?;
+                let v = recompute::recompute(&self.lake, raw.as_ref(), source, plan, options, &self.cpu, &self.engine)
+                    .await?;
                 tracing::debug!(view = %v.view, outcome = ?v.outcome, "view");
                 report.views.push(v);
             }

@@ -27,10 +27,10 @@ use deltalake::protocol::SaveMode;
 use strata_core::executor::CpuRuntime;
 use strata_core::lake::{COMMIT_INFO_KEY, Lake, ViewCommit, ViewVersion, app_transactions, kafka_offsets};
 use strata_core::schema::{OFFSET, PARTITION, SourceSchema, TIMESTAMP_TZ, TOPIC};
-use strata_core::session::{new_context_with_runtime, session_config};
 use strata_core::view::{ViewPlan, WINDOW_START};
 use strata_core::{Error, Result};
 
+use crate::engine::Engine;
 use crate::writer_properties;
 
 /// A window-start range `[from, to)` in microseconds.
@@ -108,7 +108,7 @@ pub async fn recompute(
     plan: &ViewPlan,
     options: crate::RunOptions,
     cpu: &CpuRuntime,
-    runtime: &Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+    engine: &Engine,
 ) -> Result<ViewReport> {
     let started = Instant::now();
     let done = |outcome| ViewReport {
@@ -134,7 +134,7 @@ pub async fn recompute(
         return Ok(done(ViewOutcome::UpToDate { version }));
     }
 
-    let ctx = new_context_with_runtime(session_config(), runtime.clone())?;
+    let ctx = engine.context().await?;
     let mut commit = ViewCommit {
         fingerprint,
         raw_version,
@@ -143,11 +143,13 @@ pub async fn recompute(
     };
     let range = options.range.map(|r| align_range(plan, r));
     match (range, &latest) {
-        (None, _) => register_snapshot(&ctx, raw, source, &mut commit).await?,
-        (Some(range), Some(previous)) => register_range(&ctx, raw, source, plan, range, previous, &mut commit).await?,
+        (None, _) => register_snapshot(&ctx, engine, raw, source, &mut commit).await?,
+        (Some(range), Some(previous)) => {
+            register_range(&ctx, engine, raw, source, plan, range, previous, &mut commit).await?
+        }
         (Some(_), None) => return Err(Error::Internal("a range recompute without a published version".into())),
     }
-    let (schema, batches) = compute_states(&ctx, source, plan, range, cpu).await?;
+    let (schema, batches) = compute_states(&ctx, engine, source, plan, range, cpu).await?;
     commit.rows = batches.iter().map(|b| b.num_rows() as u64).sum();
     let table = match existing {
         Some(t) => t,
@@ -194,11 +196,12 @@ async fn published_is_current(
 /// exact count (from the log's statistics) and the archive's Kafka positions at this version.
 async fn register_snapshot(
     ctx: &SessionContext,
+    engine: &Engine,
     raw: &DeltaTable,
     source: &SourceSchema,
     commit: &mut ViewCommit,
 ) -> Result<()> {
-    let provider = strata_core::lake::table_provider(ctx, raw).await?;
+    let provider = engine.raw_events(ctx, raw, source).await?;
     ctx.register_table(&source.name, provider)?;
     let snapshot = raw.snapshot().map_err(|e| Error::lake("read the raw table state", e))?;
     commit.events = snapshot
@@ -213,8 +216,10 @@ async fn register_snapshot(
 /// Only the events of the windows in `range`, and of Kafka only what the published version
 /// already covers: windows outside the range still reflect the published version's snapshot,
 /// so the coverage stays that version's and the next full run sees the new data.
+#[allow(clippy::too_many_arguments)]
 async fn register_range(
     ctx: &SessionContext,
+    engine: &Engine,
     raw: &DeltaTable,
     source: &SourceSchema,
     plan: &ViewPlan,
@@ -222,7 +227,7 @@ async fn register_range(
     previous: &ViewVersion,
     commit: &mut ViewCommit,
 ) -> Result<()> {
-    let provider = strata_core::lake::table_provider(ctx, raw).await?;
+    let provider = engine.raw_events(ctx, raw, source).await?;
     let mut covered = ident(TOPIC).is_null();
     for (tp, next) in &previous.commit.offsets {
         covered = covered.or(ident(TOPIC)
@@ -249,6 +254,7 @@ async fn register_range(
 /// The view's states over the registered events (only the windows of `range`, if any).
 async fn compute_states(
     ctx: &SessionContext,
+    engine: &Engine,
     source: &SourceSchema,
     plan: &ViewPlan,
     range: Option<Range>,
@@ -271,7 +277,11 @@ async fn compute_states(
             "recompute",
             format!("needs more memory than the batch layer gives it (batch.memory): {why}; nothing was published"),
         ),
-        _ => Error::view(&plan.name, "recompute", format!("failed: {e}; nothing was published")),
+        _ => Error::view(
+            &plan.name,
+            "recompute",
+            format!("failed{}: {e}; nothing was published", engine.location()),
+        ),
     })?;
     Ok((schema, batches))
 }

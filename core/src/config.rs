@@ -126,6 +126,22 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         },
     },
     EnvOverride {
+        var: "STRATA_BATCH_ENGINE",
+        key: "batch.engine",
+        set: |c, v| {
+            c.batch.engine = v.parse()?;
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "STRATA_BATCH_SCHEDULER",
+        key: "batch.scheduler",
+        set: |c, v| {
+            c.batch.scheduler = Some(v.to_string());
+            Ok(())
+        },
+    },
+    EnvOverride {
         var: "STRATA_METRICS_ADDRESS",
         key: "ops.metrics_address",
         set: |c, v| {
@@ -492,6 +508,56 @@ pub struct BatchConfig {
     /// Default: half of the machine's memory.
     #[serde(default, deserialize_with = "de_opt_bytes")]
     pub memory: Option<u64>,
+    /// Where views are recomputed: in this process, or on a Ballista cluster.
+    #[serde(default)]
+    pub engine: BatchEngine,
+    /// The Ballista scheduler, `df://host:port` (with `engine = "ballista"`).
+    pub scheduler: Option<String>,
+}
+
+/// Where the batch layer recomputes views. Compaction and the publication (the atomic
+/// Delta commit with its coverage) stay with the batch process either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchEngine {
+    /// DataFusion in the batch process.
+    #[default]
+    Local,
+    /// A Ballista cluster (`strata scheduler` and `strata executor` processes).
+    Ballista,
+}
+
+impl std::str::FromStr for BatchEngine {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "local" => Ok(BatchEngine::Local),
+            "ballista" => Ok(BatchEngine::Ballista),
+            other => Err(format!(
+                "`{other}` is not an engine: expected \"local\" or \"ballista\""
+            )),
+        }
+    }
+}
+
+/// A Ballista scheduler's address, `df://host:port`: (host, port).
+pub fn parse_scheduler(text: &str) -> std::result::Result<(String, u16), String> {
+    let rest = text
+        .trim()
+        .strip_prefix("df://")
+        .ok_or_else(|| format!("`{text}` is not a scheduler address: expected df://host:port"))?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{text}` has no port: expected df://host:port"))?;
+    let port = port
+        .trim_end_matches('/')
+        .parse::<u16>()
+        .map_err(|e| format!("`{text}`: the port is not a number ({e}): expected df://host:port"))?;
+    if host.is_empty() {
+        return Err(format!("`{text}` has no host: expected df://host:port"));
+    }
+    Ok((host.to_string(), port))
 }
 
 fn default_small_file_mb() -> u64 {
@@ -509,6 +575,8 @@ impl Default for BatchConfig {
             small_file_mb: default_small_file_mb(),
             target_file_mb: default_target_file_mb(),
             memory: None,
+            engine: BatchEngine::Local,
+            scheduler: None,
         }
     }
 }
@@ -812,6 +880,18 @@ impl Config {
                 .map_err(|e| self.err(format!("views[{i}].sql"), e.to_string()))?;
         }
 
+        match (self.batch.engine, &self.batch.scheduler) {
+            (BatchEngine::Ballista, None) => {
+                return Err(self.err(
+                    "batch.scheduler",
+                    "is missing: engine = \"ballista\" needs the scheduler's address, df://host:port",
+                ));
+            }
+            (_, Some(scheduler)) => {
+                parse_scheduler(scheduler).map_err(|m| self.err("batch.scheduler", m))?;
+            }
+            (BatchEngine::Local, None) => {}
+        }
         match (&self.batch.interval, &self.batch.cron) {
             (Some(_), Some(_)) => {
                 return Err(self.err("batch", "set either `interval` or `cron`, not both"));
@@ -1171,6 +1251,42 @@ address = "127.0.0.1:50051"
     }
 
     #[test]
+    fn the_ballista_engine_needs_a_scheduler_address() {
+        let msg = parse_err(&format!("{GOOD}\n[batch]\nengine = \"ballista\"\n"));
+        assert!(msg.contains("batch.scheduler: is missing"), "{msg}");
+        let msg = parse_err(&format!(
+            "{GOOD}\n[batch]\nengine = \"ballista\"\nscheduler = \"127.0.0.1:50050\"\n"
+        ));
+        assert!(
+            msg.contains("batch.scheduler: `127.0.0.1:50050` is not a scheduler address"),
+            "{msg}"
+        );
+        let msg = parse_err(&format!("{GOOD}\n[batch]\nengine = \"spark\"\n"));
+        assert!(msg.contains("batch.engine"), "{msg}");
+        let env: BTreeMap<String, String> = [
+            ("STRATA_BATCH_ENGINE", "ballista"),
+            ("STRATA_BATCH_SCHEDULER", "df://sched:50050"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let c = Config::parse(GOOD, Path::new("strata.toml"), &env).unwrap();
+        assert_eq!(c.batch.engine, BatchEngine::Ballista);
+        assert_eq!(
+            parse_scheduler(c.batch.scheduler.as_deref().unwrap()).unwrap(),
+            ("sched".to_string(), 50050)
+        );
+        let bad: BTreeMap<String, String> = [("STRATA_BATCH_ENGINE".to_string(), "spark".to_string())].into();
+        let msg = Config::parse(GOOD, Path::new("strata.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("batch.engine (set by STRATA_BATCH_ENGINE): `spark` is not an engine"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn a_user_without_password_is_refused() {
         let text = format!("{GOOD}\n[[serve.auth.users]]\nusername = \"ana\"\npassword_env = \"ANA_PASSWORD\"\n");
         let msg = parse_err(&text);
@@ -1209,6 +1325,8 @@ mod example_tests {
             "cron",
             "small_file_mb",
             "target_file_mb",
+            "engine",
+            "scheduler",
             "address",
             "allow_unauthenticated_remote",
             "tls_cert",

@@ -1,11 +1,13 @@
 //! The subcommands, one file each: its flags and what it runs.
 
 pub mod batch;
+pub mod executor;
 pub mod generate;
 pub mod import;
 pub mod produce;
 pub mod query;
 pub mod run;
+pub mod scheduler;
 pub mod serve;
 pub mod speed;
 

@@ -50,6 +50,10 @@ enum Command {
     Serve(cmd::serve::Args),
     Speed(cmd::speed::Args),
     Run(cmd::run::Args),
+    /// A Ballista scheduler for the batch layer's recomputes on a cluster.
+    Scheduler(cmd::scheduler::Args),
+    /// A Ballista executor, running recompute tasks its scheduler gives it.
+    Executor(cmd::executor::Args),
     /// Strata working in one command: an in-process Kafka, a live clickstream, every layer,
     /// Flight SQL on 127.0.0.1:50051 and a live terminal view.
     Demo(demo::DemoArgs),
@@ -140,6 +144,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => cmd::serve::run(config, args).await,
         Command::Speed(args) => cmd::speed::run(config, args).await,
         Command::Run(args) => cmd::run::run(config, args).await,
+        Command::Scheduler(args) => cmd::scheduler::run(args).await,
+        Command::Executor(args) => cmd::executor::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Produce(args) => cmd::produce::run(config, args).await,
         Command::Query(args) => cmd::query::run(args).await,
