@@ -512,7 +512,7 @@ impl Catalog {
         }
         for status in statuses {
             for p in &status.partitions {
-                let row = rows.entry(TopicPartition::new(&p.topic, p.partition)).or_default();
+                let row = rows.entry(p.partition.clone()).or_default();
                 row.owners += 1;
                 if row
                     .owner
@@ -575,7 +575,7 @@ impl Catalog {
                     let mut max_event_time: Option<i64> = None;
                     for s in &statuses {
                         for p in s.partitions.iter().filter(|p| p.source == view.plan.source) {
-                            position.insert(TopicPartition::new(&p.topic, p.partition), p.consumed);
+                            position.insert(p.partition.clone(), p.consumed);
                             max_event_time = max_event_time.max(p.max_event_time);
                             late += p.late_events;
                         }
@@ -784,8 +784,8 @@ fn lake_predicate(ranges: &[LakeRange]) -> datafusion::prelude::Expr {
         .iter()
         .map(|r| {
             let mut e = col(TOPIC)
-                .eq(lit(r.topic.as_str()))
-                .and(col(PARTITION).eq(lit(r.partition)))
+                .eq(lit(r.partition.topic.as_str()))
+                .and(col(PARTITION).eq(lit(r.partition.partition)))
                 .and(col(OFFSET).gt_eq(lit(r.from)));
             if let Some(until) = r.until {
                 e = e.and(col(OFFSET).lt(lit(until)));

@@ -383,8 +383,7 @@ impl SpeedSource for SpeedLayer {
         let store = self.store.lock().expect("store lock");
         let mut partitions = store.partition_status();
         for p in &mut partitions {
-            let key = TopicPartition::new(&p.topic, p.partition);
-            if let Some(ps) = store.partitions.get(&key) {
+            if let Some(ps) = store.partitions.get(&p.partition) {
                 p.source = self.sources[ps.source].name.clone();
             }
         }
