@@ -13,6 +13,7 @@
 //! partition two speed layers report counts once, from the newest owner generation; offsets
 //! no speed layer holds come from the lake's archived raw events.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use arrow::array::RecordBatch;
@@ -66,8 +67,43 @@ impl Serialize for TopicPartition {
 
 impl<'de> Deserialize<'de> for TopicPartition {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let s = <Cow<'de, str>>::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde of a [`TopicPartition`] as two fields, `topic` and `partition`, for the messages
+/// that carry a partition flat among their own fields:
+/// `#[serde(flatten, with = "partition_fields")]`. (A partition on its own, or as a map key,
+/// is `topic/partition`.)
+pub mod partition_fields {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::TopicPartition;
+
+    #[derive(Serialize)]
+    struct Fields<'a> {
+        topic: &'a str,
+        partition: i32,
+    }
+
+    #[derive(Deserialize)]
+    struct OwnedFields {
+        topic: String,
+        partition: i32,
+    }
+
+    pub fn serialize<S: Serializer>(tp: &TopicPartition, s: S) -> Result<S::Ok, S::Error> {
+        Fields {
+            topic: &tp.topic,
+            partition: tp.partition,
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TopicPartition, D::Error> {
+        let OwnedFields { topic, partition } = OwnedFields::deserialize(d)?;
+        Ok(TopicPartition { topic, partition })
     }
 }
 
@@ -75,29 +111,59 @@ impl<'de> Deserialize<'de> for TopicPartition {
 pub type Offsets = BTreeMap<TopicPartition, i64>;
 
 /// The records of one partition at offsets `[start, end)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OffsetRange {
     pub partition: TopicPartition,
     pub start: i64,
     pub end: i64,
 }
 
-/// Which events of one partition a speed layer's states hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Which events of one partition a speed layer's states hold. In the Flight answer's
+/// headers it is flat, as it always was: `topic`, `partition`, `generation`, `from`, `until`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartRange {
-    pub topic: String,
-    pub partition: i32,
     /// The owner generation under which the speed layer holds the partition (raised by each
     /// new owner's claim in the lake): of two reports of a partition, the newer counts.
     pub generation: u64,
-    /// The states hold the events at offsets `[from, until)`.
-    pub from: i64,
-    pub until: i64,
+    /// The states hold the events at these offsets.
+    pub offsets: OffsetRange,
 }
 
-impl PartRange {
-    pub fn key(&self) -> TopicPartition {
-        TopicPartition::new(&self.topic, self.partition)
+/// A [`PartRange`] as it travels.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "PartRange")]
+struct PartRangeFields<'a> {
+    topic: Cow<'a, str>,
+    partition: i32,
+    generation: u64,
+    from: i64,
+    until: i64,
+}
+
+impl Serialize for PartRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        PartRangeFields {
+            topic: Cow::Borrowed(&self.offsets.partition.topic),
+            partition: self.offsets.partition.partition,
+            generation: self.generation,
+            from: self.offsets.start,
+            until: self.offsets.end,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for PartRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let f = PartRangeFields::deserialize(d)?;
+        Ok(PartRange {
+            generation: f.generation,
+            offsets: OffsetRange {
+                partition: TopicPartition::new(f.topic.into_owned(), f.partition),
+                start: f.from,
+                end: f.until,
+            },
+        })
     }
 }
 
@@ -136,8 +202,9 @@ pub struct SpeedStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PartitionStatus {
     pub source: String,
-    pub topic: String,
-    pub partition: i32,
+    /// Sent as the two fields `topic` and `partition`.
+    #[serde(flatten, with = "partition_fields")]
+    pub partition: TopicPartition,
     /// The owner generation this speed layer claimed the partition with.
     #[serde(default)]
     pub generation: u64,
@@ -225,5 +292,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(bad.contains("`x` is not a partition number"), "{bad}");
+    }
+
+    /// The speed layer's messages carry a partition as the two fields they always had.
+    #[test]
+    fn messages_carry_a_partition_as_topic_and_partition_fields() {
+        let range = PartRange {
+            generation: 3,
+            offsets: OffsetRange {
+                partition: TopicPartition::new("page.views", 2),
+                start: 10,
+                end: 20,
+            },
+        };
+        let json = serde_json::to_string(&range).unwrap();
+        assert_eq!(
+            json,
+            r#"{"topic":"page.views","partition":2,"generation":3,"from":10,"until":20}"#
+        );
+        assert_eq!(serde_json::from_str::<PartRange>(&json).unwrap(), range);
+        let status = PartitionStatus {
+            source: "views".into(),
+            partition: TopicPartition::new("page.views", 2),
+            generation: 3,
+            consumed: 20,
+            archived: 10,
+            high_watermark: Some(25),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&status).unwrap();
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"source":"views","topic":"page.views","partition":2,"generation":3,"consumed":20,"#,
+                r#""archived":10,"high_watermark":25,"max_event_time":null,"events":0,"rejected":0,"late_events":0}"#
+            )
+        );
+        assert_eq!(serde_json::from_str::<PartitionStatus>(&json).unwrap(), status);
+        // A status of a speed layer that did not send its generation yet.
+        let old = r#"{"source":"views","topic":"t","partition":0,"consumed":1,"archived":1,"high_watermark":null,
+            "max_event_time":null,"events":1,"rejected":0,"late_events":0}"#;
+        let old = serde_json::from_str::<PartitionStatus>(old).unwrap();
+        assert_eq!((old.partition, old.generation), (TopicPartition::new("t", 0), 0));
     }
 }

@@ -512,7 +512,7 @@ impl Catalog {
         }
         for status in statuses {
             for p in &status.partitions {
-                let row = rows.entry(TopicPartition::new(&p.topic, p.partition)).or_default();
+                let row = rows.entry(p.partition.clone()).or_default();
                 row.owners += 1;
                 if row
                     .owner
@@ -538,100 +538,62 @@ impl Catalog {
         let statuses = self.statuses().await;
         match table {
             SYSTEM_PARTITIONS => self.system_partitions(&statuses).await,
-            SYSTEM_LATENESS => {
-                let rows: Vec<(&str, &strata_core::speed::LatenessBucket)> = statuses
-                    .iter()
-                    .flat_map(|s| s.lateness.iter().map(move |l| (s.instance.as_str(), l)))
-                    .collect();
-                table_of(
-                    system_lateness_schema(),
-                    vec![
-                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
-                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.source.as_str()))),
-                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.view.as_str()))),
-                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.le.as_str()))),
-                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1.events as i64))),
-                    ],
-                )
+            SYSTEM_LATENESS => lateness_table(&statuses),
+            _ => self.system_freshness(&statuses).await,
+        }
+    }
+
+    /// One row per view: the batch version it is answered from, and how far the speed
+    /// layers are beyond it.
+    async fn system_freshness(&self, statuses: &[SpeedStatus]) -> Result<Arc<dyn TableProvider>> {
+        let mut rows = Vec::new();
+        for view in &self.views {
+            rows.push(self.freshness_row(view, statuses).await?);
+        }
+        freshness_table(&rows)
+    }
+
+    /// What the lake's newest batch version and every speed layer say of a view.
+    async fn freshness_row(&self, view: &ServedView, statuses: &[SpeedStatus]) -> Result<FreshnessRow> {
+        let url = self.lake.view_url(&view.plan.name);
+        let (batch_version, batch_ran_at, batch_coverage, batch_current) = match self.latest(&url).await? {
+            Some(t) => match Lake::latest_view_version(&t).await? {
+                Some(v) => (
+                    Some(v.version as i64),
+                    Some(v.commit.started_at),
+                    v.commit.offsets,
+                    Some(v.commit.fingerprint == view.plan.fingerprint()),
+                ),
+                None => (None, None, Offsets::new(), None),
+            },
+            None => (None, None, Offsets::new(), None),
+        };
+        let mut row = FreshnessRow {
+            view: view.plan.name.clone(),
+            batch_version,
+            batch_ran_at,
+            batch_coverage,
+            speed_position: Offsets::new(),
+            speed_generations: 0,
+            speed_states: 0,
+            speed_state_bytes: 0,
+            max_event_time: None,
+            late_events: 0,
+            batch_current,
+        };
+        for s in statuses {
+            for p in s.partitions.iter().filter(|p| p.source == view.plan.source) {
+                row.speed_position.insert(p.partition.clone(), p.consumed);
+                row.max_event_time = row.max_event_time.max(p.max_event_time);
+                row.late_events += p.late_events;
             }
-            _ => {
-                let mut rows = Vec::new();
-                for view in &self.views {
-                    let url = self.lake.view_url(&view.plan.name);
-                    let (version, ran_at, coverage, current) = match self.latest(&url).await? {
-                        Some(t) => match Lake::latest_view_version(&t).await? {
-                            Some(v) => (
-                                Some(v.version as i64),
-                                Some(v.commit.started_at),
-                                v.commit.offsets,
-                                Some(v.commit.fingerprint == view.plan.fingerprint()),
-                            ),
-                            None => (None, None, Offsets::new(), None),
-                        },
-                        None => (None, None, Offsets::new(), None),
-                    };
-                    let mut position = Offsets::new();
-                    let (mut generations, mut states, mut bytes, mut late) = (0, 0, 0, 0);
-                    let mut max_event_time: Option<i64> = None;
-                    for s in &statuses {
-                        for p in s.partitions.iter().filter(|p| p.source == view.plan.source) {
-                            position.insert(TopicPartition::new(&p.topic, p.partition), p.consumed);
-                            max_event_time = max_event_time.max(p.max_event_time);
-                            late += p.late_events;
-                        }
-                        for v in s.views.iter().filter(|v| v.view == view.plan.name) {
-                            generations += v.generations;
-                            states += v.state_rows;
-                            bytes += v.state_bytes;
-                        }
-                    }
-                    rows.push((
-                        view.plan.name.clone(),
-                        version,
-                        ran_at,
-                        coverage,
-                        position,
-                        generations,
-                        states,
-                        bytes,
-                        max_event_time,
-                        late,
-                        current,
-                    ));
-                }
-                table_of(
-                    system_freshness_schema(),
-                    vec![
-                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0.as_str()))),
-                        Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
-                        Arc::new(
-                            TimestampMicrosecondArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())
-                                .with_timezone(TIMESTAMP_TZ),
-                        ),
-                        Arc::new(StringArray::from_iter_values(
-                            rows.iter().map(|r| serde_json::to_string(&r.3).unwrap_or_default()),
-                        )),
-                        Arc::new(StringArray::from_iter_values(
-                            rows.iter().map(|r| serde_json::to_string(&r.4).unwrap_or_default()),
-                        )),
-                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.5 as i64))),
-                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.6 as i64))),
-                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.7 as i64))),
-                        Arc::new(Float64Array::from(
-                            rows.iter()
-                                .map(|r| (r.6 > 0).then(|| r.7 as f64 / r.6 as f64))
-                                .collect::<Vec<_>>(),
-                        )),
-                        Arc::new(
-                            TimestampMicrosecondArray::from(rows.iter().map(|r| r.8).collect::<Vec<_>>())
-                                .with_timezone(TIMESTAMP_TZ),
-                        ),
-                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.9 as i64))),
-                        Arc::new(BooleanArray::from(rows.iter().map(|r| r.10).collect::<Vec<_>>())),
-                    ],
-                )
+            for v in s.views.iter().filter(|v| v.view == view.plan.name) {
+                row.speed_generations += v.generations;
+                row.speed_states += v.state_rows;
+                row.speed_state_bytes += v.state_bytes;
             }
         }
+        Ok(row)
     }
 
     async fn system_view_versions(&self) -> Result<Arc<dyn TableProvider>> {
@@ -784,8 +746,8 @@ fn lake_predicate(ranges: &[LakeRange]) -> datafusion::prelude::Expr {
         .iter()
         .map(|r| {
             let mut e = col(TOPIC)
-                .eq(lit(r.topic.as_str()))
-                .and(col(PARTITION).eq(lit(r.partition)))
+                .eq(lit(r.partition.topic.as_str()))
+                .and(col(PARTITION).eq(lit(r.partition.partition)))
                 .and(col(OFFSET).gt_eq(lit(r.from)));
             if let Some(until) = r.until {
                 e = e.and(col(OFFSET).lt(lit(until)));
@@ -865,6 +827,82 @@ fn partitions_table(rows: &[(TopicPartition, PartitionRow<'_>)]) -> Result<Arc<d
                 rows.iter()
                     .map(|(_, r)| r.ownership.is_some_and(|o| o.alarm))
                     .collect::<Vec<_>>(),
+            )),
+        ],
+    )
+}
+
+/// `system.lateness`: every speed layer's lateness buckets.
+fn lateness_table(statuses: &[SpeedStatus]) -> Result<Arc<dyn TableProvider>> {
+    let rows: Vec<(&str, &strata_core::speed::LatenessBucket)> = statuses
+        .iter()
+        .flat_map(|s| s.lateness.iter().map(move |l| (s.instance.as_str(), l)))
+        .collect();
+    table_of(
+        system_lateness_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.source.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.view.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.le.as_str()))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1.events as i64))),
+        ],
+    )
+}
+
+/// A view's row of `system.freshness`.
+struct FreshnessRow {
+    view: String,
+    batch_version: Option<i64>,
+    batch_ran_at: Option<i64>,
+    batch_coverage: Offsets,
+    /// Over every speed layer: the next offset to consume of each partition of the view's
+    /// source.
+    speed_position: Offsets,
+    speed_generations: u64,
+    speed_states: u64,
+    speed_state_bytes: u64,
+    max_event_time: Option<i64>,
+    late_events: u64,
+    batch_current: Option<bool>,
+}
+
+/// `system.freshness` of its rows.
+fn freshness_table(rows: &[FreshnessRow]) -> Result<Arc<dyn TableProvider>> {
+    let count = |f: &dyn Fn(&FreshnessRow) -> u64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| f(r) as i64)))
+    };
+    let timestamps = |f: &dyn Fn(&FreshnessRow) -> Option<i64>| -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from(rows.iter().map(f).collect::<Vec<_>>()).with_timezone(TIMESTAMP_TZ))
+    };
+    table_of(
+        system_freshness_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.view.as_str()))),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.batch_version).collect::<Vec<_>>(),
+            )),
+            timestamps(&|r| r.batch_ran_at),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter()
+                    .map(|r| serde_json::to_string(&r.batch_coverage).unwrap_or_default()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter()
+                    .map(|r| serde_json::to_string(&r.speed_position).unwrap_or_default()),
+            )),
+            count(&|r| r.speed_generations),
+            count(&|r| r.speed_states),
+            count(&|r| r.speed_state_bytes),
+            Arc::new(Float64Array::from(
+                rows.iter()
+                    .map(|r| (r.speed_states > 0).then(|| r.speed_state_bytes as f64 / r.speed_states as f64))
+                    .collect::<Vec<_>>(),
+            )),
+            timestamps(&|r| r.max_event_time),
+            count(&|r| r.late_events),
+            Arc::new(BooleanArray::from(
+                rows.iter().map(|r| r.batch_current).collect::<Vec<_>>(),
             )),
         ],
     )

@@ -23,8 +23,7 @@ use strata_core::speed::{Offsets, PartRange, SpeedPart, TopicPartition};
 /// (`until` None: everything archived from `from` on).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LakeRange {
-    pub topic: String,
-    pub partition: i32,
+    pub partition: TopicPartition,
     pub from: i64,
     pub until: Option<i64>,
 }
@@ -56,11 +55,11 @@ pub fn compose(
 ) -> Composition {
     let mut chosen: BTreeMap<TopicPartition, SpeedPart> = BTreeMap::new();
     for part in parts {
-        if !topics.contains(&part.range.topic) {
+        if !topics.contains(&part.range.offsets.partition.topic) {
             continue;
         }
-        let key = part.range.key();
-        let newer = |p: &PartRange| (p.generation, p.until);
+        let key = part.range.offsets.partition.clone();
+        let newer = |p: &PartRange| (p.generation, p.offsets.end);
         match chosen.get(&key) {
             Some(held) if newer(&held.range) >= newer(&part.range) => {}
             _ => {
@@ -76,21 +75,20 @@ pub fn compose(
         let from = coverage.get(tp).copied().unwrap_or(0);
         if next > from {
             lake.push(LakeRange {
-                topic: tp.topic.clone(),
-                partition: tp.partition,
+                partition: tp.clone(),
                 from,
                 until: None,
             });
         }
     }
-    for part in chosen.values() {
-        let covered = coverage.get(&part.range.key()).copied().unwrap_or(0);
-        if part.range.from > covered {
+    for (tp, part) in &chosen {
+        let covered = coverage.get(tp).copied().unwrap_or(0);
+        let start = part.range.offsets.start;
+        if start > covered {
             lake.push(LakeRange {
-                topic: part.range.topic.clone(),
-                partition: part.range.partition,
+                partition: tp.clone(),
                 from: covered,
-                until: Some(part.range.from),
+                until: Some(start),
             });
         }
     }
@@ -102,16 +100,19 @@ pub fn compose(
 
 #[cfg(test)]
 mod tests {
+    use strata_core::speed::OffsetRange;
+
     use super::*;
 
     fn part(partition: i32, generation: u64, from: i64, until: i64) -> SpeedPart {
         SpeedPart {
             range: PartRange {
-                topic: "t".into(),
-                partition,
                 generation,
-                from,
-                until,
+                offsets: OffsetRange {
+                    partition: TopicPartition::new("t", partition),
+                    start: from,
+                    end: until,
+                },
             },
             batches: Vec::new(),
         }
@@ -120,14 +121,16 @@ mod tests {
     fn ranges(c: &Composition) -> Vec<(i32, u64, i64, i64)> {
         c.speed
             .iter()
-            .map(|p| (p.range.partition, p.range.generation, p.range.from, p.range.until))
+            .map(|p| {
+                let o = &p.range.offsets;
+                (o.partition.partition, p.range.generation, o.start, o.end)
+            })
             .collect()
     }
 
     fn lake(partition: i32, from: i64, until: Option<i64>) -> LakeRange {
         LakeRange {
-            topic: "t".into(),
-            partition,
+            partition: TopicPartition::new("t", partition),
             from,
             until,
         }
@@ -152,7 +155,7 @@ mod tests {
             part(9, 1, 0, 5),
         ];
         let mut parts = parts;
-        parts.last_mut().unwrap().range.topic = "other".into();
+        parts.last_mut().unwrap().range.offsets.partition.topic = "other".into();
         let c = compose(&topics, &coverage, &archived, parts);
         assert_eq!(ranges(&c), [(0, 4, 100, 300), (3, 1, 0, 0)]);
         // Partitions 1 and 2 are nobody's: archived events beyond the coverage.

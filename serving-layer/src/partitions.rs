@@ -149,12 +149,7 @@ pub async fn run(
         let mut owned = BTreeSet::new();
         let statuses = futures::future::join_all(speed.iter().map(|s| tokio::time::timeout(timeout, s.status()))).await;
         for status in statuses.into_iter().flatten().flatten() {
-            owned.extend(
-                status
-                    .partitions
-                    .into_iter()
-                    .map(|p| TopicPartition::new(p.topic, p.partition)),
-            );
+            owned.extend(status.partitions.into_iter().map(|p| p.partition));
         }
         let now = Instant::now();
         watch.observe(&all, &owned, now);

@@ -23,7 +23,9 @@ use strata_core::config::{Config, ViewConfig};
 use strata_core::executor::CpuRuntime;
 use strata_core::schema::{SourceSchema, TIMESTAMP_TZ, complete_raw_batch};
 use strata_core::session::{new_context, session_config};
-use strata_core::speed::{PartRange, PartitionStatus, SpeedPart, SpeedSource, SpeedStatus, TopicPartition};
+use strata_core::speed::{
+    OffsetRange, PartRange, PartitionStatus, SpeedPart, SpeedSource, SpeedStatus, TopicPartition,
+};
 use strata_core::status::df_status;
 use strata_core::view::ViewPlan;
 use strata_serving::Catalog;
@@ -106,11 +108,12 @@ impl SpeedSource for MemorySpeed {
         let from = coverage.get(&TopicPartition::new("events", 0)).copied().unwrap_or(0);
         Ok(vec![SpeedPart {
             range: PartRange {
-                topic: "events".into(),
-                partition: 0,
                 generation: 1,
-                from,
-                until: self.events.num_rows() as i64,
+                offsets: OffsetRange {
+                    partition: TopicPartition::new("events", 0),
+                    start: from,
+                    end: self.events.num_rows() as i64,
+                },
             },
             batches,
         }])
@@ -121,8 +124,7 @@ impl SpeedSource for MemorySpeed {
             instance: self.name(),
             partitions: vec![PartitionStatus {
                 source: "events".into(),
-                topic: "events".into(),
-                partition: 0,
+                partition: TopicPartition::new("events", 0),
                 generation: 1,
                 consumed: self.events.num_rows() as i64,
                 ..Default::default()

@@ -236,11 +236,12 @@ impl Aggregator {
                     if let Some(segment) = p.segments.back_mut().filter(|seg| seg.open) {
                         segment.open = false;
                         ranges.push(ArchiveRange {
-                            topic: p.topic.clone(),
-                            partition: p.partition,
                             generation: p.generation,
-                            start: segment.start,
-                            end: segment.end,
+                            offsets: OffsetRange {
+                                partition: p.partition.clone(),
+                                start: segment.start,
+                                end: segment.end,
+                            },
                         });
                         closed.push((key.clone(), segment.start));
                     }
@@ -317,10 +318,7 @@ impl Aggregator {
                         published[v] = Some(latest.commit.offsets);
                     } else {
                         tracing::info!(view = %plan.name, "the published batch version was computed under another definition: it is not used until the next batch run recomputes the view");
-                        let starts = mine
-                            .iter()
-                            .map(|a| (TopicPartition::new(&a.topic, a.partition), a.start))
-                            .collect();
+                        let starts = mine.iter().map(|a| (a.partition.clone(), a.start)).collect();
                         coverage[v] = Some((starts, raw.as_ref().and_then(|r| r.version()).unwrap_or(0)));
                     }
                 }
@@ -328,13 +326,15 @@ impl Aggregator {
             // Built aside, published at once: a query never sees a partition without its states.
             let mut fresh: BTreeMap<TopicPartition, PartitionStates> = BTreeMap::new();
             for a in &mine {
-                let key = TopicPartition::new(&a.topic, a.partition);
-                let mut p = new_partition(s, &a.topic, a.partition, a.start, views);
+                let mut p = new_partition(s, &a.partition, a.start, views);
                 p.generation = a.generation;
                 for (floor, covered) in p.floor.iter_mut().zip(&coverage) {
-                    *floor = covered.as_ref().and_then(|(o, _)| o.get(&key).copied()).unwrap_or(0);
+                    *floor = covered
+                        .as_ref()
+                        .and_then(|(o, _)| o.get(&a.partition).copied())
+                        .unwrap_or(0);
                 }
-                fresh.insert(key, p);
+                fresh.insert(a.partition.clone(), p);
             }
             if let Some(raw) = raw {
                 let latest = raw.version().unwrap_or(0);
@@ -393,11 +393,10 @@ impl Aggregator {
     }
 }
 
-fn new_partition(source: usize, topic: &str, partition: i32, archived: i64, views: usize) -> PartitionStates {
+fn new_partition(source: usize, partition: &TopicPartition, archived: i64, views: usize) -> PartitionStates {
     PartitionStates {
         source,
-        topic: topic.to_string(),
-        partition,
+        partition: partition.clone(),
         generation: 0,
         segments: VecDeque::new(),
         floor: vec![0; views],
@@ -470,13 +469,13 @@ fn archive_boundaries(
 ) -> BTreeMap<TopicPartition, Vec<i64>> {
     let mut boundaries = BTreeMap::new();
     for a in partitions {
-        let app = kafka_app_id(&TopicPartition::new(&a.topic, a.partition));
+        let app = kafka_app_id(&a.partition);
         let mut b: Vec<i64> = match history {
             Some(h) => h.iter().filter_map(|(_, txns)| txns.get(&app).copied()).collect(),
             None => vec![a.start],
         };
         b.dedup();
-        boundaries.insert(TopicPartition::new(&a.topic, a.partition), b);
+        boundaries.insert(a.partition.clone(), b);
     }
     boundaries
 }
@@ -493,22 +492,22 @@ fn recovery_exprs(
     let mut filter: Option<Expr> = None;
     let mut segment: Option<datafusion::logical_expr::conditional_expressions::CaseBuilder> = None;
     for a in partitions {
-        let key = TopicPartition::new(&a.topic, a.partition);
-        let from = coverage.and_then(|o| o.get(&key).copied()).unwrap_or(0);
+        let key = &a.partition;
+        let from = coverage.and_then(|o| o.get(key).copied()).unwrap_or(0);
         let until = a.start;
         if until <= from {
             continue;
         }
         let offset = || ident(OFFSET);
         let this = ident(TOPIC)
-            .eq(lit(a.topic.as_str()))
-            .and(ident(PARTITION).eq(lit(a.partition)));
+            .eq(lit(key.topic.as_str()))
+            .and(ident(PARTITION).eq(lit(key.partition)));
         let range = this.clone().and(offset().gt_eq(lit(from))).and(offset().lt(lit(until)));
         filter = Some(match filter {
             Some(f) => f.or(range),
             None => range,
         });
-        let mut ends = boundaries[&key].iter().filter(|b| **b > from);
+        let mut ends = boundaries[key].iter().filter(|b| **b > from);
         let numbered = match ends.next() {
             Some(first) => {
                 let mut case = when(offset().lt(lit(*first)), lit(*first));
@@ -541,10 +540,10 @@ fn end_recovered_segments(
     views: usize,
 ) {
     for a in partitions {
-        let key = TopicPartition::new(&a.topic, a.partition);
-        if let Some(p) = fresh.get_mut(&key) {
+        let key = &a.partition;
+        if let Some(p) = fresh.get_mut(key) {
             let floor = p.floor.iter().copied().min().unwrap_or(0);
-            let ends = boundaries[&key].iter().copied().chain([a.start]);
+            let ends = boundaries[key].iter().copied().chain([a.start]);
             for end in ends.filter(|e| *e > floor && *e <= a.start) {
                 segment_ending_at(p, end, views);
             }
@@ -579,7 +578,7 @@ fn add_states(
         let p = store
             .partitions
             .entry(key.clone())
-            .or_insert_with(|| new_partition(source, &key.topic, key.partition, *first, views));
+            .or_insert_with(|| new_partition(source, key, *first, views));
         let segment = p.open_segment(views);
         segment.end = *next;
         for (v, by_partition) in states {
@@ -827,11 +826,12 @@ mod tests {
             rejects.push(Origin::Kafka(position(offset)), b"{oops", "invalid JSON");
         }
         let range = |start, end| ArchiveRange {
-            topic: "clicks".into(),
-            partition: 0,
             generation: first[0].generation,
-            start,
-            end,
+            offsets: OffsetRange {
+                partition: TopicPartition::new("clicks", 0),
+                start,
+                end,
+            },
         };
         for (events, rejects, r) in [
             (vec![decoder.finish()], vec![], range(0, 100)),
@@ -861,8 +861,7 @@ mod tests {
         aggregator
             .assigned(vec![Assigned {
                 source: 0,
-                topic: "clicks".into(),
-                partition: 0,
+                partition: TopicPartition::new("clicks", 0),
                 generation: taken[0].generation,
                 start: taken[0].start,
             }])
@@ -888,7 +887,7 @@ mod tests {
     /// one view.
     fn store_with(states: Vec<RecordBatch>) -> Store {
         let mut store = Store::new(vec!["v".into()], vec![0]);
-        let mut p = new_partition(0, "t", 0, 0, 1);
+        let mut p = new_partition(0, &TopicPartition::new("t", 0), 0, 1);
         p.open_segment(1).states[0] = states;
         store.partitions.insert(TopicPartition::new("t", 0), p);
         store
@@ -936,7 +935,7 @@ mod tests {
         let (source, engines) = crate::fixtures::clicks_engines(&config).await;
         let views = engines.len();
         let key = TopicPartition::new("clicks", 0);
-        let mut p = new_partition(0, "clicks", 0, 0, views);
+        let mut p = new_partition(0, &key, 0, views);
         let mut expected = Vec::new();
         for round in 0..5i64 {
             let mut decoder = JsonDecoder::new(source.clone());

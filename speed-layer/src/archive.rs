@@ -37,7 +37,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use strata_core::lake::{AppTransactions, Lake, kafka_app_id, owner_app_id};
 use strata_core::metrics::{Counter, Histogram, SourceLabel, metrics};
 use strata_core::schema::{EVENT_DATE, PARTITION, SourceSchema, TOPIC, rejected, rejected_schema};
-use strata_core::speed::TopicPartition;
+use strata_core::speed::{OffsetRange, TopicPartition};
 use strata_core::{Error, Result};
 use tokio::sync::{mpsc, oneshot};
 
@@ -47,18 +47,8 @@ use crate::store::Store;
 /// The events of one partition in a flush, consumed under an owner generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveRange {
-    pub topic: String,
-    pub partition: i32,
     pub generation: u64,
-    pub start: i64,
-    /// Exclusive.
-    pub end: i64,
-}
-
-impl ArchiveRange {
-    pub fn key(&self) -> TopicPartition {
-        TopicPartition::new(&self.topic, self.partition)
-    }
+    pub offsets: OffsetRange,
 }
 
 /// What the archiver commits: the events and rejects of one source since the last flush,
@@ -85,16 +75,9 @@ pub enum ArchiveMessage {
 /// nothing was archived from yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
-    pub topic: String,
-    pub partition: i32,
+    pub partition: TopicPartition,
     pub generation: u64,
     pub start: i64,
-}
-
-impl Claim {
-    pub fn key(&self) -> TopicPartition {
-        TopicPartition::new(&self.topic, self.partition)
-    }
 }
 
 /// Claims partitions of `source` for this process in one commit to its raw table: each
@@ -123,8 +106,7 @@ pub async fn claim(
                 None => start_of(tp)?,
             };
             claims.push(Claim {
-                topic: tp.topic.clone(),
-                partition: tp.partition,
+                partition: tp.clone(),
                 generation: owner.max(0) as u64 + 1,
                 start,
             });
@@ -133,13 +115,13 @@ pub async fn claim(
             .iter()
             .flat_map(|c| {
                 [
-                    Transaction::new(owner_app_id(&c.key()), c.generation as i64),
-                    Transaction::new(kafka_app_id(&c.key()), c.start),
+                    Transaction::new(owner_app_id(&c.partition), c.generation as i64),
+                    Transaction::new(kafka_app_id(&c.partition), c.start),
                 ]
             })
             .collect();
         let info = serde_json::json!({ "claim": claims.iter().map(|c| serde_json::json!({
-            "partition": c.key(), "generation": c.generation, "start": c.start,
+            "partition": c.partition, "generation": c.generation, "start": c.start,
         })).collect::<Vec<_>>() });
         match strata_core::lake::append(&mut table, Vec::new(), actions, info).await {
             Ok(_) => return Ok(claims),
@@ -306,23 +288,22 @@ impl Archiver {
         };
         let mut to_write = Vec::new();
         for range in &job.ranges {
-            let owner = tables.raw_txns.get(&owner_app_id(&range.key()));
-            let at = tables.raw_txns.get(&kafka_app_id(&range.key()));
+            let o = &range.offsets;
+            let owner = tables.raw_txns.get(&owner_app_id(&o.partition));
+            let at = tables.raw_txns.get(&kafka_app_id(&o.partition));
             if owner != Some(range.generation as i64) {
-                tracing::warn!(source = %name, partition = %range.key(), generation = range.generation, lake_owner = ?owner,
-                    "another speed process owns this partition now: its flushed range [{}, {}) is left to it", range.start, range.end);
+                tracing::warn!(source = %name, partition = %o.partition, generation = range.generation, lake_owner = ?owner,
+                    "another speed process owns this partition now: its flushed range [{}, {}) is left to it", o.start, o.end);
                 outcome.fenced.push(range.clone());
-            } else if at.is_some_and(|at| at >= range.end) {
+            } else if at.is_some_and(|at| at >= o.end) {
                 // A commit that reported an error had landed.
                 outcome.archived.push(range.clone());
-            } else if at == Some(range.start) {
+            } else if at == Some(o.start) {
                 to_write.push(range.clone());
             } else {
                 return Err(Error::Internal(format!(
                     "raw.{name}: {} is archived up to {at:?} under this process's own generation {}, but its next flush starts at {}",
-                    range.key(),
-                    range.generation,
-                    range.start
+                    o.partition, range.generation, o.start
                 )));
             }
         }
@@ -342,10 +323,10 @@ impl Archiver {
     async fn write(&mut self, s: usize, job: &ArchiveJob, ranges: &[ArchiveRange]) -> Result<()> {
         let raw_schema = self.sources[s].raw.clone();
         let tables = self.tables(s).await?;
-        let keys: Vec<TopicPartition> = ranges.iter().map(ArchiveRange::key).collect();
+        let keys: Vec<TopicPartition> = ranges.iter().map(|r| r.offsets.partition.clone()).collect();
         let info = serde_json::json!({ "archive": {
             "ranges": ranges.iter().map(|r| serde_json::json!({
-                "partition": r.key(), "generation": r.generation, "from": r.start, "to": r.end,
+                "partition": r.offsets.partition, "generation": r.generation, "from": r.offsets.start, "to": r.offsets.end,
             })).collect::<Vec<_>>(),
         }});
         // Rejects not in the rejected table yet, as of its newest snapshot.
@@ -370,8 +351,9 @@ impl Archiver {
             let positions = ranges
                 .iter()
                 .map(|r| {
-                    let id = kafka_app_id(&r.key());
-                    let at = tables.rejected_txns.get(&id).map_or(r.end, |done| done.max(r.end));
+                    let id = kafka_app_id(&r.offsets.partition);
+                    let end = r.offsets.end;
+                    let at = tables.rejected_txns.get(&id).map_or(end, |done| done.max(end));
                     Transaction::new(id, at)
                 })
                 .collect();
@@ -392,8 +374,8 @@ impl Archiver {
             .iter()
             .flat_map(|r| {
                 [
-                    Transaction::new(kafka_app_id(&r.key()), r.end),
-                    Transaction::new(owner_app_id(&r.key()), r.generation as i64),
+                    Transaction::new(kafka_app_id(&r.offsets.partition), r.offsets.end),
+                    Transaction::new(owner_app_id(&r.offsets.partition), r.generation as i64),
                 ]
             })
             .collect();
@@ -409,18 +391,19 @@ impl Archiver {
         {
             let mut store = self.store.lock().expect("store lock");
             for r in ranges {
-                if let Some(ps) = store.partitions.get_mut(&r.key())
+                if let Some(ps) = store.partitions.get_mut(&r.offsets.partition)
                     && ps.generation == r.generation
                 {
-                    ps.archived = ps.archived.max(r.end);
+                    ps.archived = ps.archived.max(r.offsets.end);
                 }
             }
         }
         if let Some(consumer) = &self.consumer {
             let mut tpl = TopicPartitionList::new();
             for r in ranges {
+                let o = &r.offsets;
                 if tpl
-                    .add_partition_offset(&r.topic, r.partition, Offset::Offset(r.end))
+                    .add_partition_offset(&o.partition.topic, o.partition.partition, Offset::Offset(o.end))
                     .is_err()
                 {
                     continue;
@@ -533,7 +516,7 @@ mod tests {
             .await
             .unwrap()
             .into_iter()
-            .map(|c| (c.partition, c))
+            .map(|c| (c.partition.partition, c))
             .collect()
     }
 
@@ -572,11 +555,12 @@ mod tests {
             ranges: ranges
                 .iter()
                 .map(|&(partition, generation, start, end)| ArchiveRange {
-                    topic: TOPIC_NAME.to_string(),
-                    partition,
                     generation,
-                    start,
-                    end,
+                    offsets: OffsetRange {
+                        partition: TopicPartition::new(TOPIC_NAME, partition),
+                        start,
+                        end,
+                    },
                 })
                 .collect(),
         }
@@ -649,7 +633,7 @@ mod tests {
                 let txns = lost
                     .ranges
                     .iter()
-                    .map(|r| Transaction::new(kafka_app_id(&r.key()), r.end))
+                    .map(|r| Transaction::new(kafka_app_id(&r.offsets.partition), r.offsets.end))
                     .collect();
                 strata_core::lake::append(&mut tables.rejected, lost.rejects, txns, serde_json::json!({}))
                     .await
@@ -724,7 +708,8 @@ mod tests {
                 // A's stale range goes nowhere; its partition 1 (still A's) lands.
                 let done = archiver_a.commit(&in_flight).await.unwrap();
                 assert_eq!(done.fenced.len(), 1);
-                assert_eq!((done.fenced[0].partition, done.fenced[0].start), (0, 100));
+                let fenced = &done.fenced[0].offsets;
+                assert_eq!((fenced.partition.partition, fenced.start), (0, 100));
                 assert_eq!(done.archived.len(), 1);
             }
             let raw = positions(&lake, "raw").await;

@@ -64,8 +64,7 @@ pub enum Input {
 #[derive(Debug, Clone)]
 pub struct Assigned {
     pub source: usize,
-    pub topic: String,
-    pub partition: i32,
+    pub partition: TopicPartition,
     /// The owner generation of this process's claim.
     pub generation: u64,
     /// The next offset the lake holds (where consumption starts).
@@ -417,13 +416,12 @@ impl Poller {
             Rebalance::Assign(list) => {
                 let claims = self.assign(&list)?;
                 for c in &claims {
-                    next.start(TopicPartition::new(&c.topic, c.partition), c.start);
+                    next.start(c.partition.clone(), c.start);
                 }
                 let list = claims
                     .into_iter()
                     .map(|c| Assigned {
-                        source: topic_source[&c.topic],
-                        topic: c.topic,
+                        source: topic_source[&c.partition.topic],
                         partition: c.partition,
                         generation: c.generation,
                         start: c.start,
@@ -519,7 +517,7 @@ impl Poller {
         };
         let mut tpl = TopicPartitionList::new();
         for c in &claims {
-            tpl.add_partition_offset(&c.topic, c.partition, Offset::Offset(c.start))
+            tpl.add_partition_offset(&c.partition.topic, c.partition.partition, Offset::Offset(c.start))
                 .map_err(|e| Error::kafka("set a start offset", e))?;
         }
         let result = if self.cooperative() {
@@ -529,7 +527,7 @@ impl Poller {
         };
         result.map_err(|e| Error::kafka("assign partitions", e))?;
         tracing::info!(
-            partitions = ?claims.iter().map(|c| (TopicPartition::new(&c.topic, c.partition).to_string(), c.generation, c.start)).collect::<Vec<_>>(),
+            partitions = ?claims.iter().map(|c| (c.partition.to_string(), c.generation, c.start)).collect::<Vec<_>>(),
             "partitions assigned (generation, start)"
         );
         for c in &claims {
@@ -542,20 +540,21 @@ impl Poller {
     /// holds: records deleted by retention before they were consumed are lost, and a topic
     /// recreated (or truncated) below the lake's position has its records up to it skipped.
     fn check_start(&self, c: &Claim) {
+        let TopicPartition { topic, partition } = &c.partition;
         let Ok((low, high)) = self
             .consumer
-            .fetch_watermarks(&c.topic, c.partition, Duration::from_secs(5))
+            .fetch_watermarks(topic, *partition, Duration::from_secs(5))
         else {
             return;
         };
         let skipped = &metrics().offsets_out_of_range;
         if c.start < low {
             skipped.inc_by((low - c.start) as u64);
-            tracing::error!(topic = %c.topic, partition = c.partition, position = c.start, log_start = low,
+            tracing::error!(topic = %topic, partition = *partition, position = c.start, log_start = low,
                 "records between the lake's position and the partition's log start were deleted by retention before they were consumed: they are lost");
         } else if c.start > high {
             skipped.inc_by((c.start - high) as u64);
-            tracing::error!(topic = %c.topic, partition = c.partition, position = c.start, log_end = high,
+            tracing::error!(topic = %topic, partition = *partition, position = c.start, log_end = high,
                 "the lake's position is beyond the end of the partition (the topic was recreated or truncated): records below the position are skipped");
         }
     }

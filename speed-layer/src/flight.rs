@@ -377,17 +377,20 @@ impl SpeedSource for RemoteSpeed {
 
 #[cfg(test)]
 mod tests {
+    use strata_core::speed::{OffsetRange, TopicPartition};
+
     use super::*;
     use crate::fixtures::{int64_batch as batch, int64_values};
 
     fn header(partition: i32, rows: usize) -> PartHeader {
         PartHeader {
             range: PartRange {
-                topic: "t".into(),
-                partition,
                 generation: 1,
-                from: 0,
-                until: 10,
+                offsets: OffsetRange {
+                    partition: TopicPartition::new("t", partition),
+                    start: 0,
+                    end: 10,
+                },
             },
             rows,
         }
@@ -395,6 +398,19 @@ mod tests {
 
     fn values(part: &SpeedPart) -> Vec<i64> {
         int64_values(&part.batches)
+    }
+
+    /// An answer's headers are flat JSON, as speed and serving processes always exchanged
+    /// them.
+    #[test]
+    fn an_answer_header_is_flat() {
+        let json = serde_json::to_string(&header(2, 3)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"topic":"t","partition":2,"generation":1,"from":0,"until":10,"rows":3}"#
+        );
+        let back: PartHeader = serde_json::from_str(&json).unwrap();
+        assert_eq!((back.range, back.rows), (header(2, 3).range, 3));
     }
 
     #[test]

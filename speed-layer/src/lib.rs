@@ -80,19 +80,7 @@ impl SpeedLayer {
     pub async fn start(config: &Config, cpu: CpuRuntime) -> Result<Arc<SpeedLayer>> {
         let lake = Lake::new(&config.lake, config.base_dir())?;
         let sources: Vec<Arc<SourceSchema>> = config.sources.iter().map(SourceSchema::new).collect();
-        let plans = config.view_plans()?;
-        let mut engines = Vec::new();
-        let mut view_source = Vec::new();
-        for plan in plans {
-            let s = sources
-                .iter()
-                .position(|s| s.name == plan.source)
-                .ok_or_else(|| Error::Internal(format!("view {} without its source", plan.name)))?;
-            engines.push(Arc::new(
-                ViewEngine::new(plan, &sources[s].name, sources[s].raw.clone()).await?,
-            ));
-            view_source.push(s);
-        }
+        let (engines, view_source) = view_engines(config, &sources).await?;
         let views: Vec<String> = engines.iter().map(|e| e.plan.name.clone()).collect();
         let fingerprints: Vec<String> = engines.iter().map(|e| e.plan.fingerprint()).collect();
         let state_schemas = engines.iter().map(|e| e.state_schema.clone()).collect();
@@ -134,18 +122,7 @@ impl SpeedLayer {
             input_tx,
             stop.clone(),
         );
-        let (poller_failed, poller_stop) = (failed.clone(), stop.clone());
-        let poller = std::thread::Builder::new()
-            .name("strata-kafka".into())
-            .spawn(move || {
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poller.run()))
-                    .unwrap_or_else(|panic| Err(Error::Internal(format!("panicked: {}", panic_message(&*panic)))));
-                if let Err(e) = &result {
-                    fail("consumer", e, &poller_failed, &poller_stop);
-                }
-                result
-            })
-            .map_err(|e| Error::io("start the Kafka consumer thread", e))?;
+        let poller = spawn_poller(poller, failed.clone(), stop.clone())?;
         let refresher = tokio::spawn(refresh(
             lake,
             fingerprints,
@@ -210,6 +187,43 @@ impl SpeedLayer {
         tracing::info!("speed layer stopped: everything consumed is archived");
         Ok(())
     }
+}
+
+/// The engine of every view, and the index of each view's source.
+async fn view_engines(config: &Config, sources: &[Arc<SourceSchema>]) -> Result<(Vec<Arc<ViewEngine>>, Vec<usize>)> {
+    let mut engines = Vec::new();
+    let mut view_source = Vec::new();
+    for plan in config.view_plans()? {
+        let s = sources
+            .iter()
+            .position(|s| s.name == plan.source)
+            .ok_or_else(|| Error::Internal(format!("view {} without its source", plan.name)))?;
+        engines.push(Arc::new(
+            ViewEngine::new(plan, &sources[s].name, sources[s].raw.clone()).await?,
+        ));
+        view_source.push(s);
+    }
+    Ok((engines, view_source))
+}
+
+/// Runs the polling loop on a thread of its own; its failure, a panic included, is recorded
+/// and stops the speed layer, as [`watch`] does for the tasks.
+fn spawn_poller(
+    poller: Poller,
+    failed: Arc<Mutex<Option<String>>>,
+    stop: CancellationToken,
+) -> Result<std::thread::JoinHandle<Result<()>>> {
+    std::thread::Builder::new()
+        .name("strata-kafka".into())
+        .spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poller.run()))
+                .unwrap_or_else(|panic| Err(Error::Internal(format!("panicked: {}", panic_message(&*panic)))));
+            if let Err(e) = &result {
+                fail("consumer", e, &failed, &stop);
+            }
+            result
+        })
+        .map_err(|e| Error::io("start the Kafka consumer thread", e))
 }
 
 /// Records a task's failure, a panic included, and stops the speed layer (the process exits
@@ -383,8 +397,7 @@ impl SpeedSource for SpeedLayer {
         let store = self.store.lock().expect("store lock");
         let mut partitions = store.partition_status();
         for p in &mut partitions {
-            let key = TopicPartition::new(&p.topic, p.partition);
-            if let Some(ps) = store.partitions.get(&key) {
+            if let Some(ps) = store.partitions.get(&p.partition) {
                 p.source = self.sources[ps.source].name.clone();
             }
         }

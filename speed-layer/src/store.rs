@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use strata_core::speed::{
-    LATENESS_BUCKETS, Offsets, PartRange, PartitionStatus, SpeedPart, TopicPartition, ViewSpeedStatus,
+    LATENESS_BUCKETS, OffsetRange, Offsets, PartRange, PartitionStatus, SpeedPart, TopicPartition, ViewSpeedStatus,
 };
 use strata_core::{Error, Result};
 
@@ -59,8 +59,7 @@ impl Segment {
 #[derive(Debug)]
 pub struct PartitionStates {
     pub source: usize,
-    pub topic: String,
-    pub partition: i32,
+    pub partition: TopicPartition,
     /// The owner generation this process claimed the partition with.
     pub generation: u64,
     pub segments: VecDeque<Segment>,
@@ -75,10 +74,6 @@ pub struct PartitionStates {
 }
 
 impl PartitionStates {
-    pub fn key(&self) -> TopicPartition {
-        TopicPartition::new(&self.topic, self.partition)
-    }
-
     /// The next offset to consume.
     pub fn consumed(&self) -> i64 {
         self.segments.back().map_or(self.archived, |s| s.end)
@@ -138,7 +133,7 @@ impl Store {
             .ok_or_else(|| Error::Input(format!("the speed layer has no view named `{view}`")))?;
         let mut out = Vec::new();
         'partitions: for p in self.partitions.values().filter(|p| p.source == self.view_source[v]) {
-            let from = coverage.get(&p.key()).copied().unwrap_or(0).max(p.floor[v]);
+            let from = coverage.get(&p.partition).copied().unwrap_or(0).max(p.floor[v]);
             let mut batches = Vec::new();
             for s in &p.segments {
                 if s.end <= from && !s.open {
@@ -149,18 +144,19 @@ impl Store {
                     // this partition beyond what this one holds (it lost the partition and
                     // has not noticed yet): it has no exact states to offer, and says
                     // nothing of it (the newer owner, or the lake, answers for it).
-                    tracing::debug!(partition = %p.key(), from, segment = ?(s.start, s.end), view, "batch coverage inside a segment: not reporting the partition");
+                    tracing::debug!(partition = %p.partition, from, segment = ?(s.start, s.end), view, "batch coverage inside a segment: not reporting the partition");
                     continue 'partitions;
                 }
                 batches.extend(s.states[v].iter().cloned());
             }
             out.push(SpeedPart {
                 range: PartRange {
-                    topic: p.topic.clone(),
-                    partition: p.partition,
                     generation: p.generation,
-                    from,
-                    until: p.consumed().max(from),
+                    offsets: OffsetRange {
+                        partition: p.partition.clone(),
+                        start: from,
+                        end: p.consumed().max(from),
+                    },
                 },
                 batches,
             });
@@ -198,7 +194,7 @@ impl Store {
                     continue;
                 }
                 let Some(coverage) = coverage else { continue };
-                let covered = coverage.get(&p.key()).copied().unwrap_or(0);
+                let covered = coverage.get(&p.partition).copied().unwrap_or(0);
                 for s in p.segments.iter_mut().filter(|s| !s.open && s.end <= covered) {
                     if !s.states[v].is_empty() {
                         s.states[v] = Vec::new();
@@ -232,8 +228,7 @@ impl Store {
             .values()
             .map(|p| PartitionStatus {
                 source: String::new(),
-                topic: p.topic.clone(),
-                partition: p.partition,
+                partition: p.partition.clone(),
                 generation: p.generation,
                 consumed: p.consumed(),
                 archived: p.archived,
@@ -284,8 +279,7 @@ mod tests {
         let mut store = Store::new(vec!["v".into(), "w".into()], vec![0, 0]);
         let mut p = PartitionStates {
             source: 0,
-            topic: "t".into(),
-            partition: 0,
+            partition: TopicPartition::new("t", 0),
             generation: 7,
             segments: VecDeque::new(),
             floor: vec![100, 100],
@@ -308,7 +302,7 @@ mod tests {
         open.end = 600;
         open.states[0].push(batch(3));
         p.segments.push_back(open);
-        store.partitions.insert(p.key(), p);
+        store.partitions.insert(p.partition.clone(), p);
         store
     }
 
@@ -319,7 +313,7 @@ mod tests {
     fn range(parts: &[SpeedPart]) -> (u64, i64, i64) {
         assert_eq!(parts.len(), 1);
         let r = &parts[0].range;
-        (r.generation, r.from, r.until)
+        (r.generation, r.offsets.start, r.offsets.end)
     }
 
     #[test]
