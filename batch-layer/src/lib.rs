@@ -81,7 +81,7 @@ const RECOMPUTE_MEMORY_SHARE: f64 = 0.5;
 
 impl BatchLayer {
     pub fn new(config: Arc<Config>, cpu: CpuRuntime) -> Result<Self> {
-        let lake = Lake::new(&config.lake, config.base_dir())?;
+        let lake = Lake::new(&config.lake)?;
         let sources = config.sources.iter().map(SourceSchema::new).collect();
         let views = config.view_plans()?;
         let runtime = strata_core::session::runtime_with_memory(config.batch.memory, RECOMPUTE_MEMORY_SHARE)?;

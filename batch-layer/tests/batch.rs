@@ -89,7 +89,7 @@ fn events_file(dir: &Path, name: &str, start_ms: i64, step_ms: i64, n: usize, se
 const START_MS: i64 = 1_795_219_200_000; // 2026-11-21T00:00:00Z
 
 async fn import_files(config: &Config, files: &[PathBuf]) {
-    let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
+    let lake = Lake::new(&config.lake).unwrap();
     let source = SourceSchema::new(&config.sources[0]);
     for f in files {
         import(&lake, &source, std::slice::from_ref(f), 1_000_000, &|_| {})
@@ -100,7 +100,7 @@ async fn import_files(config: &Config, files: &[PathBuf]) {
 
 /// A view's finalized rows, sorted, as text.
 async fn view_rows(config: &Config, view: &str) -> String {
-    let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
+    let lake = Lake::new(&config.lake).unwrap();
     let plan = config
         .view_plans()
         .unwrap()
@@ -143,7 +143,7 @@ async fn compaction_changes_no_answer_even_for_a_query_already_running() {
         })
         .collect();
     import_files(&config, &files).await;
-    let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
+    let lake = Lake::new(&config.lake).unwrap();
     let source = SourceSchema::new(&config.sources[0]);
     let mut raw = lake.open(&lake.raw_url("clicks")).await.unwrap().unwrap();
     let files_before = raw.snapshot().unwrap().log_data().num_files();
@@ -322,7 +322,7 @@ async fn a_run_without_new_data_publishes_nothing_and_a_range_run_equals_a_full_
     assert_eq!(ranged_rows[1], view_rows(&config, "sliding").await);
 
     // The published versions say what they cover.
-    let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
+    let lake = Lake::new(&config.lake).unwrap();
     let table = lake.open(&lake.view_url("per_page")).await.unwrap().unwrap();
     let versions = Lake::view_versions(&table, 10).await.unwrap();
     assert_eq!(versions.len(), 3);
@@ -334,7 +334,7 @@ async fn a_run_without_new_data_publishes_nothing_and_a_range_run_equals_a_full_
 async fn a_second_batch_run_at_the_same_time_is_refused() {
     let scratch = Scratch::new("lease");
     let config = config(&scratch.0);
-    let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
+    let lake = Lake::new(&config.lake).unwrap();
     let held = strata_batch::lease::Lease::acquire(&lake).await.unwrap();
     let batch = BatchLayer::new(config.clone(), cpu()).unwrap();
     let err = batch.run_once(RunOptions::default()).await.unwrap_err().to_string();
@@ -349,7 +349,7 @@ async fn a_second_batch_run_at_the_same_time_is_refused() {
 async fn the_lease_of_a_killed_run_on_this_host_is_taken_over() {
     let scratch = Scratch::new("lease-killed");
     let config = config(&scratch.0);
-    let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
+    let lake = Lake::new(&config.lake).unwrap();
     // A child that has exited: its pid names no process any more.
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead = child.id();
@@ -454,7 +454,7 @@ async fn parquet_files_import_by_column_name_and_rows_without_a_usable_event_tim
     w.write(&batch).unwrap();
     w.close().unwrap();
 
-    let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
+    let lake = Lake::new(&config.lake).unwrap();
     let source = SourceSchema::new(&config.sources[0]);
     let report = import(&lake, &source, std::slice::from_ref(&path), 1_000_000, &|_| {})
         .await
@@ -535,7 +535,7 @@ async fn a_changed_source_schema_is_refused_not_mixed() {
         .replace("ms = \"int64\"", "ms = \"float64\"");
     std::fs::write(scratch.0.join("strata.toml"), changed).unwrap();
     let config = Config::load(&scratch.0.join("strata.toml")).unwrap();
-    let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
+    let lake = Lake::new(&config.lake).unwrap();
     let source = SourceSchema::new(&config.sources[0]);
     let file = events_file(&scratch.0, "b.jsonl", START_MS, 1000, 10, 1);
     let err = import(&lake, &source, &[file], 1_000_000, &|_| {})
@@ -570,7 +570,7 @@ async fn a_recompute_over_its_memory_limit_fails_naming_the_view_and_publishes_n
             && e.contains("nothing was published"),
         "{e}"
     );
-    let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
+    let lake = Lake::new(&config.lake).unwrap();
     assert!(lake.open(&lake.view_url("per_page")).await.unwrap().is_none());
     let batch = BatchLayer::new(config.clone(), cpu()).unwrap();
     let report = batch.run_once(RunOptions::default()).await.unwrap();

@@ -16,6 +16,8 @@ use serde::{Deserialize, Deserializer};
 
 use crate::duration::parse_duration;
 use crate::error::{Error, Result};
+use crate::lake::LakeUrl;
+use crate::tls::FlightEndpoint;
 
 /// A certificate chain and its private key, PEM, as read from the files the config names.
 #[derive(Clone)]
@@ -39,7 +41,9 @@ pub struct EnvOverride {
     set: fn(&mut Config, &str) -> std::result::Result<(), String>,
 }
 
-/// Environment variables that override keys of the file.
+/// Environment variables that override keys of the file. They are read here and nowhere
+/// else: a command takes these keys from the loaded [`Config`] (or from [`env_override`]
+/// when it can run without one), never from a flag's own `env`.
 pub const ENV_OVERRIDES: &[EnvOverride] = &[
     EnvOverride {
         var: "STRATA_LAKE_URL",
@@ -119,9 +123,10 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         set: |c, v| {
             c.serve.speed_endpoints = v
                 .split(',')
-                .map(|e| e.trim().to_string())
+                .map(str::trim)
                 .filter(|e| !e.is_empty())
-                .collect();
+                .map(|e| FlightEndpoint::parse(e).map_err(|m| format!("`{e}`: {m}")))
+                .collect::<std::result::Result<Vec<_>, String>>()?;
             Ok(())
         },
     },
@@ -190,6 +195,14 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         },
     },
 ];
+
+/// The value the process's environment gives the dotted `key` through [`ENV_OVERRIDES`],
+/// read as [`Config::load`] reads it (an unset or empty variable gives none): for a command
+/// that also runs without a config file when the environment says enough.
+pub fn env_override(key: &str) -> Option<String> {
+    let o = ENV_OVERRIDES.iter().find(|o| o.key == key)?;
+    std::env::var(o.var).ok().filter(|v| !v.is_empty())
+}
 
 /// An address to listen on: `IP:PORT`.
 pub fn parse_address(text: &str) -> std::result::Result<SocketAddr, String> {
@@ -337,13 +350,51 @@ pub struct OpsConfig {
 #[serde(deny_unknown_fields)]
 pub struct LakeConfig {
     /// `file:///abs/path`, a plain path (relative to the config file), `s3://bucket/prefix`
-    /// or `hdfs://namenode:port/path`.
+    /// or `hdfs://namenode:port/path`, as written; [`LakeConfig::root`] is its parsed form.
     pub url: String,
+    /// `url` parsed when the configuration is loaded.
+    #[serde(skip)]
+    root: Option<LakeUrl>,
     #[serde(default)]
     pub s3: S3Config,
     /// Extra storage options passed to the object store as they are.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+}
+
+impl LakeConfig {
+    /// A lake at `url` (a relative path is taken from `base`), without S3 settings or
+    /// options; the error says what is wrong with `url`.
+    pub fn new(url: &str, base: &Path) -> std::result::Result<Self, String> {
+        let mut lake = LakeConfig {
+            url: url.to_string(),
+            root: None,
+            s3: S3Config::default(),
+            options: BTreeMap::new(),
+        };
+        lake.resolve(base)?;
+        Ok(lake)
+    }
+
+    /// Parses `url` into the lake's root, a relative path taken from `base`.
+    fn resolve(&mut self, base: &Path) -> std::result::Result<(), String> {
+        if self.url.trim().is_empty() {
+            let expected = "expected file:///path, s3://bucket/prefix or hdfs://host:port/path";
+            return Err(format!("must not be empty: {expected}"));
+        }
+        self.root = Some(LakeUrl::parse(&self.url, base)?);
+        Ok(())
+    }
+
+    /// The lake's location: `url` as parsed when the configuration was loaded.
+    pub fn root(&self) -> Result<&LakeUrl> {
+        self.root.as_ref().ok_or_else(|| {
+            Error::Internal(format!(
+                "lake.url `{}` was not parsed: a LakeConfig comes from Config::load, Config::parse or LakeConfig::new",
+                self.url
+            ))
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -607,9 +658,10 @@ pub struct ServeConfig {
     #[serde(default)]
     pub speed_tls_ca: Option<PathBuf>,
     /// Speed layers to merge with (Flight endpoints of `strata speed`, e.g.
-    /// "http://127.0.0.1:50052"). `strata run` merges with its own speed layer.
+    /// "http://127.0.0.1:50052"), parsed when the file is read. `strata run` merges with its
+    /// own speed layer.
     #[serde(default)]
-    pub speed_endpoints: Vec<String>,
+    pub speed_endpoints: Vec<FlightEndpoint>,
     /// How long a speed layer may take to hand over its states for a query; past it, its
     /// partitions are answered from the lake's archived events.
     #[serde(default = "default_speed_timeout", deserialize_with = "de_duration")]
@@ -777,6 +829,9 @@ impl Config {
         })?;
         config.file = file.to_path_buf();
         config.apply_env(env)?;
+        // Parsed once, here: the lake's root, a relative path taken from the file's directory.
+        let base = config.base_dir().to_path_buf();
+        config.lake.resolve(&base).map_err(|m| config.err("lake.url", m))?;
         config.validate()?;
         Ok(config)
     }
@@ -802,18 +857,23 @@ impl Config {
         Error::config(&self.file, key, message)
     }
 
-    /// Checks what serde cannot: names, references between keys, schemas, schedules.
+    /// Checks what serde cannot: names, references between keys, schemas, schedules. The
+    /// first mistake found is reported, in the order of the checks here.
     fn validate(&self) -> Result<()> {
-        if self.lake.url.trim().is_empty() {
-            return Err(self.err(
-                "lake.url",
-                "must not be empty: expected file:///path, s3://bucket/prefix or hdfs://host:port/path",
-            ));
-        }
-        crate::lake::LakeUrl::parse(&self.lake.url, self.base_dir()).map_err(|m| self.err("lake.url", m))?;
         self.tls_paths("serve")?;
         self.tls_paths("speed")?;
+        self.check_sources()?;
+        self.check_views()?;
+        self.check_batch()?;
+        self.check_speed()?;
+        self.check_kafka()?;
+        self.check_topics()?;
+        self.check_users()?;
+        Ok(())
+    }
 
+    /// Each source: a valid name not used by another, its schema and its event time.
+    fn check_sources(&self) -> Result<()> {
         let mut names = std::collections::HashSet::new();
         for (i, source) in self.sources.iter().enumerate() {
             let key = |k: &str| format!("sources[{i}].{k}");
@@ -824,48 +884,62 @@ impl Config {
                     format!("a source named `{}` is already defined", source.name),
                 ));
             }
-            if source.schema.is_empty() {
-                return Err(self.err(key("schema"), "must list at least one column: name = \"type\""));
-            }
-            for column in source.schema.keys() {
-                check_identifier(column).map_err(|m| self.err(key(&format!("schema.{column}")), m))?;
-                if crate::schema::RESERVED_COLUMNS.contains(&column.as_str()) {
-                    return Err(self.err(
-                        key(&format!("schema.{column}")),
-                        format!(
-                            "`{column}` is reserved by Strata (reserved: {}); rename the column",
-                            crate::schema::RESERVED_COLUMNS.join(", ")
-                        ),
-                    ));
-                }
-            }
-            match source.schema.get(&source.event_time.column) {
-                Some(ColumnType::Timestamp) => {}
-                Some(other) => {
-                    return Err(self.err(
-                        key("event_time.column"),
-                        format!(
-                            "column `{}` has type {other}; the event-time column must have type timestamp",
-                            source.event_time.column
-                        ),
-                    ));
-                }
-                None => {
-                    return Err(self.err(
-                        key("event_time.column"),
-                        format!(
-                            "`{}` is not a column of the schema (columns: {})",
-                            source.event_time.column,
-                            source.schema.keys().cloned().collect::<Vec<_>>().join(", ")
-                        ),
-                    ));
-                }
-            }
+            self.check_schema(i, source)?;
+            self.check_event_time(i, source)?;
             if source.max_record_bytes == 0 {
                 return Err(self.err(key("max_record_bytes"), "must be greater than 0"));
             }
         }
+        Ok(())
+    }
 
+    /// A source's schema (`sources[i]`): at least one column, each a valid name that Strata
+    /// does not reserve.
+    fn check_schema(&self, i: usize, source: &SourceConfig) -> Result<()> {
+        let key = |k: &str| format!("sources[{i}].{k}");
+        if source.schema.is_empty() {
+            return Err(self.err(key("schema"), "must list at least one column: name = \"type\""));
+        }
+        for column in source.schema.keys() {
+            check_identifier(column).map_err(|m| self.err(key(&format!("schema.{column}")), m))?;
+            if crate::schema::RESERVED_COLUMNS.contains(&column.as_str()) {
+                return Err(self.err(
+                    key(&format!("schema.{column}")),
+                    format!(
+                        "`{column}` is reserved by Strata (reserved: {}); rename the column",
+                        crate::schema::RESERVED_COLUMNS.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A source's event-time column (`sources[i]`): a column of its schema, of type timestamp.
+    fn check_event_time(&self, i: usize, source: &SourceConfig) -> Result<()> {
+        let key = |k: &str| format!("sources[{i}].{k}");
+        match source.schema.get(&source.event_time.column) {
+            Some(ColumnType::Timestamp) => Ok(()),
+            Some(other) => Err(self.err(
+                key("event_time.column"),
+                format!(
+                    "column `{}` has type {other}; the event-time column must have type timestamp",
+                    source.event_time.column
+                ),
+            )),
+            None => Err(self.err(
+                key("event_time.column"),
+                format!(
+                    "`{}` is not a column of the schema (columns: {})",
+                    source.event_time.column,
+                    source.schema.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// Each view: a valid name not used by another, and SQL the engine can maintain.
+    fn check_views(&self) -> Result<()> {
         let mut view_names = std::collections::HashSet::new();
         for (i, view) in self.views.iter().enumerate() {
             check_identifier(&view.name).map_err(|m| self.err(format!("views[{i}].name"), m))?;
@@ -879,7 +953,12 @@ impl Config {
             crate::view::ViewPlan::compile(view, &self.sources)
                 .map_err(|e| self.err(format!("views[{i}].sql"), e.to_string()))?;
         }
+        Ok(())
+    }
 
+    /// `[batch]`: one schedule at most (a positive interval or a cron expression), and a
+    /// target file size, and with the Ballista engine a scheduler address.
+    fn check_batch(&self) -> Result<()> {
         match (self.batch.engine, &self.batch.scheduler) {
             (BatchEngine::Ballista, None) => {
                 return Err(self.err(
@@ -907,10 +986,19 @@ impl Config {
         if self.batch.target_file_mb == 0 {
             return Err(self.err("batch.target_file_mb", "must be greater than 0"));
         }
+        Ok(())
+    }
 
+    /// `[speed]`: a flush size.
+    fn check_speed(&self) -> Result<()> {
         if self.speed.flush_rows == 0 {
             return Err(self.err("speed.flush_rows", "must be greater than 0"));
         }
+        Ok(())
+    }
+
+    /// `[kafka]`: brokers and a group, and no property that Strata sets itself.
+    fn check_kafka(&self) -> Result<()> {
         if self.kafka.brokers.trim().is_empty() {
             return Err(self.err("kafka.brokers", "must list at least one host:port"));
         }
@@ -931,6 +1019,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// A Kafka topic is read by one source only.
+    fn check_topics(&self) -> Result<()> {
         let mut topics = std::collections::HashMap::new();
         for (i, source) in self.sources.iter().enumerate() {
             for t in &source.topics {
@@ -942,6 +1035,11 @@ impl Config {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Every user of `serve.auth.users` has a password (set, or read from its variable).
+    fn check_users(&self) -> Result<()> {
         for (i, user) in self.serve.auth.users.iter().enumerate() {
             if user.password.is_none() {
                 let why = match &user.password_env {
@@ -957,7 +1055,6 @@ impl Config {
         Ok(())
     }
 
-    /// The directory relative lake paths are resolved against: the config file's.
     /// The certificate and key files `section` (`serve` or `speed`) serves TLS with, as set
     /// by `<section>.tls_cert` and `<section>.tls_key`: none when neither is, an error naming
     /// the key that is missing when only one is.
@@ -1014,6 +1111,8 @@ impl Config {
             .map_err(|e| self.err("serve.speed_tls_ca", format!("cannot read `{}`: {e}", path.display())))
     }
 
+    /// The directory relative paths (the lake's, TLS files) are resolved against: the config
+    /// file's.
     pub fn base_dir(&self) -> &Path {
         self.file
             .parent()
@@ -1282,6 +1381,41 @@ address = "127.0.0.1:50051"
             .to_string();
         assert!(
             msg.contains("batch.engine (set by STRATA_BATCH_ENGINE): `spark` is not an engine"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_lake_and_the_speed_endpoints_are_parsed_at_load() {
+        let c = parse(&GOOD.replace("file:///tmp/lake", "lake")).unwrap();
+        assert_eq!(c.lake.root().unwrap().url().as_str(), "file:///etc/strata/lake/");
+        let msg = parse_err(&GOOD.replace("file:///tmp/lake", "ftp://x/y"));
+        assert!(msg.contains("lake.url: unsupported scheme `ftp://`"), "{msg}");
+
+        let endpoints = "speed_endpoints = [\"grpc+tls://speed:50052\", \"10.0.0.2:50052\"]";
+        let text = GOOD.replace("[serve]\n", &format!("[serve]\n{endpoints}\n"));
+        let c = parse(&text).unwrap();
+        let endpoints = &c.serve.speed_endpoints;
+        assert_eq!(endpoints.len(), 2);
+        assert!(endpoints[0].is_tls() && !endpoints[1].is_tls());
+        assert_eq!(endpoints[0].url(), "https://speed:50052");
+        assert_eq!(endpoints[1].url(), "http://10.0.0.2:50052");
+        let msg = parse_err(&GOOD.replace("[serve]\n", "[serve]\nspeed_endpoints = [\"speed one:50052\"]\n"));
+        assert!(msg.contains("serve.speed_endpoints"), "{msg}");
+        assert!(
+            msg.contains("`speed one:50052`: `http://speed one:50052` is not an endpoint URL"),
+            "{msg}"
+        );
+        let env: BTreeMap<String, String> = [(
+            "STRATA_SPEED_ENDPOINTS".to_string(),
+            "speed:50052, speed two:50052".to_string(),
+        )]
+        .into();
+        let msg = Config::parse(GOOD, Path::new("strata.toml"), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("serve.speed_endpoints (set by STRATA_SPEED_ENDPOINTS): `speed two:50052`: "),
             "{msg}"
         );
     }

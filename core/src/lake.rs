@@ -152,9 +152,10 @@ pub struct Lake {
 }
 
 impl Lake {
-    pub fn new(config: &LakeConfig, base: &Path) -> Result<Self> {
+    /// The lake of `config`, at the root parsed when the configuration was loaded.
+    pub fn new(config: &LakeConfig) -> Result<Self> {
         register_object_stores();
-        let root = LakeUrl::parse(&config.url, base).map_err(Error::Input)?;
+        let root = config.root()?.clone();
         let mut options: HashMap<String, String> = config.options.clone().into_iter().collect();
         let s3 = &config.s3;
         let mut set = |k: &str, v: &Option<String>| {
@@ -723,12 +724,8 @@ mod tests {
 
         let dir = std::env::temp_dir().join(format!("strata-limit-kept-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let config = LakeConfig {
-            url: dir.to_str().unwrap().to_string(),
-            s3: Default::default(),
-            options: Default::default(),
-        };
-        let lake = Lake::new(&config, &dir).unwrap();
+        let config = LakeConfig::new(dir.to_str().unwrap(), &dir).unwrap();
+        let lake = Lake::new(&config).unwrap();
         let schema: SchemaRef = Arc::new(Schema::new(vec![
             Field::new("n", DataType::Int64, false),
             Field::new("day", DataType::Utf8, false),

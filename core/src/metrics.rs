@@ -123,7 +123,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Every metric, registered in a registry of its own.
+    /// Every metric, registered in a registry of its own, component after component (the
+    /// order they are rendered in).
     pub fn new() -> Self {
         let mut m = Metrics {
             registry: Registry::default(),
@@ -147,95 +148,124 @@ impl Metrics {
             partitions_unowned: Gauge::default(),
             speed_unavailable: Counter::default(),
         };
-        let r = &mut m.registry;
+        m.register_consumer();
+        m.register_speed();
+        m.register_archive();
+        m.register_batch();
+        m.register_serving();
+        m
+    }
+
+    /// The speed layer's Kafka consumer: what it consumed, rejected, skipped, and its lag.
+    fn register_consumer(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "strata_events_consumed",
             "Valid events consumed from Kafka.",
-            m.events_consumed.clone(),
+            self.events_consumed.clone(),
         );
         r.register(
             "strata_events_rejected",
             "Records rejected (unparsable, wrong type, no event time, too large).",
-            m.events_rejected.clone(),
+            self.events_rejected.clone(),
         );
         r.register(
             "strata_kafka_delay_seconds",
             "From a record's Kafka timestamp (its produce, under CreateTime) to its consumption.",
-            m.kafka_delay.clone(),
+            self.kafka_delay.clone(),
         );
         r.register(
             "strata_consumer_offsets_out_of_range",
             "Offsets between a partition's position in the lake and what Kafka holds, never consumed (retention deleted them, or the topic was recreated).",
-            m.offsets_out_of_range.clone(),
+            self.offsets_out_of_range.clone(),
         );
         r.register(
             "strata_consumer_lag",
             "Messages in Kafka not yet consumed.",
-            m.consumer_lag.clone(),
+            self.consumer_lag.clone(),
         );
+    }
+
+    /// The speed layer's views: freshness, micro-batches, and the states held.
+    fn register_speed(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "strata_speed_visible_seconds",
             "From an event's consumption to its visibility in queries.",
-            m.speed_visible.clone(),
+            self.speed_visible.clone(),
         );
         r.register(
             "strata_speed_batch_seconds",
             "Time to compute the view states of a micro-batch and publish them.",
-            m.speed_batch.clone(),
+            self.speed_batch.clone(),
         );
         r.register(
             "strata_speed_generations",
             "Speed-layer generations held.",
-            m.speed_generations.clone(),
+            self.speed_generations.clone(),
         );
         r.register(
             "strata_speed_states",
             "Live (window, group) states in the speed layer.",
-            m.speed_states.clone(),
+            self.speed_states.clone(),
         );
         r.register(
             "strata_speed_state_bytes",
             "Memory of the speed layer's states.",
-            m.speed_state_bytes.clone(),
+            self.speed_state_bytes.clone(),
         );
+    }
+
+    /// The speed layer's archive to the lake: commits, failures, fencing.
+    fn register_archive(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "strata_archive_commit_seconds",
             "Time to commit a flush of consumed events to the lake.",
-            m.archive_commit.clone(),
+            self.archive_commit.clone(),
         );
         r.register(
             "strata_archive_failures",
             "Archive commits that failed (and were retried).",
-            m.archive_failures.clone(),
+            self.archive_failures.clone(),
         );
         r.register(
             "strata_archive_fenced",
             "Archive ranges not committed because another speed process owns their partition now.",
-            m.archive_fenced.clone(),
+            self.archive_fenced.clone(),
         );
-        r.register("strata_batch_runs", "Batch runs.", m.batch_runs.clone());
+    }
+
+    /// The batch layer's runs.
+    fn register_batch(&mut self) {
+        let r = &mut self.registry;
+        r.register("strata_batch_runs", "Batch runs.", self.batch_runs.clone());
         r.register(
             "strata_batch_run_seconds",
             "Duration of batch runs.",
-            m.batch_run_seconds.clone(),
+            self.batch_run_seconds.clone(),
         );
-        r.register("strata_queries", "Queries answered.", m.queries.clone());
+    }
+
+    /// The serving layer: queries, and the partitions and speed layers it misses.
+    fn register_serving(&mut self) {
+        let r = &mut self.registry;
+        r.register("strata_queries", "Queries answered.", self.queries.clone());
         r.register(
             "strata_query_seconds",
             "Time from a query's arrival to its last batch.",
-            m.query_seconds.clone(),
+            self.query_seconds.clone(),
         );
         r.register(
             "strata_partitions_unowned",
             "Kafka partitions of the sources no live speed process has owned for longer than serve.unowned_partition_grace.",
-            m.partitions_unowned.clone(),
+            self.partitions_unowned.clone(),
         );
         r.register(
             "strata_speed_unavailable",
             "Queries whose speed layer did not answer: its partitions came from the lake.",
-            m.speed_unavailable.clone(),
+            self.speed_unavailable.clone(),
         );
-        m
     }
 
     /// Every metric in the OpenMetrics text format.

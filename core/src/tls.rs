@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use futures::Stream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde::{Deserialize, Deserializer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -240,36 +241,36 @@ impl tower::Service<tonic::codegen::http::Uri> for TlsConnect {
     }
 }
 
-/// The tonic endpoint for `url` (from [`endpoint_url`]), and for `https://` the TLS
-/// connector that reaches it, trusting `ca` or the system's roots.
+/// The tonic endpoint of `endpoint`, and for a TLS one the connector that reaches it,
+/// trusting `ca` or the system's roots.
 fn prepare(
-    url: &str,
+    endpoint: &FlightEndpoint,
     ca: Option<&[u8]>,
     timeout: std::time::Duration,
 ) -> Result<(Endpoint, Option<TlsConnect>), String> {
-    // tonic sees plaintext HTTP/2 either way: the connector does the TLS.
-    let endpoint = Endpoint::from_shared(url.replacen("https://", "http://", 1))
-        .map_err(|e| format!("`{url}` is not an endpoint URL: {e}"))?
-        .connect_timeout(timeout);
-    let tls = if is_tls(url) {
+    let tls = if endpoint.is_tls() {
         Some(TlsConnect(connector(ca)?))
     } else {
         None
     };
-    Ok((endpoint, tls))
+    Ok((endpoint.endpoint.clone().connect_timeout(timeout), tls))
 }
 
-/// A channel to `url` that connects on first use.
-pub fn channel(url: &str, ca: Option<&[u8]>, timeout: std::time::Duration) -> Result<Channel, String> {
-    Ok(match prepare(url, ca, timeout)? {
+/// A channel to `endpoint` that connects on first use.
+pub fn channel(endpoint: &FlightEndpoint, ca: Option<&[u8]>, timeout: std::time::Duration) -> Result<Channel, String> {
+    Ok(match prepare(endpoint, ca, timeout)? {
         (endpoint, Some(tls)) => endpoint.connect_with_connector_lazy(tls),
         (endpoint, None) => endpoint.connect_lazy(),
     })
 }
 
-/// A channel to `url`, connected now: the error says why it cannot be.
-pub async fn connect(url: &str, ca: Option<&[u8]>, timeout: std::time::Duration) -> Result<Channel, String> {
-    let connected = match prepare(url, ca, timeout)? {
+/// A channel to `endpoint`, connected now: the error says why it cannot be.
+pub async fn connect(
+    endpoint: &FlightEndpoint,
+    ca: Option<&[u8]>,
+    timeout: std::time::Duration,
+) -> Result<Channel, String> {
+    let connected = match prepare(endpoint, ca, timeout)? {
         (endpoint, Some(tls)) => endpoint.connect_with_connector(tls).await,
         (endpoint, None) => endpoint.connect().await,
     };
@@ -285,9 +286,65 @@ pub async fn connect(url: &str, ca: Option<&[u8]>, timeout: std::time::Duration)
     })
 }
 
-/// The URL tonic connects to for an endpoint as users write it: `grpc+tls://h:p` and
-/// `https://h:p` are TLS, `grpc://h:p`, `http://h:p` and a bare `h:p` are plaintext.
-pub fn endpoint_url(endpoint: &str) -> String {
+/// A Flight endpoint as users write it, parsed once: `grpc+tls://h:p` and `https://h:p` are
+/// TLS, `grpc://h:p`, `http://h:p` and a bare `h:p` are plaintext.
+#[derive(Debug, Clone)]
+pub struct FlightEndpoint {
+    /// As written, for messages.
+    written: String,
+    /// The URL tonic connects to: `https://` for TLS, else `http://`.
+    url: String,
+    /// `url` parsed, as `http://` either way: tonic sees plaintext HTTP/2, the connector
+    /// does the TLS.
+    endpoint: Endpoint,
+}
+
+impl FlightEndpoint {
+    /// An endpoint as written; the error says why it is not one.
+    pub fn parse(written: &str) -> Result<Self, String> {
+        let url = endpoint_url(written);
+        let endpoint = Endpoint::from_shared(url.replacen("https://", "http://", 1))
+            .map_err(|e| format!("`{url}` is not an endpoint URL: {e}"))?;
+        Ok(FlightEndpoint {
+            written: written.to_string(),
+            url,
+            endpoint,
+        })
+    }
+
+    /// The endpoint as written.
+    pub fn as_written(&self) -> &str {
+        &self.written
+    }
+
+    /// The URL connected to: `https://host:port` or `http://host:port`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.url.starts_with("https://")
+    }
+}
+
+impl std::str::FromStr for FlightEndpoint {
+    type Err = String;
+
+    fn from_str(written: &str) -> Result<Self, String> {
+        FlightEndpoint::parse(written)
+    }
+}
+
+/// An endpoint in the configuration: the error names it as written.
+impl<'de> Deserialize<'de> for FlightEndpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let written = String::deserialize(d)?;
+        FlightEndpoint::parse(&written).map_err(|m| serde::de::Error::custom(format!("`{written}`: {m}")))
+    }
+}
+
+/// The URL tonic connects to for an endpoint as users write it.
+fn endpoint_url(endpoint: &str) -> String {
     if let Some(rest) = endpoint.strip_prefix("grpc+tls://") {
         format!("https://{rest}")
     } else if let Some(rest) = endpoint.strip_prefix("grpc://") {
@@ -297,11 +354,6 @@ pub fn endpoint_url(endpoint: &str) -> String {
     } else {
         format!("http://{endpoint}")
     }
-}
-
-/// Whether a URL from [`endpoint_url`] is TLS.
-pub fn is_tls(url: &str) -> bool {
-    url.starts_with("https://")
 }
 
 #[cfg(test)]
@@ -317,9 +369,13 @@ mod tests {
             ("http://127.0.0.1:50051", "http://127.0.0.1:50051", false),
             ("127.0.0.1:50051", "http://127.0.0.1:50051", false),
         ] {
-            assert_eq!(endpoint_url(written), url);
-            assert_eq!(is_tls(&endpoint_url(written)), tls, "{written}");
+            let endpoint = FlightEndpoint::parse(written).unwrap();
+            assert_eq!(endpoint.url(), url);
+            assert_eq!(endpoint.as_written(), written);
+            assert_eq!(endpoint.is_tls(), tls, "{written}");
         }
+        let e = FlightEndpoint::parse("db host:1").unwrap_err();
+        assert!(e.contains("`http://db host:1` is not an endpoint URL"), "{e}");
     }
 
     #[test]

@@ -97,7 +97,7 @@ impl Catalog {
     /// Builds the catalog and checks that every view plans with DataFusion. Views merge
     /// their batch states with the states of `speed` layers.
     pub async fn new(config: &Config, speed: Vec<Arc<dyn SpeedSource>>) -> Result<Arc<Self>> {
-        let lake = Lake::new(&config.lake, config.base_dir())?;
+        let lake = Lake::new(&config.lake)?;
         let sources: Vec<Arc<SourceSchema>> = config.sources.iter().map(SourceSchema::new).collect();
         let mut views = Vec::new();
         for plan in config.view_plans()? {

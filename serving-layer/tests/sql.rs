@@ -251,7 +251,7 @@ async fn strata(dir: &Path) -> Strata {
     let file = dir.join("strata.toml");
     let config = Arc::new(Config::parse(CONFIG, &file, &Default::default()).expect("the test config"));
     let source = SourceSchema::new(&config.sources[0]);
-    let lake = strata_core::lake::Lake::new(&config.lake, config.base_dir()).expect("the lake");
+    let lake = strata_core::lake::Lake::new(&config.lake).expect("the lake");
     let input = dir.join("batch.jsonl");
     std::fs::write(&input, jsonl(BATCH)).expect("write the batch events");
     let imported = strata_batch::import::import(&lake, &source, &[input], 1000, &|_| {})

@@ -799,7 +799,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = crate::fixtures::clicks_config(&dir.join("strata.toml"));
-        let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
+        let lake = Lake::new(&config.lake).unwrap();
         let (source, engines) = crate::fixtures::clicks_engines(&config).await;
         let views = engines.len();
         let names = engines.iter().map(|e| e.plan.name.clone()).collect();

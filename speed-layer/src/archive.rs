@@ -499,7 +499,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = crate::fixtures::clicks_config(&dir.join("strata.toml"));
-        let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
+        let lake = Lake::new(&config.lake).unwrap();
         let source = SourceSchema::new(&config.sources[0]);
         (Scratch(dir), lake, source)
     }

@@ -675,7 +675,7 @@ mod tests {
             .kafka
             .properties
             .insert("partition.assignment.strategy".into(), "cooperative-sticky".into());
-        let lake = Lake::new(&config.lake, config.base_dir()).unwrap();
+        let lake = Lake::new(&config.lake).unwrap();
         let (consumer, rebalances) = create(&config).unwrap();
         // Poll until librdkafka hands out the assignment (recorded, not answered).
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -27,6 +27,7 @@ use futures::{Stream, StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
 use strata_core::config::Config;
 use strata_core::speed::{Offsets, PartRange, SpeedPart, SpeedSource, SpeedStatus};
+use strata_core::tls::FlightEndpoint;
 use strata_core::{Error, Result};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -270,17 +271,17 @@ pub struct RemoteSpeed {
 impl RemoteSpeed {
     /// A speed endpoint of `serve.speed_endpoints`, called with `serve.auth.token`; over TLS
     /// (`https://`, `grpc+tls://`) trusting `serve.speed_tls_ca`, else the system's roots.
-    pub fn new(endpoint: &str, config: &Config) -> Result<RemoteSpeed> {
-        let url = strata_core::tls::endpoint_url(endpoint);
-        let ca = if strata_core::tls::is_tls(&url) {
+    pub fn new(endpoint: &FlightEndpoint, config: &Config) -> Result<RemoteSpeed> {
+        let ca = if endpoint.is_tls() {
             config.speed_tls_ca()?
         } else {
             None
         };
-        let channel = strata_core::tls::channel(&url, ca.as_deref(), std::time::Duration::from_secs(5))
-            .map_err(|m| Error::config(&config.file, "serve.speed_endpoints", format!("`{endpoint}`: {m}")))?;
+        let written = endpoint.as_written();
+        let channel = strata_core::tls::channel(endpoint, ca.as_deref(), std::time::Duration::from_secs(5))
+            .map_err(|m| Error::config(&config.file, "serve.speed_endpoints", format!("`{written}`: {m}")))?;
         Ok(RemoteSpeed {
-            endpoint: url,
+            endpoint: endpoint.url().to_string(),
             channel,
             token: config.serve.auth.token.clone(),
         })

@@ -78,7 +78,7 @@ impl std::fmt::Debug for SpeedLayer {
 impl SpeedLayer {
     /// Starts consuming. `cpu` runs the state computations.
     pub async fn start(config: &Config, cpu: CpuRuntime) -> Result<Arc<SpeedLayer>> {
-        let lake = Lake::new(&config.lake, config.base_dir())?;
+        let lake = Lake::new(&config.lake)?;
         let sources: Vec<Arc<SourceSchema>> = config.sources.iter().map(SourceSchema::new).collect();
         let (engines, view_source) = view_engines(config, &sources).await?;
         let views: Vec<String> = engines.iter().map(|e| e.plan.name.clone()).collect();

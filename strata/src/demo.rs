@@ -14,7 +14,7 @@
 //! changing. Ctrl-C stops it gracefully: everything consumed is archived first.
 
 use std::io::{IsTerminal, Write};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -35,6 +35,8 @@ use crate::query::{Connection, Format};
 
 const EXAMPLE: &str = include_str!("../../strata.example.toml");
 pub const TOPIC: &str = "page_views";
+/// Where the demo serves /metrics and /health unless told (the example config leaves them off).
+const METRICS_ADDRESS: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464));
 
 /// Options of `strata demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,12 +50,14 @@ pub struct DemoArgs {
     /// Where the demo keeps its config and lake.
     #[arg(long, env = "STRATA_DEMO_DIR", default_value = "strata-demo")]
     pub dir: PathBuf,
-    /// Flight SQL address.
-    #[arg(long, env = "STRATA_SERVE_ADDRESS", default_value = "127.0.0.1:50051")]
-    pub address: SocketAddr,
-    /// Prometheus /metrics and /health address.
-    #[arg(long, env = "STRATA_METRICS_ADDRESS", default_value = "127.0.0.1:9464")]
-    pub metrics_address: SocketAddr,
+    /// Flight SQL address (overrides serve.address of the demo's config, 127.0.0.1:50051,
+    /// itself overridden by STRATA_SERVE_ADDRESS).
+    #[arg(long)]
+    pub address: Option<SocketAddr>,
+    /// Prometheus /metrics and /health address (overrides STRATA_METRICS_ADDRESS; default
+    /// 127.0.0.1:9464).
+    #[arg(long)]
+    pub metrics_address: Option<SocketAddr>,
     /// Print a status line every few seconds instead of redrawing the screen.
     #[arg(long)]
     pub plain: bool,
@@ -86,11 +90,17 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .context("cannot create the demo topic")?;
     let brokers = cluster.bootstrap_servers();
     let config_path = write_config(&args.dir, &brokers)?;
+    // The environment's overrides (STRATA_SERVE_ADDRESS, ...) apply here, the flags after.
     let config = Arc::new(Config::load(&config_path)?);
+    let address = args.address.unwrap_or(config.serve.address);
+    let metrics_address = args
+        .metrics_address
+        .or(config.ops.metrics_address)
+        .unwrap_or(METRICS_ADDRESS);
     let stop = shutdown_signal();
-    let node = Node::start(&config, args.address, Some(args.metrics_address), false).await?;
+    let node = Node::start(&config, address, Some(metrics_address), false).await?;
     let address = node.server.address;
-    let metrics = node.metrics.unwrap_or(args.metrics_address);
+    let metrics = node.metrics.unwrap_or(metrics_address);
     println!("strata serving Flight SQL on {address}");
     print_connect(address, metrics, &config_path);
     std::io::stdout().flush()?;

@@ -8,6 +8,7 @@ use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
+use strata_core::tls::FlightEndpoint;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -41,9 +42,8 @@ pub struct Connection {
 
 impl Connection {
     pub async fn connect(&self) -> Result<FlightSqlServiceClient<tonic::transport::Channel>> {
-        let endpoint = strata_core::tls::endpoint_url(&self.endpoint);
-        let tls = strata_core::tls::is_tls(&endpoint);
-        let ca = match (&self.tls_ca, tls) {
+        let endpoint = FlightEndpoint::parse(&self.endpoint).map_err(|m| self.unreachable(&m))?;
+        let ca = match (&self.tls_ca, endpoint.is_tls()) {
             (Some(path), true) => Some(
                 std::fs::read(path).with_context(|| format!("cannot read the CA certificate `{}`", path.display()))?,
             ),

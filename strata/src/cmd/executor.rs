@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow};
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
-use strata_core::config::parse_scheduler;
+use strata_core::config::{env_override, parse_scheduler};
 
 /// How often an executor tells its scheduler it is alive.
 pub const HEARTBEAT_SECONDS: u64 = 2;
@@ -17,9 +17,10 @@ pub const HEARTBEAT_SECONDS: u64 = 2;
 /// the same on every machine (a shared file system).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The scheduler, df://host:port.
-    #[arg(long, env = "STRATA_BATCH_SCHEDULER", default_value = "df://127.0.0.1:50050")]
-    scheduler: String,
+    /// The scheduler, df://host:port (default: batch.scheduler, itself overridden by
+    /// STRATA_BATCH_SCHEDULER; else df://127.0.0.1:50050).
+    #[arg(long)]
+    scheduler: Option<String>,
     /// The address its services bind to.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -39,7 +40,11 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let (scheduler_host, scheduler_port) = parse_scheduler(&args.scheduler).map_err(|m| anyhow!("--scheduler: {m}"))?;
+    let scheduler = args
+        .scheduler
+        .or_else(|| env_override("batch.scheduler"))
+        .unwrap_or_else(|| "df://127.0.0.1:50050".into());
+    let (scheduler_host, scheduler_port) = parse_scheduler(&scheduler).map_err(|m| anyhow!("--scheduler: {m}"))?;
     let work_dir = args
         .work_dir
         .unwrap_or_else(|| std::env::temp_dir().join(format!("strata-executor-{}", std::process::id())));
@@ -63,7 +68,7 @@ pub async fn run(args: Args) -> Result<()> {
     };
     println!(
         "strata executor: Flight on {host}:{}, tasks on {host}:{}, scheduler {}",
-        args.port, args.grpc_port, args.scheduler
+        args.port, args.grpc_port, scheduler
     );
     // It stops on SIGINT or SIGTERM by itself, telling the scheduler first.
     start_executor_process(Arc::new(config)).await.context("the executor")?;

@@ -26,7 +26,7 @@ pub struct Args {
 pub async fn run(config: &Path, args: Args) -> Result<()> {
     let config = load_config(config)?;
     let source = SourceSchema::new(config.source(&args.source)?);
-    let lake = strata_core::lake::Lake::new(&config.lake, config.base_dir())?;
+    let lake = strata_core::lake::Lake::new(&config.lake)?;
     let started = Instant::now();
     let progress = Progress::new(started);
     let report =

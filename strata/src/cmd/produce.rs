@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
+use strata_core::config::env_override;
 
 use super::load_config;
 use crate::generate::Spec;
@@ -15,8 +16,9 @@ use crate::produce::{Produced, produce};
 /// Produce a live clickstream (with late and malformed records) to a Kafka topic.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Bootstrap servers (default: kafka.brokers of the config).
-    #[arg(long, env = "STRATA_KAFKA_BROKERS")]
+    /// Bootstrap servers (overrides kafka.brokers of the config, itself overridden by
+    /// STRATA_KAFKA_BROKERS; with the flag or the variable, no config file is needed).
+    #[arg(long)]
     brokers: Option<String>,
     #[arg(long, env = "STRATA_PRODUCE_TOPIC", default_value = "page_views")]
     topic: String,
@@ -29,7 +31,7 @@ pub struct Args {
 }
 
 pub async fn run(config: &Path, args: Args) -> Result<()> {
-    let brokers = match args.brokers {
+    let brokers = match args.brokers.or_else(|| env_override("kafka.brokers")) {
         Some(b) => b,
         None => load_config(config)?.kafka.brokers.clone(),
     };

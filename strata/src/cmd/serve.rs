@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use strata_core::executor::CpuRuntime;
 use strata_core::speed::SpeedSource;
+use strata_core::tls::FlightEndpoint;
 
 use super::load_config;
 use crate::ops::{Ops, finish_ops, shutdown_signal, start_ops};
@@ -21,7 +22,7 @@ pub struct Args {
     /// Flight endpoints of `strata speed` processes (override serve.speed_endpoints and
     /// STRATA_SPEED_ENDPOINTS).
     #[arg(long = "speed-endpoint", value_delimiter = ',')]
-    speed_endpoints: Vec<String>,
+    speed_endpoints: Vec<FlightEndpoint>,
     #[command(flatten)]
     ops: Ops,
 }
