@@ -31,6 +31,13 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext, ident, lit};
 use deltalake::DeltaTable;
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
+    PutOptions, PutPayload, PutResult, Result as ObjectResult,
+};
 use strata_core::config::{BatchEngine, Config, parse_scheduler};
 use strata_core::schema::{EVENT_DATE, SourceSchema};
 use strata_core::session::{new_context_with_runtime, session_config};
@@ -41,8 +48,32 @@ use strata_core::{Error, Result};
 pub enum Engine {
     /// DataFusion in this process, under the memory pool of `runtime` (batch.memory).
     Local { runtime: Arc<RuntimeEnv> },
-    /// A Ballista cluster behind the scheduler at `scheduler` (`df://host:port`).
-    Ballista { scheduler: String },
+    /// A Ballista cluster behind the scheduler at `scheduler` (`df://host:port`); `store`
+    /// is the lake's object store when the lake is not local (see [`LakeStore`]).
+    Ballista {
+        scheduler: String,
+        store: LakeStore,
+        /// The local engine's, for a snapshot without files (an empty plan does not travel:
+        /// Ballista's plan encoding drops an empty relation's schema).
+        runtime: Arc<RuntimeEnv>,
+    },
+}
+
+/// The lake's object store and the URL it is registered under, for the sessions of a
+/// Ballista client, scheduler and executors to read a remote lake's files (`None`: a
+/// local lake, read as files).
+pub type LakeStore = Option<(url::Url, Arc<dyn ObjectStore>)>;
+
+/// The object store of the lake of `config`, for a Ballista process.
+pub fn lake_store(config: &Config) -> Result<LakeStore> {
+    strata_core::lake::Lake::new(&config.lake)?.authority_store()
+}
+
+/// Registers the lake's store (if any) with `runtime`.
+fn register_store(runtime: &RuntimeEnv, store: &LakeStore) {
+    if let Some((url, store)) = store {
+        runtime.register_object_store(url, store.clone());
+    }
 }
 
 impl Engine {
@@ -52,22 +83,18 @@ impl Engine {
             (BatchEngine::Local, _) => Ok(Engine::Local { runtime }),
             (BatchEngine::Ballista, Some(scheduler)) => {
                 parse_scheduler(scheduler).map_err(|m| Error::config(&config.file, "batch.scheduler", m))?;
-                // Executors open the lake's files with the object stores they have: the
-                // local file system's.
-                let lake =
-                    strata_core::lake::LakeUrl::parse(&config.lake.url, config.base_dir()).map_err(Error::Input)?;
-                if !lake.is_local() {
+                let lake = config.lake.root()?;
+                if lake.url().scheme() == "memory" {
                     return Err(Error::config(
                         &config.file,
                         "batch.engine",
-                        format!(
-                            "\"ballista\" reads the lake from its executors, which open local paths only (a file system every executor mounts at the same path); the lake is at {}: use engine = \"local\" for it",
-                            strata_core::lake::redact(lake.url())
-                        ),
+                        "\"ballista\" reads the lake from other processes, which cannot see this process's memory:// lake; use engine = \"local\"",
                     ));
                 }
                 Ok(Engine::Ballista {
                     scheduler: scheduler.clone(),
+                    store: lake_store(config)?,
+                    runtime,
                 })
             }
             (BatchEngine::Ballista, None) => Err(Error::config(
@@ -82,7 +109,7 @@ impl Engine {
     pub async fn context(&self) -> Result<SessionContext> {
         match self {
             Engine::Local { runtime } => new_context_with_runtime(session_config(), runtime.clone()),
-            Engine::Ballista { scheduler } => {
+            Engine::Ballista { scheduler, store, .. } => {
                 let state = SessionStateBuilder::new()
                     .with_config(session_config().upgrade_for_ballista())
                     .with_default_features()
@@ -91,8 +118,26 @@ impl Engine {
                 // Making the state Ballista's replaces its aggregate functions: add Strata's
                 // again, for the SQL of the views to resolve (executors have their own).
                 strata_core::functions::register(&mut ctx)?;
+                register_store(&ctx.runtime_env(), store);
                 Ok(ctx)
             }
+        }
+    }
+
+    /// The engine for a recompute of the snapshot `raw`: this one, except that a snapshot
+    /// without files is recomputed locally (no rows: nothing to distribute).
+    pub fn for_snapshot(&self, raw: &DeltaTable) -> Result<Engine> {
+        match self {
+            Engine::Ballista { runtime, .. } => {
+                let snapshot = raw.snapshot().map_err(|e| Error::lake("read the raw table state", e))?;
+                if snapshot.log_data().num_files() == 0 {
+                    return Ok(Engine::Local {
+                        runtime: runtime.clone(),
+                    });
+                }
+                Ok(self.clone())
+            }
+            Engine::Local { .. } => Ok(self.clone()),
         }
     }
 
@@ -115,7 +160,7 @@ impl Engine {
     pub fn location(&self) -> String {
         match self {
             Engine::Local { .. } => String::new(),
-            Engine::Ballista { scheduler } => format!(" on the Ballista cluster at {scheduler}"),
+            Engine::Ballista { scheduler, .. } => format!(" on the Ballista cluster at {scheduler}"),
         }
     }
 }
@@ -180,17 +225,108 @@ fn snapshot_files(ctx: &SessionContext, raw: &DeltaTable, source: &SourceSchema)
     }
 }
 
-/// The session every Ballista scheduler of Strata's plans with: Ballista's, with Strata's
-/// functions.
-pub fn scheduler_session(config: SessionConfig) -> datafusion::common::Result<SessionState> {
-    let mut state = ballista_core::utils::default_session_builder(config)?;
-    strata_core::functions::register(&mut state)?;
-    Ok(state)
+/// The sessions a Ballista scheduler of Strata's plans with: Ballista's, with Strata's
+/// functions and the lake's object store.
+pub fn scheduler_session(
+    store: LakeStore,
+) -> impl Fn(SessionConfig) -> datafusion::common::Result<SessionState> + Send + Sync + 'static {
+    move |config| {
+        let mut state = ballista_core::utils::default_session_builder(config)?;
+        strata_core::functions::register(&mut state)?;
+        // The scheduler lists the snapshot's files while planning: a file gone must fail
+        // the job, not read as no rows.
+        let runtime = state.runtime_env();
+        let local: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
+        let file = url::Url::parse("file:///").expect("a valid URL");
+        runtime.register_object_store(&file, Arc::new(FilesMustExist(local)));
+        if let Some((url, store)) = &store {
+            runtime.register_object_store(url, Arc::new(FilesMustExist(store.clone())));
+        }
+        Ok(state)
+    }
+}
+
+/// A store that refuses to list under a Parquet file's path. DataFusion reads a listed path
+/// it cannot find as a directory: a snapshot's file deleted behind the lake's back (an
+/// outside VACUUM, a shared file system out of date on the scheduler) would be read as no
+/// rows while the coverage recorded says it was read. Here it is an error naming the file.
+#[derive(Debug)]
+struct FilesMustExist(Arc<dyn ObjectStore>);
+
+impl std::fmt::Display for FilesMustExist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FilesMustExist({})", self.0)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for FilesMustExist {
+    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> ObjectResult<PutResult> {
+        self.0.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> ObjectResult<Box<dyn MultipartUpload>> {
+        self.0.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> ObjectResult<GetResult> {
+        self.0.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, ObjectResult<Path>>,
+    ) -> BoxStream<'static, ObjectResult<Path>> {
+        self.0.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, ObjectResult<ObjectMeta>> {
+        match prefix {
+            Some(p) if p.as_ref().ends_with(".parquet") => {
+                let path = p.to_string();
+                futures::stream::once(async move {
+                    Err(object_store::Error::NotFound {
+                        source: format!("{path}, a file of the raw table's snapshot, is gone").into(),
+                        path,
+                    })
+                })
+                .boxed()
+            }
+            _ => self.0.list(prefix),
+        }
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> ObjectResult<ListResult> {
+        self.0.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> ObjectResult<()> {
+        self.0.copy_opts(from, to, options).await
+    }
 }
 
 /// The functions a Ballista executor of Strata's resolves plans' functions in: Ballista's
 /// and Strata's, by name.
 pub fn executor_functions() -> datafusion::common::Result<BallistaFunctionRegistry> {
-    let state = scheduler_session(SessionConfig::new_with_ballista())?;
+    let state = scheduler_session(None)(SessionConfig::new_with_ballista())?;
     Ok(BallistaFunctionRegistry::from(&state))
+}
+
+/// The runtimes a Ballista executor of Strata's runs tasks in: Ballista's default (spill
+/// files under `work_dir`), with the lake's object store.
+pub fn executor_runtime(
+    work_dir: String,
+    store: LakeStore,
+) -> impl Fn(&SessionConfig) -> datafusion::common::Result<Arc<RuntimeEnv>> + Send + Sync + 'static {
+    move |_| {
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_temp_file_path(work_dir.clone())
+            .build()?;
+        register_store(&runtime, &store);
+        Ok(Arc::new(runtime))
+    }
 }

@@ -134,6 +134,7 @@ pub async fn recompute(
         return Ok(done(ViewOutcome::UpToDate { version }));
     }
 
+    let engine = &engine.for_snapshot(raw)?;
     let ctx = engine.context().await?;
     let mut commit = ViewCommit {
         fingerprint,

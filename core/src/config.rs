@@ -1484,4 +1484,16 @@ mod example_tests {
             );
         }
     }
+
+    /// docker-compose.yml's configuration loads: the lake on HDFS, recomputes on its
+    /// Ballista scheduler.
+    #[test]
+    fn the_deployment_config_loads() {
+        let text = include_str!("../../deploy/strata.toml");
+        let env = BTreeMap::from([("STRATA_AUTH_TOKEN".to_string(), "t".to_string())]);
+        let c = Config::parse(text, Path::new("deploy/strata.toml"), &env).unwrap();
+        assert_eq!(c.lake.root().unwrap().url().as_str(), "hdfs://namenode:8020/strata/");
+        assert_eq!(c.batch.engine, BatchEngine::Ballista);
+        assert_eq!(c.batch.scheduler.as_deref(), Some("df://scheduler:50050"));
+    }
 }

@@ -201,6 +201,23 @@ impl Lake {
         deltalake::logstore::store_for(&url, self.options.clone()).map_err(|e| Error::lake(format!("open {url}"), e))
     }
 
+    /// The lake's object store at the root of its URL's authority (`hdfs://host:port/`,
+    /// `s3://bucket/`), and the URL a DataFusion runtime registers it under, for engines that
+    /// read the lake's files by URL (Ballista's executors); `None` for a local lake, whose
+    /// files DataFusion reads itself.
+    pub fn authority_store(&self) -> Result<Option<(Url, Arc<dyn ObjectStore>)>> {
+        if self.root.is_local() {
+            return Ok(None);
+        }
+        let mut url = self.root.url().clone();
+        url.set_path("/");
+        url.set_query(None);
+        url.set_fragment(None);
+        let store = deltalake::logstore::store_for(&url, self.options.clone())
+            .map_err(|e| Error::lake(format!("open {}", redact(&url)), e))?;
+        Ok(Some((url, store)))
+    }
+
     fn ensure_local_dir(&self, url: &Url) -> Result<()> {
         if url.scheme() == "file" {
             let path = url

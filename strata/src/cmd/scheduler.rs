@@ -2,6 +2,7 @@
 //! batch layer's recomputes on a cluster (`[batch] engine = "ballista"`).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -18,7 +19,8 @@ use crate::ops::shutdown_signal;
 pub const EXECUTOR_TIMEOUT_SECONDS: u64 = 20;
 
 /// A Ballista scheduler for the batch layer's recomputes. Executors (`strata executor`)
-/// register with it; `strata batch` submits each view's recompute to it.
+/// register with it; `strata batch` submits each view's recompute to it. It reads the
+/// config for the lake's location and credentials.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Where to listen (port 0: any free port; the address is printed).
@@ -26,7 +28,9 @@ pub struct Args {
     address: SocketAddr,
 }
 
-pub async fn run(args: Args) -> Result<()> {
+pub async fn run(config: &Path, args: Args) -> Result<()> {
+    // Plans are made here, file listings included: the scheduler reads the lake too.
+    let store = strata_batch::engine::lake_store(&*super::load_config(config)?)?;
     let listener = tokio::net::TcpListener::bind(args.address)
         .await
         .with_context(|| format!("bind the scheduler to {}", args.address))?;
@@ -35,7 +39,7 @@ pub async fn run(args: Args) -> Result<()> {
         .with_hostname(bound.ip().to_string())
         .with_port(bound.port())
         .with_scheduler_policy(TaskSchedulingPolicy::PushStaged)
-        .with_override_session_builder(Arc::new(strata_batch::engine::scheduler_session))
+        .with_override_session_builder(Arc::new(strata_batch::engine::scheduler_session(store)))
         .with_no_executors_grace_period_seconds(EXECUTOR_TIMEOUT_SECONDS);
     config.bind_host = bound.ip().to_string();
     config.executor_timeout_seconds = EXECUTOR_TIMEOUT_SECONDS;
