@@ -40,8 +40,6 @@ logs stay in WORK/logs and WORK/ballista-*/.
 """
 
 import argparse
-import glob
-import json
 import os
 import re
 import shutil
@@ -52,6 +50,8 @@ import threading
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
+
+from batch import active_files, run  # bench/batch.py, beside this script
 
 VIEWS = ("page_stats", "device_5m")
 
@@ -66,25 +66,6 @@ SCHEDULER_LOG = "warn,ballista_scheduler=info,ballista_scheduler::display=debug"
 EXECUTOR_LOG = "warn,ballista_executor=info"
 
 NOT_LOGGED = "not logged"
-
-
-def run(cmd, **kw):
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
-    return out.stdout + out.stderr
-
-
-def active_files(table_dir):
-    """The data files of a Delta table's latest version, by replaying its JSON log."""
-    active = set()
-    for path in sorted(glob.glob(os.path.join(table_dir, "_delta_log", "*.json"))):
-        with open(path) as f:
-            for line in f:
-                action = json.loads(line)
-                if "add" in action:
-                    active.add(action["add"]["path"])
-                elif "remove" in action:
-                    active.discard(action["remove"]["path"])
-    return sorted(os.path.join(table_dir, p) for p in active)
 
 
 # --- logs -----------------------------------------------------------------------------------
