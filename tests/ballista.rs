@@ -19,6 +19,14 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The environment that sends `strata batch`'s recomputes to this cluster.
+    pub fn env(&self) -> [(&'static str, &str); 2] {
+        [
+            ("STRATA_BATCH_ENGINE", "ballista"),
+            ("STRATA_BATCH_SCHEDULER", self.scheduler.as_str()),
+        ]
+    }
+
     /// SIGKILL to executor `i`.
     pub fn kill_executor(&mut self, i: usize) {
         let executor = &mut self.processes[i + 1];
@@ -80,10 +88,7 @@ fn import_batch_on_ballista_and_serve_equal_duckdb_and_the_local_engines_states(
     let lake = scratch.path("lake");
     let config = example_config(&scratch.0, lake.to_str().unwrap(), "");
     let cluster = Cluster::start(&config, &scratch.0, "127.0.0.1:0", 2);
-    let env = [
-        ("STRATA_BATCH_ENGINE", "ballista"),
-        ("STRATA_BATCH_SCHEDULER", cluster.scheduler.as_str()),
-    ];
+    let env = cluster.env();
     historical_round_trip(&scratch, lake.to_str().unwrap(), "", &env, events() / 5);
 
     // The local engine, on the same snapshot, publishes the same state rows.
@@ -109,10 +114,7 @@ fn import_batch_on_ballista_and_serve_equal_duckdb_with_the_lake_on_hdfs() {
     // The scheduler and the executors read the lake on HDFS with the config's location.
     let config = example_config(&scratch.0, &lake, "");
     let cluster = Cluster::start(&config, &scratch.0, "127.0.0.1:0", 2);
-    let env = [
-        ("STRATA_BATCH_ENGINE", "ballista"),
-        ("STRATA_BATCH_SCHEDULER", cluster.scheduler.as_str()),
-    ];
+    let env = cluster.env();
     historical_round_trip(&scratch, &lake, "", &env, events() / 5);
     drop(cluster);
     drop(hdfs);
@@ -125,10 +127,7 @@ fn the_speed_oracle_with_every_batch_run_on_ballista() {
     let lake = scratch.path("lake");
     let config = example_config(&scratch.0, lake.to_str().unwrap(), "");
     let cluster = Cluster::start(&config, &scratch.0, "127.0.0.1:0", 2);
-    let env = [
-        ("STRATA_BATCH_ENGINE", "ballista"),
-        ("STRATA_BATCH_SCHEDULER", cluster.scheduler.as_str()),
-    ];
+    let env = cluster.env();
     crate::speed::speed_oracle(
         crate::speed::Deployment::OneProcess,
         &scratch,
