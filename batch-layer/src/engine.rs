@@ -38,7 +38,7 @@ use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
     PutOptions, PutPayload, PutResult, Result as ObjectResult,
 };
-use strata_core::config::{BatchEngine, Config, parse_scheduler};
+use strata_core::config::{BatchEngine, Config};
 use strata_core::schema::{EVENT_DATE, SourceSchema};
 use strata_core::session::{new_context_with_runtime, session_config};
 use strata_core::{Error, Result};
@@ -82,7 +82,7 @@ impl Engine {
         match (config.batch.engine, &config.batch.scheduler) {
             (BatchEngine::Local, _) => Ok(Engine::Local { runtime }),
             (BatchEngine::Ballista, Some(scheduler)) => {
-                parse_scheduler(scheduler).map_err(|m| Error::config(&config.file, "batch.scheduler", m))?;
+                // The address was checked when the config loaded (check_batch).
                 let lake = config.lake.root()?;
                 if lake.url().scheme() == "memory" {
                     return Err(Error::config(
