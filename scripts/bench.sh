@@ -5,6 +5,12 @@
 #   scripts/bench.sh speed [EVENTS]      ingest vs librdkafka's raw consume rate, freshness, memory
 #   scripts/bench.sh ballista [EVENTS]   batch recompute on Ballista (one, then two executors) vs
 #                                        the local engine, and how a Ballista run's time divides
+#   scripts/bench.sh engines [EVENTS]    the speed layer's two views as a Flink SQL job (PyFlink) and a
+#                                        Spark Structured Streaming job: events per CPU-second, freshness
+#   scripts/bench.sh history [DAYS]      queries over DAYS (30) days of 1-minute windows of 300 groups,
+#                                        live speed states merged, vs DuckDB reading the view's Parquet
+#   scripts/bench.sh transfer [EVENTS]   SELECT * of a raw table over Flight SQL vs a pyarrow.flight
+#                                        server streaming the same Parquet files
 #
 # Figures go to BENCHMARKS.md with the command that produced them.
 set -euo pipefail
@@ -27,8 +33,32 @@ case "${1:-batch}" in
   ballista)
     .venv/bin/python bench/ballista.py --strata "$strata" --repo "$PWD" --work "$work/ballista" --events "${2:-5000000}"
     ;;
+  engines)
+    # PyFlink in an environment of its own, Flink's and Spark's Kafka connectors: fetched
+    # once into $STRATA_TOOLS, with the functions scripts/setup.sh uses.
+    . scripts/tools.sh
+    pyflink="$tools/pyflink-2.2.1"
+    venv_install "PyFlink 2.2.1" "$pyflink" scripts/flink/requirements.txt
+    flink_kafka="$tools/flink-sql-connector-kafka-5.0.0-2.2"
+    maven_fetch "Flink's Kafka SQL connector 5.0.0-2.2" "$flink_kafka" scripts/flink/pom.xml \
+      -DexcludeTransitive=true -DoutputDirectory="$flink_kafka"
+    spark_kafka="$tools/spark-sql-kafka-4.0.1"
+    maven_fetch "Spark's Kafka connector 4.0.1" "$spark_kafka" scripts/spark-kafka/pom.xml -DincludeScope=runtime \
+      -DincludeArtifactIds=spark-sql-kafka-0-10_2.13,spark-token-provider-kafka-0-10_2.13,kafka-clients,commons-pool2 \
+      -DoutputDirectory="$spark_kafka"
+    .venv/bin/python bench/engines.py --strata "$strata" --produce-load "$CARGO_TARGET_DIR/release/examples/produce_load" \
+      --kafka-broker "$PWD/scripts/kafka-broker" --pyflink "$pyflink/bin/python" --flink-jars "$flink_kafka"/*.jar \
+      --spark-jars "$spark_kafka"/*.jar --repo "$PWD" --work "$work/engines" --events "${2:-2000000}" "${@:3}"
+    ;;
+  history)
+    .venv/bin/python bench/history.py --strata "$strata" --kafka-broker "$PWD/scripts/kafka-broker" --repo "$PWD" \
+      --work "$work/history" --days "${2:-30}" "${@:3}"
+    ;;
+  transfer)
+    .venv/bin/python bench/transfer.py --strata "$strata" --repo "$PWD" --work "$work/transfer" --events "${2:-5000000}"
+    ;;
   *)
-    echo "usage: scripts/bench.sh batch|speed|ballista [EVENTS]" >&2
+    echo "usage: scripts/bench.sh batch|speed|ballista|engines|history|transfer [EVENTS|DAYS]" >&2
     exit 2
     ;;
 esac

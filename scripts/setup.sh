@@ -13,43 +13,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python=${PYTHON:-python3}
-# venv_install WHAT DIR REQUIREMENTS: a Python environment in DIR with REQUIREMENTS, made
-# again only when they change (their hash is kept in DIR/.requirements.sha).
-venv_install() {
-  local what=$1 dir=$2 requirements=$3 want
-  want=$(sha256sum "$requirements" | cut -d' ' -f1)
-  if [ -x "$dir/bin/python" ] && [ "$(cat "$dir/.requirements.sha" 2>/dev/null)" = "$want" ]; then
-    echo "setup: $what up to date ($dir)"
-    return
-  fi
-  echo "setup: installing $what into $dir"
-  rm -rf "$dir"
-  "$python" -m venv "$dir"
-  "$dir/bin/pip" install --quiet --upgrade pip
-  "$dir/bin/pip" install --quiet -r "$requirements"
-  echo "$want" > "$dir/.requirements.sha"
-}
+# venv_install, maven_fetch, $tools: scripts/tools.sh.
+. scripts/tools.sh
 venv_install "the Python environment" .venv scripts/requirements.txt
 
-tools="${STRATA_TOOLS:-$HOME/.cache/strata-tools}"
 command -v java >/dev/null 2>&1 || { echo "setup: the tests' Java tools need Java 17 or newer (java is not on the PATH)" >&2; exit 1; }
-
-# maven_fetch WHAT DIR POM [MAVEN ARGS...]: copies POM's artifacts (and their dependencies)
-# into DIR with Maven, once; DIR/.complete marks a finished fetch.
-maven_fetch() {
-  local what=$1 dir=$2 pom=$3
-  shift 3
-  if [ -f "$dir/.complete" ]; then
-    echo "setup: $what present ($dir)"
-    return
-  fi
-  command -v mvn >/dev/null 2>&1 || { echo "setup: fetching $what needs Maven (mvn is not on the PATH)" >&2; exit 1; }
-  echo "setup: fetching $what into $dir"
-  rm -rf "$dir"
-  mvn -q -f "$pom" dependency:copy-dependencies "$@"
-  touch "$dir/.complete"
-}
 
 kafka="$tools/kafka-4.4.0"
 maven_fetch "Apache Kafka 4.4.0" "$kafka" scripts/kafka/pom.xml -DoutputDirectory="$kafka/libs"

@@ -271,6 +271,9 @@ async fn compute_states(
     if let Some(range) = range {
         states = states.filter(in_range(range))?;
     }
+    // Published in window and group order: a query over a few hours of a long history reads
+    // only the files, row groups and pages that hold them (their statistics say where).
+    states = states.sort(plan.key_columns().iter().map(|c| ident(c).sort(true, false)).collect())?;
     let schema = Arc::new(states.schema().as_arrow().clone());
     let batches = cpu.spawn(states.collect()).await?.map_err(|e| match e.find_root() {
         datafusion::error::DataFusionError::ResourcesExhausted(why) => Error::view(
@@ -302,8 +305,15 @@ async fn publish(
         batches.push(RecordBatch::new_empty(schema));
     }
     let info = serde_json::to_value(commit).map_err(|e| Error::Internal(e.to_string()))?;
+    // One stream into the writer: in more, the writer interleaves their batches and the
+    // files lose the window order compute_states gave them.
+    let ordered = deltalake::delta_datafusion::DeltaSessionContext::new_with_session_overrides(
+        &[("datafusion.execution.target_partitions".to_string(), "1".to_string())].into(),
+    )
+    .map_err(|e| Error::lake("a session for the publication", e))?;
     let mut write = table
         .write(batches)
+        .with_session_state(Arc::new(ordered.into_inner().state()))
         .with_save_mode(SaveMode::Overwrite)
         .with_writer_properties(writer_properties())
         .with_commit_properties(CommitProperties::default().with_metadata([(COMMIT_INFO_KEY.to_string(), info)]));

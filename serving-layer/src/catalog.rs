@@ -23,16 +23,17 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
+use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SessionState, SessionStateBuilder};
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{SessionContext, col, lit};
 use deltalake::DeltaTable;
 use strata_core::config::Config;
 use strata_core::lake::{AppTransactions, Lake, ViewVersion};
 use strata_core::schema::{SourceSchema, TIMESTAMP_TZ, rejected_schema, timestamp_type};
 use strata_core::session::{CATALOG, DEFAULT_SCHEMA, new_context, session_config};
 use strata_core::speed::{Offsets, PartitionStatus, SpeedPart, SpeedSource, SpeedStatus, TopicPartition};
-use strata_core::view::{ViewPlan, WindowKind};
+use strata_core::view::{ViewPlan, WINDOW_START, WindowKind};
 
 use crate::compose::{Composition, LakeRange, compose};
 use strata_core::{Error, Result};
@@ -312,8 +313,18 @@ impl Catalog {
         }
     }
 
-    /// Plans the merge of a view's batch states with the chosen speed states and the states
-    /// of the raw events the lake fills in.
+    /// Plans a view over its batch states, the chosen speed states and the states of the raw
+    /// events the lake fills in.
+    ///
+    /// A batch version holds one state row per window and group, so its rows finalize as
+    /// they are; only the windows the speed and lake states reach back to (usually the last
+    /// minutes) are merged. A query over months of windows then groups none of them:
+    ///
+    /// ```text
+    ///  finalize(batch rows of windows before the earliest other state)
+    ///  UNION ALL
+    ///  finalize(merge(batch rows from that window on, speed states, lake states))
+    /// ```
     async fn merged(
         &self,
         view: &ServedView,
@@ -323,43 +334,54 @@ impl Catalog {
     ) -> Result<Arc<dyn TableProvider>> {
         let ctx = &self.scratch.0;
         let schema = batch.schema();
-        let mut states = ctx.read_table(batch)?;
-        let speed: Vec<RecordBatch> = composition
+        let mut others: Vec<RecordBatch> = composition
             .speed
             .iter()
             .flat_map(|p| &p.batches)
             .map(|b| Ok(crate::service::cast_to(b, &schema)?))
             .collect::<Result<_>>()?;
-        if !speed.is_empty() {
-            states = states.union(ctx.read_table(Arc::new(MemTable::try_new(schema.clone(), vec![speed])?))?)?;
-        }
         // Temporary names of this call's own in the shared scratch session, dropped once
         // planned (the plan holds the tables themselves).
         let id = self.scratch_names.fetch_add(1, Ordering::Relaxed);
         let mut names = Vec::new();
-        if let (Some(raw), false) = (raw, composition.lake.is_empty()) {
-            let events = ctx
-                .read_table(self.delta_provider(raw).await?)?
-                .filter(lake_predicate(&composition.lake))?;
-            let name = format!("__raw_{id}");
-            ctx.register_table(name.as_str(), events.into_view())?;
-            names.push(name.clone());
-            let lake_states = ctx.sql(&view.plan.state_sql(&name)).await;
-            let lake_states = match lake_states {
-                Ok(df) => df,
-                Err(e) => {
-                    deregister(ctx, &names);
-                    return Err(e.into());
+        let planned = async {
+            if let (Some(raw), false) = (raw, composition.lake.is_empty()) {
+                let events = ctx
+                    .read_table(self.delta_provider(raw).await?)?
+                    .filter(lake_predicate(&composition.lake))?;
+                let name = format!("__raw_{id}");
+                ctx.register_table(name.as_str(), events.into_view())?;
+                names.push(name.clone());
+                // Computed now: where they start decides which batch rows need merging.
+                for b in ctx.sql(&view.plan.state_sql(&name)).await?.collect().await? {
+                    others.push(crate::service::cast_to(&b, &schema)?);
                 }
+            }
+            let batch = ctx.read_table(batch)?;
+            let (alone, merged) = match earliest_window(&others)? {
+                None => (batch, None),
+                Some(earliest) => (
+                    batch.clone().filter(col(WINDOW_START).lt(lit(earliest.clone())))?,
+                    Some(batch.filter(col(WINDOW_START).gt_eq(lit(earliest)))?),
+                ),
             };
-            states = states.union(lake_states)?;
+            let name = format!("__alone_{id}");
+            ctx.register_table(name.as_str(), alone.into_view())?;
+            names.push(name.clone());
+            let mut df = ctx.sql(&view.plan.finalize_sql(&name)).await?;
+            if let Some(merged) = merged {
+                let states =
+                    merged.union(ctx.read_table(Arc::new(MemTable::try_new(schema.clone(), vec![others])?))?)?;
+                let name = format!("__states_{id}");
+                ctx.register_table(name.as_str(), states.into_view())?;
+                names.push(name.clone());
+                df = df.union(ctx.sql(&view.plan.merge_sql(&name)).await?)?;
+            }
+            Ok::<_, Error>(df.into_view())
         }
-        let name = format!("__states_{id}");
-        ctx.register_table(name.as_str(), states.into_view())?;
-        names.push(name.clone());
-        let df = ctx.sql(&view.plan.merge_sql(&name)).await;
+        .await;
         deregister(ctx, &names);
-        Ok(df?.into_view())
+        planned
     }
 
     async fn source_table(&self, url: &Url, schema: &SchemaRef) -> Result<Arc<dyn TableProvider>> {
@@ -738,9 +760,33 @@ fn deregister(ctx: &SessionContext, names: &[String]) {
     }
 }
 
+/// The earliest window of some state rows of a view (their `window_start` as a literal of
+/// its type), if they hold any.
+fn earliest_window(states: &[RecordBatch]) -> Result<Option<ScalarValue>> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{TimeUnit, TimestampMicrosecondType};
+    let mut earliest: Option<(i64, Option<Arc<str>>)> = None;
+    for b in states {
+        let column = b
+            .column_by_name(WINDOW_START)
+            .ok_or_else(|| Error::Internal(format!("state rows without {WINDOW_START}")))?;
+        let DataType::Timestamp(TimeUnit::Microsecond, zone) = column.data_type() else {
+            return Err(Error::Internal(format!(
+                "{WINDOW_START} of type {}",
+                column.data_type()
+            )));
+        };
+        if let Some(first) = arrow::compute::min(column.as_primitive::<TimestampMicrosecondType>())
+            && earliest.as_ref().is_none_or(|(e, _)| first < *e)
+        {
+            earliest = Some((first, zone.clone()));
+        }
+    }
+    Ok(earliest.map(|(t, zone)| ScalarValue::TimestampMicrosecond(Some(t), zone)))
+}
+
 /// The raw events of the lake ranges: `(_topic, _partition)` and an `_offset` range each.
 fn lake_predicate(ranges: &[LakeRange]) -> datafusion::prelude::Expr {
-    use datafusion::prelude::{col, lit};
     use strata_core::schema::{OFFSET, PARTITION, TOPIC};
     ranges
         .iter()

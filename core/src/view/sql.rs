@@ -45,13 +45,26 @@ impl ViewPlan {
     /// SQL merging the state rows in `table` (any number per window and group) and
     /// finalizing them into the view's columns.
     pub fn merge_sql(&self, table: &str) -> String {
-        let select: Vec<String> = self.outputs.iter().map(|out| self.output_sql(out)).collect();
         format!(
-            "SELECT {} FROM {} GROUP BY {}",
-            select.join(", "),
-            quote(table),
+            "{} GROUP BY {}",
+            self.outputs_sql(table, true),
             self.quoted_keys().join(", ")
         )
+    }
+
+    /// SQL finalizing the state rows in `table` one by one into the view's columns, for a
+    /// table holding at most one row per window and group (a published batch version), whose
+    /// rows then need no grouping: a state row finalizes as its merge would (a KLL quantile
+    /// within the sketch's rank error: merging one sketch compacts it again, at random).
+    pub fn finalize_sql(&self, table: &str) -> String {
+        self.outputs_sql(table, false)
+    }
+
+    /// `SELECT` of the view's columns from the state rows in `table`, merging each state
+    /// column with its merge aggregate or taking it as it is.
+    fn outputs_sql(&self, table: &str, merge: bool) -> String {
+        let select: Vec<String> = self.outputs.iter().map(|out| self.output_sql(out, merge)).collect();
+        format!("SELECT {} FROM {}", select.join(", "), quote(table))
     }
 
     /// SQL merging state rows into state rows (no finalizing): to fold partial states.
@@ -83,8 +96,9 @@ impl ViewPlan {
         }
     }
 
-    /// One output column of [`merge_sql`](Self::merge_sql).
-    fn output_sql(&self, out: &Output) -> String {
+    /// One output column of [`merge_sql`](Self::merge_sql) (`merge`) or of
+    /// [`finalize_sql`](Self::finalize_sql).
+    fn output_sql(&self, out: &Output, merge: bool) -> String {
         match out {
             Output::WindowStart { name } => format!("{} AS {}", quote(WINDOW_START), quote(name)),
             Output::WindowEnd { name } => format!(
@@ -102,7 +116,12 @@ impl ViewPlan {
                         .iter()
                         .find(|s| s.suffix == suffix)
                         .unwrap_or_else(|| panic!("{:?} has no state `{suffix}`", a.function));
-                    format!("{}({})", state.merge, quote(&state_column(&a.name, suffix)))
+                    let column = quote(&state_column(&a.name, suffix));
+                    if merge {
+                        format!("{}({column})", state.merge)
+                    } else {
+                        column
+                    }
                 };
                 format!("{} AS {}", a.function.finalize(&a.call, &merged), quote(&a.name))
             }
