@@ -13,6 +13,12 @@
              PROBE_EVERY s, are timed, not the load. Beside each figure, the broker's own
              floor: bare librdkafka consuming the same load and timing the same kind of
              probes from their produce to their consumption (raw_consume follow).
+  cost       events consumed per CPU-second of the consuming process alone (its own user +
+             system time, so the broker and the load generator sharing the cores do not blur
+             it): `strata speed` catching up on the produced records and under a steady load,
+             on Apache Kafka and on the mock broker; beside it bare librdkafka consuming and
+             touching every payload. With --profile, where `strata speed`'s CPU goes while it
+             catches up (perf, by component).
   memory     bytes per live (window, group) state, from system.freshness.
 
 Run it with scripts/bench.sh speed [EVENTS]. Prints a Markdown table for BENCHMARKS.md.
@@ -87,9 +93,27 @@ def create_topics(brokers, topics, partitions=4):
             time.sleep(0.2)
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a running process (all its threads) so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reap(proc):
+    """Waits for `proc` to exit; returns its CPU seconds (user + system, all threads)."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime
+
+
 def metric(port, name):
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def consumed_count(metrics_port):
+    """Records Strata has consumed, valid or rejected."""
+    return metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total")
 
 
 def produce_file(brokers, path, partitions=4):
@@ -124,14 +148,14 @@ def probe_freshness(brokers, topic, client, metrics_port, produce_load, data, ra
             sent[0] = int(line)
 
     counter = threading.Thread(target=count)
-    consumed_before = metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total")
+    consumed_before = consumed_count(metrics_port)
     counter.start()
     probe = Producer({"bootstrap.servers": brokers, "linger.ms": 0})
     latencies = []
     # Steady state first: the consumer keeps pace with the load for a second.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        consumed = metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total")
+        consumed = consumed_count(metrics_port)
         if sent[0] > rate and consumed - consumed_before >= sent[0] - rate * 0.05:
             break
         time.sleep(0.05)
@@ -155,7 +179,7 @@ def probe_freshness(brokers, topic, client, metrics_port, produce_load, data, ra
             # POLL_PAUSE adds at most that to a measure.
             time.sleep(POLL_PAUSE)
         time.sleep(max(0.0, PROBE_EVERY - (time.perf_counter() - started)))
-    consumed = metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total")
+    consumed = consumed_count(metrics_port)
     behind = max(0, sent[0] + len(latencies) - (consumed - consumed_before))
     load.stdin.close()
     counter.join()
@@ -164,7 +188,7 @@ def probe_freshness(brokers, topic, client, metrics_port, produce_load, data, ra
     # Let the consumer drain before the next load.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        consumed = metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total")
+        consumed = consumed_count(metrics_port)
         if consumed - consumed_before >= sent[0] + len(latencies):
             break
         time.sleep(0.1)
@@ -178,7 +202,8 @@ def floor_delay(brokers, topic, raw_consume, produce_load, data, rate, seconds):
     """The broker's floor at `rate`: bare librdkafka (raw_consume follow, fetch.wait.max.ms
     as Strata's) consuming the same steady load, and timing probe records produced as
     Strata's probes are (one every PROBE_EVERY s, alone, keyed "probe") from their produce
-    to their consumption. Returns p50 and p99 in ms."""
+    to their consumption. Returns p50 and p99 in ms, and the records the consumer consumed
+    per CPU-second of its own."""
     consumer = subprocess.Popen([raw_consume, brokers, topic, "follow", "fetch.wait.max.ms=5"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     load = subprocess.Popen([produce_load, brokers, topic, "4", data, str(int(rate)), str(LOAD_LINGER_MS)],
@@ -195,18 +220,56 @@ def floor_delay(brokers, topic, raw_consume, produce_load, data, rate, seconds):
     load.stdin.close()
     if load.wait(60) != 0:
         raise SystemExit("the load generator failed")
-    out, _ = consumer.communicate("", timeout=60)
-    messages, p50, p99, _ = (int(x) for x in out.split())
+    consumer.stdin.close()
+    out = consumer.stdout.read()
+    cpu = reap(consumer)
+    messages, p50, p99, _, total = (int(x) for x in out.split())
     if messages == 0:
         raise SystemExit(f"raw_consume follow saw no probe records on {topic}")
-    return float(p50), float(p99)
+    return float(p50), float(p99), total / cpu
+
+
+def steady_cost(brokers, topic, args, text, data, rate, env, name, seconds=10):
+    """Records `strata speed` consumes per CPU-second of its own under a steady load at
+    `rate` on `topic` (measured over `seconds` once it keeps pace), with the example config's
+    views and the archive on."""
+    config = os.path.join(args.work, f"cost-{name}.toml")
+    open(config, "w").write(text.replace('topics = ["page_views"]', f'topics = ["{topic}"]')
+                            .replace('url = "./lake"', f'url = "./cost-lake-{name}"'))
+    metrics_port = free_port()
+    speed = subprocess.Popen([args.strata, "--config", config, "speed", "--address", f"127.0.0.1:{free_port()}",
+                              "--metrics-address", f"127.0.0.1:{metrics_port}"],
+                             env=dict(env, STRATA_KAFKA_BROKERS=brokers), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    load = None
+    try:
+        wait_port(metrics_port, speed, "strata speed")
+        wait_assigned(brokers, [topic], metrics_port)
+        load = subprocess.Popen([args.produce_load, brokers, topic, "4", data, str(int(rate)), str(LOAD_LINGER_MS)],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        before = consumed_count(metrics_port)
+        deadline = time.monotonic() + 30
+        while consumed_count(metrics_port) - before < rate:  # the first second of the load consumed
+            if time.monotonic() > deadline:
+                raise SystemExit(f"strata speed consumed nothing of the load on {topic}")
+            time.sleep(0.05)
+        events, cpu = consumed_count(metrics_port), cpu_seconds(speed.pid)
+        time.sleep(seconds)  # a measuring window, not a readiness wait
+        events, cpu = consumed_count(metrics_port) - events, cpu_seconds(speed.pid) - cpu
+    finally:
+        if load:
+            load.stdin.close()
+            load.wait(60)
+        speed.terminate()
+        speed.wait(60)
+    return events / cpu
 
 
 def wait_assigned(brokers, topics, metrics_port):
     """Produces a record to each of the topics' 4 partitions and waits until Strata has
     consumed them: its partitions are assigned before a load starts (librdkafka's mock
     broker keeps only ~5 MB per partition, so a consumer that joins late finds records gone)."""
-    before = metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total")
+    before = consumed_count(metrics_port)
     p = Producer({"bootstrap.servers": brokers})
     record = probe_record("warm", who="warm")
     for topic in topics:
@@ -214,7 +277,7 @@ def wait_assigned(brokers, topics, metrics_port):
             p.produce(topic, value=record, partition=partition)
     p.flush(30)
     deadline = time.monotonic() + 60
-    while metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total") < before + 4 * len(topics):
+    while consumed_count(metrics_port) < before + 4 * len(topics):
         if time.monotonic() > deadline:
             raise SystemExit("strata was not assigned its partitions within 60 s")
         time.sleep(0.05)
@@ -226,6 +289,10 @@ def phase_topics(rates):
     return [(f"floor_{i}", f"fresh_{i}") for i in range(len(rates))]
 
 
+# The topic of the steady-load cost measure (steady_cost).
+COST_TOPIC = "cost"
+
+
 def freshness_on(broker, brokers, args, text, data, rates, env):
     """Freshness on one broker: the broker's floor, then `strata run` (speed + serving in
     one process) under each steady load, each on topics of its own (phase_topics). The
@@ -234,8 +301,11 @@ def freshness_on(broker, brokers, args, text, data, rates, env):
     topics = phase_topics(rates)
     floors = {rate: floor_delay(brokers, floor, args.raw_consume, args.produce_load, data, rate, 15)
               for rate, (floor, _) in zip(rates, topics)}
-    for rate, (p50, p99) in floors.items():
-        print(f"{broker}: floor (bare librdkafka) at {rate:,.0f} events/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms", flush=True)
+    for rate, (p50, p99, per_cpu) in floors.items():
+        print(f"{broker}: floor (bare librdkafka) at {rate:,.0f} events/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms; "
+              f"{per_cpu:,.0f} records per CPU-second", flush=True)
+    cost = steady_cost(brokers, COST_TOPIC, args, text, data, rates[-1], env, broker)
+    print(f"{broker}: strata speed under {rates[-1]:,.0f} events/s: {cost:,.0f} records per CPU-second", flush=True)
     config = os.path.join(args.work, f"fresh-{broker}.toml")
     fresh = [t for _, t in topics]
     open(config, "w").write(text.replace('topics = ["page_views"]', f"topics = {json.dumps(fresh)}")
@@ -254,13 +324,51 @@ def freshness_on(broker, brokers, args, text, data, rates, env):
                                                args.probes)
             print(f"{broker}: freshness at {rate:,.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
                   f"consumer behind the producer by {behind:,.0f} events at the end", flush=True)
-            rows.append((broker, rate, p50, p99, behind, *floors[rate]))
+            rows.append((broker, rate, p50, p99, behind, *floors[rate][:2]))
         memory = client.query("SELECT view, speed_states, speed_state_bytes, bytes_per_state FROM system.freshness "
                               "ORDER BY view").to_pylist()
     finally:
         run.terminate()
         run.wait(60)
-    return rows, memory
+    return rows, memory, (rates[-1], cost, floors[rates[-1]][2])
+
+
+# Where a sampled function belongs, by the first pattern its name matches.
+COMPONENTS = [
+    ("librdkafka (fetch, protocol, queues)", r"rd_kafka|rd_buf|rd_slice|rd_crc|crc32|rdkafka|zstd|lz4|snappy"),
+    ("decode (JSON to Arrow)", r"strata_core::decode|serde_json|simd_json|arrow_json|chrono|parse_time"),
+    ("aggregate (window states, sketches)", r"aggregate|hyperloglog|kll|hll|sketch|datafusion|hash_|ahash|hashbrown"),
+    ("archive (Parquet encode, Delta commit)", r"parquet|deltalake|delta_kernel|archive|object_store|flate|brotli"),
+    ("Arrow kernels (concat, take, casts)", r"arrow"),
+    ("memory (allocation, copies)", r"malloc|free|realloc|memcpy|memmove|memset|alloc::|_int_"),
+    ("kernel (system calls, scheduling)", r"\[k\]|^0x|kernel|syscall|futex|epoll"),
+]
+
+
+def profile_table(data):
+    """A Markdown table of where the sampled CPU went, by component, from perf's flat report."""
+    out = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "sym",
+                          "--percent-limit", "0"], capture_output=True, text=True).stdout
+    shares = {name: 0.0 for name, _ in COMPONENTS}
+    other, top = 0.0, []
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+(\[.\])\s+(.*)", line)
+        if not m:
+            continue
+        share, symbol = float(m.group(1)), f"{m.group(2)} {m.group(3).strip()}"
+        top.append((share, symbol))
+        for name, pattern in COMPONENTS:
+            if re.search(pattern, symbol, re.I):
+                shares[name] += share
+                break
+        else:
+            other += share
+    lines = ["| where strata speed's CPU went while catching up (perf, 499 Hz) | share |", "|---|---:|"]
+    lines += [f"| {name} | {share:.1f}% |" for name, share in sorted(shares.items(), key=lambda kv: -kv[1])]
+    lines.append(f"| other | {other:.1f}% |")
+    lines += ["", "| hottest functions | share |", "|---|---:|"]
+    lines += [f"| `{symbol[:110]}` | {share:.1f}% |" for share, symbol in sorted(top, reverse=True)[:20]]
+    return "\n".join(lines)
 
 
 def main():
@@ -275,6 +383,7 @@ def main():
     a.add_argument("--events", type=int, default=2_000_000)
     a.add_argument("--probes", type=int, default=200)
     a.add_argument("--light-rate", type=float, default=10_000)
+    a.add_argument("--profile", action="store_true", help="where strata speed's CPU goes (perf)")
     args = a.parse_args()
 
     shutil.rmtree(args.work, ignore_errors=True)
@@ -304,10 +413,13 @@ def main():
         print(f"produced {n:,} in {time.perf_counter() - started:.1f} s", flush=True)
 
         # The ceiling: librdkafka alone.
-        out = subprocess.run([args.raw_consume, brokers, TOPIC, str(n)], check=True, capture_output=True, text=True).stdout
+        raw = subprocess.Popen([args.raw_consume, brokers, TOPIC, str(n)], stdout=subprocess.PIPE, text=True)
+        out = raw.stdout.read()
+        raw_cpu = reap(raw)
         messages, seconds, _, _ = out.split()
         ceiling = int(messages) / float(seconds)
-        print(f"librdkafka raw consume: {ceiling:,.0f} messages/s", flush=True)
+        raw_per_cpu = int(messages) / raw_cpu
+        print(f"librdkafka raw consume: {ceiling:,.0f} messages/s, {raw_per_cpu:,.0f} per CPU-second", flush=True)
 
         # Strata's speed layer: consume, compute both views' states, archive.
         metrics_port = free_port()
@@ -317,32 +429,43 @@ def main():
         procs.append(speed)
         wait_port(metrics_port, speed, "strata speed")
         first = None
+        profiler = None
         while True:
-            done = metric(metrics_port, "strata_events_consumed_total") + metric(metrics_port, "strata_events_rejected_total")
+            done = consumed_count(metrics_port)
             if done > 0 and first is None:
-                first = (time.perf_counter(), done)
+                first = (time.perf_counter(), done, cpu_seconds(speed.pid))
+                if args.profile:
+                    profiler = subprocess.Popen(["perf", "record", "-F", "499", "-p", str(speed.pid), "-o",
+                                                 os.path.join(args.work, "perf.data")],
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if done >= n:
                 break
             time.sleep(0.05)
         seconds = time.perf_counter() - first[0]
         ingest = (n - first[1]) / seconds
+        per_cpu = (n - first[1]) / (cpu_seconds(speed.pid) - first[2])
         cores = os.cpu_count()
-        print(f"strata speed: {ingest:,.0f} events/s ({ingest / cores:,.0f} per core)", flush=True)
+        print(f"strata speed: {ingest:,.0f} events/s ({ingest / cores:,.0f} per core), {per_cpu:,.0f} per CPU-second",
+              flush=True)
+        if profiler:
+            profiler.send_signal(2)
+            profiler.wait(120)
         speed.terminate()
         speed.wait(60)
         procs.remove(speed)
 
         # Freshness on Apache Kafka, then on librdkafka's mock broker.
         rates = (args.light_rate, ingest / 2)
-        create_topics(brokers, [t for pair in phase_topics(rates) for t in pair])
-        freshness, memory = freshness_on("kafka", brokers, args, text, data, rates, env)
+        create_topics(brokers, [COST_TOPIC, *(t for pair in phase_topics(rates) for t in pair)])
+        freshness, memory, kafka_cost = freshness_on("kafka", brokers, args, text, data, rates, env)
         kafka.terminate()
         kafka.wait(30)
-        mock = subprocess.Popen([args.mock_broker, *(f"{t}:4" for pair in phase_topics(rates) for t in pair)],
+        mock = subprocess.Popen([args.mock_broker, f"{COST_TOPIC}:4",
+                                 *(f"{t}:4" for pair in phase_topics(rates) for t in pair)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         procs.append(mock)
         mock_brokers = mock.stdout.readline().strip()
-        rows, memory = freshness_on("mock", mock_brokers, args, text, data, rates, env)
+        rows, memory, mock_cost = freshness_on("mock", mock_brokers, args, text, data, rates, env)
         freshness += rows
         mock.stdin.close()
 
@@ -359,6 +482,17 @@ def main():
             print(f"| {broker}, {rate:,.0f} events/s (strata behind at the end: {behind:,.0f}) | {p50:.1f} ms | "
                   f"{p99:.1f} ms | {f50:.0f} ms | {f99:.0f} ms | p99 < 100 ms |")
         print()
+        print("| records per CPU-second of the consumer's own process | strata speed | bare librdkafka | ratio | goal |")
+        print("|---|---:|---:|---:|---|")
+        print(f"| kafka, catching up on {n:,} records | {per_cpu:,.0f} | {raw_per_cpu:,.0f} | "
+              f"{per_cpu / raw_per_cpu:.2f} | >= 500,000 |")
+        for broker, (rate, strata_cost, raw_cost) in (("kafka", kafka_cost), ("mock", mock_cost)):
+            print(f"| {broker}, steady load at {rate:,.0f} events/s | {strata_cost:,.0f} | {raw_cost:,.0f} | "
+                  f"{strata_cost / raw_cost:.2f} | >= 500,000 |")
+        print()
+        if args.profile:
+            print(profile_table(os.path.join(args.work, "perf.data")))
+            print()
         print("| memory (mock broker run) | bytes per live state |")
         print("|---|---:|")
         for m in memory:

@@ -2,7 +2,10 @@
 # Benchmarks, outside the test suite (they need a release build and minutes of quiet):
 #
 #   scripts/bench.sh batch [EVENTS]      batch recompute and compaction vs DuckDB and pyspark
-#   scripts/bench.sh speed [EVENTS]      ingest vs librdkafka's raw consume rate, freshness, memory
+#   scripts/bench.sh speed [EVENTS] [--profile]
+#                                        ingest vs librdkafka's raw consume rate, cost per event
+#                                        (records per CPU-second; --profile: where it goes),
+#                                        freshness, memory
 #   scripts/bench.sh ballista [EVENTS]   batch recompute on Ballista (one, then two executors) vs
 #                                        the local engine, and how a Ballista run's time divides
 #   scripts/bench.sh engines [EVENTS]    the speed layer's two views as a Flink SQL job (PyFlink) and a
@@ -28,7 +31,7 @@ case "${1:-batch}" in
     .venv/bin/python bench/speed.py --strata "$strata" --raw-consume "$CARGO_TARGET_DIR/release/examples/raw_consume" \
       --produce-load "$CARGO_TARGET_DIR/release/examples/produce_load" \
       --mock-broker "$CARGO_TARGET_DIR/release/examples/mock_broker" \
-      --kafka-broker "$PWD/scripts/kafka-broker" --repo "$PWD" --work "$work/speed" --events "${2:-2000000}"
+      --kafka-broker "$PWD/scripts/kafka-broker" --repo "$PWD" --work "$work/speed" --events "${2:-2000000}" "${@:3}"
     ;;
   ballista)
     .venv/bin/python bench/ballista.py --strata "$strata" --repo "$PWD" --work "$work/ballista" --events "${2:-5000000}"

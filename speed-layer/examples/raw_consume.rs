@@ -7,7 +7,7 @@
 //!     consumes what is produced from now until its standard input closes, timing each
 //!     record that has a key (the benchmark's probes; the load has none) from its Kafka
 //!     timestamp (the produce call) to its consumption, from 3 s after the first record on
-//!     ->  "probes p50_ms p99_ms max_ms"
+//!     ->  "probes p50_ms p99_ms max_ms messages" (messages: every record consumed)
 //!
 //! KEY=VALUE pairs are librdkafka properties (e.g. fetch.wait.max.ms=5, as Strata's).
 
@@ -76,10 +76,11 @@ fn follow_delays(consumer: &BaseConsumer) {
     }
     // Delays in ms, one count per millisecond up to a minute.
     let mut counts = vec![0u64; 60_001];
-    let (mut messages, mut checksum) = (0u64, 0u64);
+    let (mut messages, mut consumed, mut checksum) = (0u64, 0u64, 0u64);
     let mut first: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            consumed += 1;
             let payload = m.payload().unwrap_or_default();
             checksum = checksum.wrapping_add(payload.first().copied().unwrap_or(0) as u64);
             // The first seconds (the group join, the catch-up after it) are not timed.
@@ -109,8 +110,8 @@ fn follow_delays(consumer: &BaseConsumer) {
     };
     let max = counts.iter().rposition(|&c| c > 0);
     match (quantile(0.5), quantile(0.99), max) {
-        (Some(p50), Some(p99), Some(max)) if messages > 0 => println!("{messages} {p50} {p99} {max}"),
-        _ => println!("0 0 0 0"),
+        (Some(p50), Some(p99), Some(max)) if messages > 0 => println!("{messages} {p50} {p99} {max} {consumed}"),
+        _ => println!("0 0 0 0 {consumed}"),
     }
     eprintln!("checksum {checksum}");
 }
