@@ -79,7 +79,7 @@ if not JOB:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
 
     from speed import (PROBE_EVERY, LOAD_LINGER_MS, TOPIC, create_topics, free_port, metric, probe_record,  # bench/speed.py
-                       produce_file, wait_port)
+                       produce_file, start_kafka, wait_port)
 
 VIEWS = ("page_stats", "device_5m")
 PARTITIONS = 4
@@ -523,12 +523,8 @@ def main():
 
     shutil.rmtree(a.work, ignore_errors=True)
     os.makedirs(a.work)
-    port = free_port()
-    brokers = f"127.0.0.1:{port}"
-    kafka = subprocess.Popen([a.kafka_broker, os.path.join(a.work, "kafka"), str(port), str(free_port())],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kafka, brokers = start_kafka(a.kafka_broker, a.work)
     try:
-        wait_port(port, kafka, "Apache Kafka")
         create_topics(brokers, [TOPIC, "idle"])
         data = os.path.join(a.work, "events.jsonl")
         subprocess.run([a.strata, "--config", os.path.join(a.repo, "strata.example.toml"), "generate", "--events", str(a.events), "--out", data,

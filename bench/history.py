@@ -41,7 +41,7 @@ here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [here, os.path.join(here, "..", "tests", "python")]
 from batch import active_files, run, size_mb  # noqa: E402
 from flight_clients import adbc_connect, adbc_query  # noqa: E402
-from speed import TOPIC, create_topics, free_port, metric, produce_file, wait_port  # noqa: E402
+from speed import TOPIC, create_topics, free_port, metric, produce_file, start_kafka, wait_port  # noqa: E402
 
 
 def start(cmd, port, what, env=None):
@@ -221,10 +221,8 @@ def main():
                                serve_port, "strata serve", env))
             live = 0
         else:
-            kafka_port = free_port()
-            brokers = f"127.0.0.1:{kafka_port}"
-            procs.append(start([a.kafka_broker, os.path.join(a.work, "kafka"), str(kafka_port), str(free_port())],
-                               kafka_port, "Apache Kafka"))
+            kafka, brokers = start_kafka(a.kafka_broker, a.work)
+            procs.append(kafka)
             create_topics(brokers, [TOPIC])
             data = os.path.join(a.work, "live.jsonl")
             write_live(data, a.speed_events, a.groups)

@@ -77,6 +77,21 @@ def wait_port(port, proc, what):
     raise SystemExit(f"{what} did not listen on {port}")
 
 
+def start_kafka(kafka_broker, work):
+    """Starts Apache Kafka (scripts/kafka-broker) on a free port of 127.0.0.1, its data under
+    `work`, and waits until it listens. Returns the process and its bootstrap address."""
+    port = free_port()
+    kafka = subprocess.Popen([kafka_broker, os.path.join(work, "kafka"), str(port), str(free_port())],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, kafka, "Apache Kafka")
+    except BaseException:
+        kafka.kill()
+        kafka.wait()
+        raise
+    return kafka, f"127.0.0.1:{port}"
+
+
 def create_topics(brokers, topics, partitions=4):
     admin = AdminClient({"bootstrap.servers": brokers})
     deadline = time.monotonic() + 60
@@ -388,13 +403,9 @@ def main():
 
     shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work)
-    port = free_port()
-    brokers = f"127.0.0.1:{port}"
-    kafka = subprocess.Popen([args.kafka_broker, os.path.join(args.work, "kafka"), str(port), str(free_port())],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kafka, brokers = start_kafka(args.kafka_broker, args.work)
     procs = [kafka]
     try:
-        wait_port(port, kafka, "Apache Kafka")
         create_topics(brokers, [TOPIC])
         config = os.path.join(args.work, "strata.toml")
         text = (open(os.path.join(args.repo, "strata.example.toml")).read().replace('interval = "5m"\n', "")
