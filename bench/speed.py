@@ -399,6 +399,7 @@ def main():
     a.add_argument("--probes", type=int, default=200)
     a.add_argument("--light-rate", type=float, default=10_000)
     a.add_argument("--profile", action="store_true", help="where strata speed's CPU goes (perf)")
+    a.add_argument("--ingest-only", action="store_true", help="stop after the catch-up measure (and its profile)")
     args = a.parse_args()
 
     shutil.rmtree(args.work, ignore_errors=True)
@@ -446,7 +447,7 @@ def main():
             if done > 0 and first is None:
                 first = (time.perf_counter(), done, cpu_seconds(speed.pid))
                 if args.profile:
-                    profiler = subprocess.Popen(["perf", "record", "-F", "499", "-p", str(speed.pid), "-o",
+                    profiler = subprocess.Popen(["perf", "record", "-F", "499", *os.environ.get("PERF_EXTRA", "").split(), "-p", str(speed.pid), "-o",
                                                  os.path.join(args.work, "perf.data")],
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if done >= n:
@@ -464,6 +465,10 @@ def main():
         speed.terminate()
         speed.wait(60)
         procs.remove(speed)
+        if args.ingest_only:
+            if args.profile:
+                print(profile_table(os.path.join(args.work, "perf.data")))
+            return
 
         # Freshness on Apache Kafka, then on librdkafka's mock broker.
         rates = (args.light_rate, ingest / 2)

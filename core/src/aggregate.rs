@@ -72,6 +72,9 @@ pub struct State {
     pub merge: &'static str,
     /// SQL computing the state from events (the view's FILTER is appended by the compiler).
     pub compute: String,
+    /// The state of no events where `compute` is never null (a count's `0`): a merge of
+    /// states is then never null either (it is coalesced to this).
+    pub empty: Option<&'static str>,
 }
 
 /// An aggregate whose partial results merge associatively.
@@ -152,6 +155,7 @@ fn simple(call: &Call, suffix: &'static str, compute: &str, merge: &'static str)
         suffix,
         merge,
         compute: format!("{compute}({})", call.arg_sql()),
+        empty: (compute == "count").then_some("0"),
     }]
 }
 

@@ -101,6 +101,8 @@ pub struct StateColumn {
     pub merge: &'static str,
     /// SQL computing the state from events.
     pub compute: String,
+    /// See [`State::empty`](crate::aggregate::State::empty).
+    pub empty: Option<&'static str>,
 }
 
 /// One output column of a view, in SELECT order.
@@ -147,6 +149,7 @@ impl ViewPlan {
                     name: state_column(&a.name, state.suffix),
                     merge: state.merge,
                     compute: format!("{}{filter}", state.compute),
+                    empty: state.empty,
                 });
             }
         }
@@ -163,7 +166,11 @@ impl ViewPlan {
     /// A fingerprint of what the view computes: a published version computed under another
     /// definition is recomputed.
     pub fn fingerprint(&self) -> String {
-        let text = format!("v1|{}|{}", self.state_sql(&self.source), self.merge_sql("states"));
+        let text = format!(
+            "v1|{}|{}",
+            self.per_event_state_sql(&self.source, &[]),
+            self.merge_sql("states")
+        );
         format!("{:016x}", crate::fnv64(text.as_bytes()))
     }
 }
@@ -340,8 +347,18 @@ latency_ms = "int64"
         assert_eq!(plan.window.slide_us, 60_000_000);
         assert_eq!(plan.window.size_us, 300_000_000);
         assert!(
-            plan.state_sql("t")
+            plan.per_event_state_sql("t", &[])
                 .contains("unnest(strata_hop(\"ts\", 60000000, 300000000)) AS \"window_start\"")
+        );
+        // Computed per pane: events grouped per slide, each pane spread over its windows.
+        let panes = plan.state_sql("t");
+        assert!(
+            panes.contains("strata_tumble(\"ts\", 60000000) AS \"window_start\""),
+            "{panes}"
+        );
+        assert!(
+            panes.contains("unnest(strata_hop(\"window_start\", 60000000, 300000000)) AS \"window_start\""),
+            "{panes}"
         );
         let starts: Vec<i64> = plan.window.starts(130_000_000).collect();
         assert_eq!(starts, [-120_000_000, -60_000_000, 0, 60_000_000, 120_000_000]);
@@ -576,6 +593,17 @@ sql = """SELECT window_start, count(*) AS n, sum(x) AS s, avg(x) AS mean, approx
         parts: &[&[Event]],
         sql: fn(&ViewPlan, &str) -> String,
     ) -> BTreeMap<String, Vec<(String, Cell)>> {
+        finalized_from(plan, source, parts, ViewPlan::state_sql, sql).await
+    }
+
+    /// [`finalized`] with the states of each part computed by `state_sql`.
+    async fn finalized_from(
+        plan: &ViewPlan,
+        source: &Arc<SourceSchema>,
+        parts: &[&[Event]],
+        state_sql: fn(&ViewPlan, &str) -> String,
+        sql: fn(&ViewPlan, &str) -> String,
+    ) -> BTreeMap<String, Vec<(String, Cell)>> {
         let ctx = new_context(session_config()).unwrap();
         let mut states = Vec::new();
         for part in parts {
@@ -583,7 +611,7 @@ sql = """SELECT window_start, count(*) AS n, sum(x) AS s, avg(x) AS mean, approx
             let _ = ctx.deregister_table("events");
             ctx.register_table("events", Arc::new(table)).unwrap();
             states.extend(
-                ctx.sql(&plan.state_sql("events"))
+                ctx.sql(&state_sql(plan, "events"))
                     .await
                     .unwrap()
                     .collect()
@@ -657,6 +685,11 @@ sql = """SELECT window_start, count(*) AS n, sum(x) AS s, avg(x) AS mean, approx
                 // (as the serving layer finalizes a batch version's rows) they are the same.
                 let rows = rt.block_on(finalized(&plan, &source, &[&events], ViewPlan::finalize_sql));
                 prop_assert_eq!(&whole, &rows, "view {} finalized row by row", plan.name);
+                // A hopping window's states, computed per pane and spread over the windows,
+                // are those of each event aggregated into every window it falls in.
+                let per_event = |p: &ViewPlan, t: &str| p.per_event_state_sql(t, &[]);
+                let by_event = rt.block_on(finalized_from(&plan, &source, &parts, per_event, ViewPlan::merge_sql));
+                prop_assert_eq!(&split, &by_event, "view {} per event", plan.name);
             }
         }
     }
@@ -706,5 +739,34 @@ sql = """SELECT window_start, count(*) AS n, sum(x) AS s, avg(x) AS mean, approx
             }
             assert_eq!(merged, rows, "view {}", plan.name);
         }
+    }
+
+    /// The states of a hopping window computed per pane have the schema (types and
+    /// nullability) of those computed per event: one view table, whichever computed it.
+    #[tokio::test]
+    async fn pane_states_have_the_schema_of_per_event_states() {
+        let config = Config::parse(CONFIG, Path::new("t.toml"), &Default::default()).unwrap();
+        let source = SourceSchema::new(&config.sources[0]);
+        let ctx = new_context(session_config()).unwrap();
+        ctx.register_table(
+            "events",
+            Arc::new(MemTable::try_new(source.raw.clone(), vec![vec![]]).unwrap()),
+        )
+        .unwrap();
+        let mut hopping = 0;
+        for plan in config.view_plans().unwrap() {
+            let partition = quote(crate::schema::PARTITION);
+            let keyed = [(partition.as_str(), "__p")];
+            let panes = ctx.sql(&plan.state_sql_keyed("events", &keyed)).await.unwrap();
+            let events = ctx.sql(&plan.per_event_state_sql("events", &keyed)).await.unwrap();
+            assert_eq!(
+                panes.schema().as_arrow(),
+                events.schema().as_arrow(),
+                "view {}",
+                plan.name
+            );
+            hopping += usize::from(plan.window.kind == WindowKind::Hop);
+        }
+        assert_eq!(hopping, 1);
     }
 }

@@ -15,7 +15,7 @@
 //! report progress (lag). Records are read `read_committed`: aborted transactions are never
 //! seen, and the offsets transaction markers (or compaction) leave out are simply not there.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -246,28 +246,95 @@ fn kafka_error(what: &str, file: &std::path::Path, e: KafkaError) -> Error {
 /// Kafka sends whole). Offsets beyond it are gaps Kafka leaves — transaction markers,
 /// aborted transactions, compaction — and the record after a gap is taken as it comes: a
 /// gap costs nothing.
+/// Found without allocating or hashing: records come in runs of one partition, and the
+/// partition of the last record taken is tried first.
 #[derive(Debug, Default)]
-struct NextOffsets(HashMap<TopicPartition, i64>);
+struct NextOffsets {
+    owned: Vec<Owned>,
+    last: usize,
+}
+
+#[derive(Debug)]
+struct Owned {
+    partition: TopicPartition,
+    source: usize,
+    next: i64,
+    /// The offsets taken since the last [`NextOffsets::drain`]: first, and last + 1.
+    taken: Option<(i64, i64)>,
+}
 
 impl NextOffsets {
-    fn start(&mut self, partition: TopicPartition, at: i64) {
-        self.0.insert(partition, at);
+    fn start(&mut self, partition: TopicPartition, at: i64, source: usize) {
+        self.forget(&partition);
+        self.owned.push(Owned {
+            partition,
+            source,
+            next: at,
+            taken: None,
+        });
     }
 
     fn forget(&mut self, partition: &TopicPartition) {
-        self.0.remove(partition);
+        self.owned.retain(|o| &o.partition != partition);
     }
 
     /// Whether to take the record at `offset` (of a partition owned, at or beyond the next
-    /// offset); the next offset then follows it.
-    fn take(&mut self, partition: &TopicPartition, offset: i64) -> bool {
-        match self.0.get_mut(partition) {
-            Some(next) if offset >= *next => {
-                *next = offset + 1;
-                true
+    /// offset), and then its source; the next offset then follows it.
+    fn take(&mut self, topic: &str, partition: i32, offset: i64) -> Option<usize> {
+        let is = |o: &Owned| o.partition.partition == partition && o.partition.topic == topic;
+        let i = match self.owned.get(self.last) {
+            Some(o) if is(o) => self.last,
+            _ => {
+                self.last = self.owned.iter().position(is)?;
+                self.last
             }
-            _ => false,
+        };
+        let o = &mut self.owned[i];
+        if offset < o.next {
+            return None;
         }
+        o.next = offset + 1;
+        o.taken = Some(o.taken.map_or((offset, offset + 1), |(first, _)| (first, offset + 1)));
+        Some(o.source)
+    }
+
+    /// The offsets of `source`'s partitions taken since the last drain, in partition order.
+    fn drain(&mut self, source: usize) -> Vec<OffsetRange> {
+        let mut ranges: Vec<OffsetRange> = self
+            .owned
+            .iter_mut()
+            .filter(|o| o.source == source)
+            .filter_map(|o| {
+                let (start, end) = o.taken.take()?;
+                Some(OffsetRange {
+                    partition: o.partition.clone(),
+                    start,
+                    end,
+                })
+            })
+            .collect();
+        ranges.sort_by(|a, b| a.partition.cmp(&b.partition));
+        ranges
+    }
+}
+
+/// The wall time (Unix milliseconds) of the consumer's monotonic clock readings, from one
+/// reading of both clocks.
+struct WallClock {
+    at: Instant,
+    millis: i64,
+}
+
+impl WallClock {
+    fn new(at: Instant) -> Self {
+        WallClock {
+            at,
+            millis: chrono::Utc::now().timestamp_millis(),
+        }
+    }
+
+    fn millis(&self, now: Instant) -> i64 {
+        self.millis + now.saturating_duration_since(self.at).as_millis() as i64
     }
 }
 
@@ -275,7 +342,6 @@ struct SourceState {
     schema: Arc<SourceSchema>,
     decoder: JsonDecoder,
     rejects: Rejects,
-    positions: BTreeMap<TopicPartition, (i64, i64)>,
     consumed: Counter,
     rejected: Counter,
     /// From a record's Kafka timestamp to its consumption.
@@ -334,6 +400,10 @@ impl Poller {
         let mut next = NextOffsets::default();
         let mut pending = 0usize;
         let mut first_pending: Option<Instant> = None;
+        // One clock read per record: the consumer's own time, and the wall time (for how
+        // late records arrive) derived from it, taken afresh with every batch cut.
+        let mut now = Instant::now();
+        let mut wall = WallClock::new(now);
         let poll_timeout = self
             .batch_interval
             .min(Duration::from_millis(10))
@@ -341,12 +411,12 @@ impl Poller {
 
         loop {
             if self.stop.is_cancelled() {
-                self.cut(&mut sources, &mut pending, &mut first_pending)?;
+                self.cut(&mut sources, &mut next, &mut pending, &mut first_pending)?;
                 return Ok(());
             }
             // Rebalances happen inside poll: act on them between polls, in order.
             while let Some(change) = self.rebalances.next() {
-                self.cut(&mut sources, &mut pending, &mut first_pending)?;
+                self.cut(&mut sources, &mut next, &mut pending, &mut first_pending)?;
                 if !self.rebalance(change, &mut next, &topic_source)? {
                     return Ok(());
                 }
@@ -356,26 +426,32 @@ impl Poller {
             // a due batch held for a busy aggregator is no reason to spin).
             let timeout = first_pending.map_or(poll_timeout, |t| {
                 self.batch_interval
-                    .saturating_sub(t.elapsed())
+                    .saturating_sub(now.saturating_duration_since(t))
                     .clamp(Duration::from_millis(1), poll_timeout)
             });
-            match self.consumer.poll(timeout) {
+            let polled = self.consumer.poll(timeout);
+            now = Instant::now();
+            match polled {
                 None => {}
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "Kafka poll error");
                 }
-                Some(Ok(message)) if self.record(&message, &mut sources, &mut next, &topic_source) => {
+                Some(Ok(message)) if self.record(&message, wall.millis(now), &mut sources, &mut next) => {
                     pending += 1;
-                    first_pending.get_or_insert_with(Instant::now);
+                    first_pending.get_or_insert(now);
                 }
                 Some(Ok(_)) => {}
             }
             // A batch is due after its interval, but is held (and grows) while the aggregator
             // still has one waiting: records never queue behind more than one batch, and a
             // busy aggregator gets fewer, larger batches instead of falling further behind.
-            let due = first_pending.is_some_and(|t| t.elapsed() >= self.batch_interval) && self.output.capacity() > 0;
-            if (pending >= MAX_BATCH_ROWS || due) && !self.cut(&mut sources, &mut pending, &mut first_pending)? {
-                return Ok(());
+            let due = first_pending.is_some_and(|t| now.saturating_duration_since(t) >= self.batch_interval)
+                && self.output.capacity() > 0;
+            if pending >= MAX_BATCH_ROWS || due {
+                if !self.cut(&mut sources, &mut next, &mut pending, &mut first_pending)? {
+                    return Ok(());
+                }
+                wall = WallClock::new(now);
             }
         }
     }
@@ -389,7 +465,6 @@ impl Poller {
                 schema: s.clone(),
                 decoder: JsonDecoder::new(s.clone()),
                 rejects: Rejects::new(&s.name, chrono::Utc::now().timestamp_micros()),
-                positions: BTreeMap::new(),
                 consumed: metrics().events_consumed.get_or_create_owned(&label(s)),
                 rejected: metrics().events_rejected.get_or_create_owned(&label(s)),
                 delay: metrics().kafka_delay.get_or_create_owned(&label(s)),
@@ -416,7 +491,7 @@ impl Poller {
             Rebalance::Assign(list) => {
                 let claims = self.assign(&list)?;
                 for c in &claims {
-                    next.start(c.partition.clone(), c.start);
+                    next.start(c.partition.clone(), c.start, topic_source[&c.partition.topic]);
                 }
                 let list = claims
                     .into_iter()
@@ -437,24 +512,19 @@ impl Poller {
     fn record(
         &self,
         message: &rdkafka::message::BorrowedMessage<'_>,
+        now_millis: i64,
         sources: &mut [SourceState],
         next: &mut NextOffsets,
-        topic_source: &HashMap<String, usize>,
     ) -> bool {
         let topic = message.topic();
         let partition = message.partition();
         let offset = message.offset();
-        let key = TopicPartition::new(topic, partition);
-        if !next.take(&key, offset) {
-            return false;
-        }
-        let Some(&s) = topic_source.get(topic) else {
+        let Some(s) = next.take(topic, partition, offset) else {
             return false;
         };
         let source = &mut sources[s];
         if let Some(produced) = message.timestamp().to_millis() {
-            let now = chrono::Utc::now().timestamp_millis();
-            source.delay.observe((now - produced).max(0) as f64 / 1000.0);
+            source.delay.observe((now_millis - produced).max(0) as f64 / 1000.0);
         }
         let position = KafkaPosition {
             topic,
@@ -477,11 +547,6 @@ impl Poller {
                 source.rejected.inc();
             }
         }
-        source
-            .positions
-            .entry(key)
-            .and_modify(|(_, next)| *next = offset + 1)
-            .or_insert((offset, offset + 1));
         true
     }
 
@@ -620,6 +685,7 @@ impl Poller {
     fn cut(
         &self,
         sources: &mut [SourceState],
+        next: &mut NextOffsets,
         pending: &mut usize,
         first_pending: &mut Option<Instant>,
     ) -> Result<bool> {
@@ -629,17 +695,15 @@ impl Poller {
         let consumed_at = first_pending.take().unwrap_or_else(Instant::now);
         *pending = 0;
         for (i, s) in sources.iter_mut().enumerate() {
-            if s.positions.is_empty() {
+            let positions = next.drain(i);
+            if positions.is_empty() {
                 continue;
             }
             let batch = MicroBatch {
                 source: i,
                 events: (s.decoder.rows() > 0).then(|| s.decoder.finish()),
                 rejects: (!s.rejects.is_empty()).then(|| s.rejects.finish()),
-                positions: std::mem::take(&mut s.positions)
-                    .into_iter()
-                    .map(|(partition, (start, end))| OffsetRange { partition, start, end })
-                    .collect(),
+                positions,
                 consumed_at,
             };
             if !self.send(Input::Batch(batch))? {
@@ -718,13 +782,29 @@ mod tests {
     fn gaps_in_offsets_are_taken_at_once() {
         let p0 = TopicPartition::new("t", 0);
         let mut next = NextOffsets::default();
-        next.start(p0.clone(), 100);
+        next.start(p0.clone(), 100, 0);
+        next.start(TopicPartition::new("u", 0), 7, 1);
         let offsets = [98, 99, 100, 101, 102, 104, 105, 106, 120, 121, 500, 501];
-        let taken: Vec<i64> = offsets.into_iter().filter(|o| next.take(&p0, *o)).collect();
+        let taken: Vec<i64> = offsets
+            .into_iter()
+            .filter(|o| next.take("t", 0, *o) == Some(0))
+            .collect();
         assert_eq!(taken, [100, 101, 102, 104, 105, 106, 120, 121, 500, 501]);
-        assert!(!next.take(&p0, 501), "a record taken once is not taken again");
-        assert!(!next.take(&TopicPartition::new("t", 1), 0), "a partition not owned");
+        assert_eq!(next.take("t", 0, 501), None, "a record taken once is not taken again");
+        assert_eq!(next.take("t", 1, 0), None, "a partition not owned");
+        assert_eq!(next.take("u", 0, 7), Some(1), "the source of its partition");
+        // What was taken, per source, once: from the first offset taken to past the last.
+        let ranges = |r: Vec<OffsetRange>| {
+            r.into_iter()
+                .map(|r| (r.partition.topic, r.start, r.end))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ranges(next.drain(0)), [("t".to_string(), 100, 502)]);
+        assert_eq!(ranges(next.drain(1)), [("u".to_string(), 7, 8)]);
+        assert!(next.drain(0).is_empty(), "drained");
+        assert_eq!(next.take("t", 0, 502), Some(0));
+        assert_eq!(ranges(next.drain(0)), [("t".to_string(), 502, 503)]);
         next.forget(&p0);
-        assert!(!next.take(&p0, 502), "a partition given up");
+        assert_eq!(next.take("t", 0, 503), None, "a partition given up");
     }
 }

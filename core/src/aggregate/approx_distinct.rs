@@ -18,6 +18,7 @@ impl MergeableAggregate for ApproxDistinct {
             suffix: "hll",
             merge: fn_names::HLL_UNION,
             compute: format!("{}({})", fn_names::HLL_SKETCH, call.arg_sql()),
+            empty: None,
         }]
     }
 

@@ -32,6 +32,7 @@ impl MergeableAggregate for ApproxPercentile {
             suffix: "kll",
             merge: fn_names::KLL_MERGE,
             compute: format!("{}({})", fn_names::KLL_SKETCH, call.arg_sql()),
+            empty: None,
         }]
     }
 

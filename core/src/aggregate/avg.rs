@@ -16,11 +16,13 @@ impl MergeableAggregate for Avg {
                 suffix: "sum",
                 merge: "sum",
                 compute: format!("sum({arg})"),
+                empty: None,
             },
             State {
                 suffix: "count",
                 merge: "sum",
                 compute: format!("count({arg})"),
+                empty: Some("0"),
             },
         ]
     }

@@ -54,6 +54,7 @@ impl MergeableAggregate for Variance {
             suffix: "moments",
             merge: fn_names::MOMENTS_MERGE,
             compute: format!("{}({})", fn_names::MOMENTS, call.arg_sql()),
+            empty: None,
         }]
     }
 

@@ -19,9 +19,64 @@ impl ViewPlan {
     /// [`state_sql`](Self::state_sql) with `extra` key expressions (as `(sql, alias)`) grouped
     /// and selected after the view's keys: states kept apart per Kafka partition, or per
     /// archive segment.
+    ///
+    /// A hopping window's events are aggregated once, per slide (a pane), and each pane's
+    /// states merged into the windows that hold it: the same states as
+    /// [`per_event_state_sql`](Self::per_event_state_sql) (windows start at whole slides and
+    /// span whole slides, so a pane lies in exactly the windows its events do), for the cost of
+    /// one pass over the events instead of one per window an event falls in.
     pub fn state_sql_keyed(&self, table: &str, extra: &[(&str, &str)]) -> String {
+        if self.window.kind == WindowKind::Tumble {
+            return self.per_event_state_sql(table, extra);
+        }
+        let panes = self.events_to_states_sql(
+            table,
+            extra,
+            &format!(
+                "{}({}, {})",
+                fn_names::TUMBLE,
+                quote(&self.window.time_column),
+                self.window.slide_us
+            ),
+        );
+        let window = quote(WINDOW_START);
         let mut keys = self.quoted_keys();
-        let mut inner = format!("{} AS {}", self.window_sql(), quote(WINDOW_START));
+        keys.extend(extra.iter().map(|(_, alias)| quote(alias)));
+        let mut spread = vec![format!(
+            "unnest({}({window}, {}, {})) AS {window}",
+            fn_names::HOP,
+            self.window.slide_us,
+            self.window.size_us
+        )];
+        spread.extend(keys.iter().skip(1).cloned());
+        let mut select = keys.clone();
+        for s in self.state_columns() {
+            let name = quote(&s.name);
+            spread.push(name.clone());
+            select.push(match s.empty {
+                Some(empty) => format!("coalesce({}({name}), {empty}) AS {name}", s.merge),
+                None => format!("{}({name}) AS {name}", s.merge),
+            });
+        }
+        format!(
+            "SELECT {} FROM (SELECT {} FROM ({panes}) AS panes) AS windows GROUP BY {}",
+            select.join(", "),
+            spread.join(", "),
+            keys.join(", ")
+        )
+    }
+
+    /// [`state_sql_keyed`](Self::state_sql_keyed) as the definition reads: each event
+    /// aggregated into every window it falls in (what the view's fingerprint names).
+    pub fn per_event_state_sql(&self, table: &str, extra: &[(&str, &str)]) -> String {
+        self.events_to_states_sql(table, extra, &self.window_sql())
+    }
+
+    /// States of the events of `table` grouped by `window` (an expression of an event giving
+    /// a window start, or several `unnest`ed), the group columns and `extra`.
+    fn events_to_states_sql(&self, table: &str, extra: &[(&str, &str)], window: &str) -> String {
+        let mut keys = self.quoted_keys();
+        let mut inner = format!("{window} AS {}", quote(WINDOW_START));
         for (expr, alias) in extra {
             keys.push(quote(alias));
             write!(inner, ", {expr} AS {}", quote(alias)).expect("write to string");
