@@ -398,7 +398,7 @@ def main():
     a.add_argument("--events", type=int, default=2_000_000)
     a.add_argument("--probes", type=int, default=200)
     a.add_argument("--light-rate", type=float, default=10_000)
-    a.add_argument("--profile", action="store_true", help="where strata speed's CPU goes (perf)")
+    a.add_argument("--profile", action="store_true", help="where strata speed's CPU goes (perf; PERF_EXTRA adds perf record options, e.g. --call-graph dwarf)")
     a.add_argument("--ingest-only", action="store_true", help="stop after the catch-up measure (and its profile)")
     args = a.parse_args()
 
