@@ -451,6 +451,8 @@ impl Poller {
                 if !self.cut(&mut sources, &mut next, &mut pending, &mut first_pending)? {
                     return Ok(());
                 }
+                // Both clocks read afresh: the cut may have waited for the aggregator.
+                now = Instant::now();
                 wall = WallClock::new(now);
             }
         }

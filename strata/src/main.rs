@@ -24,8 +24,9 @@ use strata::{cmd, demo};
 /// allocates each fetched message on its broker thread and the consumer frees it on its own,
 /// and under the system allocator every such free waited on the broker thread's arena lock
 /// (measured: 40% of the consumer thread's waits while catching up; ingest went from 127k to
-/// 140k events/s without them). Transparent huge pages are off for its arenas: zeroing 2 MB
-/// pages that micro-batches use a little of cost more than it saved.
+/// 140k events/s without them). Transparent huge pages are off for the process (mimalloc's
+/// `no_thp` sets `PR_SET_THP_DISABLE`): zeroing 2 MB pages that micro-batches use a little
+/// of cost more than it saved.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
