@@ -79,7 +79,7 @@ if not JOB:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
 
     from speed import (PROBE_EVERY, LOAD_LINGER_MS, TOPIC, create_topics, free_port, metric, probe_record,  # bench/speed.py
-                       produce_file, start_kafka, wait_port)
+                       produce_file, start_kafka, stop, wait_port)
 
 VIEWS = ("page_stats", "device_5m")
 PARTITIONS = 4
@@ -599,11 +599,7 @@ def main():
             else:
                 print(f"| {name}, {load_rate:,.0f} events/s | | | | | 0 of {sent} |")
     finally:
-        kafka.terminate()
-        try:
-            kafka.wait(30)
-        except subprocess.TimeoutExpired:
-            kafka.kill()
+        stop(kafka)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [here, os.path.join(here, "..", "tests", "python")]
 from batch import active_files, run, size_mb  # noqa: E402
 from flight_clients import adbc_connect, adbc_query  # noqa: E402
-from speed import TOPIC, create_topics, free_port, metric, produce_file, start_kafka, wait_port  # noqa: E402
+from speed import TOPIC, create_topics, free_port, metric, produce_file, start_kafka, stop, wait_port  # noqa: E402
 
 
 def start(cmd, port, what, env=None):
@@ -53,18 +53,6 @@ def start(cmd, port, what, env=None):
         stop(proc)
         raise
     return proc
-
-
-def stop(*procs):
-    """Stops each process (by its pid: SIGTERM, then SIGKILL after 30 s)."""
-    for p in procs:
-        if p is not None and p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
 
 
 def config_text(repo, views=("page_stats",)):

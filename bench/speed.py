@@ -92,6 +92,18 @@ def start_kafka(kafka_broker, work):
     return kafka, f"127.0.0.1:{port}"
 
 
+def stop(*procs):
+    """Stops each process (by its pid: SIGTERM, then SIGKILL after 30 s)."""
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
 def create_topics(brokers, topics, partitions=4):
     admin = AdminClient({"bootstrap.servers": brokers})
     deadline = time.monotonic() + 60
@@ -514,13 +526,7 @@ def main():
         for m in memory:
             print(f"| {m['view']}: {m['speed_states']:,} live states | {m['bytes_per_state'] or 0:.0f} |")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop(*procs)
 
 
 if __name__ == "__main__":

@@ -339,7 +339,6 @@ impl WallClock {
 }
 
 struct SourceState {
-    schema: Arc<SourceSchema>,
     decoder: JsonDecoder,
     rejects: Rejects,
     consumed: Counter,
@@ -464,7 +463,6 @@ impl Poller {
         self.sources
             .iter()
             .map(|s| SourceState {
-                schema: s.clone(),
                 decoder: JsonDecoder::new(s.clone()),
                 rejects: Rejects::new(&s.name, chrono::Utc::now().timestamp_micros()),
                 consumed: metrics().events_consumed.get_or_create_owned(&label(s)),
@@ -711,7 +709,6 @@ impl Poller {
             if !self.send(Input::Batch(batch))? {
                 return Ok(false);
             }
-            let _ = &s.schema;
         }
         Ok(true)
     }
