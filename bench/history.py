@@ -10,7 +10,10 @@ beside DuckDB reading the view table's Parquet files directly.
              recent events from Apache Kafka (scripts/kafka-broker), so every view query
              merges the batch states with live speed states (--serve-only: `strata serve`,
              batch states alone).
-  queries    p50/p99 over RUNS runs each, after warm-up, through ADBC Flight SQL:
+  queries    p50/p99 over RUNS runs each, after warm-up, through Flight SQL with two clients:
+             pyarrow.flight (GetFlightInfo + DoGet, the thinnest client there is) and ADBC
+             (the Go Flight SQL driver, what BI tools and SQLAlchemy use); for each client
+             `SELECT 1` is its floor, the round trips with no data to read:
                point      one country, the last hour: SELECT * ... WHERE country = ? AND window_start >= ?
                dashboard  every country, the last 24 hours, by hour: sum(views) GROUP BY hour, country
                scan       count(*), sum(views) over every window
@@ -21,6 +24,9 @@ beside DuckDB reading the view table's Parquet files directly.
              and merges only the windows the live speed states reach back to.
 
 Run it with scripts/bench.sh history [DAYS]. Prints Markdown tables for BENCHMARKS.md.
+--reuse keeps the work directory's lake from an earlier run of the same shape (and --rebatch
+recomputes its view with this build's `strata batch run --force`), to measure the queries
+again without generating and importing the history.
 """
 
 import argparse
@@ -40,7 +46,7 @@ import pyarrow.parquet as pq
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [here, os.path.join(here, "..", "tests", "python")]
 from batch import active_files, run, size_mb  # noqa: E402
-from flight_clients import adbc_connect, adbc_query  # noqa: E402
+from flight_clients import PyArrowFlightSql, adbc_connect, adbc_query  # noqa: E402
 from speed import TOPIC, create_topics, free_port, metric, produce_file, start_kafka, stop, wait_port  # noqa: E402
 
 
@@ -172,34 +178,54 @@ def main():
     p.add_argument("--speed-events", type=int, default=100_000)
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--serve-only", action="store_true", help="`strata serve` without Kafka and speed states")
+    p.add_argument("--reuse", action="store_true", help="keep the lake of an earlier run with the same shape")
+    p.add_argument("--rebatch", action="store_true", help="with --reuse: `strata batch run --force` first")
     a = p.parse_args()
     if not a.serve_only and not a.kafka_broker:
         p.error("--kafka-broker is required unless --serve-only")
 
-    shutil.rmtree(a.work, ignore_errors=True)
-    os.makedirs(a.work)
     config = os.path.join(a.work, "strata.toml")
-    open(config, "w").write(config_text(a.repo))
+    shape_file = os.path.join(a.work, "shape.json")
+    shape = {"days": a.days, "groups": a.groups, "per_minute": a.per_minute}
+    reused = a.reuse and os.path.exists(shape_file) and json.load(open(shape_file))["shape"] == shape
     env = dict(os.environ, STRATA_LOG="warn")
     strata = lambda *args: run([a.strata, "--config", config, *args], env=env)
-
-    end_s = int(time.time()) // 60 * 60
-    history = os.path.join(a.work, "history.parquet")
-    started = time.perf_counter()
-    events = write_history(history, end_s - a.days * 86400, a.days, a.groups, a.per_minute)
-    print(f"wrote {events:,} events ({a.days} days, {a.groups} countries, {a.per_minute} per country and minute) "
-          f"in {time.perf_counter() - started:.1f} s", flush=True)
-    started = time.perf_counter()
-    out = strata("import", "page_views", history)
-    assert f"imported {events} events" in out, out
-    print(f"imported in {time.perf_counter() - started:.1f} s", flush=True)
-    out = strata("batch", "run")
-    m = re.search(r"published view page_stats version \d+: (\d+) state rows .* in ([\d.]+)s", out)
-    assert m, out
-    print(f"batch run: {out.strip()}", flush=True)
+    lake, pristine = os.path.join(a.work, "lake"), os.path.join(a.work, "lake.history")
+    if reused:
+        end_s, events = (json.load(open(shape_file))[k] for k in ("end_s", "events"))
+        print(f"reusing the lake in {a.work} ({events:,} events)", flush=True)
+        # As it was after the history's batch run: without the live events a run archived.
+        shutil.rmtree(lake)
+        shutil.rmtree(os.path.join(a.work, "kafka"), ignore_errors=True)
+        subprocess.run(["cp", "-al", pristine, lake], check=True)
+        if a.rebatch:
+            out = strata("batch", "run", "--force")
+            print(f"batch run: {out.strip()}", flush=True)
+            shutil.rmtree(pristine)
+            subprocess.run(["cp", "-al", lake, pristine], check=True)
+    else:
+        shutil.rmtree(a.work, ignore_errors=True)
+        os.makedirs(a.work)
+        open(config, "w").write(config_text(a.repo))
+        end_s = int(time.time()) // 60 * 60
+        history = os.path.join(a.work, "history.parquet")
+        started = time.perf_counter()
+        events = write_history(history, end_s - a.days * 86400, a.days, a.groups, a.per_minute)
+        print(f"wrote {events:,} events ({a.days} days, {a.groups} countries, {a.per_minute} per country and minute) "
+              f"in {time.perf_counter() - started:.1f} s", flush=True)
+        started = time.perf_counter()
+        out = strata("import", "page_views", history)
+        assert f"imported {events} events" in out, out
+        print(f"imported in {time.perf_counter() - started:.1f} s", flush=True)
+        out = strata("batch", "run")
+        print(f"batch run: {out.strip()}", flush=True)
+        if a.reuse:
+            # Hard links: the lake's files are never rewritten in place.
+            subprocess.run(["cp", "-al", lake, pristine], check=True)
+            json.dump({"shape": shape, "end_s": end_s, "events": events}, open(shape_file, "w"))
     files = active_files(os.path.join(a.work, "lake", "views", "page_stats"))
     state_rows, row_groups, span = view_layout(files)
-    assert state_rows == int(m.group(1)) == a.days * 1440 * a.groups, (state_rows, m.group(1))
+    assert state_rows == a.days * 1440 * a.groups, state_rows
 
     procs = []
     try:
@@ -226,19 +252,26 @@ def main():
                 time.sleep(0.1)
             print(f"strata run consumed {live:,} live events", flush=True)
         conn = adbc_connect(f"grpc://127.0.0.1:{serve_port}")
+        thin = PyArrowFlightSql(f"grpc://127.0.0.1:{serve_port}")
+        clients = [("pyarrow.flight", thin.query), ("ADBC", lambda sql: adbc_query(conn, sql))]
         duck = duckdb.connect()
         duck.execute("SET threads = 2")
         duck.execute("SET TimeZone = 'UTC'")
         duck.execute(f"CREATE VIEW states AS SELECT * FROM read_parquet({files!r})")
+        print("floor: SELECT 1", flush=True)
+        floors = {client: measure(f"strata, {client}", lambda q=q: q("SELECT 1"), a.runs)[1:] for client, q in clients}
         rows = []
         for name, sql, duck_sql in queries(end_s, "C042"):
             print(name, flush=True)
-            ours, s50, s99 = measure("strata", lambda: adbc_query(conn, sql), a.runs)
+            ours = {}
+            for client, q in clients:
+                answer, s50, s99 = measure(f"strata, {client}", lambda q=q: q(sql), a.runs)
+                ours[client] = (s50, s99)
             theirs, d50, d99 = measure("duckdb", lambda: duck.execute(duck_sql).to_arrow_table(), a.runs)
             if name.startswith("scan"):
                 # Every event counted once: the batch states' and the live ones.
-                assert ours["views"][0].as_py() == theirs["views"][0].as_py() + live, (ours, theirs, live)
-            rows.append((name, ours.num_rows, s50, s99, d50, d99))
+                assert answer["views"][0].as_py() == theirs["views"][0].as_py() + live, (answer, theirs, live)
+            rows.append((name, answer.num_rows, ours, (d50, d99)))
         conn.close()
     finally:
         stop(*reversed(procs))
@@ -251,12 +284,15 @@ def main():
     print("|---|---:|---:|---:|---:|---:|")
     print(f"| batch states | {state_rows:,} | {len(files)} | {size_mb(files):.1f} | {row_groups} | {span:.1f} |")
     print()
-    print("| query | rows | strata p50 | strata p99 | duckdb p50 | duckdb p99 | strata / duckdb (p50) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, n, s50, s99, d50, d99 in rows:
-        print(f"| {name} | {n:,} | {s50 * 1000:.1f} ms | {s99 * 1000:.1f} ms | {d50 * 1000:.1f} ms | "
-              f"{d99 * 1000:.1f} ms | {s50 / d50:.1f}x |")
-
+    ms = lambda t: f"{t[0] * 1000:.1f} / {t[1] * 1000:.1f} ms"
+    print("p50 / p99 of each query; a client's floor is its `SELECT 1`, the round trips alone.")
+    print()
+    print("| query | rows | strata, pyarrow.flight | strata, ADBC | duckdb | strata (pyarrow.flight) / duckdb, p50 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| floor: SELECT 1 | 1 | {ms(floors['pyarrow.flight'])} | {ms(floors['ADBC'])} | | |")
+    for name, n, ours, theirs in rows:
+        print(f"| {name} | {n:,} | {ms(ours['pyarrow.flight'])} | {ms(ours['ADBC'])} | {ms(theirs)} | "
+              f"{ours['pyarrow.flight'][0] / theirs[0]:.1f}x |")
 
 if __name__ == "__main__":
     sys.exit(main())
