@@ -25,13 +25,14 @@ use deltalake::logstore::get_actions;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use strata_core::executor::CpuRuntime;
-use strata_core::lake::{COMMIT_INFO_KEY, Lake, ViewCommit, ViewVersion, app_transactions, kafka_offsets};
+use strata_core::lake::{
+    COMMIT_INFO_KEY, Lake, ViewCommit, ViewVersion, app_transactions, kafka_offsets, view_writer_properties,
+};
 use strata_core::schema::{OFFSET, PARTITION, SourceSchema, TIMESTAMP_TZ, TOPIC};
 use strata_core::view::{ViewPlan, WINDOW_START};
 use strata_core::{Error, Result};
 
 use crate::engine::Engine;
-use crate::writer_properties;
 
 /// A window-start range `[from, to)` in microseconds.
 pub type Range = (i64, i64);
@@ -301,6 +302,7 @@ async fn publish(
     same_definition: bool,
     range: Option<Range>,
 ) -> Result<u64> {
+    let properties = view_writer_properties(&schema);
     if batches.is_empty() {
         batches.push(RecordBatch::new_empty(schema));
     }
@@ -315,7 +317,7 @@ async fn publish(
         .write(batches)
         .with_session_state(Arc::new(ordered.into_inner().state()))
         .with_save_mode(SaveMode::Overwrite)
-        .with_writer_properties(writer_properties())
+        .with_writer_properties(properties)
         .with_commit_properties(CommitProperties::default().with_metadata([(COMMIT_INFO_KEY.to_string(), info)]));
     if !same_definition {
         // A new definition may have other state columns.

@@ -38,7 +38,21 @@ impl Drop for Scratch {
     }
 }
 
+const VIEWS: &str = r#"
+[[views]]
+name = "per_page"
+sql = "SELECT window_start, page, count(*) AS n, sum(ms) AS total, avg(ms) AS mean, approx_distinct(user) AS users FROM clicks GROUP BY tumble(ts, INTERVAL '1 hour'), page"
+[[views]]
+name = "sliding"
+sql = "SELECT window_start, count(*) AS n, max(ms) AS worst FROM clicks GROUP BY hop(ts, INTERVAL '1 hour', INTERVAL '3 hours')"
+"#;
+
 fn config(dir: &Path) -> Arc<Config> {
+    config_with_views(dir, VIEWS)
+}
+
+/// The clicks source and these `[[views]]`.
+fn config_with_views(dir: &Path, views: &str) -> Arc<Config> {
     let text = format!(
         r#"
 [lake]
@@ -51,12 +65,7 @@ ts = "timestamp"
 user = "string"
 page = "string"
 ms = "int64"
-[[views]]
-name = "per_page"
-sql = "SELECT window_start, page, count(*) AS n, sum(ms) AS total, avg(ms) AS mean, approx_distinct(user) AS users FROM clicks GROUP BY tumble(ts, INTERVAL '1 hour'), page"
-[[views]]
-name = "sliding"
-sql = "SELECT window_start, count(*) AS n, max(ms) AS worst FROM clicks GROUP BY hop(ts, INTERVAL '1 hour', INTERVAL '3 hours')"
+{views}
 [batch]
 interval = "1s"
 "#,
@@ -579,5 +588,127 @@ async fn a_recompute_over_its_memory_limit_fails_naming_the_view_and_publishes_n
             .views
             .iter()
             .all(|v| matches!(v.outcome, ViewOutcome::Published { .. }))
+    );
+}
+
+/// Sums a pruning metric (pages or rows: (pruned, matched)) over every node of a plan.
+fn pruning(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>, name: &str) -> (usize, usize) {
+    use datafusion::physical_plan::metrics::MetricValue;
+    let here = plan
+        .metrics()
+        .and_then(|m| m.sum_by_name(name))
+        .map(|v| match v {
+            MetricValue::PruningMetrics { pruning_metrics, .. } => {
+                (pruning_metrics.pruned(), pruning_metrics.matched())
+            }
+            other => panic!("{name} is {other:?}"),
+        })
+        .unwrap_or_default();
+    plan.children().into_iter().fold(here, |(p, m), child| {
+        let (cp, cm) = pruning(child, name);
+        (p + cp, m + cm)
+    })
+}
+
+/// A view table is published in window order, so a query over its last hour reads only the
+/// pages that hold it (their statistics say which), and without a dictionary for the
+/// sketches' bytes (every sketch differs: it only grew to its limit, then was given up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_over_the_last_hour_reads_only_its_pages_of_the_view_table() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::file::serialized_reader::ReadOptionsBuilder;
+
+    let scratch = Scratch::new("layout");
+    let config = config_with_views(
+        &scratch.0,
+        r#"
+[[views]]
+name = "per_minute"
+sql = "SELECT window_start, page, count(*) AS n, approx_distinct(user) AS users FROM clicks GROUP BY tumble(ts, INTERVAL '1 minute'), page"
+"#,
+    );
+    // A day of events, one every 500 ms, over 50 pages in turn: every page in every minute,
+    // 72,000 state rows, 3,000 of them in the last hour.
+    let (events, pages, step_ms) = (172_800usize, 50usize, 500i64);
+    let path = scratch.0.join("day.jsonl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    for i in 0..events {
+        writeln!(
+            f,
+            r#"{{"ts":{},"user":"u{}","page":"/p{:02}","ms":1}}"#,
+            START_MS + i as i64 * step_ms,
+            i % 7,
+            i % pages
+        )
+        .unwrap();
+    }
+    drop(f);
+    import_files(&config, &[path]).await;
+    let batch = BatchLayer::new(config.clone(), cpu()).unwrap();
+    batch.run_once(RunOptions::default()).await.unwrap();
+
+    let lake = Lake::new(&config.lake).unwrap();
+    let table = lake.open(&lake.view_url("per_minute")).await.unwrap().unwrap();
+    let dir = scratch.0.join("lake/views/per_minute");
+    let mut state_rows = 0;
+    for file in table.snapshot().unwrap().log_data().iter() {
+        let reader = SerializedFileReader::new_with_options(
+            std::fs::File::open(dir.join(&*file.path())).unwrap(),
+            ReadOptionsBuilder::new().with_page_index().build(),
+        )
+        .unwrap();
+        let metadata = reader.metadata();
+        assert!(metadata.offset_index().is_some(), "no page index");
+        for row_group in metadata.row_groups() {
+            state_rows += row_group.num_rows();
+            for column in row_group.columns() {
+                if column.column_path().string() == "users__hll" {
+                    assert_eq!(
+                        column.dictionary_page_offset(),
+                        None,
+                        "the sketch's bytes in a dictionary"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(state_rows, 1440 * pages as i64);
+
+    // One page, its last hour: 60 windows of the day's last hour, counted from the input.
+    let last_hour_us = (START_MS + 23 * 3_600_000) * 1000;
+    let ctx = new_context(session_config()).unwrap();
+    table.update_datafusion_session(&ctx.state()).unwrap();
+    let provider = table
+        .table_provider()
+        .with_session(Arc::new(ctx.state()))
+        .await
+        .unwrap();
+    ctx.register_table("states", provider).unwrap();
+    let plan = ctx
+        .sql(&format!(
+            "SELECT sum(n__count) AS n, count(*) AS windows FROM states \
+             WHERE page = '/p07' AND window_start >= to_timestamp_micros({last_hour_us})"
+        ))
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    let answer = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
+        .await
+        .unwrap();
+    let expected = (0..events)
+        .filter(|i| i % pages == 7 && START_MS + *i as i64 * step_ms >= last_hour_us / 1000)
+        .count() as i64;
+    let got = &answer[0];
+    assert_eq!(
+        got.column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0),
+        expected
+    );
+    assert_eq!(got.column(1).as_primitive::<arrow::datatypes::Int64Type>().value(0), 60);
+    let (_, rows_read) = pruning(&plan, "page_index_rows_pruned");
+    assert!(
+        (3_000..state_rows as usize / 2).contains(&rows_read),
+        "{rows_read} rows read after page pruning, of {state_rows}"
     );
 }

@@ -529,9 +529,33 @@ pub fn kafka_offsets(txns: &BTreeMap<String, i64>) -> Offsets {
 
 /// Parquet settings of every file Strata writes: zstd level 1 (fast to write, compact).
 pub fn writer_properties() -> parquet::file::properties::WriterProperties {
+    writer_properties_builder().build()
+}
+
+fn writer_properties_builder() -> parquet::file::properties::WriterPropertiesBuilder {
     use parquet::basic::{Compression, ZstdLevel};
     parquet::file::properties::WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
+}
+
+/// Parquet settings of a view table's files (of `schema`): those of every file, without a
+/// dictionary for the sketches' bytes. Every sketch differs, so their dictionary only grew to
+/// its limit (1 MiB) before the writer gave it up, and a query reading one page of such a
+/// column read and decompressed it first.
+pub fn view_writer_properties(schema: &arrow::datatypes::Schema) -> parquet::file::properties::WriterProperties {
+    use arrow::datatypes::DataType;
+    schema
+        .fields()
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.data_type(),
+                DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+            )
+        })
+        .fold(writer_properties_builder(), |props, f| {
+            props.set_column_dictionary_enabled(f.name().as_str().into(), false)
+        })
         .build()
 }
 

@@ -292,13 +292,17 @@ impl Catalog {
         let raw_url = self.lake.raw_url(&source.name);
         let mut replanned = false;
         loop {
+            let started = std::time::Instant::now();
             let (batch, version, coverage) = self.view_states(view).await?;
+            let states_at = started.elapsed();
             let parts = self.speed_parts(&view.plan.name, &coverage).await;
+            let speed_at = started.elapsed();
             let raw = self.latest(&raw_url).await?;
             let archived = match &raw {
                 Some(raw) => self.archived(raw).await?,
                 None => BTreeMap::new(),
             };
+            let raw_at = started.elapsed();
             let composition = compose(&source.topics, &coverage, &archived, parts);
             if composition.has_gaps() && !replanned {
                 // A speed layer dropped states a newer batch version covers: plan on it if
@@ -309,7 +313,16 @@ impl Catalog {
                     continue;
                 }
             }
-            return self.merged(view, batch, raw.as_ref(), composition).await;
+            let merged = self.merged(view, batch, raw.as_ref(), composition).await;
+            tracing::debug!(
+                view = %view.plan.name,
+                batch_states = ?states_at,
+                speed_states = ?speed_at - states_at,
+                raw_positions = ?raw_at - speed_at,
+                planned = ?started.elapsed() - raw_at,
+                "view resolved"
+            );
+            return merged;
         }
     }
 
