@@ -117,6 +117,14 @@ async fn view_rows(config: &Config, view: &str) -> String {
         .find(|p| p.name == view)
         .unwrap();
     let table = lake.open(&lake.view_url(view)).await.unwrap().unwrap();
+    let ctx = states_context(&table).await;
+    let sql = format!("SELECT * FROM ({}) ORDER BY 1, 2", plan.merge_sql("states"));
+    let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+    pretty_format_batches(&batches).unwrap().to_string()
+}
+
+/// A session with a view table registered as `states`.
+async fn states_context(table: &deltalake::DeltaTable) -> datafusion::prelude::SessionContext {
     let ctx = new_context(session_config()).unwrap();
     table.update_datafusion_session(&ctx.state()).unwrap();
     let provider = table
@@ -125,9 +133,7 @@ async fn view_rows(config: &Config, view: &str) -> String {
         .await
         .unwrap();
     ctx.register_table("states", provider).unwrap();
-    let sql = format!("SELECT * FROM ({}) ORDER BY 1, 2", plan.merge_sql("states"));
-    let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
-    pretty_format_batches(&batches).unwrap().to_string()
+    ctx
 }
 
 fn cpu() -> CpuRuntime {
@@ -676,14 +682,7 @@ sql = "SELECT window_start, page, count(*) AS n, approx_distinct(user) AS users 
 
     // One page, its last hour: 60 windows of the day's last hour, counted from the input.
     let last_hour_us = (START_MS + 23 * 3_600_000) * 1000;
-    let ctx = new_context(session_config()).unwrap();
-    table.update_datafusion_session(&ctx.state()).unwrap();
-    let provider = table
-        .table_provider()
-        .with_session(Arc::new(ctx.state()))
-        .await
-        .unwrap();
-    ctx.register_table("states", provider).unwrap();
+    let ctx = states_context(&table).await;
     let plan = ctx
         .sql(&format!(
             "SELECT sum(n__count) AS n, count(*) AS windows FROM states \
