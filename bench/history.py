@@ -26,7 +26,9 @@ beside DuckDB reading the view table's Parquet files directly.
 Run it with scripts/bench.sh history [DAYS]. Prints Markdown tables for BENCHMARKS.md.
 --reuse keeps the work directory's lake from an earlier run of the same shape (and --rebatch
 recomputes its view with this build's `strata batch run --force`), to measure the queries
-again without generating and importing the history.
+again without generating and importing the history. The server's log goes to
+WORK/server.log, at the level STRATA_LOG gives (warn): STRATA_LOG=strata_serving=debug logs
+how long each view took to resolve, phase by phase.
 """
 
 import argparse
@@ -50,9 +52,13 @@ from flight_clients import PyArrowFlightSql, adbc_connect, adbc_query  # noqa: E
 from speed import TOPIC, create_topics, free_port, metric, produce_file, start_kafka, stop, wait_port  # noqa: E402
 
 
-def start(cmd, port, what, env=None):
-    """Starts a server process and waits until it listens on `port`."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start(cmd, port, what, env=None, log=None):
+    """Starts a server process and waits until it listens on `port`; its output goes to the
+    file `log` (else nowhere)."""
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if log:
+        out.close()
     try:
         wait_port(port, proc, what)
     except BaseException:
@@ -188,7 +194,7 @@ def main():
     shape_file = os.path.join(a.work, "shape.json")
     shape = {"days": a.days, "groups": a.groups, "per_minute": a.per_minute}
     reused = a.reuse and os.path.exists(shape_file) and json.load(open(shape_file))["shape"] == shape
-    env = dict(os.environ, STRATA_LOG="warn")
+    env = dict(os.environ, STRATA_LOG=os.environ.get("STRATA_LOG", "warn"))
     strata = lambda *args: run([a.strata, "--config", config, *args], env=env)
     lake, pristine = os.path.join(a.work, "lake"), os.path.join(a.work, "lake.history")
     if reused:
@@ -228,11 +234,12 @@ def main():
     assert state_rows == a.days * 1440 * a.groups, state_rows
 
     procs = []
+    log = os.path.join(a.work, "server.log")
     try:
         serve_port = free_port()
         if a.serve_only:
             procs.append(start([a.strata, "--config", config, "serve", "--address", f"127.0.0.1:{serve_port}"],
-                               serve_port, "strata serve", env))
+                               serve_port, "strata serve", env, log))
             live = 0
         else:
             kafka, brokers = start_kafka(a.kafka_broker, a.work)
@@ -244,7 +251,7 @@ def main():
             metrics_port = free_port()
             run_env = dict(env, STRATA_KAFKA_BROKERS=brokers)
             procs.append(start([a.strata, "--config", config, "run", "--address", f"127.0.0.1:{serve_port}",
-                                "--metrics-address", f"127.0.0.1:{metrics_port}"], serve_port, "strata run", run_env))
+                                "--metrics-address", f"127.0.0.1:{metrics_port}"], serve_port, "strata run", run_env, log))
             deadline = time.monotonic() + 300
             while metric(metrics_port, "strata_events_consumed_total") < live:
                 if time.monotonic() > deadline:

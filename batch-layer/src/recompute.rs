@@ -272,9 +272,7 @@ async fn compute_states(
     if let Some(range) = range {
         states = states.filter(in_range(range))?;
     }
-    // Published in window and group order: a query over a few hours of a long history reads
-    // only the files, row groups and pages that hold them (their statistics say where).
-    states = states.sort(plan.key_columns().iter().map(|c| ident(c).sort(true, false)).collect())?;
+    states = states.sort(publication_order(plan))?;
     let schema = Arc::new(states.schema().as_arrow().clone());
     let batches = cpu.spawn(states.collect()).await?.map_err(|e| match e.find_root() {
         datafusion::error::DataFusionError::ResourcesExhausted(why) => Error::view(
@@ -289,6 +287,25 @@ async fn compute_states(
         ),
     })?;
     Ok((schema, batches))
+}
+
+/// How many consecutive windows of a group lie together in the published states.
+const WINDOWS_TOGETHER: i64 = 60;
+
+/// The order of the published states: runs of [`WINDOWS_TOGETHER`] slides in time order,
+/// within a run by group, then by window. A query over a few hours of a long history reads
+/// only the files, row groups and pages of those runs (the statistics of `window_start` say
+/// where), and one of a few groups over them decodes only those groups' rows of the sketch
+/// columns, which lie together in small pages (`view_writer_properties`; the session
+/// applies the filter while reading).
+fn publication_order(plan: &ViewPlan) -> Vec<datafusion::logical_expr::SortExpr> {
+    let run = datafusion::logical_expr::cast(ident(WINDOW_START), arrow::datatypes::DataType::Int64)
+        / lit(plan.window.slide_us * WINDOWS_TOGETHER);
+    std::iter::once(run)
+        .chain(plan.group_columns.iter().map(ident))
+        .chain(std::iter::once(ident(WINDOW_START)))
+        .map(|e| e.sort(true, false))
+        .collect()
 }
 
 /// One commit: the whole view (overwrite), or the windows of `range` (replaceWhere), with
@@ -308,7 +325,7 @@ async fn publish(
     }
     let info = serde_json::to_value(commit).map_err(|e| Error::Internal(e.to_string()))?;
     // One stream into the writer: in more, the writer interleaves their batches and the
-    // files lose the window order compute_states gave them.
+    // files lose the order compute_states gave them.
     let ordered = deltalake::delta_datafusion::DeltaSessionContext::new_with_session_overrides(
         &[("datafusion.execution.target_partitions".to_string(), "1".to_string())].into(),
     )

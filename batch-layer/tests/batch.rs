@@ -616,11 +616,15 @@ fn pruning(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>, name: &str)
     })
 }
 
-/// A view table is published in window order, so a query over its last hour reads only the
-/// pages that hold it (their statistics say which), and without a dictionary for the
-/// sketches' bytes (every sketch differs: it only grew to its limit, then was given up).
+/// A view table is published in runs of an hour of windows, by group within a run, so a
+/// query of one group over the last hour reads only the pages of that hour (their statistics
+/// say which), filters them while reading, and decodes only the one or two small pages of the
+/// sketch columns that hold the group's rows; the sketches' bytes have no dictionary (every
+/// sketch differs: it only grew to its limit, then was given up).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_query_over_the_last_hour_reads_only_its_pages_of_the_view_table() {
+async fn a_query_of_one_group_over_the_last_hour_reads_only_its_pages_of_the_view_table() {
+    use parquet::arrow::ProjectionMask;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::file::serialized_reader::ReadOptionsBuilder;
 
@@ -656,32 +660,85 @@ sql = "SELECT window_start, page, count(*) AS n, approx_distinct(user) AS users 
     let lake = Lake::new(&config.lake).unwrap();
     let table = lake.open(&lake.view_url("per_minute")).await.unwrap().unwrap();
     let dir = scratch.0.join("lake/views/per_minute");
-    let mut state_rows = 0;
+    // The last hour of the day, one run of windows; the rows of /p07 in it, by position.
+    let last_hour_us = (START_MS + 23 * 3_600_000) * 1000;
+    let (mut state_rows, mut group_rows, mut group_pages) = (0, Vec::new(), Vec::new());
+    let (mut sketch_page_rows, mut time_page_rows) = (0, 0);
     for file in table.snapshot().unwrap().log_data().iter() {
+        let path = dir.join(&*file.path());
         let reader = SerializedFileReader::new_with_options(
-            std::fs::File::open(dir.join(&*file.path())).unwrap(),
+            std::fs::File::open(&path).unwrap(),
             ReadOptionsBuilder::new().with_page_index().build(),
         )
         .unwrap();
         let metadata = reader.metadata();
-        assert!(metadata.offset_index().is_some(), "no page index");
-        for row_group in metadata.row_groups() {
-            state_rows += row_group.num_rows();
-            for column in row_group.columns() {
-                if column.column_path().string() == "users__hll" {
-                    assert_eq!(
-                        column.dictionary_page_offset(),
-                        None,
-                        "the sketch's bytes in a dictionary"
-                    );
+        let columns = metadata.file_metadata().schema_descr();
+        let column = |name: &str| {
+            (0..columns.num_columns())
+                .find(|&i| columns.column(i).name() == name)
+                .unwrap()
+        };
+        let (hll, time) = (column("users__hll"), column("window_start"));
+        let offsets = metadata.offset_index().expect("no page index");
+        let keys = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
+        let mask = ProjectionMask::columns(keys.parquet_schema(), ["window_start", "page"]);
+        let mut positions = Vec::new(); // of the file's rows, whether the group's in the last hour
+        for batch in keys.with_projection(mask).build().unwrap() {
+            let batch = batch.unwrap();
+            let starts = batch.column(0).as_primitive::<TimestampMicrosecondType>();
+            let groups = batch.column(1).as_string::<i32>();
+            positions
+                .extend((0..batch.num_rows()).map(|i| groups.value(i) == "/p07" && starts.value(i) >= last_hour_us));
+        }
+        let mut first = 0;
+        for (r, row_group) in metadata.row_groups().iter().enumerate() {
+            assert_eq!(
+                row_group.column(hll).dictionary_page_offset(),
+                None,
+                "the sketch's bytes in a dictionary"
+            );
+            let page_rows = |c: usize| {
+                let pages = offsets[r][c].page_locations();
+                (0..pages.len())
+                    .map(|p| {
+                        pages.get(p + 1).map_or(row_group.num_rows(), |n| n.first_row_index) - pages[p].first_row_index
+                    })
+                    .max()
+                    .unwrap()
+            };
+            sketch_page_rows = sketch_page_rows.max(page_rows(hll));
+            time_page_rows = time_page_rows.max(page_rows(time));
+            let pages = offsets[r][hll].page_locations();
+            for i in 0..row_group.num_rows() {
+                if positions[(first + i) as usize] {
+                    group_rows.push(state_rows + first + i);
+                    group_pages.push((path.clone(), r, pages.partition_point(|p| p.first_row_index <= i) - 1));
                 }
             }
+            first += row_group.num_rows();
         }
+        state_rows += first;
     }
     assert_eq!(state_rows, 1440 * pages as i64);
+    // The group's hour lies together, in at most two pages of the sketch column, and those
+    // pages are small: a fraction of the rows of the window_start column's pages.
+    assert_eq!(group_rows.len(), 60);
+    assert!(
+        group_rows.windows(2).all(|w| w[1] == w[0] + 1),
+        "the group's windows of one hour are not together: rows {group_rows:?}"
+    );
+    group_pages.dedup();
+    assert!(
+        group_pages.len() <= 2,
+        "{} pages of the sketch hold the group's hour",
+        group_pages.len()
+    );
+    assert!(
+        sketch_page_rows * 4 <= time_page_rows,
+        "sketch pages of up to {sketch_page_rows} rows, window_start pages of {time_page_rows}"
+    );
 
     // One page, its last hour: 60 windows of the day's last hour, counted from the input.
-    let last_hour_us = (START_MS + 23 * 3_600_000) * 1000;
     let ctx = states_context(&table).await;
     let plan = ctx
         .sql(&format!(
@@ -710,4 +767,19 @@ sql = "SELECT window_start, page, count(*) AS n, approx_distinct(user) AS users 
         (3_000..state_rows as usize / 2).contains(&rows_read),
         "{rows_read} rows read after page pruning, of {state_rows}"
     );
+    // Filtered while read: of the pages' rows, only the group's hour is decoded further.
+    assert_eq!(count(&plan, "pushdown_rows_matched"), 60);
+}
+
+/// The sum of the counter `name` over a plan and its children.
+fn count(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>, name: &str) -> usize {
+    let here = plan
+        .metrics()
+        .and_then(|m| m.sum_by_name(name))
+        .map_or(0, |v| v.as_usize());
+    plan.children()
+        .into_iter()
+        .map(|child| count(child, name))
+        .sum::<usize>()
+        + here
 }

@@ -538,10 +538,15 @@ fn writer_properties_builder() -> parquet::file::properties::WriterPropertiesBui
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
 }
 
-/// Parquet settings of a view table's files (of `schema`): those of every file, without a
-/// dictionary for the sketches' bytes. Every sketch differs, so their dictionary only grew to
-/// its limit (1 MiB) before the writer gave it up, and a query reading one page of such a
-/// column read and decompressed it first.
+/// The data page size of a view table's sketch columns.
+const SKETCH_PAGE_BYTES: usize = 64 * 1024;
+
+/// Parquet settings of a view table's files (of `schema`): those of every file, and for the
+/// sketches' bytes no dictionary and small pages. Every sketch differs, so their dictionary
+/// only grew to its limit (1 MiB) before the writer gave it up, and a query reading one page
+/// of such a column read and decompressed it first. A query of one group over a few hours
+/// selects a few consecutive rows (the batch layer publishes a group's windows together);
+/// it decompresses the sketch pages that hold them, 64 KiB instead of up to 1 MiB each.
 pub fn view_writer_properties(schema: &arrow::datatypes::Schema) -> parquet::file::properties::WriterProperties {
     use arrow::datatypes::DataType;
     schema
@@ -554,7 +559,9 @@ pub fn view_writer_properties(schema: &arrow::datatypes::Schema) -> parquet::fil
             )
         })
         .fold(writer_properties_builder(), |props, f| {
-            props.set_column_dictionary_enabled(f.name().as_str().into(), false)
+            props
+                .set_column_dictionary_enabled(f.name().as_str().into(), false)
+                .set_column_data_page_size_limit(f.name().as_str().into(), SKETCH_PAGE_BYTES)
         })
         .build()
 }

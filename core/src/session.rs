@@ -20,6 +20,10 @@ pub fn session_config() -> SessionConfig {
         .with_target_partitions(parallelism());
     let options = config.options_mut();
     options.execution.parquet.schema_force_view_types = false;
+    // Filters applied while Parquet is read: the rows they reject are never decoded, and the
+    // pages of the other columns without a selected row are skipped.
+    options.execution.parquet.pushdown_filters = true;
+    options.execution.parquet.reorder_filters = true;
     options.sql_parser.map_string_types_to_utf8view = false;
     options.execution.time_zone = Some("UTC".to_string());
     config
