@@ -85,6 +85,10 @@ pub struct Catalog {
     coverage: Mutex<HashMap<(Url, u64), Option<Offsets>>>,
     /// Each raw table's Kafka positions, kept up to date version by version.
     positions: Mutex<HashMap<Url, AppTransactions>>,
+    /// Per view, the states of the raw events the lake last filled in: the same until the
+    /// raw table or the ranges read from it change (a `strata serve` without speed layers
+    /// fills every query's live windows from the lake).
+    lake_states: Mutex<HashMap<String, LakeStates>>,
     /// Speed layers whose states complete the batch views.
     speed: Vec<Arc<dyn SpeedSource>>,
     /// How long a speed layer may take to answer before its partitions come from the lake.
@@ -136,6 +140,7 @@ impl Catalog {
                 tables: Mutex::new(HashMap::new()),
                 coverage: Mutex::new(HashMap::new()),
                 positions: Mutex::new(HashMap::new()),
+                lake_states: Mutex::new(HashMap::new()),
                 speed,
                 watch: Arc::new(crate::partitions::PartitionWatch::new(
                     config.serve.unowned_partition_grace,
@@ -359,15 +364,30 @@ impl Catalog {
         let mut names = Vec::new();
         let planned = async {
             if let (Some(raw), false) = (raw, composition.lake.is_empty()) {
-                let events = ctx
-                    .read_table(self.delta_provider(raw).await?)?
-                    .filter(lake_predicate(&composition.lake))?;
-                let name = format!("__raw_{id}");
-                ctx.register_table(name.as_str(), events.into_view())?;
-                names.push(name.clone());
                 // Computed now: where they start decides which batch rows need merging.
-                for b in ctx.sql(&view.plan.state_sql(&name)).await?.collect().await? {
-                    others.push(crate::service::cast_to(&b, &schema)?);
+                let states = match self.kept_lake_states(view, raw, &composition.lake) {
+                    Some(states) => states,
+                    None => {
+                        let events = ctx
+                            .read_table(self.delta_provider(raw).await?)?
+                            .filter(lake_predicate(&composition.lake))?;
+                        let name = format!("__raw_{id}");
+                        ctx.register_table(name.as_str(), events.into_view())?;
+                        names.push(name.clone());
+                        let states = ctx.sql(&view.plan.state_sql(&name)).await?.collect().await?;
+                        self.lake_states.lock().expect("lake states lock").insert(
+                            view.plan.name.clone(),
+                            LakeStates {
+                                raw_version: raw.version(),
+                                ranges: composition.lake.clone(),
+                                states: states.clone(),
+                            },
+                        );
+                        states
+                    }
+                };
+                for b in &states {
+                    others.push(crate::service::cast_to(b, &schema)?);
                 }
             }
             let batch = ctx.read_table(batch)?;
@@ -395,6 +415,15 @@ impl Catalog {
         .await;
         deregister(ctx, &names);
         planned
+    }
+
+    /// The states the lake filled in last for `view`, if they were of the same `ranges` of the
+    /// same version of `raw`.
+    fn kept_lake_states(&self, view: &ServedView, raw: &DeltaTable, ranges: &[LakeRange]) -> Option<Vec<RecordBatch>> {
+        let kept = self.lake_states.lock().expect("lake states lock");
+        let kept = kept.get(&view.plan.name)?;
+        (raw.version().is_some() && kept.raw_version == raw.version() && kept.ranges == ranges)
+            .then(|| kept.states.clone())
     }
 
     async fn source_table(&self, url: &Url, schema: &SchemaRef) -> Result<Arc<dyn TableProvider>> {
@@ -815,6 +844,15 @@ fn lake_predicate(ranges: &[LakeRange]) -> datafusion::prelude::Expr {
         })
         .reduce(datafusion::prelude::Expr::or)
         .unwrap_or_else(|| lit(false))
+}
+
+/// The states of a view computed from the raw events of `ranges` in version `raw_version` of
+/// the raw table (a version's files never change).
+#[derive(Debug)]
+struct LakeStates {
+    raw_version: Option<deltalake::kernel::Version>,
+    ranges: Vec<LakeRange>,
+    states: Vec<RecordBatch>,
 }
 
 /// What a speed layer, the lake and the partition watch say of a partition.

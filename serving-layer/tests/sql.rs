@@ -248,6 +248,17 @@ fn cell(column: &ArrayRef, row: usize) -> String {
 /// A lake with [`BATCH`] imported and the views published, and a catalog over it with the
 /// in-memory speed layer.
 async fn strata(dir: &Path) -> Strata {
+    let (config, source) = published(dir).await;
+    let speed = MemorySpeed {
+        plans: config.view_plans().expect("the views plan"),
+        events: raw_batch(&source, SPEED),
+    };
+    let catalog = Catalog::new(&config, vec![Arc::new(speed)]).await.expect("the catalog");
+    Strata { catalog, config }
+}
+
+/// A lake in `dir` with [`BATCH`] imported and the views published.
+async fn published(dir: &Path) -> (Arc<Config>, Arc<SourceSchema>) {
     let file = dir.join("strata.toml");
     let config = Arc::new(Config::parse(CONFIG, &file, &Default::default()).expect("the test config"));
     let source = SourceSchema::new(&config.sources[0]);
@@ -261,12 +272,69 @@ async fn strata(dir: &Path) -> Strata {
     let cpu = CpuRuntime::new(Some(1)).expect("a CPU runtime");
     let batch = strata_batch::BatchLayer::new(config.clone(), cpu).expect("the batch layer");
     batch.run_once(Default::default()).await.expect("a batch run");
-    let speed = MemorySpeed {
-        plans: config.view_plans().expect("the views plan"),
-        events: raw_batch(&source, SPEED),
+    (config, source)
+}
+
+/// Without a speed layer, the events archived beyond the batch version come from the raw
+/// table, and the states the catalog keeps of them between queries follow each new version of
+/// it: every query counts each event once, before and after more are archived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_speed_layer_the_archived_events_count_once_as_the_raw_table_grows() {
+    use strata_core::schema::{OFFSET, PARTITION, TOPIC};
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let (config, source) = published(dir.path()).await;
+    let catalog = Catalog::new(&config, vec![]).await.expect("the catalog");
+    let lake = strata_core::lake::Lake::new(&config.lake).expect("the lake");
+    let mut raw = lake
+        .open(&lake.raw_url("events"))
+        .await
+        .expect("the raw table")
+        .expect("imported");
+    let partition = TopicPartition::new("events", 0);
+    let query = async |catalog: &Catalog| {
+        let batches = catalog
+            .session()
+            .sql("SELECT sum(n) AS n, sum(s) AS s FROM tumbling")
+            .await
+            .expect("plans")
+            .collect()
+            .await
+            .expect("runs");
+        let column = |i: usize| {
+            batches[0]
+                .column(i)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0)
+        };
+        (column(0), column(1))
     };
-    let catalog = Catalog::new(&config, vec![Arc::new(speed)]).await.expect("the catalog");
-    Strata { catalog, config }
+    // Nothing archived yet: the batch states alone.
+    let sums = |events: &[Event]| (events.len() as i64, events.iter().filter_map(|e| e.2).sum::<i64>());
+    assert_eq!(query(&catalog).await, sums(BATCH));
+    // SPEED archived as offsets [0, 2), then [2, 4) of partition 0, as the speed layer does.
+    for (from, until) in [(0, 2), (2, 4)] {
+        let chunk = raw_batch(&source, &SPEED[from..until]);
+        let mut columns = chunk.columns().to_vec();
+        let schema = chunk.schema();
+        let at = |name: &str| schema.index_of(name).expect("a raw column");
+        let rows = until - from;
+        columns[at(TOPIC)] = Arc::new(StringArray::from(vec!["events"; rows]));
+        columns[at(PARTITION)] = Arc::new(arrow::array::Int32Array::from(vec![0; rows]));
+        columns[at(OFFSET)] = Arc::new(Int64Array::from_iter_values(from as i64..until as i64));
+        let chunk = RecordBatch::try_new(schema.clone(), columns).expect("a raw batch");
+        let txn = deltalake::kernel::Transaction::new(strata_core::lake::kafka_app_id(&partition), until as i64);
+        strata_core::lake::append(&mut raw, vec![chunk], vec![txn], serde_json::json!({}))
+            .await
+            .expect("archived");
+        let expected = sums(&[BATCH, &SPEED[..until]].concat());
+        // Twice: the second from the states kept of the first.
+        assert_eq!(
+            query(&catalog).await,
+            expected,
+            "after offsets [{from}, {until}) archived"
+        );
+        assert_eq!(query(&catalog).await, expected, "asked again");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
