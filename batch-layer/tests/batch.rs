@@ -597,23 +597,35 @@ async fn a_recompute_over_its_memory_limit_fails_naming_the_view_and_publishes_n
     );
 }
 
+/// The metric `name` of every node of a plan that has it.
+fn metric_values(
+    plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    name: &str,
+) -> Vec<datafusion::physical_plan::metrics::MetricValue> {
+    let mut values: Vec<_> = plan.metrics().and_then(|m| m.sum_by_name(name)).into_iter().collect();
+    for child in plan.children() {
+        values.extend(metric_values(child, name));
+    }
+    values
+}
+
 /// Sums a pruning metric (pages or rows: (pruned, matched)) over every node of a plan.
 fn pruning(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>, name: &str) -> (usize, usize) {
     use datafusion::physical_plan::metrics::MetricValue;
-    let here = plan
-        .metrics()
-        .and_then(|m| m.sum_by_name(name))
+    metric_values(plan, name)
+        .into_iter()
         .map(|v| match v {
             MetricValue::PruningMetrics { pruning_metrics, .. } => {
                 (pruning_metrics.pruned(), pruning_metrics.matched())
             }
             other => panic!("{name} is {other:?}"),
         })
-        .unwrap_or_default();
-    plan.children().into_iter().fold(here, |(p, m), child| {
-        let (cp, cm) = pruning(child, name);
-        (p + cp, m + cm)
-    })
+        .fold((0, 0), |(p, m), (vp, vm)| (p + vp, m + vm))
+}
+
+/// Sums a counter over every node of a plan.
+fn count(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>, name: &str) -> usize {
+    metric_values(plan, name).iter().map(|v| v.as_usize()).sum()
 }
 
 /// A view table is published in runs of an hour of windows, by group within a run, so a
@@ -769,17 +781,4 @@ sql = "SELECT window_start, page, count(*) AS n, approx_distinct(user) AS users 
     );
     // Filtered while read: of the pages' rows, only the group's hour is decoded further.
     assert_eq!(count(&plan, "pushdown_rows_matched"), 60);
-}
-
-/// The sum of the counter `name` over a plan and its children.
-fn count(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>, name: &str) -> usize {
-    let here = plan
-        .metrics()
-        .and_then(|m| m.sum_by_name(name))
-        .map_or(0, |v| v.as_usize());
-    plan.children()
-        .into_iter()
-        .map(|child| count(child, name))
-        .sum::<usize>()
-        + here
 }
