@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use arrow::array::{
     ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
@@ -29,7 +30,7 @@ use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::prelude::{SessionContext, col, lit};
 use deltalake::DeltaTable;
 use strata_core::config::Config;
-use strata_core::lake::{AppTransactions, Lake, ViewVersion};
+use strata_core::lake::{AppTransactions, Lake, ViewVersion, has_newer_version};
 use strata_core::schema::{SourceSchema, TIMESTAMP_TZ, rejected_schema, timestamp_type};
 use strata_core::session::{CATALOG, DEFAULT_SCHEMA, new_context, session_config};
 use strata_core::speed::{Offsets, PartitionStatus, SpeedPart, SpeedSource, SpeedStatus, TopicPartition};
@@ -51,6 +52,11 @@ pub const SYSTEM_LATENESS: &str = "lateness";
 /// The share of the machine's memory queries may use together, unless serve.query_memory
 /// says otherwise.
 const QUERY_MEMORY_SHARE: f64 = 0.25;
+
+/// How long a query may find a table unchanged by looking for its next commit alone, before
+/// the table is updated in full: a commit file cleaned up from the log (long after it was
+/// made, behind a checkpoint) would otherwise hide every version after it.
+const FULL_UPDATE: Duration = Duration::from_secs(10);
 
 /// The schemas of the catalog, in listing order.
 pub const SCHEMAS: &[&str] = &[DEFAULT_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA, SYSTEM_SCHEMA];
@@ -78,8 +84,9 @@ pub struct Catalog {
     /// Where views are planned over their states, built once (see `view_table`).
     scratch: Scratch,
     scratch_names: AtomicU64,
-    /// Delta tables already opened, kept to update incrementally.
-    tables: Mutex<HashMap<Url, DeltaTable>>,
+    /// Delta tables already opened, kept to update incrementally, with when each was last
+    /// updated in full.
+    tables: Mutex<HashMap<Url, (DeltaTable, Instant)>>,
     /// What each view version covers (read once per version): None for a version computed
     /// under another definition of the view.
     coverage: Mutex<HashMap<(Url, u64), Option<Offsets>>>,
@@ -92,7 +99,7 @@ pub struct Catalog {
     /// Speed layers whose states complete the batch views.
     speed: Vec<Arc<dyn SpeedSource>>,
     /// How long a speed layer may take to answer before its partitions come from the lake.
-    speed_timeout: std::time::Duration,
+    speed_timeout: Duration,
     speed_unavailable: strata_core::metrics::Counter,
     /// Which partitions exist and who owns them, over time.
     watch: Arc<crate::partitions::PartitionWatch>,
@@ -178,10 +185,16 @@ impl Catalog {
     }
 
     /// The newest version of a Delta table, or `None` if nothing was written there yet.
+    /// The newest version of a table; `None` while nothing has been written there. A table
+    /// already open is updated only when its next commit is there (a query looks for one
+    /// file rather than list the log), and in full at least every [`FULL_UPDATE`].
     async fn latest(&self, url: &Url) -> Result<Option<DeltaTable>> {
         let cached = self.tables.lock().expect("table cache lock").get(url).cloned();
         let table = match cached {
-            Some(mut table) => {
+            Some((table, updated)) if updated.elapsed() < FULL_UPDATE && !has_newer_version(&table).await? => {
+                return Ok(Some(table));
+            }
+            Some((mut table, _)) => {
                 table
                     .update_incremental(None)
                     .await
@@ -196,7 +209,7 @@ impl Catalog {
         self.tables
             .lock()
             .expect("table cache lock")
-            .insert(url.clone(), table.clone());
+            .insert(url.clone(), (table.clone(), Instant::now()));
         Ok(Some(table))
     }
 
@@ -297,7 +310,7 @@ impl Catalog {
         let raw_url = self.lake.raw_url(&source.name);
         let mut replanned = false;
         loop {
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let (batch, version, coverage) = self.view_states(view).await?;
             let states_at = started.elapsed();
             let parts = self.speed_parts(&view.plan.name, &coverage).await;
@@ -586,7 +599,7 @@ impl Catalog {
                 }
             }
         }
-        for (tp, ownership) in self.watch.partitions(std::time::Instant::now()) {
+        for (tp, ownership) in self.watch.partitions(Instant::now()) {
             rows.entry(tp).or_default().ownership = Some(ownership);
         }
         for (tp, row) in rows.iter_mut() {

@@ -336,7 +336,14 @@ impl StrataFlightSql {
                 .checked_add(self.timeout)
                 .unwrap_or_else(|| started + Duration::from_secs(86_400 * 365)),
         );
-        let stream = tokio::time::timeout_at(deadline, self.cpu.spawn(df.execute_stream()))
+        let physical = async move {
+            let planning = Instant::now();
+            let task = df.task_ctx();
+            let plan = df.create_physical_plan().await?;
+            let planned = planning.elapsed();
+            datafusion::physical_plan::execute_stream(plan, Arc::new(task)).map(|s| (s, planned))
+        };
+        let (stream, physical_in) = tokio::time::timeout_at(deadline, self.cpu.spawn(physical))
             .await
             .map_err(|_| self.deadline_exceeded())?
             .map_err(|e| df_status(&e))?
@@ -361,7 +368,7 @@ impl StrataFlightSql {
             }
             b.and_then(|b| cast_to(&b, &out_schema).map_err(FlightError::Arrow))
         });
-        tracing::debug!(sql = %handle.sql, planned_in = ?started.elapsed(), "query started");
+        tracing::debug!(sql = %handle.sql, planned_in = ?started.elapsed(), physical_plan = ?physical_in, "query started");
         encode(schema, batches)
     }
 
