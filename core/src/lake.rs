@@ -562,19 +562,12 @@ fn writer_properties_builder() -> parquet::file::properties::WriterPropertiesBui
 /// The data page size of a view table's sketch columns.
 const SKETCH_PAGE_BYTES: usize = 64 * 1024;
 
-/// The most rows in a data page of a view table (Parquet's default is 20,000).
-pub const VIEW_PAGE_ROWS: usize = 2048;
-
 /// Parquet settings of a view table's files (of `schema`): those of every file, and for the
 /// sketches' bytes no dictionary and small pages. Every sketch differs, so their dictionary
 /// only grew to its limit (1 MiB) before the writer gave it up, and a query reading one page
 /// of such a column read and decompressed it first. A query of one group over a few hours
 /// selects a few consecutive rows (the batch layer publishes a group's windows together);
-/// it decompresses the sketch pages that hold them, 64 KiB instead of up to 1 MiB each. And
-/// every column's pages hold at most [`VIEW_PAGE_ROWS`] rows: the statistics of a page of the
-/// group columns then bound a few groups of a run of windows, so such a query keeps one or
-/// two pages of each run it reads and evaluates its filter on those rows alone (a 30-day
-/// view's point query: 8,192 rows instead of 40,960, measured).
+/// it decompresses the sketch pages that hold them, 64 KiB instead of up to 1 MiB each.
 pub fn view_writer_properties(schema: &arrow::datatypes::Schema) -> parquet::file::properties::WriterProperties {
     use arrow::datatypes::DataType;
     schema
@@ -586,14 +579,11 @@ pub fn view_writer_properties(schema: &arrow::datatypes::Schema) -> parquet::fil
                 DataType::Binary | DataType::LargeBinary | DataType::BinaryView
             )
         })
-        .fold(
-            writer_properties_builder().set_data_page_row_count_limit(VIEW_PAGE_ROWS),
-            |props, f| {
-                props
-                    .set_column_dictionary_enabled(f.name().as_str().into(), false)
-                    .set_column_data_page_size_limit(f.name().as_str().into(), SKETCH_PAGE_BYTES)
-            },
-        )
+        .fold(writer_properties_builder(), |props, f| {
+            props
+                .set_column_dictionary_enabled(f.name().as_str().into(), false)
+                .set_column_data_page_size_limit(f.name().as_str().into(), SKETCH_PAGE_BYTES)
+        })
         .build()
 }
 
