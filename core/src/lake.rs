@@ -525,10 +525,10 @@ impl AppTransactions {
 /// file appears whole, so a missing next file means no newer version, unless the log was
 /// cleaned up past it: a caller updates in full now and then.
 pub async fn has_newer_version(table: &DeltaTable) -> Result<bool> {
+    use object_store::ObjectStoreExt as _;
     let Some(version) = table.version() else {
         return Ok(true);
     };
-    use object_store::ObjectStoreExt as _;
     let next = deltalake::logstore::commit_uri_from_version(Some(version + 1));
     match table.log_store().object_store(None).head(&next).await {
         Ok(_) => Ok(true),

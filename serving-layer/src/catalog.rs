@@ -184,7 +184,6 @@ impl Catalog {
         SessionContext::new_with_state(self.base.clone())
     }
 
-    /// The newest version of a Delta table, or `None` if nothing was written there yet.
     /// The newest version of a table; `None` while nothing has been written there. A table
     /// already open is updated only when its next commit is there (a query looks for one
     /// file rather than list the log), and in full at least every [`FULL_UPDATE`].
