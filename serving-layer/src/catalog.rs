@@ -14,7 +14,7 @@
 //! seen wholly by the next query, never partly by this one.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,11 @@ const QUERY_MEMORY_SHARE: f64 = 0.25;
 /// made, behind a checkpoint) would otherwise hide every version after it.
 const FULL_UPDATE: Duration = Duration::from_secs(10);
 
+/// At most this many batch rows of the windows a query merges with live states are kept in
+/// memory between queries (see [`Catalog::recent_batch_rows`]); beyond it every query reads
+/// them from the view table.
+const RECENT_ROWS_KEPT: usize = 100_000;
+
 /// The schemas of the catalog, in listing order.
 pub const SCHEMAS: &[&str] = &[DEFAULT_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA, SYSTEM_SCHEMA];
 
@@ -96,6 +101,11 @@ pub struct Catalog {
     /// raw table or the ranges read from it change (a `strata serve` without speed layers
     /// fills every query's live windows from the lake).
     lake_states: Mutex<HashMap<String, LakeStates>>,
+    /// Per view, the batch rows of the windows the live states reach back to, as of one view
+    /// version (None: more than `recent_rows_kept`).
+    recent_rows: Mutex<HashMap<String, RecentRows>>,
+    /// At most this many are kept ([`RECENT_ROWS_KEPT`] unless a test says otherwise).
+    recent_rows_kept: AtomicUsize,
     /// Speed layers whose states complete the batch views.
     speed: Vec<Arc<dyn SpeedSource>>,
     /// How long a speed layer may take to answer before its partitions come from the lake.
@@ -124,8 +134,13 @@ impl Catalog {
                 schema,
             });
         }
+        let mut session = session_config();
+        // One pass of the logical optimizer, not three: a second pass over a composed view
+        // finds the plan as the first left it (its rules run in an order made for one pass)
+        // and costs every query about a millisecond to find that out.
+        session.options_mut().optimizer.max_passes = 1;
         let mut base = SessionStateBuilder::new()
-            .with_config(session_config())
+            .with_config(session)
             .with_runtime_env(strata_core::session::runtime_with_memory(
                 config.serve.query_memory,
                 QUERY_MEMORY_SHARE,
@@ -148,6 +163,8 @@ impl Catalog {
                 coverage: Mutex::new(HashMap::new()),
                 positions: Mutex::new(HashMap::new()),
                 lake_states: Mutex::new(HashMap::new()),
+                recent_rows: Mutex::new(HashMap::new()),
+                recent_rows_kept: AtomicUsize::new(RECENT_ROWS_KEPT),
                 speed,
                 watch: Arc::new(crate::partitions::PartitionWatch::new(
                     config.serve.unowned_partition_grace,
@@ -330,7 +347,7 @@ impl Catalog {
                     continue;
                 }
             }
-            let merged = self.merged(view, batch, raw.as_ref(), composition).await;
+            let merged = self.merged(view, batch, version, raw.as_ref(), composition).await;
             tracing::debug!(
                 view = %view.plan.name,
                 batch_states = ?states_at,
@@ -355,10 +372,14 @@ impl Catalog {
     ///  UNION ALL
     ///  finalize(merge(batch rows from that window on, speed states, lake states))
     /// ```
+    ///
+    /// The batch rows from that window on are read once per view version and window (see
+    /// [`Self::recent_batch_rows`]), so a query plans one scan of the view table, not two.
     async fn merged(
         &self,
         view: &ServedView,
         batch: Arc<dyn TableProvider>,
+        version: Option<u64>,
         raw: Option<&DeltaTable>,
         composition: Composition,
     ) -> Result<Arc<dyn TableProvider>> {
@@ -405,18 +426,31 @@ impl Catalog {
             let batch = ctx.read_table(batch)?;
             let (alone, merged) = match earliest_window(&others)? {
                 None => (batch, None),
-                Some(earliest) => (
-                    batch.clone().filter(col(WINDOW_START).lt(lit(earliest.clone())))?,
-                    Some(batch.filter(col(WINDOW_START).gt_eq(lit(earliest)))?),
-                ),
+                Some(earliest) => {
+                    let recent = batch.clone().filter(col(WINDOW_START).gt_eq(lit(earliest.clone())))?;
+                    let recent = match self
+                        .recent_batch_rows(view, version, &earliest, recent.clone(), &schema)
+                        .await?
+                    {
+                        Some(rows) => {
+                            others.extend(rows);
+                            None
+                        }
+                        None => Some(recent),
+                    };
+                    (batch.filter(col(WINDOW_START).lt(lit(earliest)))?, Some(recent))
+                }
             };
             let name = format!("__alone_{id}");
             ctx.register_table(name.as_str(), alone.into_view())?;
             names.push(name.clone());
             let mut df = ctx.sql(&view.plan.finalize_sql(&name)).await?;
-            if let Some(merged) = merged {
-                let states =
-                    merged.union(ctx.read_table(Arc::new(MemTable::try_new(schema.clone(), vec![others])?))?)?;
+            if let Some(recent) = merged {
+                let others = ctx.read_table(Arc::new(MemTable::try_new(schema.clone(), vec![others])?))?;
+                let states = match recent {
+                    Some(recent) => recent.union(others)?,
+                    None => others,
+                };
                 let name = format!("__states_{id}");
                 ctx.register_table(name.as_str(), states.into_view())?;
                 names.push(name.clone());
@@ -427,6 +461,60 @@ impl Catalog {
         .await;
         deregister(ctx, &names);
         planned
+    }
+
+    /// The rows of `version` of a view's batch states from the window `earliest` on (read by
+    /// `rows`): the windows the live states reach back to, usually the last minutes. They are
+    /// the same until the view gets a new version or the earliest live window moves, and are
+    /// kept until then, so a query merges them from memory instead of planning and running a
+    /// second scan of the view table. None when there are more than `recent_rows_kept`: the
+    /// query reads them itself, as part of its plan.
+    async fn recent_batch_rows(
+        &self,
+        view: &ServedView,
+        version: Option<u64>,
+        earliest: &ScalarValue,
+        rows: datafusion::dataframe::DataFrame,
+        schema: &SchemaRef,
+    ) -> Result<Option<Vec<RecordBatch>>> {
+        use futures::StreamExt;
+        if let Some(kept) = self.recent_rows.lock().expect("recent rows lock").get(&view.plan.name)
+            && kept.version == version
+            && &kept.earliest == earliest
+        {
+            return Ok(kept.rows.clone());
+        }
+        let most = self.recent_rows_kept.load(Ordering::Relaxed);
+        let mut stream = rows.execute_stream().await?;
+        let mut read = Vec::new();
+        let mut count = 0;
+        while let Some(b) = stream.next().await {
+            let b = b?;
+            count += b.num_rows();
+            if count > most {
+                read.clear();
+                break;
+            }
+            read.push(crate::service::cast_to(&b, schema)?);
+        }
+        let rows = (count <= most).then_some(read);
+        self.recent_rows.lock().expect("recent rows lock").insert(
+            view.plan.name.clone(),
+            RecentRows {
+                version,
+                earliest: earliest.clone(),
+                rows: rows.clone(),
+            },
+        );
+        Ok(rows)
+    }
+
+    /// Keeps at most `rows` batch rows of the windows queries merge with live states, for the
+    /// views resolved from now on (tests reach the path where there are more).
+    #[doc(hidden)]
+    pub fn keep_recent_rows(&self, rows: usize) {
+        self.recent_rows_kept.store(rows, Ordering::Relaxed);
+        self.recent_rows.lock().expect("recent rows lock").clear();
     }
 
     /// The states the lake filled in last for `view`, if they were of the same `ranges` of the
@@ -860,6 +948,13 @@ fn lake_predicate(ranges: &[LakeRange]) -> datafusion::prelude::Expr {
 
 /// The states of a view computed from the raw events of `ranges` in version `raw_version` of
 /// the raw table (a version's files never change).
+#[derive(Debug)]
+struct RecentRows {
+    version: Option<u64>,
+    earliest: ScalarValue,
+    rows: Option<Vec<RecordBatch>>,
+}
+
 #[derive(Debug)]
 struct LakeStates {
     raw_version: Option<deltalake::kernel::Version>,

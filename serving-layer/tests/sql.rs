@@ -275,65 +275,140 @@ async fn published(dir: &Path) -> (Arc<Config>, Arc<SourceSchema>) {
     (config, source)
 }
 
-/// Without a speed layer, the events archived beyond the batch version come from the raw
-/// table, and the states the catalog keeps of them between queries follow each new version of
-/// it: every query counts each event once, before and after more are archived.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_speed_layer_the_archived_events_count_once_as_the_raw_table_grows() {
+/// Archives `events` into the raw table as offsets `from..` of partition 0 of `events`, with
+/// the partition's Kafka position, as the speed layer does.
+async fn archive(config: &Config, source: &SourceSchema, events: &[Event], from: i64) {
     use strata_core::schema::{OFFSET, PARTITION, TOPIC};
-    let dir = tempfile::tempdir().expect("a scratch directory");
-    let (config, source) = published(dir.path()).await;
-    let catalog = Catalog::new(&config, vec![]).await.expect("the catalog");
     let lake = strata_core::lake::Lake::new(&config.lake).expect("the lake");
     let mut raw = lake
         .open(&lake.raw_url("events"))
         .await
         .expect("the raw table")
         .expect("imported");
+    let chunk = raw_batch(source, events);
+    let mut columns = chunk.columns().to_vec();
+    let schema = chunk.schema();
+    let at = |name: &str| schema.index_of(name).expect("a raw column");
+    let until = from + events.len() as i64;
+    columns[at(TOPIC)] = Arc::new(StringArray::from(vec!["events"; events.len()]));
+    columns[at(PARTITION)] = Arc::new(arrow::array::Int32Array::from(vec![0; events.len()]));
+    columns[at(OFFSET)] = Arc::new(Int64Array::from_iter_values(from..until));
+    let chunk = RecordBatch::try_new(schema.clone(), columns).expect("a raw batch");
     let partition = TopicPartition::new("events", 0);
-    let query = async |catalog: &Catalog| {
-        let batches = catalog
-            .session()
-            .sql("SELECT sum(n) AS n, sum(s) AS s FROM tumbling")
-            .await
-            .expect("plans")
-            .collect()
-            .await
-            .expect("runs");
-        let column = |i: usize| {
-            batches[0]
-                .column(i)
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .value(0)
-        };
-        (column(0), column(1))
+    let txn = deltalake::kernel::Transaction::new(strata_core::lake::kafka_app_id(&partition), until);
+    strata_core::lake::append(&mut raw, vec![chunk], vec![txn], serde_json::json!({}))
+        .await
+        .expect("archived");
+}
+
+/// `sum(n), sum(s)` of the tumbling view: the events counted and the sum of their `x`.
+async fn totals(catalog: &Catalog) -> (i64, i64) {
+    let batches = catalog
+        .session()
+        .sql(TOTALS)
+        .await
+        .expect("plans")
+        .collect()
+        .await
+        .expect("runs");
+    let column = |i: usize| {
+        batches[0]
+            .column(i)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0)
     };
+    (column(0), column(1))
+}
+
+const TOTALS: &str = "SELECT sum(n) AS n, sum(s) AS s FROM tumbling";
+
+/// Without a speed layer, the events archived beyond the batch version come from the raw
+/// table, and the states the catalog keeps of them between queries follow each new version of
+/// it: every query counts each event once, before and after more are archived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_speed_layer_the_archived_events_count_once_as_the_raw_table_grows() {
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let (config, source) = published(dir.path()).await;
+    let catalog = Catalog::new(&config, vec![]).await.expect("the catalog");
     // Nothing archived yet: the batch states alone.
     let sums = |events: &[Event]| (events.len() as i64, events.iter().filter_map(|e| e.2).sum::<i64>());
-    assert_eq!(query(&catalog).await, sums(BATCH));
+    assert_eq!(totals(&catalog).await, sums(BATCH));
     // SPEED archived as offsets [0, 2), then [2, 4) of partition 0, as the speed layer does.
     for (from, until) in [(0, 2), (2, 4)] {
-        let chunk = raw_batch(&source, &SPEED[from..until]);
-        let mut columns = chunk.columns().to_vec();
-        let schema = chunk.schema();
-        let at = |name: &str| schema.index_of(name).expect("a raw column");
-        let rows = until - from;
-        columns[at(TOPIC)] = Arc::new(StringArray::from(vec!["events"; rows]));
-        columns[at(PARTITION)] = Arc::new(arrow::array::Int32Array::from(vec![0; rows]));
-        columns[at(OFFSET)] = Arc::new(Int64Array::from_iter_values(from as i64..until as i64));
-        let chunk = RecordBatch::try_new(schema.clone(), columns).expect("a raw batch");
-        let txn = deltalake::kernel::Transaction::new(strata_core::lake::kafka_app_id(&partition), until as i64);
-        strata_core::lake::append(&mut raw, vec![chunk], vec![txn], serde_json::json!({}))
-            .await
-            .expect("archived");
+        archive(&config, &source, &SPEED[from..until], from as i64).await;
         let expected = sums(&[BATCH, &SPEED[..until]].concat());
         // Twice: the second from the states kept of the first.
         assert_eq!(
-            query(&catalog).await,
+            totals(&catalog).await,
             expected,
             "after offsets [{from}, {until}) archived"
         );
-        assert_eq!(query(&catalog).await, expected, "asked again");
+        assert_eq!(totals(&catalog).await, expected, "asked again");
+    }
+}
+
+/// The batch rows a query merges with live states (the windows those reach back to) are kept
+/// between queries for one view version: a new version is read anew even when the live states
+/// start in the same window, and past the number kept every query reads them itself. Each
+/// answer counts every event once; the plans show which way they were read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_rows_merged_with_live_states_follow_the_view_version() {
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let (config, source) = published(dir.path()).await;
+    // The answer, and how many scans of the view table its plan has.
+    let query = async |catalog: &Catalog| {
+        let explained = catalog
+            .session()
+            .sql(&format!("EXPLAIN {TOTALS}"))
+            .await
+            .expect("explains")
+            .collect()
+            .await
+            .expect("runs");
+        let plans = arrow::util::pretty::pretty_format_batches(&explained)
+            .expect("printable")
+            .to_string();
+        (totals(catalog).await, plans.matches("DeltaScanExec").count())
+    };
+    let sums = |events: &[&[Event]]| {
+        let events = events.concat();
+        (events.len() as i64, events.iter().filter_map(|e| e.2).sum::<i64>())
+    };
+    let catalog = Catalog::new(&config, vec![]).await.expect("the catalog");
+    // Archived beyond the first version: an event of the first window, which the batch
+    // version holds rows of. Asked twice, the second time from the rows kept.
+    let first: &[Event] = &[(5_000, Some("a"), Some(30), Some("u3"))];
+    archive(&config, &source, first, 0).await;
+    for _ in 0..2 {
+        assert_eq!(
+            query(&catalog).await,
+            (sums(&[BATCH, first]), 1),
+            "one scan of the view table"
+        );
+    }
+    // A batch run publishes a version covering it; the next archived event is of the same
+    // first window, so the live states start where they did, but the batch rows changed.
+    let cpu = CpuRuntime::new(Some(1)).expect("a CPU runtime");
+    let batch = strata_batch::BatchLayer::new(config.clone(), cpu).expect("the batch layer");
+    batch.run_once(Default::default()).await.expect("a batch run");
+    let second: &[Event] = &[(1_000, Some("b"), Some(7), Some("u9"))];
+    archive(&config, &source, second, 1).await;
+    for _ in 0..2 {
+        assert_eq!(
+            query(&catalog).await,
+            (sums(&[BATCH, first, second]), 1),
+            "the new version's rows"
+        );
+    }
+    // More rows than are kept: every query reads them in its own plan, a second scan.
+    let catalog = Catalog::new(&config, vec![]).await.expect("the catalog");
+    catalog.keep_recent_rows(1);
+    for _ in 0..2 {
+        assert_eq!(
+            query(&catalog).await,
+            (sums(&[BATCH, first, second]), 2),
+            "read by the query"
+        );
     }
 }
 
