@@ -687,6 +687,67 @@ pub async fn table_provider(
     Ok(Arc::new(LimitKept(delta)))
 }
 
+/// Puts the Parquet metadata of every data file of `table`, page index included, in the file
+/// metadata cache of `ctx`'s runtime, where its Delta scans look for it.
+///
+/// DataFusion's Parquet scan asks the cache for a file's footer without its page index, and
+/// on a miss caches the footer alone; it then reads the page index from the file on every
+/// scan that prunes pages by it (an extra ranged read per file and scan partition, on S3 a
+/// request each). Cached with the index, the footer serves every later scan whole. The
+/// entries are keyed as the Delta scan keys its files (the path in the file's store, its size
+/// from the log, no modification time); a file the cache already holds with its page index
+/// is not read again.
+pub async fn cache_page_indexes(ctx: &datafusion::prelude::SessionContext, table: &DeltaTable) -> Result<()> {
+    use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
+    use deltalake::delta_datafusion::engine::AsObjectStoreUrl;
+    use futures::{StreamExt, TryStreamExt};
+    use parquet::file::metadata::PageIndexPolicy;
+    let runtime = ctx.runtime_env();
+    let cache = runtime.cache_manager.get_file_metadata_cache();
+    let root = table.table_url();
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| Error::lake(format!("list the files of {}", redact(root)), e))?;
+    // (path, size) of each file, collected first: the log's iterator is not Send.
+    let files: Vec<(String, u64)> = snapshot
+        .log_data()
+        .into_iter()
+        .map(|f| (f.path().into_owned(), f.size() as u64))
+        .collect();
+    let fetches = files.into_iter().map(|(path, size)| {
+        let cache = cache.clone();
+        let runtime = runtime.clone();
+        async move {
+            let url = Url::parse(&path)
+                .or_else(|_| root.join(&path))
+                .map_err(|e| Error::Internal(format!("the path {path} of a file of {}: {e}", redact(root))))?;
+            let store = runtime.object_store(url.as_object_store_url())?;
+            let meta = object_store::ObjectMeta {
+                location: object_store::path::Path::from_url_path(url.path())
+                    .map_err(|e| Error::Internal(format!("the path of {}: {e}", redact(&url))))?,
+                size,
+                last_modified: chrono::DateTime::UNIX_EPOCH,
+                e_tag: None,
+                version: None,
+            };
+            DFParquetMetadata::new(&store, &meta)
+                .with_file_metadata_cache(Some(cache))
+                .with_page_index_policy(Some(PageIndexPolicy::Optional))
+                .fetch_metadata()
+                .await?;
+            Ok::<_, Error>(())
+        }
+    });
+    // A few files at a time: on an object store each is a request or two.
+    futures::stream::iter(fetches)
+        .buffer_unordered(PAGE_INDEX_FETCHES)
+        .try_collect::<()>()
+        .await
+}
+
+/// How many files' footers [`cache_page_indexes`] reads at once.
+const PAGE_INDEX_FETCHES: usize = 16;
+
 /// A Delta table's provider whose scans keep their `LIMIT`. The Delta scan of a query that
 /// reads only partition columns (`SELECT event_date FROM raw.x LIMIT 3`) answers from the
 /// log, ignores the limit it is given, and yet says limits may be pushed through it, so

@@ -95,6 +95,8 @@ pub struct Catalog {
     /// What each view version covers (read once per version): None for a version computed
     /// under another definition of the view.
     coverage: Mutex<HashMap<(Url, u64), Option<Offsets>>>,
+    /// The version of each view table whose files' page indexes are cached.
+    page_indexes: Mutex<HashMap<Url, u64>>,
     /// Each raw table's Kafka positions, kept up to date version by version.
     positions: Mutex<HashMap<Url, AppTransactions>>,
     /// Per view, the states of the raw events the lake last filled in: the same until the
@@ -162,6 +164,7 @@ impl Catalog {
                 tables: Mutex::new(HashMap::new()),
                 coverage: Mutex::new(HashMap::new()),
                 positions: Mutex::new(HashMap::new()),
+                page_indexes: Mutex::new(HashMap::new()),
                 lake_states: Mutex::new(HashMap::new()),
                 recent_rows: Mutex::new(HashMap::new()),
                 recent_rows_kept: AtomicUsize::new(RECENT_ROWS_KEPT),
@@ -245,9 +248,33 @@ impl Catalog {
                 .coverage_of(&url, &table, version, &view.plan.fingerprint())
                 .await?
         {
+            self.cache_page_indexes(&url, &table, version).await;
             return Ok((self.delta_provider(&table).await?, Some(version), coverage));
         }
         Ok((empty(&view.state_schema)?, None, Offsets::new()))
+    }
+
+    /// Caches the footers of a view version's files with their page indexes, once per
+    /// version (see [`strata_core::lake::cache_page_indexes`]). Queries answer without them
+    /// (reading the page indexes themselves), so a failure is only logged.
+    async fn cache_page_indexes(&self, url: &Url, table: &DeltaTable, version: u64) {
+        if self.page_indexes.lock().expect("page indexes lock").get(url) == Some(&version) {
+            return;
+        }
+        match strata_core::lake::cache_page_indexes(&self.session(), table).await {
+            Ok(()) => {
+                self.page_indexes
+                    .lock()
+                    .expect("page indexes lock")
+                    .insert(url.clone(), version);
+            }
+            Err(e) => tracing::warn!(
+                table = %strata_core::lake::redact(url),
+                version,
+                error = %e,
+                "could not cache the page indexes of a view table's files: its queries read them from the files"
+            ),
+        }
     }
 
     /// What a view version covers, if it was computed under the definition `fingerprint`.

@@ -44,6 +44,9 @@ use base64::Engine as _;
 use base64::prelude::BASE64_STANDARD;
 use bytes::Bytes;
 use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::DataFrame;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
@@ -165,7 +168,9 @@ const PLANS_KEPT: usize = 256;
 
 /// Plans made by GetFlightInfo, kept for the DoGet of their ticket: a query is planned once,
 /// not twice (planning a view resolves its batch version and gathers its speed states).
-/// A ticket whose plan is gone (taken, expired, or made by another replica) plans again.
+/// Its physical plan is made on the CPU runtime from the moment GetFlightInfo answers, while
+/// the client turns the answer into a DoGet. A ticket whose plan is gone (taken, expired, or
+/// made by another replica) plans again.
 #[derive(Debug, Default)]
 struct Plans {
     kept: Mutex<VecDeque<Kept>>,
@@ -178,12 +183,50 @@ struct Kept {
     started: Instant,
     sql: String,
     params: Option<String>,
-    df: DataFrame,
+    schema: SchemaRef,
+    physical: Physical,
 }
+
+/// A statement's physical plan, being made on the CPU runtime (dropped: its planning stops).
+struct Physical(Pin<Box<dyn Future<Output = Result<Planned, DataFusionError>> + Send>>);
+
+impl std::fmt::Debug for Physical {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Physical")
+    }
+}
+
+/// A physical plan, with the task context it runs in and how long planning took.
+struct Planned {
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+    took: Duration,
+}
+
+impl Physical {
+    /// Starts planning `df` physically on `cpu`.
+    fn start(cpu: &CpuRuntime, df: DataFrame) -> Self {
+        let planning = cpu.spawn(async move {
+            let started = Instant::now();
+            let task = Arc::new(df.task_ctx());
+            let plan = df.create_physical_plan().await?;
+            Ok(Planned {
+                plan,
+                task,
+                took: started.elapsed(),
+            })
+        });
+        Physical(Box::pin(async move { planning.await? }))
+    }
+}
+
+/// What a kept plan gives its DoGet: when its planning started, its output schema, its
+/// physical plan.
+type Taken = (Instant, SchemaRef, Physical);
 
 impl Plans {
     /// Keeps a plan of `handle`; returns its id.
-    fn keep(&self, handle: &Handle, started: Instant, df: DataFrame) -> String {
+    fn keep(&self, handle: &Handle, started: Instant, schema: SchemaRef, physical: Physical) -> String {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let mut kept = self.kept.lock().expect("plans lock");
         Self::expire(&mut kept);
@@ -195,20 +238,21 @@ impl Plans {
             started,
             sql: handle.sql.clone(),
             params: handle.params.clone(),
-            df,
+            schema,
+            physical,
         });
         id
     }
 
     /// The plan a ticket's handle names, if it is still kept and is a plan of that handle.
-    fn take(&self, handle: &Handle) -> Option<(Instant, DataFrame)> {
+    fn take(&self, handle: &Handle) -> Option<Taken> {
         let id = handle.plan.as_deref()?;
         let mut kept = self.kept.lock().expect("plans lock");
         Self::expire(&mut kept);
         let i = kept
             .iter()
             .position(|k| k.id == id && k.sql == handle.sql && k.params == handle.params)?;
-        kept.remove(i).map(|k| (k.started, k.df))
+        kept.remove(i).map(|k| (k.started, k.schema, k.physical))
     }
 
     fn expire(kept: &mut VecDeque<Kept>) {
@@ -304,7 +348,8 @@ impl StrataFlightSql {
             .await
             .map_err(|_| self.deadline_exceeded())??;
         let schema = output_schema(df.schema().as_arrow());
-        handle.plan = Some(self.plans.keep(&handle, started, df));
+        let physical = Physical::start(&self.cpu, df);
+        handle.plan = Some(self.plans.keep(&handle, started, schema.clone(), physical));
         let ticket = ticket(&handle);
         FlightInfo::new()
             .try_with_schema(&schema)
@@ -326,24 +371,27 @@ impl StrataFlightSql {
     }
 
     async fn execute_metered(&self, handle: Handle, started: Instant) -> Result<Response<DoGetStream>, Status> {
-        let (started, df) = match self.plans.take(&handle) {
+        let (started, schema, physical) = match self.plans.take(&handle) {
             Some(kept) => kept,
-            None => (started, self.plan(&handle).await?),
+            None => {
+                let df = self.plan(&handle).await?;
+                let schema = output_schema(df.schema().as_arrow());
+                (started, schema, Physical::start(&self.cpu, df))
+            }
         };
-        let schema = output_schema(df.schema().as_arrow());
         let deadline = tokio::time::Instant::from_std(
             started
                 .checked_add(self.timeout)
                 .unwrap_or_else(|| started + Duration::from_secs(86_400 * 365)),
         );
-        let physical = async move {
-            let planning = Instant::now();
-            let task = df.task_ctx();
-            let plan = df.create_physical_plan().await?;
-            let planned = planning.elapsed();
-            datafusion::physical_plan::execute_stream(plan, Arc::new(task)).map(|s| (s, planned))
-        };
-        let (stream, physical_in) = tokio::time::timeout_at(deadline, self.cpu.spawn(physical))
+        let planned = tokio::time::timeout_at(deadline, physical.0)
+            .await
+            .map_err(|_| self.deadline_exceeded())?
+            .map_err(|e| df_status(&e))?;
+        let physical_in = planned.took;
+        // Executing a plan may spawn its tasks: on the CPU runtime.
+        let execute = async move { datafusion::physical_plan::execute_stream(planned.plan, planned.task) };
+        let stream = tokio::time::timeout_at(deadline, self.cpu.spawn(execute))
             .await
             .map_err(|_| self.deadline_exceeded())?
             .map_err(|e| df_status(&e))?
@@ -944,17 +992,29 @@ mod tests {
         SessionContext::new().sql(sql).await.unwrap()
     }
 
+    /// Keeps a plan of `sql` as GetFlightInfo does.
+    async fn keep(plans: &Plans, cpu: &CpuRuntime, sql: &str, started: Instant) -> String {
+        let df = plan_of(sql).await;
+        let schema = output_schema(df.schema().as_arrow());
+        plans.keep(&handle(sql, None), started, schema, Physical::start(cpu, df))
+    }
+
     #[tokio::test]
     async fn a_kept_plan_is_taken_once_by_a_ticket_of_its_own_statement() {
         let plans = Plans::default();
-        let one = plans.keep(&handle("SELECT 1", None), Instant::now(), plan_of("SELECT 1").await);
-        let two = plans.keep(&handle("SELECT 2", None), Instant::now(), plan_of("SELECT 2").await);
+        let cpu = CpuRuntime::new(Some(1)).unwrap();
+        let one = keep(&plans, &cpu, "SELECT 1", Instant::now()).await;
+        let two = keep(&plans, &cpu, "SELECT 2", Instant::now()).await;
         assert_ne!(one, two);
         // Another statement naming the plan does not get it.
         assert!(plans.take(&handle("SELECT 2", Some(one.clone()))).is_none());
         assert!(plans.take(&handle("SELECT 1", None)).is_none(), "no plan named");
-        let (_, df) = plans.take(&handle("SELECT 1", Some(one.clone()))).expect("kept");
-        let batches = df.collect().await.unwrap();
+        let (_, schema, physical) = plans.take(&handle("SELECT 1", Some(one.clone()))).expect("kept");
+        assert_eq!(schema.fields().len(), 1);
+        let planned = physical.0.await.unwrap();
+        let batches = datafusion::physical_plan::collect(planned.plan, planned.task)
+            .await
+            .unwrap();
         assert_eq!(
             batches[0]
                 .column(0)
@@ -975,15 +1035,16 @@ mod tests {
     #[tokio::test]
     async fn kept_plans_expire_and_are_bounded() {
         let plans = Plans::default();
+        let cpu = CpuRuntime::new(Some(1)).unwrap();
         let long_ago = Instant::now()
             .checked_sub(PLAN_REUSE * 2)
             .expect("an instant in the past");
-        let stale = plans.keep(&handle("SELECT 1", None), long_ago, plan_of("SELECT 1").await);
+        let stale = keep(&plans, &cpu, "SELECT 1", long_ago).await;
         assert!(plans.take(&handle("SELECT 1", Some(stale))).is_none(), "expired");
-        let df = plan_of("SELECT 1").await;
-        let ids: Vec<String> = (0..=PLANS_KEPT)
-            .map(|_| plans.keep(&handle("SELECT 1", None), Instant::now(), df.clone()))
-            .collect();
+        let mut ids = Vec::new();
+        for _ in 0..=PLANS_KEPT {
+            ids.push(keep(&plans, &cpu, "SELECT 1", Instant::now()).await);
+        }
         assert_eq!(plans.kept.lock().unwrap().len(), PLANS_KEPT);
         assert!(
             plans.take(&handle("SELECT 1", Some(ids[0].clone()))).is_none(),

@@ -412,6 +412,51 @@ async fn the_batch_rows_merged_with_live_states_follow_the_view_version() {
     }
 }
 
+/// The footers of a view table's files are cached with their page indexes, under the keys the
+/// Delta scan looks them up by: after queries, the cache holds one entry per file of the view
+/// table, each with its page index, each found by the queries' scans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_footers_of_a_view_tables_files_are_cached_with_their_page_indexes() {
+    use datafusion::datasource::physical_plan::parquet::metadata::CachedParquetMetaData;
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let (config, _) = published(dir.path()).await;
+    let catalog = Catalog::new(&config, vec![]).await.expect("the catalog");
+    let expected = (BATCH.len() as i64, BATCH.iter().filter_map(|e| e.2).sum::<i64>());
+    for _ in 0..2 {
+        assert_eq!(totals(&catalog).await, expected);
+    }
+    let lake = strata_core::lake::Lake::new(&config.lake).expect("the lake");
+    let table = lake
+        .open(&lake.view_url("tumbling"))
+        .await
+        .expect("the view table")
+        .expect("published");
+    let files = table.snapshot().expect("a snapshot").log_data().into_iter().count();
+    assert!(files > 0);
+    let under = table.table_url().path().trim_start_matches('/').to_string();
+    let cache = catalog.session().runtime_env().cache_manager.get_file_metadata_cache();
+    let entries: Vec<_> = cache
+        .list_entries()
+        .into_iter()
+        .filter(|(path, _)| path.as_ref().starts_with(&under))
+        .collect();
+    assert_eq!(entries.len(), files, "one entry per file of {under}: {entries:?}");
+    for (path, entry) in entries {
+        let metadata = entry
+            .value
+            .file_metadata
+            .as_any()
+            .downcast_ref::<CachedParquetMetaData>()
+            .expect("Parquet metadata")
+            .parquet_metadata();
+        assert!(
+            metadata.column_index().is_some() && metadata.offset_index().is_some(),
+            "{path} cached without its page index"
+        );
+        assert!(entry.hits > 0, "{path}: no scan found it");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_behaviour_as_data() {
     let dir = tempfile::tempdir().expect("a scratch directory");
