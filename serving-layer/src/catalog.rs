@@ -973,8 +973,8 @@ fn lake_predicate(ranges: &[LakeRange]) -> datafusion::prelude::Expr {
         .unwrap_or_else(|| lit(false))
 }
 
-/// The states of a view computed from the raw events of `ranges` in version `raw_version` of
-/// the raw table (a version's files never change).
+/// The batch rows of `version` of a view from the window `earliest` on (None: too many to
+/// keep).
 #[derive(Debug)]
 struct RecentRows {
     version: Option<u64>,
@@ -982,6 +982,8 @@ struct RecentRows {
     rows: Option<Vec<RecordBatch>>,
 }
 
+/// The states of a view computed from the raw events of `ranges` in version `raw_version` of
+/// the raw table (a version's files never change).
 #[derive(Debug)]
 struct LakeStates {
     raw_version: Option<deltalake::kernel::Version>,

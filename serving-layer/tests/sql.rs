@@ -322,6 +322,11 @@ async fn totals(catalog: &Catalog) -> (i64, i64) {
 
 const TOTALS: &str = "SELECT sum(n) AS n, sum(s) AS s FROM tumbling";
 
+/// What [`totals`] should answer over `events`, computed from them.
+fn sums(events: &[Event]) -> (i64, i64) {
+    (events.len() as i64, events.iter().filter_map(|e| e.2).sum::<i64>())
+}
+
 /// Without a speed layer, the events archived beyond the batch version come from the raw
 /// table, and the states the catalog keeps of them between queries follow each new version of
 /// it: every query counts each event once, before and after more are archived.
@@ -331,7 +336,6 @@ async fn without_a_speed_layer_the_archived_events_count_once_as_the_raw_table_g
     let (config, source) = published(dir.path()).await;
     let catalog = Catalog::new(&config, vec![]).await.expect("the catalog");
     // Nothing archived yet: the batch states alone.
-    let sums = |events: &[Event]| (events.len() as i64, events.iter().filter_map(|e| e.2).sum::<i64>());
     assert_eq!(totals(&catalog).await, sums(BATCH));
     // SPEED archived as offsets [0, 2), then [2, 4) of partition 0, as the speed layer does.
     for (from, until) in [(0, 2), (2, 4)] {
@@ -370,10 +374,6 @@ async fn the_batch_rows_merged_with_live_states_follow_the_view_version() {
             .to_string();
         (totals(catalog).await, plans.matches("DeltaScanExec").count())
     };
-    let sums = |events: &[&[Event]]| {
-        let events = events.concat();
-        (events.len() as i64, events.iter().filter_map(|e| e.2).sum::<i64>())
-    };
     let catalog = Catalog::new(&config, vec![]).await.expect("the catalog");
     // Archived beyond the first version: an event of the first window, which the batch
     // version holds rows of. Asked twice, the second time from the rows kept.
@@ -382,7 +382,7 @@ async fn the_batch_rows_merged_with_live_states_follow_the_view_version() {
     for _ in 0..2 {
         assert_eq!(
             query(&catalog).await,
-            (sums(&[BATCH, first]), 1),
+            (sums(&[BATCH, first].concat()), 1),
             "one scan of the view table"
         );
     }
@@ -396,7 +396,7 @@ async fn the_batch_rows_merged_with_live_states_follow_the_view_version() {
     for _ in 0..2 {
         assert_eq!(
             query(&catalog).await,
-            (sums(&[BATCH, first, second]), 1),
+            (sums(&[BATCH, first, second].concat()), 1),
             "the new version's rows"
         );
     }
@@ -406,7 +406,7 @@ async fn the_batch_rows_merged_with_live_states_follow_the_view_version() {
     for _ in 0..2 {
         assert_eq!(
             query(&catalog).await,
-            (sums(&[BATCH, first, second]), 2),
+            (sums(&[BATCH, first, second].concat()), 2),
             "read by the query"
         );
     }
@@ -421,9 +421,8 @@ async fn the_footers_of_a_view_tables_files_are_cached_with_their_page_indexes()
     let dir = tempfile::tempdir().expect("a scratch directory");
     let (config, _) = published(dir.path()).await;
     let catalog = Catalog::new(&config, vec![]).await.expect("the catalog");
-    let expected = (BATCH.len() as i64, BATCH.iter().filter_map(|e| e.2).sum::<i64>());
     for _ in 0..2 {
-        assert_eq!(totals(&catalog).await, expected);
+        assert_eq!(totals(&catalog).await, sums(BATCH));
     }
     let lake = strata_core::lake::Lake::new(&config.lake).expect("the lake");
     let table = lake
