@@ -23,10 +23,16 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
+use datafusion::catalog::view::ViewTable;
 use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
-use datafusion::common::ScalarValue;
+use datafusion::common::{ScalarValue, TableReference};
+use datafusion::datasource::{empty::EmptyTable, provider_as_source};
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder, UNNAMED_TABLE};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_optimizer::filter_pushdown::FilterPushdown;
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::{SessionContext, col, lit};
 use deltalake::DeltaTable;
 use strata_core::config::Config;
@@ -108,6 +114,8 @@ pub struct Catalog {
     recent_rows: Mutex<HashMap<String, RecentRows>>,
     /// At most this many are kept ([`RECENT_ROWS_KEPT`] unless a test says otherwise).
     recent_rows_kept: AtomicUsize,
+    /// Per view, its finalize and merge SQL planned over a placeholder input.
+    templates: Mutex<HashMap<String, Arc<ViewTemplates>>>,
     /// Speed layers whose states complete the batch views.
     speed: Vec<Arc<dyn SpeedSource>>,
     /// How long a speed layer may take to answer before its partitions come from the lake.
@@ -148,6 +156,7 @@ impl Catalog {
                 QUERY_MEMORY_SHARE,
             )?)
             .with_default_features()
+            .with_physical_optimizer_rules(physical_optimizer_rules())
             .build();
         strata_core::functions::register(&mut base)?;
         let scratch = Scratch(new_context(session_config())?);
@@ -168,6 +177,7 @@ impl Catalog {
                 lake_states: Mutex::new(HashMap::new()),
                 recent_rows: Mutex::new(HashMap::new()),
                 recent_rows_kept: AtomicUsize::new(RECENT_ROWS_KEPT),
+                templates: Mutex::new(HashMap::new()),
                 speed,
                 watch: Arc::new(crate::partitions::PartitionWatch::new(
                     config.serve.unowned_partition_grace,
@@ -410,7 +420,6 @@ impl Catalog {
         raw: Option<&DeltaTable>,
         composition: Composition,
     ) -> Result<Arc<dyn TableProvider>> {
-        let ctx = &self.scratch.0;
         let schema = batch.schema();
         let mut others: Vec<RecordBatch> = composition
             .speed
@@ -418,76 +427,118 @@ impl Catalog {
             .flat_map(|p| &p.batches)
             .map(|b| Ok(crate::service::cast_to(b, &schema)?))
             .collect::<Result<_>>()?;
-        // Temporary names of this call's own in the shared scratch session, dropped once
-        // planned (the plan holds the tables themselves).
-        let id = self.scratch_names.fetch_add(1, Ordering::Relaxed);
-        let mut names = Vec::new();
-        let planned = async {
-            if let (Some(raw), false) = (raw, composition.lake.is_empty()) {
-                // Computed now: where they start decides which batch rows need merging.
-                let states = match self.kept_lake_states(view, raw, &composition.lake) {
-                    Some(states) => states,
-                    None => {
-                        let events = ctx
-                            .read_table(self.delta_provider(raw).await?)?
-                            .filter(lake_predicate(&composition.lake))?;
-                        let name = format!("__raw_{id}");
-                        ctx.register_table(name.as_str(), events.into_view())?;
-                        names.push(name.clone());
-                        let states = ctx.sql(&view.plan.state_sql(&name)).await?.collect().await?;
-                        self.lake_states.lock().expect("lake states lock").insert(
-                            view.plan.name.clone(),
-                            LakeStates {
-                                raw_version: raw.version(),
-                                ranges: composition.lake.clone(),
-                                states: states.clone(),
-                            },
-                        );
-                        states
+        if let (Some(raw), false) = (raw, composition.lake.is_empty()) {
+            // Computed now: where they start decides which batch rows need merging.
+            for b in &self.lake_states(view, raw, &composition.lake).await? {
+                others.push(crate::service::cast_to(b, &schema)?);
+            }
+        }
+        let templates = self.templates(view, &schema).await?;
+        let batch = LogicalPlanBuilder::scan(UNNAMED_TABLE, provider_as_source(batch), None)?;
+        let (alone, merged) = match earliest_window(&others)? {
+            None => (batch, None),
+            Some(earliest) => {
+                let recent = batch.clone().filter(col(WINDOW_START).gt_eq(lit(earliest.clone())))?;
+                let recent = match self
+                    .recent_batch_rows(view, version, &earliest, recent.clone().build()?, &schema)
+                    .await?
+                {
+                    Some(rows) => {
+                        others.extend(rows);
+                        None
                     }
+                    None => Some(recent),
                 };
-                for b in &states {
-                    others.push(crate::service::cast_to(b, &schema)?);
-                }
+                (batch.filter(col(WINDOW_START).lt(lit(earliest)))?, Some(recent))
             }
-            let batch = ctx.read_table(batch)?;
-            let (alone, merged) = match earliest_window(&others)? {
-                None => (batch, None),
-                Some(earliest) => {
-                    let recent = batch.clone().filter(col(WINDOW_START).gt_eq(lit(earliest.clone())))?;
-                    let recent = match self
-                        .recent_batch_rows(view, version, &earliest, recent.clone(), &schema)
-                        .await?
-                    {
-                        Some(rows) => {
-                            others.extend(rows);
-                            None
-                        }
-                        None => Some(recent),
-                    };
-                    (batch.filter(col(WINDOW_START).lt(lit(earliest)))?, Some(recent))
-                }
+        };
+        let mut plan = LogicalPlanBuilder::from(templates.finalize.over(alone.build()?)?);
+        if let Some(recent) = merged {
+            let others = LogicalPlanBuilder::scan(
+                UNNAMED_TABLE,
+                provider_as_source(Arc::new(MemTable::try_new(schema.clone(), vec![others])?)),
+                None,
+            )?;
+            let states = match recent {
+                Some(recent) => recent.union(others.build()?)?,
+                None => others,
             };
-            let name = format!("__alone_{id}");
-            ctx.register_table(name.as_str(), alone.into_view())?;
-            names.push(name.clone());
-            let mut df = ctx.sql(&view.plan.finalize_sql(&name)).await?;
-            if let Some(recent) = merged {
-                let others = ctx.read_table(Arc::new(MemTable::try_new(schema.clone(), vec![others])?))?;
-                let states = match recent {
-                    Some(recent) => recent.union(others)?,
-                    None => others,
-                };
-                let name = format!("__states_{id}");
-                ctx.register_table(name.as_str(), states.into_view())?;
-                names.push(name.clone());
-                df = df.union(ctx.sql(&view.plan.merge_sql(&name)).await?)?;
+            plan = plan.union(templates.merge.over(states.build()?)?)?;
+        }
+        Ok(Arc::new(ViewTable::new(plan.build()?, None)))
+    }
+
+    /// The view's finalize and merge SQL planned over a placeholder of the view table's
+    /// `schema`, once per view and schema: a query puts its own state rows in its place (SQL
+    /// parsed and planned on every query cost it about half a millisecond).
+    async fn templates(&self, view: &ServedView, schema: &SchemaRef) -> Result<Arc<ViewTemplates>> {
+        if let Some(kept) = self.templates.lock().expect("templates lock").get(&view.plan.name)
+            && &kept.schema == schema
+        {
+            return Ok(kept.clone());
+        }
+        let ctx = &self.scratch.0;
+        // Names of this call's own in the shared scratch session, dropped once planned.
+        let id = self.scratch_names.fetch_add(1, Ordering::Relaxed);
+        let names = [format!("__alone_{id}"), format!("__states_{id}")];
+        let planned = async {
+            let mut plans = Vec::new();
+            for (name, sql) in names
+                .iter()
+                .zip([view.plan.finalize_sql(&names[0]), view.plan.merge_sql(&names[1])])
+            {
+                ctx.register_table(name.as_str(), Arc::new(EmptyTable::new(schema.clone())))?;
+                plans.push(Template {
+                    plan: ctx.sql(&sql).await?.into_unoptimized_plan(),
+                    input: TableReference::bare(name.as_str()),
+                });
             }
-            Ok::<_, Error>(df.into_view())
+            Ok::<_, Error>(plans)
         }
         .await;
         deregister(ctx, &names);
-        planned
+        let [finalize, merge]: [Template; 2] = planned?
+            .try_into()
+            .map_err(|_| Error::Internal("a view planned without its two templates".into()))?;
+        let templates = Arc::new(ViewTemplates {
+            schema: schema.clone(),
+            finalize,
+            merge,
+        });
+        self.templates
+            .lock()
+            .expect("templates lock")
+            .insert(view.plan.name.clone(), templates.clone());
+        Ok(templates)
+    }
+
+    /// The states of the raw events of `ranges` (the lake's share of a view's answer), kept
+    /// while the raw table's version and the ranges stay the same.
+    async fn lake_states(&self, view: &ServedView, raw: &DeltaTable, ranges: &[LakeRange]) -> Result<Vec<RecordBatch>> {
+        if let Some(states) = self.kept_lake_states(view, raw, ranges) {
+            return Ok(states);
+        }
+        let ctx = &self.scratch.0;
+        let name = format!("__raw_{}", self.scratch_names.fetch_add(1, Ordering::Relaxed));
+        let states = async {
+            let events = ctx
+                .read_table(self.delta_provider(raw).await?)?
+                .filter(lake_predicate(ranges))?;
+            ctx.register_table(name.as_str(), events.into_view())?;
+            Ok::<_, Error>(ctx.sql(&view.plan.state_sql(&name)).await?.collect().await?)
+        }
+        .await;
+        deregister(ctx, std::slice::from_ref(&name));
+        let states = states?;
+        self.lake_states.lock().expect("lake states lock").insert(
+            view.plan.name.clone(),
+            LakeStates {
+                raw_version: raw.version(),
+                ranges: ranges.to_vec(),
+                states: states.clone(),
+            },
+        );
+        Ok(states)
     }
 
     /// The rows of `version` of a view's batch states from the window `earliest` on (read by
@@ -501,7 +552,7 @@ impl Catalog {
         view: &ServedView,
         version: Option<u64>,
         earliest: &ScalarValue,
-        rows: datafusion::dataframe::DataFrame,
+        rows: LogicalPlan,
         schema: &SchemaRef,
     ) -> Result<Option<Vec<RecordBatch>>> {
         use futures::StreamExt;
@@ -512,6 +563,7 @@ impl Catalog {
             return Ok(kept.rows.clone());
         }
         let most = self.recent_rows_kept.load(Ordering::Relaxed);
+        let rows = datafusion::dataframe::DataFrame::new(self.scratch.0.state(), rows);
         let mut stream = rows.execute_stream().await?;
         let mut read = Vec::new();
         let mut count = 0;
@@ -923,6 +975,23 @@ fn system_view_versions_schema() -> SchemaRef {
     ]))
 }
 
+/// DataFusion's physical optimizer rules without the filter pushdown that runs before the
+/// others ([`FilterPushdown::new`]; the one after them, of dynamic filters, stays).
+///
+/// A Delta scan is given a query's filters when it is planned, and puts them in its Parquet
+/// scan's predicate; that rule then moved the same filters into the predicate again, from
+/// the filter above, and every file opened, row group pruned and row read evaluated each
+/// condition twice (and the rule itself took a point query about 0.3 ms). The filter stays
+/// above the scan instead, and checks again the rows the scan returns.
+fn physical_optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+    let pre = FilterPushdown::new();
+    PhysicalOptimizer::new()
+        .rules
+        .into_iter()
+        .filter(|rule| rule.name() != pre.name())
+        .collect()
+}
+
 fn deregister(ctx: &SessionContext, names: &[String]) {
     for name in names {
         let _ = ctx.deregister_table(name.as_str());
@@ -971,6 +1040,48 @@ fn lake_predicate(ranges: &[LakeRange]) -> datafusion::prelude::Expr {
         })
         .reduce(datafusion::prelude::Expr::or)
         .unwrap_or_else(|| lit(false))
+}
+
+/// A view's SQL over state rows, planned once (see [`Catalog::templates`]).
+#[derive(Debug)]
+struct ViewTemplates {
+    /// The schema of the state rows it was planned for.
+    schema: SchemaRef,
+    /// Finalizes state rows one by one.
+    finalize: Template,
+    /// Merges state rows per window and group, and finalizes them.
+    merge: Template,
+}
+
+/// A logical plan over a placeholder table.
+#[derive(Debug)]
+struct Template {
+    plan: LogicalPlan,
+    /// The placeholder's name, which qualifies its columns in `plan`.
+    input: TableReference,
+}
+
+impl Template {
+    /// The plan over `input` (of the placeholder's schema) instead of the placeholder.
+    fn over(&self, input: LogicalPlan) -> Result<LogicalPlan> {
+        use datafusion::common::tree_node::{Transformed, TreeNode};
+        let input = LogicalPlanBuilder::from(input).alias(self.input.clone())?.build()?;
+        let mut found = false;
+        let plan = self.plan.clone().transform_up(|p| match p {
+            LogicalPlan::TableScan(scan) if scan.table_name == self.input => {
+                found = true;
+                Ok(Transformed::yes(input.clone()))
+            }
+            p => Ok(Transformed::no(p)),
+        })?;
+        if !found {
+            return Err(Error::Internal(format!(
+                "a view template without its input {}",
+                self.input
+            )));
+        }
+        Ok(plan.data)
+    }
 }
 
 /// The batch rows of `version` of a view from the window `earliest` on (None: too many to
