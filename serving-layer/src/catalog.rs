@@ -80,6 +80,8 @@ pub struct ServedView {
     pub state_schema: SchemaRef,
     /// Schema of the finalized view.
     pub schema: SchemaRef,
+    /// Its definition's fingerprint ([`ViewPlan::fingerprint`]).
+    pub fingerprint: String,
 }
 
 /// Everything the serving layer knows about the lake's tables.
@@ -114,6 +116,8 @@ pub struct Catalog {
     recent_rows: Mutex<HashMap<String, RecentRows>>,
     /// At most this many are kept ([`RECENT_ROWS_KEPT`] unless a test says otherwise).
     recent_rows_kept: AtomicUsize,
+    /// Per Delta table, a provider of its newest version seen (see `delta_provider`).
+    providers: Mutex<HashMap<Url, VersionProvider>>,
     /// Per view, its finalize and merge SQL planned over a placeholder input.
     templates: Mutex<HashMap<String, Arc<ViewTemplates>>>,
     /// Speed layers whose states complete the batch views.
@@ -139,6 +143,7 @@ impl Catalog {
                 .ok_or_else(|| Error::Internal(format!("view {} without its source", plan.name)))?;
             let (state_schema, schema) = view_schemas(&plan, source).await?;
             views.push(ServedView {
+                fingerprint: plan.fingerprint(),
                 plan,
                 state_schema,
                 schema,
@@ -178,6 +183,7 @@ impl Catalog {
                 recent_rows: Mutex::new(HashMap::new()),
                 recent_rows_kept: AtomicUsize::new(RECENT_ROWS_KEPT),
                 templates: Mutex::new(HashMap::new()),
+                providers: Mutex::new(HashMap::new()),
                 speed,
                 watch: Arc::new(crate::partitions::PartitionWatch::new(
                     config.serve.unowned_partition_grace,
@@ -242,9 +248,28 @@ impl Catalog {
         Ok(Some(table))
     }
 
+    /// A provider of `table` as of its version, made once per table and version (a version's
+    /// files never change; a query gives the provider its own session when it scans).
     async fn delta_provider(&self, table: &DeltaTable) -> Result<Arc<dyn TableProvider>> {
+        let url = table.table_url();
+        let version = table.version();
+        if let Some(kept) = self.providers.lock().expect("providers lock").get(url)
+            && version == Some(kept.version)
+        {
+            return Ok(kept.provider.clone());
+        }
         // On the base session's runtime: the lake's object store is registered there once.
-        strata_core::lake::table_provider(&self.session(), table).await
+        let provider = strata_core::lake::table_provider(&self.session(), table).await?;
+        if let Some(version) = version {
+            self.providers.lock().expect("providers lock").insert(
+                url.clone(),
+                VersionProvider {
+                    version,
+                    provider: provider.clone(),
+                },
+            );
+        }
+        Ok(provider)
     }
 
     /// The published states of a view, pinned to the newest version, with the version and
@@ -254,9 +279,7 @@ impl Catalog {
         let url = self.lake.view_url(&view.plan.name);
         if let Some(table) = self.latest(&url).await?
             && let Some(version) = table.version()
-            && let Some(coverage) = self
-                .coverage_of(&url, &table, version, &view.plan.fingerprint())
-                .await?
+            && let Some(coverage) = self.coverage_of(&url, &table, version, &view.fingerprint).await?
         {
             self.cache_page_indexes(&url, &table, version).await;
             return Ok((self.delta_provider(&table).await?, Some(version), coverage));
@@ -708,7 +731,7 @@ impl Catalog {
             ))),
             Arc::new(Int64Array::from_iter_values(v.iter().map(|v| v.plan.window.size_us))),
             Arc::new(Int64Array::from_iter_values(v.iter().map(|v| v.plan.window.slide_us))),
-            Arc::new(StringArray::from_iter_values(v.iter().map(|v| v.plan.fingerprint()))),
+            Arc::new(StringArray::from_iter_values(v.iter().map(|v| v.fingerprint.as_str()))),
             Arc::new(StringArray::from_iter_values(v.iter().map(|v| v.plan.sql.as_str()))),
         ];
         table_of(schema, columns)
@@ -805,7 +828,7 @@ impl Catalog {
                     Some(v.version as i64),
                     Some(v.commit.started_at),
                     v.commit.offsets,
-                    Some(v.commit.fingerprint == view.plan.fingerprint()),
+                    Some(v.commit.fingerprint == view.fingerprint),
                 ),
                 None => (None, None, Offsets::new(), None),
             },
@@ -1040,6 +1063,13 @@ fn lake_predicate(ranges: &[LakeRange]) -> datafusion::prelude::Expr {
         })
         .reduce(datafusion::prelude::Expr::or)
         .unwrap_or_else(|| lit(false))
+}
+
+/// A provider of one version of a Delta table.
+#[derive(Debug)]
+struct VersionProvider {
+    version: u64,
+    provider: Arc<dyn TableProvider>,
 }
 
 /// A view's SQL over state rows, planned once (see [`Catalog::templates`]).
