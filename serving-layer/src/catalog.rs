@@ -94,7 +94,9 @@ pub struct Catalog {
     /// building one registers every DataFusion function anew. Queries clone it and share its
     /// catalog list, which holds this catalog alone (read-only SQL registers nothing).
     base: SessionState,
-    /// Where views are planned over their states, built once (see `view_table`).
+    /// Where the view templates, the lake's states of raw events and the batch rows merged
+    /// with live states are planned and read, built once (see `templates`, `lake_states`,
+    /// `recent_batch_rows`).
     scratch: Scratch,
     scratch_names: AtomicU64,
     /// Delta tables already opened, kept to update incrementally, with when each was last
@@ -116,7 +118,8 @@ pub struct Catalog {
     recent_rows: Mutex<HashMap<String, RecentRows>>,
     /// At most this many are kept ([`RECENT_ROWS_KEPT`] unless a test says otherwise).
     recent_rows_kept: AtomicUsize,
-    /// Per Delta table, a provider of its newest version seen (see `delta_provider`).
+    /// Per Delta table, a provider of the version a query last made one of (see
+    /// `delta_provider`).
     providers: Mutex<HashMap<Url, VersionProvider>>,
     /// Per view, its finalize and merge SQL planned over a placeholder input.
     templates: Mutex<HashMap<String, Arc<ViewTemplates>>>,
@@ -492,8 +495,10 @@ impl Catalog {
     }
 
     /// The view's finalize and merge SQL planned over a placeholder of the view table's
-    /// `schema`, once per view and schema: a query puts its own state rows in its place (SQL
-    /// parsed and planned on every query cost it about half a millisecond).
+    /// `schema`, kept per view until that schema changes (a view without a published version
+    /// has the schema of its states, one with a version the Delta table's): a query puts its
+    /// own state rows in the placeholder's place (parsing and planning that SQL on every query
+    /// cost a point query about 0.8 ms).
     async fn templates(&self, view: &ServedView, schema: &SchemaRef) -> Result<Arc<ViewTemplates>> {
         if let Some(kept) = self.templates.lock().expect("templates lock").get(&view.plan.name)
             && &kept.schema == schema
@@ -514,6 +519,7 @@ impl Catalog {
                 plans.push(Template {
                     plan: ctx.sql(&sql).await?.into_unoptimized_plan(),
                     input: TableReference::bare(name.as_str()),
+                    schema: schema.clone(),
                 });
             }
             Ok::<_, Error>(plans)
@@ -999,13 +1005,16 @@ fn system_view_versions_schema() -> SchemaRef {
 }
 
 /// DataFusion's physical optimizer rules without the filter pushdown that runs before the
-/// others ([`FilterPushdown::new`]; the one after them, of dynamic filters, stays).
+/// others ([`FilterPushdown::new`]; the one after them, of dynamic filters, stays), for the
+/// sessions served queries run in (the scratch session keeps every rule).
 ///
 /// A Delta scan is given a query's filters when it is planned, and puts them in its Parquet
-/// scan's predicate; that rule then moved the same filters into the predicate again, from
-/// the filter above, and every file opened, row group pruned and row read evaluated each
-/// condition twice (and the rule itself took a point query about 0.3 ms). The filter stays
-/// above the scan instead, and checks again the rows the scan returns.
+/// scan's predicate, where they prune files, row groups and pages and filter rows as they are
+/// read. That rule then moved the same filters into the predicate again, from the filter
+/// above, so every pruning step and every row read evaluated each condition twice (and the
+/// rule itself took a point query about 0.3 ms). Without it the predicate holds each
+/// condition once, and the filter stays above the scan: the rows the scan returns, which
+/// already passed it, are checked once more.
 fn physical_optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let pre = FilterPushdown::new();
     PhysicalOptimizer::new()
@@ -1089,22 +1098,34 @@ struct Template {
     plan: LogicalPlan,
     /// The placeholder's name, which qualifies its columns in `plan`.
     input: TableReference,
+    /// The placeholder's schema: the nodes of `plan` keep the schemas computed from it.
+    schema: SchemaRef,
 }
 
 impl Template {
-    /// The plan over `input` (of the placeholder's schema) instead of the placeholder.
+    /// The plan over `input` instead of the placeholder (every scan of it, subqueries
+    /// included). `input` must have the placeholder's schema, nullability included: the
+    /// plan's nodes keep the schemas they were planned with, and the optimizer trusts them.
     fn over(&self, input: LogicalPlan) -> Result<LogicalPlan> {
-        use datafusion::common::tree_node::{Transformed, TreeNode};
+        use datafusion::common::tree_node::Transformed;
+        if input.schema().as_arrow() != self.schema.as_ref() {
+            return Err(Error::Internal(format!(
+                "a view template over {} planned for {:?} given {:?}",
+                self.input,
+                self.schema,
+                input.schema().as_arrow()
+            )));
+        }
         let input = LogicalPlanBuilder::from(input).alias(self.input.clone())?.build()?;
-        let mut found = false;
-        let plan = self.plan.clone().transform_up(|p| match p {
+        let mut found = 0;
+        let plan = self.plan.clone().transform_up_with_subqueries(|p| match p {
             LogicalPlan::TableScan(scan) if scan.table_name == self.input => {
-                found = true;
+                found += 1;
                 Ok(Transformed::yes(input.clone()))
             }
             p => Ok(Transformed::no(p)),
         })?;
-        if !found {
+        if found == 0 {
             return Err(Error::Internal(format!(
                 "a view template without its input {}",
                 self.input

@@ -456,9 +456,10 @@ async fn the_footers_of_a_view_tables_files_are_cached_with_their_page_indexes()
     }
 }
 
-/// A query's filter on a view reaches the view table's Parquet scan, and each of its
-/// conditions is in the scan's predicate once (DataFusion's filter pushdown put them there a
-/// second time, behind the Delta scan's own copy); the answer is the one the events give.
+/// A query's filter on a view reaches the view table's Parquet scan: each of its conditions is
+/// in the scan's predicate once (DataFusion's filter pushdown put them there a second time,
+/// behind the Delta scan's own copy), and the scan drops the rows that fail it as it reads
+/// them. The answer is the one the events give.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_on_a_view_reaches_its_parquet_scan_once() {
     let dir = tempfile::tempdir().expect("a scratch directory");
@@ -502,6 +503,16 @@ async fn a_filter_on_a_view_reaches_its_parquet_scan_once() {
     }
     let distinct: std::collections::HashSet<&str> = conditions.iter().copied().collect();
     assert_eq!(distinct.len(), conditions.len(), "a condition twice in {:?}", scans[0]);
+    // And the scan filters the rows it reads by it: the rows of the view table that fail the
+    // filter are dropped there, not above it.
+    let analyzed = run(&format!("EXPLAIN ANALYZE {sql}")).await;
+    let pruned: f64 = analyzed
+        .split("pushdown_rows_pruned=")
+        .nth(1)
+        .and_then(|m| m.split([',', ' ', ']']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no rows filtered while read: {analyzed}"));
+    assert!(pruned > 0.0, "no rows filtered while read: {analyzed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
