@@ -460,7 +460,7 @@ impl Catalog {
             }
         }
         let templates = self.templates(view, &schema).await?;
-        let batch = LogicalPlanBuilder::scan(UNNAMED_TABLE, provider_as_source(batch), None)?;
+        let batch = scan_of(batch)?;
         let (alone, merged) = match earliest_window(&others)? {
             None => (batch, None),
             Some(earliest) => {
@@ -480,11 +480,7 @@ impl Catalog {
         };
         let mut plan = LogicalPlanBuilder::from(templates.finalize.over(alone.build()?)?);
         if let Some(recent) = merged {
-            let others = LogicalPlanBuilder::scan(
-                UNNAMED_TABLE,
-                provider_as_source(Arc::new(MemTable::try_new(schema.clone(), vec![others])?)),
-                None,
-            )?;
+            let others = scan_of(Arc::new(MemTable::try_new(schema.clone(), vec![others])?))?;
             let states = match recent {
                 Some(recent) => recent.union(others.build()?)?,
                 None => others,
@@ -501,7 +497,7 @@ impl Catalog {
     /// cost a point query about 0.8 ms).
     async fn templates(&self, view: &ServedView, schema: &SchemaRef) -> Result<Arc<ViewTemplates>> {
         if let Some(kept) = self.templates.lock().expect("templates lock").get(&view.plan.name)
-            && &kept.schema == schema
+            && &kept.finalize.schema == schema
         {
             return Ok(kept.clone());
         }
@@ -509,31 +505,23 @@ impl Catalog {
         // Names of this call's own in the shared scratch session, dropped once planned.
         let id = self.scratch_names.fetch_add(1, Ordering::Relaxed);
         let names = [format!("__alone_{id}"), format!("__states_{id}")];
+        let template = async |name: &str, sql: String| {
+            ctx.register_table(name, Arc::new(EmptyTable::new(schema.clone())))?;
+            Ok::<_, Error>(Template {
+                plan: ctx.sql(&sql).await?.into_unoptimized_plan(),
+                input: TableReference::bare(name),
+                schema: schema.clone(),
+            })
+        };
         let planned = async {
-            let mut plans = Vec::new();
-            for (name, sql) in names
-                .iter()
-                .zip([view.plan.finalize_sql(&names[0]), view.plan.merge_sql(&names[1])])
-            {
-                ctx.register_table(name.as_str(), Arc::new(EmptyTable::new(schema.clone())))?;
-                plans.push(Template {
-                    plan: ctx.sql(&sql).await?.into_unoptimized_plan(),
-                    input: TableReference::bare(name.as_str()),
-                    schema: schema.clone(),
-                });
-            }
-            Ok::<_, Error>(plans)
+            Ok::<_, Error>(ViewTemplates {
+                finalize: template(&names[0], view.plan.finalize_sql(&names[0])).await?,
+                merge: template(&names[1], view.plan.merge_sql(&names[1])).await?,
+            })
         }
         .await;
         deregister(ctx, &names);
-        let [finalize, merge]: [Template; 2] = planned?
-            .try_into()
-            .map_err(|_| Error::Internal("a view planned without its two templates".into()))?;
-        let templates = Arc::new(ViewTemplates {
-            schema: schema.clone(),
-            finalize,
-            merge,
-        });
+        let templates = Arc::new(planned?);
         self.templates
             .lock()
             .expect("templates lock")
@@ -1024,6 +1012,15 @@ fn physical_optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync
         .collect()
 }
 
+/// A plan reading all of `table` (as `SessionContext::read_table` plans it).
+fn scan_of(table: Arc<dyn TableProvider>) -> Result<LogicalPlanBuilder> {
+    Ok(LogicalPlanBuilder::scan(
+        UNNAMED_TABLE,
+        provider_as_source(table),
+        None,
+    )?)
+}
+
 fn deregister(ctx: &SessionContext, names: &[String]) {
     for name in names {
         let _ = ctx.deregister_table(name.as_str());
@@ -1084,8 +1081,6 @@ struct VersionProvider {
 /// A view's SQL over state rows, planned once (see [`Catalog::templates`]).
 #[derive(Debug)]
 struct ViewTemplates {
-    /// The schema of the state rows it was planned for.
-    schema: SchemaRef,
     /// Finalizes state rows one by one.
     finalize: Template,
     /// Merges state rows per window and group, and finalizes them.
@@ -1117,15 +1112,11 @@ impl Template {
             )));
         }
         let input = LogicalPlanBuilder::from(input).alias(self.input.clone())?.build()?;
-        let mut found = 0;
         let plan = self.plan.clone().transform_up_with_subqueries(|p| match p {
-            LogicalPlan::TableScan(scan) if scan.table_name == self.input => {
-                found += 1;
-                Ok(Transformed::yes(input.clone()))
-            }
+            LogicalPlan::TableScan(scan) if scan.table_name == self.input => Ok(Transformed::yes(input.clone())),
             p => Ok(Transformed::no(p)),
         })?;
-        if found == 0 {
+        if !plan.transformed {
             return Err(Error::Internal(format!(
                 "a view template without its input {}",
                 self.input

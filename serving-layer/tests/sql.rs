@@ -303,14 +303,7 @@ async fn archive(config: &Config, source: &SourceSchema, events: &[Event], from:
 
 /// `sum(n), sum(s)` of the tumbling view: the events counted and the sum of their `x`.
 async fn totals(catalog: &Catalog) -> (i64, i64) {
-    let batches = catalog
-        .session()
-        .sql(TOTALS)
-        .await
-        .expect("plans")
-        .collect()
-        .await
-        .expect("runs");
+    let batches = collected(catalog, TOTALS).await;
     let column = |i: usize| {
         batches[0]
             .column(i)
@@ -321,6 +314,25 @@ async fn totals(catalog: &Catalog) -> (i64, i64) {
 }
 
 const TOTALS: &str = "SELECT sum(n) AS n, sum(s) AS s FROM tumbling";
+
+/// The answer to `sql`.
+async fn collected(catalog: &Catalog, sql: &str) -> Vec<RecordBatch> {
+    catalog
+        .session()
+        .sql(sql)
+        .await
+        .expect("plans")
+        .collect()
+        .await
+        .expect("runs")
+}
+
+/// The answer to `sql` as a printed table.
+async fn printed(catalog: &Catalog, sql: &str) -> String {
+    arrow::util::pretty::pretty_format_batches(&collected(catalog, sql).await)
+        .expect("printable")
+        .to_string()
+}
 
 /// What [`totals`] should answer over `events`, computed from them.
 fn sums(events: &[Event]) -> (i64, i64) {
@@ -361,17 +373,7 @@ async fn the_batch_rows_merged_with_live_states_follow_the_view_version() {
     let (config, source) = published(dir.path()).await;
     // The answer, and how many scans of the view table its plan has.
     let query = async |catalog: &Catalog| {
-        let explained = catalog
-            .session()
-            .sql(&format!("EXPLAIN {TOTALS}"))
-            .await
-            .expect("explains")
-            .collect()
-            .await
-            .expect("runs");
-        let plans = arrow::util::pretty::pretty_format_batches(&explained)
-            .expect("printable")
-            .to_string();
+        let plans = printed(catalog, &format!("EXPLAIN {TOTALS}")).await;
         (totals(catalog).await, plans.matches("DeltaScanExec").count())
     };
     let catalog = Catalog::new(&config, vec![]).await.expect("the catalog");
@@ -466,26 +468,14 @@ async fn a_filter_on_a_view_reaches_its_parquet_scan_once() {
     let (config, _) = published(dir.path()).await;
     let catalog = Catalog::new(&config, vec![]).await.expect("the catalog");
     let sql = "SELECT sum(n) AS n FROM tumbling WHERE k = 'a' AND window_start >= TIMESTAMP '2026-01-01 00:00:10Z'";
-    let run = async |sql: &str| {
-        let batches = catalog
-            .session()
-            .sql(sql)
-            .await
-            .expect("plans")
-            .collect()
-            .await
-            .expect("runs");
-        arrow::util::pretty::pretty_format_batches(&batches)
-            .expect("printable")
-            .to_string()
-    };
     let expected = BATCH
         .iter()
         .filter(|(t, k, _, _)| *k == Some("a") && *t >= 10_000)
         .count();
     assert!(expected > 0);
-    assert!(run(sql).await.contains(&format!("| {expected} ")), "{}", run(sql).await);
-    let plan = run(&format!("EXPLAIN {sql}")).await;
+    let answer = printed(&catalog, sql).await;
+    assert!(answer.contains(&format!("| {expected} ")), "{answer}");
+    let plan = printed(&catalog, &format!("EXPLAIN {sql}")).await;
     let scans: Vec<&str> = plan
         .split("DataSourceExec")
         .skip(1)
@@ -505,7 +495,7 @@ async fn a_filter_on_a_view_reaches_its_parquet_scan_once() {
     assert_eq!(distinct.len(), conditions.len(), "a condition twice in {:?}", scans[0]);
     // And the scan filters the rows it reads by it: the rows of the view table that fail the
     // filter are dropped there, not above it.
-    let analyzed = run(&format!("EXPLAIN ANALYZE {sql}")).await;
+    let analyzed = printed(&catalog, &format!("EXPLAIN ANALYZE {sql}")).await;
     let pruned: f64 = analyzed
         .split("pushdown_rows_pruned=")
         .nth(1)
