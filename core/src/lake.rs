@@ -688,7 +688,8 @@ pub async fn table_provider(
 }
 
 /// Puts the Parquet metadata of every data file of `table`, page index included, in the file
-/// metadata cache of `ctx`'s runtime, where its Delta scans look for it.
+/// metadata cache of `ctx`'s runtime, where its scans look for it (the Delta scan's and those
+/// of [`parquet_provider`]).
 ///
 /// DataFusion's Parquet scan asks the cache for a file's footer without its page index, and
 /// on a miss caches the footer alone; it then reads the page index from the file on every
@@ -699,7 +700,6 @@ pub async fn table_provider(
 /// is not read again.
 pub async fn cache_page_indexes(ctx: &datafusion::prelude::SessionContext, table: &DeltaTable) -> Result<()> {
     use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
-    use deltalake::delta_datafusion::engine::AsObjectStoreUrl;
     use futures::{StreamExt, TryStreamExt};
     use parquet::file::metadata::PageIndexPolicy;
     let runtime = ctx.runtime_env();
@@ -718,18 +718,8 @@ pub async fn cache_page_indexes(ctx: &datafusion::prelude::SessionContext, table
         let cache = cache.clone();
         let runtime = runtime.clone();
         async move {
-            let url = Url::parse(&path)
-                .or_else(|_| root.join(&path))
-                .map_err(|e| Error::Internal(format!("the path {path} of a file of {}: {e}", redact(root))))?;
-            let store = runtime.object_store(url.as_object_store_url())?;
-            let meta = object_store::ObjectMeta {
-                location: object_store::path::Path::from_url_path(url.path())
-                    .map_err(|e| Error::Internal(format!("the path of {}: {e}", redact(&url))))?,
-                size,
-                last_modified: chrono::DateTime::UNIX_EPOCH,
-                e_tag: None,
-                version: None,
-            };
+            let (store, meta) = file_meta(root, &path, size)?;
+            let store = runtime.object_store(store)?;
             DFParquetMetadata::new(&store, &meta)
                 .with_file_metadata_cache(Some(cache))
                 .with_page_index_policy(Some(PageIndexPolicy::Optional))
@@ -743,6 +733,33 @@ pub async fn cache_page_indexes(ctx: &datafusion::prelude::SessionContext, table
         .buffer_unordered(PAGE_INDEX_FETCHES)
         .try_collect::<()>()
         .await
+}
+
+/// The store of a file of the table at `root` (`path` as its log gives it) and the object
+/// in it, keyed as the Delta scan keys its files: the path in the store, the size from the
+/// log, no modification time.
+fn file_meta(
+    root: &Url,
+    path: &str,
+    size: u64,
+) -> Result<(
+    datafusion::execution::object_store::ObjectStoreUrl,
+    object_store::ObjectMeta,
+)> {
+    use deltalake::delta_datafusion::engine::AsObjectStoreUrl;
+    let url = Url::parse(path)
+        .or_else(|_| root.join(path))
+        .map_err(|e| Error::Internal(format!("the path {path} of a file of {}: {e}", redact(root))))?;
+    let location = object_store::path::Path::from_url_path(url.path())
+        .map_err(|e| Error::Internal(format!("the path of {}: {e}", redact(&url))))?;
+    let meta = object_store::ObjectMeta {
+        location,
+        size,
+        last_modified: chrono::DateTime::UNIX_EPOCH,
+        e_tag: None,
+        version: None,
+    };
+    Ok((url.as_object_store_url(), meta))
 }
 
 /// How many files' footers [`cache_page_indexes`] reads at once.
@@ -808,6 +825,140 @@ impl datafusion::catalog::TableProvider for LimitKept {
             }
             _ => Ok(plan),
         }
+    }
+}
+
+/// A provider of one version of a table as the Parquet files its log lists, planned without
+/// the Delta kernel; `None` for a table that needs the kernel to be read (partition columns,
+/// deletion vectors or column mapping: Strata's view tables have none of them).
+///
+/// The Delta scan replays the version's list of files through the kernel on every query (a
+/// point query's largest cost in physical planning), while a version's files never change.
+/// These scans read what the Delta scan of `delta` (the same version's provider) reads, with
+/// its schema: the query's filters in the Parquet predicate, where they prune row groups and
+/// pages and filter rows as they are read, and the files' footers from the runtime's metadata
+/// cache, under the keys [`cache_page_indexes`] fills.
+pub fn parquet_provider(
+    table: &DeltaTable,
+    delta: &Arc<dyn datafusion::catalog::TableProvider>,
+) -> Result<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
+    use deltalake::delta_datafusion::engine::AsObjectStoreUrl;
+    let root = table.table_url();
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| Error::lake(format!("list the files of {}", redact(root)), e))?;
+    let mapped = snapshot
+        .metadata()
+        .configuration()
+        .get("delta.columnMapping.mode")
+        .is_some_and(|mode| mode != "none");
+    if mapped || !snapshot.metadata().partition_columns().is_empty() {
+        return Ok(None);
+    }
+    let log_store = table.log_store();
+    let store = log_store.root_url().as_object_store_url();
+    let mut files = Vec::new();
+    for file in snapshot.log_data() {
+        let path = file.path();
+        // A path whose decoded form would not parse back to itself is left to the kernel, as
+        // is a file with deleted rows.
+        if file.deletion_vector_descriptor().is_some() || path.contains(['%', '#', '?']) {
+            return Ok(None);
+        }
+        let (file_store, meta) = file_meta(root, &path, file.size() as u64)?;
+        if file_store != store {
+            // Outside the table's store (a shallow clone): the Delta scan plans a scan per store.
+            return Ok(None);
+        }
+        files.push(datafusion::datasource::listing::PartitionedFile::new_from_meta(meta));
+    }
+    if files.is_empty() {
+        // The Delta scan answers an empty version as well.
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(ParquetVersion {
+        schema: delta.schema(),
+        log_store,
+        store,
+        files,
+    })))
+}
+
+/// See [`parquet_provider`].
+#[derive(Debug)]
+struct ParquetVersion {
+    schema: SchemaRef,
+    /// Registers the lake's store in the runtime of a session that has not read the table yet.
+    log_store: deltalake::logstore::LogStoreRef,
+    store: datafusion::execution::object_store::ObjectStoreUrl,
+    /// Keyed as [`file_meta`] keys them, as the Delta scan and [`cache_page_indexes`] do.
+    files: Vec<datafusion::datasource::listing::PartitionedFile>,
+}
+
+#[async_trait::async_trait]
+impl datafusion::catalog::TableProvider for ParquetVersion {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        datafusion::datasource::TableType::Base
+    }
+
+    /// Every filter reaches the Parquet predicate, and is applied again above the scan: a
+    /// predicate the Parquet reader cannot evaluate on a page or row group lets it through.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&datafusion::prelude::Expr],
+    ) -> datafusion::error::Result<Vec<datafusion::logical_expr::TableProviderFilterPushDown>> {
+        Ok(vec![
+            datafusion::logical_expr::TableProviderFilterPushDown::Inexact;
+            filters.len()
+        ])
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::prelude::Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
+        use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+        let runtime = session.runtime_env();
+        if runtime.object_store(&self.store).is_err() {
+            runtime.register_object_store(self.store.as_ref(), self.log_store.root_object_store(None));
+        }
+        // The footers from the runtime's cache, where `cache_page_indexes` put them with their
+        // page indexes (DataFusion's default reader reads every footer from its file).
+        let reader = CachedParquetFileReaderFactory::new(
+            runtime.object_store(&self.store)?,
+            runtime.cache_manager.get_file_metadata_cache(),
+        );
+        let options = datafusion::config::TableParquetOptions {
+            global: session.config_options().execution.parquet.clone(),
+            ..Default::default()
+        };
+        let mut source = ParquetSource::new(self.schema.clone())
+            .with_table_parquet_options(options)
+            .with_parquet_file_reader_factory(Arc::new(reader));
+        // A filter the scan cannot bind is left to the filter above it, as the Delta scan
+        // does; the others still prune.
+        let schema = datafusion::common::DFSchema::try_from(self.schema.as_ref().clone())?;
+        let bound = filters
+            .iter()
+            .filter_map(|filter| session.create_physical_expr(filter.clone(), &schema).ok());
+        if let Some(predicate) = datafusion::physical_expr::conjunction_opt(bound) {
+            source = source.with_predicate(predicate);
+        }
+        // One group: the physical optimizer splits the files' byte ranges over the cores.
+        let config = FileScanConfigBuilder::new(self.store.clone(), Arc::new(source))
+            .with_file_group(FileGroup::new(self.files.clone()))
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        Ok(datafusion::datasource::source::DataSourceExec::from_data_source(config))
     }
 }
 
@@ -903,6 +1054,105 @@ mod tests {
             let got: usize = batches.iter().map(|b| b.num_rows()).sum();
             assert_eq!(got, rows, "{sql}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A version of an unpartitioned table read as its Parquet files answers as the Delta
+    /// scan does, filters in the Parquet predicate, and keeps to its version's files; a
+    /// partitioned table is left to the Delta scan.
+    #[tokio::test]
+    async fn a_version_read_as_its_parquet_files_answers_as_the_delta_scan() {
+        use arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
+        use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+        let dir = std::env::temp_dir().join(format!("strata-parquet-version-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = LakeConfig::new(dir.to_str().unwrap(), &dir).unwrap();
+        let lake = Lake::new(&config).unwrap();
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new(
+                "at",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new("g", DataType::Utf8, true),
+        ]));
+        let rows = |from: i64| {
+            arrow::array::RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from_iter_values(from..from + 1000)),
+                    Arc::new(
+                        TimestampMicrosecondArray::from_iter_values((from..from + 1000).map(|i| i * 60_000_000))
+                            .with_timezone("UTC"),
+                    ),
+                    Arc::new(StringArray::from_iter_values(
+                        (from..from + 1000).map(|i| format!("g{}", i % 7)),
+                    )),
+                ],
+            )
+            .unwrap()
+        };
+        let ctx = datafusion::prelude::SessionContext::new();
+        let mut table = lake
+            .open_or_create(&lake.view_url("v"), &schema, &[], "v")
+            .await
+            .unwrap();
+        for from in [0, 1000] {
+            append(&mut table, vec![rows(from)], vec![], serde_json::json!({}))
+                .await
+                .unwrap();
+        }
+        let delta = table_provider(&ctx, &table).await.unwrap();
+        let parquet = parquet_provider(&table, &delta)
+            .unwrap()
+            .expect("an unpartitioned table");
+        assert_eq!(parquet.schema(), delta.schema());
+        ctx.register_table("d", delta).unwrap();
+        ctx.register_table("p", parquet.clone()).unwrap();
+        // A later version: the provider keeps to the files of its own.
+        append(&mut table, vec![rows(2000)], vec![], serde_json::json!({}))
+            .await
+            .unwrap();
+
+        let answer = |sql: String| {
+            let ctx = ctx.clone();
+            async move {
+                let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+                arrow::util::pretty::pretty_format_batches(&batches)
+                    .unwrap()
+                    .to_string()
+            }
+        };
+        for query in [
+            "SELECT count(*) AS c, sum(n) AS s, min(at) AS a, max(g) AS g FROM {t}",
+            "SELECT * FROM {t} WHERE g = 'g3' AND at >= TIMESTAMP '1970-01-01 20:00:00' ORDER BY n",
+            "SELECT n FROM {t} WHERE n BETWEEN 990 AND 1010 ORDER BY n",
+            "SELECT g, count(*) AS c FROM {t} GROUP BY g ORDER BY g",
+            "SELECT count(*) AS c FROM (SELECT n FROM {t} LIMIT 5)",
+        ] {
+            let ours = answer(query.replace("{t}", "p")).await;
+            assert_eq!(ours, answer(query.replace("{t}", "d")).await, "{query}");
+            // A border, a header, a border, rows, a border: at least one row.
+            assert!(ours.lines().count() > 4, "{query}: {ours}");
+        }
+        assert!(answer("SELECT count(*) AS c FROM p".into()).await.contains("| 2000 |"));
+        let plan = answer("EXPLAIN SELECT n FROM p WHERE g = 'g3'".into()).await;
+        assert!(
+            plan.contains("DataSourceExec") && plan.contains("predicate=g@") && !plan.contains("DeltaScan"),
+            "{plan}"
+        );
+
+        let mut partitioned = lake
+            .open_or_create(&lake.raw_url("r"), &schema, &["g"], "r")
+            .await
+            .unwrap();
+        append(&mut partitioned, vec![rows(0)], vec![], serde_json::json!({}))
+            .await
+            .unwrap();
+        let delta = table_provider(&ctx, &partitioned).await.unwrap();
+        assert!(parquet_provider(&partitioned, &delta).unwrap().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -262,7 +262,10 @@ impl Catalog {
             return Ok(kept.provider.clone());
         }
         // On the base session's runtime: the lake's object store is registered there once.
-        let provider = strata_core::lake::table_provider(&self.session(), table).await?;
+        // A version Strata wrote is read as its Parquet files, without the Delta kernel on
+        // each query; any other through the Delta scan.
+        let delta = strata_core::lake::table_provider(&self.session(), table).await?;
+        let provider = strata_core::lake::parquet_provider(table, &delta)?.unwrap_or(delta);
         if let Some(version) = version {
             self.providers.lock().expect("providers lock").insert(
                 url.clone(),
