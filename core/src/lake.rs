@@ -996,6 +996,14 @@ mod tests {
         );
     }
 
+    /// An empty lake in a directory of its own under the system's temporary directory.
+    fn scratch_lake(name: &str) -> (std::path::PathBuf, Lake) {
+        let dir = std::env::temp_dir().join(format!("strata-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = LakeConfig::new(dir.to_str().unwrap(), &dir).unwrap();
+        (dir, Lake::new(&config).unwrap())
+    }
+
     /// A query that reads only a partition column is answered from the Delta log; its
     /// `LIMIT` still holds.
     #[tokio::test]
@@ -1003,10 +1011,7 @@ mod tests {
         use arrow::array::{Int64Array, StringArray};
         use arrow::datatypes::{DataType, Field, Schema};
 
-        let dir = std::env::temp_dir().join(format!("strata-limit-kept-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let config = LakeConfig::new(dir.to_str().unwrap(), &dir).unwrap();
-        let lake = Lake::new(&config).unwrap();
+        let (dir, lake) = scratch_lake("limit-kept");
         let schema: SchemaRef = Arc::new(Schema::new(vec![
             Field::new("n", DataType::Int64, false),
             Field::new("day", DataType::Utf8, false),
@@ -1065,10 +1070,7 @@ mod tests {
         use arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
         use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
-        let dir = std::env::temp_dir().join(format!("strata-parquet-version-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let config = LakeConfig::new(dir.to_str().unwrap(), &dir).unwrap();
-        let lake = Lake::new(&config).unwrap();
+        let (dir, lake) = scratch_lake("parquet-version");
         let schema: SchemaRef = Arc::new(Schema::new(vec![
             Field::new("n", DataType::Int64, false),
             Field::new(

@@ -999,8 +999,8 @@ fn system_view_versions_schema() -> SchemaRef {
 /// others ([`FilterPushdown::new`]; the one after them, of dynamic filters, stays), for the
 /// sessions served queries run in (the scratch session keeps every rule).
 ///
-/// A Delta scan is given a query's filters when it is planned, and puts them in its Parquet
-/// scan's predicate, where they prune files, row groups and pages and filter rows as they are
+/// A table's scan (a view table version's Parquet scan, or the Delta scan) is given a
+/// query's filters when it is planned, and puts them in its Parquet predicate, where they prune files, row groups and pages and filter rows as they are
 /// read. That rule then moved the same filters into the predicate again, from the filter
 /// above, so every pruning step and every row read evaluated each condition twice (and the
 /// rule itself took a point query about 0.3 ms). Without it the predicate holds each
