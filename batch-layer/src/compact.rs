@@ -16,16 +16,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{
-    ArrayData, ArrayRef, Date32Array, MutableArrayData, RecordBatch, RecordBatchOptions, TimestampMicrosecondArray,
-    make_array,
+    ArrayData, ArrayRef, MutableArrayData, RecordBatch, RecordBatchOptions, TimestampMicrosecondArray, make_array,
 };
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use deltalake::DeltaTable;
-use deltalake::kernel::scalars::ScalarExt;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
 use deltalake::kernel::{Action, Add, LogicalFileView};
 use deltalake::protocol::DeltaOperation;
-use deltalake::writer::{DeltaWriter as _, RecordBatchWriter, WriteMode};
 use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt as _};
@@ -38,6 +35,7 @@ use strata_core::schema::{EVENT_DATE, SourceSchema};
 use strata_core::session::parallelism;
 use strata_core::{Error, Result};
 
+use crate::data_file::{StatsColumns, add_action, encode, file_name};
 use crate::writer_properties;
 
 /// What a compaction did.
@@ -89,6 +87,32 @@ pub async fn compact(
         return Ok(report);
     }
     let store = table.object_store();
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| Error::lake("read the raw table state", e))?;
+    let configuration = snapshot.metadata().configuration();
+    if configuration
+        .get("delta.columnMapping.mode")
+        .is_some_and(|mode| mode != "none")
+    {
+        return Err(Error::Internal(format!(
+            "raw.{} uses Delta column mapping, which compaction does not write",
+            source.name
+        )));
+    }
+    let stats = StatsColumns::of(configuration, &format!("raw.{}", source.name))?;
+    // The files are written in the table's own schema (without the partition column), as
+    // the Delta writer wrote them; the small files' batches are cast to it.
+    let file_schema = file_schema(&snapshot.snapshot().arrow_schema())?;
+    let event_time = file_schema
+        .index_of(source.raw.field(source.event_time).name())
+        .map_err(|_| {
+            Error::Internal(format!(
+                "raw.{} has no column `{}`",
+                source.name,
+                source.raw.field(source.event_time).name()
+            ))
+        })?;
     let mut removes = Vec::new();
     let mut dates = std::collections::BTreeSet::new();
     let mut work = Vec::with_capacity(bins.len());
@@ -101,31 +125,26 @@ pub async fn compact(
         report.files_in += bin.files.len();
         report.bytes_in += bin.files.iter().map(|f| f.size().max(0) as u64).sum::<u64>();
         removes.extend(bin.files.iter().map(|f| Action::Remove(f.remove_action(false))));
-        let writer = RecordBatchWriter::for_table(table)
-            .map_err(|e| Error::lake("open a compaction writer", e))?
-            .with_writer_properties(properties.clone())
-            .with_target_file_size(sizes.target_file_bytes);
         work.push(BinWork {
+            bytes: bin.files.iter().map(|f| f.size().max(0) as usize).sum(),
             paths: bin.files.iter().map(|f| StorePath::from(f.path().as_ref())).collect(),
             partition: bin.date.clone(),
-            date: parse_date(&bin.date)?,
-            writer,
+            properties: properties.clone(),
+            stats: stats.clone(),
             threads,
         });
     }
     // Bins are independent: as many at once as there are cores (each holds at most one
     // target file of input in memory), their files added in plan order.
-    let file_schema = file_schema(&source.raw)?;
-    let event_time = source.event_time;
     let mut done = futures::stream::iter(work)
         .map(|w| cpu.spawn(w.run(store.clone(), file_schema.clone(), event_time, cpu.clone())))
         .buffered(parallel);
     let mut actions = Vec::new();
     while let Some(result) = done.next().await {
-        let (rows, adds) = result.map_err(|e| Error::Internal(format!("a compaction task failed: {e}")))??;
+        let (rows, add) = result.map_err(|e| Error::Internal(format!("a compaction task failed: {e}")))??;
         report.rows += rows;
-        for mut add in adds {
-            add.data_change = false;
+        // A bin whose files hold no rows is removed and replaced by nothing.
+        if let Some(add) = add {
             report.files_out += 1;
             report.bytes_out += add.size.max(0) as u64;
             actions.push(Action::Add(add));
@@ -240,26 +259,29 @@ fn plan(table: &DeltaTable, sizes: CompactionSizes) -> Result<Vec<Bin>> {
     Ok(bins)
 }
 
-/// One bin's rewrite: its small files read, sorted into one batch, written as large files.
+/// One bin's rewrite: its small files read, sorted into one batch, written as one file (its
+/// input is at most the target size, and the sorted rows compress at least as well).
 struct BinWork {
     paths: Vec<StorePath>,
-    /// The partition, as in its path and as days since the epoch.
+    /// The bytes of its files, more than the compacted file takes.
+    bytes: usize,
+    /// The partition's value, as in its path.
     partition: String,
-    date: i32,
-    writer: RecordBatchWriter,
-    /// Threads gathering the columns.
+    properties: WriterProperties,
+    stats: StatsColumns,
+    /// Threads gathering and encoding the columns.
     threads: usize,
 }
 
 impl BinWork {
-    /// Returns the rows written and the files added.
+    /// Returns the rows written and the file added, if the bin had rows.
     async fn run(
-        mut self,
+        self,
         store: Arc<dyn ObjectStore>,
         file_schema: SchemaRef,
         event_time: usize,
         cpu: CpuRuntime,
-    ) -> Result<(u64, Vec<Add>)> {
+    ) -> Result<(u64, Option<Add>)> {
         // The bin's files decoded at once, one per core, in their order.
         let parallel = parallelism();
         let files: Vec<Vec<RecordBatch>> = futures::stream::iter(self.paths.clone())
@@ -285,27 +307,26 @@ impl BinWork {
             })?;
         drop(batches);
         let rows = sorted.iter().map(RecordBatch::num_rows).sum::<usize>() as u64;
-        // The rows are of one partition: written to it directly (the writer's own split
-        // would hash every row and copy the batch once more).
-        let mut partition = indexmap::IndexMap::new();
-        partition.insert(
-            EVENT_DATE.to_string(),
-            ScalarExt::from_array(&Date32Array::from(vec![self.date]), 0)
-                .ok_or_else(|| Error::Internal("an event_date partition value".into()))?,
-        );
-        for batch in sorted {
-            self.writer
-                .write_partition(batch, &partition, WriteMode::Default)
-                .await
-                .map_err(|e| Error::lake("write a compacted file", e))?;
+        if rows == 0 {
+            return Ok((0, None));
         }
-        // Flush per bin: one bin is at most one target file of input.
-        let adds = self
-            .writer
-            .flush()
+        let path = format!("{EVENT_DATE}={}/{}", self.partition, file_name(&self.properties));
+        let (bytes, metadata) = encode(&file_schema, &sorted, self.properties, self.threads, self.bytes)
+            .map_err(|e| Error::lake(format!("write the compacted file {path}"), e))?;
+        drop(sorted);
+        let add = add_action(
+            path.clone(),
+            bytes.len(),
+            (EVENT_DATE, &self.partition),
+            &file_schema,
+            &metadata,
+            &self.stats,
+        )?;
+        store
+            .put(&StorePath::from(path.as_str()), bytes.into())
             .await
-            .map_err(|e| Error::lake("write a compacted file", e))?;
-        Ok((rows, adds))
+            .map_err(|e| Error::lake(format!("write the compacted file {path}"), e))?;
+        Ok((rows, Some(add)))
     }
 }
 
@@ -328,24 +349,19 @@ async fn read_file(store: &Arc<dyn ObjectStore>, path: &StorePath) -> Result<Vec
         .collect()
 }
 
-fn parse_date(date: &str) -> Result<i32> {
-    let d = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
-        .map_err(|e| Error::Internal(format!("raw table partition `{date}` is not a date: {e}")))?;
-    Ok(
-        d.signed_duration_since(chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch"))
-            .num_days() as i32,
-    )
-}
-
-/// The schema of a raw table's data files: the raw schema without `event_date`, which is
-/// the last column and lives in the partition path.
-fn file_schema(raw: &SchemaRef) -> Result<SchemaRef> {
-    match raw.fields().last() {
-        Some(last) if last.name() == EVENT_DATE => {
-            Ok(Arc::new(Schema::new(raw.fields()[..raw.fields().len() - 1].to_vec())))
-        }
-        _ => Err(Error::Internal(format!("a raw table schema ends with `{EVENT_DATE}`"))),
+/// The schema of a raw table's data files: the table's schema without `event_date`, which
+/// lives in the partition path.
+fn file_schema(table: &SchemaRef) -> Result<SchemaRef> {
+    let fields: Vec<_> = table
+        .fields()
+        .iter()
+        .filter(|f| f.name() != EVENT_DATE)
+        .cloned()
+        .collect();
+    if fields.len() == table.fields().len() {
+        return Err(Error::Internal(format!("a raw table schema has `{EVENT_DATE}`")));
     }
+    Ok(Arc::new(Schema::new(fields)))
 }
 
 /// The most bytes of one string or binary column in one sorted batch: its offsets are
@@ -382,11 +398,75 @@ fn sorted_batches(
             .ok_or_else(|| Error::Internal(format!("an event time column of type {}", column.data_type())))?;
         keyed.extend(times.values().iter().enumerate().map(|(r, &t)| (t, b as u32, r as u32)));
     }
-    keyed.sort_by_key(|&(t, _, _)| t);
+    let keyed = sorted_by_time(keyed, threads, MIN_ROWS_PER_SORT);
     chunks(file_schema, &batches, &keyed, max_bytes)
         .into_iter()
         .map(|chunk| gathered(file_schema, &batches, chunk, threads))
         .collect()
+}
+
+/// Below this many rows, a sort is not split among threads.
+const MIN_ROWS_PER_SORT: usize = 1 << 16;
+
+/// `keyed` (time, batch, row) stably sorted by time: in `threads` parts of at least
+/// `min_rows` each, sorted at once, then merged in pairs. Ties keep their order: a part's
+/// rows come before the next part's.
+fn sorted_by_time(mut keyed: Vec<(i64, u32, u32)>, threads: usize, min_rows: usize) -> Vec<(i64, u32, u32)> {
+    let parts = threads.min(keyed.len() / min_rows.max(1)).max(1);
+    let size = keyed.len().div_ceil(parts);
+    if parts == 1 {
+        keyed.sort_by_key(|&(t, _, _)| t);
+        return keyed;
+    }
+    std::thread::scope(|scope| {
+        let mut pieces = keyed.chunks_mut(size);
+        let first = pieces.next();
+        for piece in pieces {
+            scope.spawn(move || piece.sort_by_key(|&(t, _, _)| t));
+        }
+        if let Some(first) = first {
+            first.sort_by_key(|&(t, _, _)| t);
+        }
+    });
+    // Merged in pairs of neighbours until one run is left.
+    let mut runs: Vec<Vec<(i64, u32, u32)>> = keyed
+        .chunks(size)
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .map(|pair| match pair {
+            [left, right] => merge_by_time(left, right),
+            _ => pair.concat(),
+        })
+        .collect();
+    drop(keyed);
+    while runs.len() > 1 {
+        runs = runs
+            .chunks(2)
+            .map(|pair| match pair {
+                [left, right] => merge_by_time(left, right),
+                _ => pair.concat(),
+            })
+            .collect();
+    }
+    runs.pop().unwrap_or_default()
+}
+
+/// Two runs sorted by time merged into one; on equal times, `left`'s rows first.
+fn merge_by_time(left: &[(i64, u32, u32)], right: &[(i64, u32, u32)]) -> Vec<(i64, u32, u32)> {
+    let mut out = Vec::with_capacity(left.len() + right.len());
+    let (mut l, mut r) = (0, 0);
+    while l < left.len() && r < right.len() {
+        if right[r].0 < left[l].0 {
+            out.push(right[r]);
+            r += 1;
+        } else {
+            out.push(left[l]);
+            l += 1;
+        }
+    }
+    out.extend_from_slice(&left[l..]);
+    out.extend_from_slice(&right[r..]);
+    out
 }
 
 /// The sorted rows cut where a string or binary column would pass `max_bytes`: one piece
@@ -624,6 +704,26 @@ mod tests {
         }
         let rows: Vec<(i64, Option<String>)> = sorted.iter().flat_map(rows_of).collect();
         assert_eq!(rows, expected(&files));
+    }
+
+    #[test]
+    fn a_sort_split_among_threads_is_the_stable_sort() {
+        // Times with many ties, in runs broken by late rows, as files hold them.
+        let keyed: Vec<(i64, u32, u32)> = (0..1000u32)
+            .map(|i| (((i * 37) % 101) as i64 / 3, i / 100, i % 100))
+            .collect();
+        let mut expected = keyed.clone();
+        expected.sort_by_key(|k| k.0);
+        for threads in 1..=5 {
+            assert_eq!(
+                sorted_by_time(keyed.clone(), threads, 10),
+                expected,
+                "{threads} threads"
+            );
+        }
+        // Too few rows to split: one sort.
+        assert_eq!(sorted_by_time(keyed.clone(), 4, 600), expected);
+        assert!(sorted_by_time(Vec::new(), 2, 1).is_empty());
     }
 
     #[test]

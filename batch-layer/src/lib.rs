@@ -13,6 +13,7 @@
 //! Also here: [`import`], the backfill of history from files into raw tables.
 
 pub mod compact;
+mod data_file;
 pub mod engine;
 pub mod import;
 pub mod lease;

@@ -235,6 +235,51 @@ async fn compaction_changes_no_answer_even_for_a_query_already_running() {
             .to_string()
     );
 
+    // The compacted files' statistics, as a Delta reader parses them: each file's rows and
+    // the bounds of its event times, against what a query of its partition finds.
+    let (_, per_date) = query(
+        raw.clone(),
+        "SELECT CAST(event_date AS VARCHAR), count(*), min(ts), max(ts) FROM clicks GROUP BY 1",
+    )
+    .await;
+    let mut expected = std::collections::HashMap::new();
+    for b in per_date.collect().await.unwrap() {
+        let (dates, counts) = (
+            b.column(0).as_string::<i32>(),
+            b.column(1).as_primitive::<arrow::datatypes::Int64Type>(),
+        );
+        let (lo, hi) = (
+            b.column(2).as_primitive::<TimestampMicrosecondType>(),
+            b.column(3).as_primitive::<TimestampMicrosecondType>(),
+        );
+        for i in 0..b.num_rows() {
+            expected.insert(
+                dates.value(i).to_string(),
+                (counts.value(i) as usize, lo.value(i), hi.value(i)),
+            );
+        }
+    }
+    let snapshot = raw.snapshot().unwrap();
+    for file in snapshot.log_data().iter() {
+        let date = file.partition_values_map()["event_date"].clone().unwrap();
+        let (rows, lo, hi) = expected[&date];
+        assert_eq!(file.num_records(), Some(rows), "{date}");
+        assert!(file.min_values().is_some() && file.max_values().is_some(), "{date}");
+        let stats: serde_json::Value = serde_json::from_str(&file.stats().unwrap()).unwrap();
+        let micros = |v: &serde_json::Value| {
+            chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
+                .unwrap()
+                .timestamp_micros()
+        };
+        // The events' times are whole milliseconds: the bounds are exact.
+        assert_eq!(
+            (micros(&stats["minValues"]["ts"]), micros(&stats["maxValues"]["ts"])),
+            (lo, hi),
+            "{date}: {stats}"
+        );
+        assert_eq!(stats["nullCount"]["ts"], 0, "{date}: {stats}");
+    }
+
     // Compacted files are sorted by event time.
     let (_, files) = query(raw.clone(), "SELECT ts FROM clicks").await;
     let ts: Vec<RecordBatch> = files.collect().await.unwrap();
