@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{
-    ArrayData, ArrayRef, MutableArrayData, RecordBatch, RecordBatchOptions, TimestampMicrosecondArray, make_array,
+    Array, ArrayData, ArrayRef, MutableArrayData, RecordBatch, RecordBatchOptions, TimestampMicrosecondArray,
+    make_array,
 };
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use deltalake::DeltaTable;
@@ -35,7 +36,7 @@ use strata_core::schema::{EVENT_DATE, SourceSchema};
 use strata_core::session::parallelism;
 use strata_core::{Error, Result};
 
-use crate::data_file::{StatsColumns, add_action, encode, file_name};
+use crate::data_file::{RowGroups, StatsColumns, add_action, encode, file_name, group_rows};
 use crate::writer_properties;
 
 /// What a compaction did.
@@ -100,6 +101,13 @@ pub async fn compact(
             source.name
         )));
     }
+    let partitions = snapshot.metadata().partition_columns();
+    if partitions.len() != 1 || partitions[0] != EVENT_DATE {
+        return Err(Error::Internal(format!(
+            "raw.{} is partitioned by {partitions:?}; compaction writes tables partitioned by `{EVENT_DATE}` alone",
+            source.name
+        )));
+    }
     let stats = StatsColumns::of(configuration, &format!("raw.{}", source.name))?;
     // The files are written in the table's own schema (without the partition column), as
     // the Delta writer wrote them; the small files' batches are cast to it.
@@ -121,6 +129,12 @@ pub async fn compact(
     // The cores shared among the bins that run at once.
     let threads = (parallel / bins.len().min(parallel)).max(1);
     for bin in &bins {
+        if chrono::NaiveDate::parse_from_str(&bin.date, "%Y-%m-%d").is_err() {
+            return Err(Error::Internal(format!(
+                "raw.{}: files in the partition {EVENT_DATE}={:?}, which is not a date",
+                source.name, bin.date
+            )));
+        }
         dates.insert(bin.date.clone());
         report.files_in += bin.files.len();
         report.bytes_in += bin.files.iter().map(|f| f.size().max(0) as u64).sum::<u64>();
@@ -135,7 +149,8 @@ pub async fn compact(
         });
     }
     // Bins are independent: as many at once as there are cores (each holds at most one
-    // target file of input in memory), their files added in plan order.
+    // target file of input in memory, and its compacted file, smaller), their files added
+    // in plan order.
     let mut done = futures::stream::iter(work)
         .map(|w| cpu.spawn(w.run(store.clone(), file_schema.clone(), event_time, cpu.clone())))
         .buffered(parallel);
@@ -294,22 +309,31 @@ impl BinWork {
             .try_collect()
             .await?;
         let batches: Vec<RecordBatch> = files.into_iter().flatten().collect();
-        let sorted =
-            sorted_batches(&file_schema, event_time, &batches, self.threads, MAX_COLUMN_BYTES).map_err(|e| {
-                Error::lake(
-                    format!(
-                        "sort the {} small files of partition {EVENT_DATE}={}",
-                        self.paths.len(),
-                        self.partition
-                    ),
-                    e,
-                )
-            })?;
+        let sorted = SortedRows::new(
+            &file_schema,
+            event_time,
+            &batches,
+            self.threads,
+            MAX_COLUMN_BYTES,
+            group_rows(&self.properties),
+        )
+        .map_err(|e| {
+            Error::lake(
+                format!(
+                    "sort the {} small files of partition {EVENT_DATE}={}",
+                    self.paths.len(),
+                    self.partition
+                ),
+                e,
+            )
+        })?;
         drop(batches);
-        let rows = sorted.iter().map(RecordBatch::num_rows).sum::<usize>() as u64;
+        let rows = sorted.rows() as u64;
         if rows == 0 {
             return Ok((0, None));
         }
+        // Each column of each row group gathered and encoded by one job, on every core the
+        // bin has.
         let path = format!("{EVENT_DATE}={}/{}", self.partition, file_name(&self.properties));
         let (bytes, metadata) = encode(&file_schema, &sorted, self.properties, self.threads, self.bytes)
             .map_err(|e| Error::lake(format!("write the compacted file {path}"), e))?;
@@ -322,12 +346,24 @@ impl BinWork {
             &metadata,
             &self.stats,
         )?;
-        store
-            .put(&StorePath::from(path.as_str()), bytes.into())
+        upload(store, &path, bytes)
             .await
             .map_err(|e| Error::lake(format!("write the compacted file {path}"), e))?;
         Ok((rows, Some(add)))
     }
+}
+
+/// Puts a file to the store: in parts uploaded at once when it is large (as the Delta writer
+/// does), at once when it is small.
+async fn upload(store: Arc<dyn ObjectStore>, path: &str, bytes: Vec<u8>) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut writer = object_store::buffered::BufWriter::new(store, StorePath::from(path));
+    if let Err(e) = writer.put(bytes::Bytes::from(bytes)).await {
+        // Parts already uploaded are discarded; the error is the put's.
+        let _ = writer.abort().await;
+        return Err(e.into());
+    }
+    writer.shutdown().await
 }
 
 async fn read_file(store: &Arc<dyn ObjectStore>, path: &StorePath) -> Result<Vec<RecordBatch>> {
@@ -368,41 +404,117 @@ fn file_schema(table: &SchemaRef) -> Result<SchemaRef> {
 /// 32-bit, so a batch stops well before 2 GiB.
 const MAX_COLUMN_BYTES: usize = 1 << 30;
 
-/// The rows of one partition's data files in batches of `file_schema`, sorted by event time
-/// (equal times in the files' order), gathered on `threads` threads. Each value is copied
-/// once. One batch, unless a string or binary column would hold more than `max_bytes`.
-fn sorted_batches(
-    file_schema: &SchemaRef,
-    event_time: usize,
-    batches: &[RecordBatch],
-    threads: usize,
-    max_bytes: usize,
-) -> Result<Vec<RecordBatch>> {
-    let batches: Vec<RecordBatch> = batches
-        .iter()
-        .map(|b| conformed(file_schema, b))
-        .collect::<Result<_>>()?;
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    if rows == 0 {
-        return Ok(vec![RecordBatch::new_empty(file_schema.clone())]);
+/// A bin's rows sorted by event time (equal times in the files' order), as row groups of
+/// `file_schema`: where each group's rows are in the files' batches. A group's column is
+/// gathered when it is encoded, so each value is copied once and the sorted rows are never
+/// all in memory at once.
+struct SortedRows {
+    /// The files' batches, as `file_schema`.
+    batches: Vec<RecordBatch>,
+    groups: Vec<Group>,
+}
+
+/// Where the rows of one row group are.
+enum Group {
+    /// Slices of consecutive rows of one batch, `(batch, start, end)`, each copied at once.
+    Slices {
+        rows: usize,
+        slices: Vec<(usize, usize, usize)>,
+    },
+    /// Mostly single rows (files not in event-time order): `(batch, row)` each.
+    Rows(Vec<(usize, usize)>),
+}
+
+impl SortedRows {
+    /// The rows sorted on `threads` threads, in groups of at most `group_rows` rows, cut
+    /// earlier where a string or binary column of a group would hold more than `max_bytes`.
+    fn new(
+        file_schema: &SchemaRef,
+        event_time: usize,
+        batches: &[RecordBatch],
+        threads: usize,
+        max_bytes: usize,
+        group_rows: usize,
+    ) -> Result<Self> {
+        let batches: Vec<RecordBatch> = batches
+            .iter()
+            .map(|b| conformed(file_schema, b))
+            .collect::<Result<_>>()?;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        // Each file holds its events in arrival order: runs in event-time order, broken by
+        // the late ones. A stable sort finds the runs and merges them, where an unstable one
+        // would sort from scratch.
+        let mut keyed: Vec<(i64, u32, u32)> = Vec::with_capacity(rows);
+        for (b, batch) in batches.iter().enumerate() {
+            let column = batch.column(event_time);
+            let times = column
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .ok_or_else(|| Error::Internal(format!("an event time column of type {}", column.data_type())))?;
+            keyed.extend(times.values().iter().enumerate().map(|(r, &t)| (t, b as u32, r as u32)));
+        }
+        let keyed = sorted_by_time(keyed, threads, MIN_ROWS_PER_SORT);
+        let groups = chunks(file_schema, &batches, &keyed, max_bytes)
+            .into_iter()
+            .flat_map(|piece| piece.chunks(group_rows.max(1)))
+            .map(Group::of)
+            .collect();
+        Ok(Self { batches, groups })
     }
-    // Each file holds its events in arrival order: runs in event-time order, broken by the
-    // late ones. A stable sort finds the runs and merges them, where an unstable one would
-    // sort from scratch.
-    let mut keyed: Vec<(i64, u32, u32)> = Vec::with_capacity(rows);
-    for (b, batch) in batches.iter().enumerate() {
-        let column = batch.column(event_time);
-        let times = column
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .ok_or_else(|| Error::Internal(format!("an event time column of type {}", column.data_type())))?;
-        keyed.extend(times.values().iter().enumerate().map(|(r, &t)| (t, b as u32, r as u32)));
+
+    fn rows(&self) -> usize {
+        self.groups
+            .iter()
+            .map(|g| match g {
+                Group::Slices { rows, .. } => *rows,
+                Group::Rows(rows) => rows.len(),
+            })
+            .sum()
     }
-    let keyed = sorted_by_time(keyed, threads, MIN_ROWS_PER_SORT);
-    chunks(file_schema, &batches, &keyed, max_bytes)
-        .into_iter()
-        .map(|chunk| gathered(file_schema, &batches, chunk, threads))
-        .collect()
+}
+
+impl Group {
+    fn of(sorted: &[(i64, u32, u32)]) -> Self {
+        let mut slices: Vec<(usize, usize, usize)> = Vec::new();
+        for &(_, b, r) in sorted {
+            let (b, r) = (b as usize, r as usize);
+            match slices.last_mut() {
+                Some((last, _, end)) if *last == b && *end == r => *end += 1,
+                _ => slices.push((b, r, r + 1)),
+            }
+        }
+        if slices.len() > sorted.len() / 4 {
+            Self::Rows(sorted.iter().map(|&(_, b, r)| (b as usize, r as usize)).collect())
+        } else {
+            Self::Slices {
+                rows: sorted.len(),
+                slices,
+            }
+        }
+    }
+}
+
+impl RowGroups for SortedRows {
+    fn groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    fn column(&self, group: usize, column: usize) -> parquet::errors::Result<ArrayRef> {
+        match &self.groups[group] {
+            Group::Slices { rows, slices } => {
+                let parts: Vec<ArrayData> = self.batches.iter().map(|b| b.column(column).to_data()).collect();
+                let mut sorted = MutableArrayData::new(parts.iter().collect(), false, *rows);
+                for &(b, start, end) in slices {
+                    sorted.try_extend(b, start, end)?;
+                }
+                Ok(make_array(sorted.freeze()))
+            }
+            Group::Rows(rows) => {
+                let parts: Vec<&dyn Array> = self.batches.iter().map(|b| b.column(column).as_ref()).collect();
+                Ok(arrow::compute::interleave(&parts, rows)?)
+            }
+        }
+    }
 }
 
 /// Below this many rows, a sort is not split among threads.
@@ -514,64 +626,6 @@ fn chunks<'a>(
     pieces
 }
 
-/// The `sorted` rows of `batches` gathered into one batch.
-fn gathered(
-    file_schema: &SchemaRef,
-    batches: &[RecordBatch],
-    sorted: &[(i64, u32, u32)],
-    threads: usize,
-) -> Result<RecordBatch> {
-    let rows = sorted.len();
-    // The sorted rows as slices of consecutive rows of one batch, each copied at once.
-    let mut slices: Vec<(usize, usize, usize)> = Vec::new();
-    for &(_, b, r) in sorted {
-        let (b, r) = (b as usize, r as usize);
-        match slices.last_mut() {
-            Some((last, _, end)) if *last == b && *end == r => *end += 1,
-            _ => slices.push((b, r, r + 1)),
-        }
-    }
-    if slices.len() > rows / 4 {
-        // Mostly single rows (files not in event-time order): gathered row by row.
-        let rows: Vec<(usize, usize)> = sorted.iter().map(|&(_, b, r)| (b as usize, r as usize)).collect();
-        let batches: Vec<&RecordBatch> = batches.iter().collect();
-        return Ok(arrow::compute::interleave_record_batch(&batches, &rows)?);
-    }
-    let gather = |c: usize| -> Result<ArrayRef> {
-        let parts: Vec<ArrayData> = batches.iter().map(|b| b.column(c).to_data()).collect();
-        let mut sorted = MutableArrayData::new(parts.iter().collect(), false, rows);
-        for &(b, start, end) in &slices {
-            sorted.try_extend(b, start, end)?;
-        }
-        Ok(make_array(sorted.freeze()))
-    };
-    // The columns at once: `threads` take every `threads`-th column each.
-    let n = file_schema.fields().len();
-    let threads = threads.clamp(1, n.max(1));
-    let share = |first: usize| -> Result<Vec<(usize, ArrayRef)>> {
-        (first..n).step_by(threads).map(|c| Ok((c, gather(c)?))).collect()
-    };
-    let mut gathered: Vec<(usize, ArrayRef)> = std::thread::scope(|scope| {
-        let others: Vec<_> = (1..threads).map(|t| scope.spawn(move || share(t))).collect();
-        let mut all = share(0)?;
-        for other in others {
-            all.extend(
-                other
-                    .join()
-                    .map_err(|_| Error::Internal("a compaction thread panicked".into()))??,
-            );
-        }
-        Ok::<_, Error>(all)
-    })?;
-    gathered.sort_by_key(|(c, _)| *c);
-    let columns: Vec<ArrayRef> = gathered.into_iter().map(|(_, column)| column).collect();
-    Ok(RecordBatch::try_new_with_options(
-        file_schema.clone(),
-        columns,
-        &RecordBatchOptions::new().with_row_count(Some(rows)),
-    )?)
-}
-
 /// A data file's batch as `file_schema`: its columns by name, cast where another Delta
 /// writer used another encoding of the same type.
 fn conformed(file_schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch> {
@@ -579,9 +633,17 @@ fn conformed(file_schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch
         .fields()
         .iter()
         .map(|field| {
-            let column = batch
-                .column_by_name(field.name())
-                .ok_or_else(|| Error::Internal(format!("raw data file without column `{}`", field.name())))?;
+            let Some(column) = batch.column_by_name(field.name()) else {
+                // A column added to the table after the file was written: null in it, as
+                // Delta readers read it.
+                if field.is_nullable() {
+                    return Ok(arrow::array::new_null_array(field.data_type(), batch.num_rows()));
+                }
+                return Err(Error::Internal(format!(
+                    "raw data file without column `{}`, which is not nullable",
+                    field.name()
+                )));
+            };
             Ok(if column.data_type() == field.data_type() {
                 column.clone()
             } else {
@@ -627,14 +689,32 @@ mod tests {
         RecordBatch::try_new(schema(), vec![Arc::new(times), Arc::new(ids)]).unwrap()
     }
 
-    /// The sorted rows, which fit one batch.
-    fn sorted_batch(
+    /// The sorted rows gathered, a batch per row group.
+    fn sorted_groups(
         schema: &SchemaRef,
         event_time: usize,
         files: &[RecordBatch],
-        threads: usize,
-    ) -> Result<RecordBatch> {
-        let mut sorted = sorted_batches(schema, event_time, files, threads, MAX_COLUMN_BYTES)?;
+        max_bytes: usize,
+        group_rows: usize,
+    ) -> Result<Vec<RecordBatch>> {
+        let sorted = SortedRows::new(schema, event_time, files, 2, max_bytes, group_rows)?;
+        (0..sorted.groups())
+            .map(|g| {
+                let columns = (0..schema.fields().len())
+                    .map(|c| sorted.column(g, c))
+                    .collect::<parquet::errors::Result<Vec<_>>>()
+                    .unwrap();
+                Ok(RecordBatch::try_new(schema.clone(), columns)?)
+            })
+            .collect()
+    }
+
+    /// The sorted rows, which fit one batch.
+    fn sorted_batch(schema: &SchemaRef, event_time: usize, files: &[RecordBatch]) -> Result<RecordBatch> {
+        let mut sorted = sorted_groups(schema, event_time, files, MAX_COLUMN_BYTES, usize::MAX)?;
+        if sorted.is_empty() {
+            return Ok(RecordBatch::new_empty(schema.clone()));
+        }
         assert_eq!(sorted.len(), 1);
         Ok(sorted.remove(0))
     }
@@ -680,7 +760,7 @@ mod tests {
                 file(&rows)
             })
             .collect();
-        let sorted = sorted_batch(&schema(), 0, &files, 2).unwrap();
+        let sorted = sorted_batch(&schema(), 0, &files).unwrap();
         assert_eq!(sorted.schema(), schema());
         assert_eq!(rows_of(&sorted), expected(&files));
     }
@@ -697,11 +777,25 @@ mod tests {
                 file(&rows)
             })
             .collect();
-        let sorted = sorted_batches(&schema(), 0, &files, 2, 100).unwrap();
+        let sorted = sorted_groups(&schema(), 0, &files, 100, usize::MAX).unwrap();
         assert_eq!(sorted.len(), 5, "480 bytes in batches of at most 100");
         for batch in &sorted {
             assert!(batch.column(1).as_string::<i32>().values().len() <= 100);
         }
+        let rows: Vec<(i64, Option<String>)> = sorted.iter().flat_map(rows_of).collect();
+        assert_eq!(rows, expected(&files));
+
+        // Row groups of at most 50 rows, cut again where the bytes run out.
+        let sorted = sorted_groups(&schema(), 0, &files, 100, 50).unwrap();
+        let sizes: Vec<usize> = sorted.iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(
+            sizes,
+            [25, 25, 25, 25, 20],
+            "each batch of 25 rows of 4 bytes is under 50 rows"
+        );
+        let sorted = sorted_groups(&schema(), 0, &files, MAX_COLUMN_BYTES, 50).unwrap();
+        let sizes: Vec<usize> = sorted.iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(sizes, [50, 50, 20]);
         let rows: Vec<(i64, Option<String>)> = sorted.iter().flat_map(rows_of).collect();
         assert_eq!(rows, expected(&files));
     }
@@ -728,9 +822,9 @@ mod tests {
 
     #[test]
     fn files_without_rows_make_an_empty_batch() {
-        assert_eq!(sorted_batch(&schema(), 0, &[], 2).unwrap().num_rows(), 0);
+        assert_eq!(sorted_batch(&schema(), 0, &[]).unwrap().num_rows(), 0);
         let empty = RecordBatch::new_empty(schema());
-        let sorted = sorted_batch(&schema(), 0, &[empty.clone(), empty], 2).unwrap();
+        let sorted = sorted_batch(&schema(), 0, &[empty.clone(), empty]).unwrap();
         assert_eq!((sorted.num_rows(), sorted.schema()), (0, schema()));
     }
 
@@ -740,8 +834,24 @@ mod tests {
         // Times scrambled: every slice of consecutive rows is a single row.
         let rows: Vec<(i64, &str)> = (0..64).map(|i| ((i * 37 % 64) as i64, ids[i].as_str())).collect();
         let files = [file(&rows[..40]), file(&rows[40..])];
-        let sorted = sorted_batch(&schema(), 0, &files, 2).unwrap();
+        let sorted = sorted_batch(&schema(), 0, &files).unwrap();
         assert_eq!(rows_of(&sorted), expected(&files));
+    }
+
+    #[test]
+    fn a_column_added_to_the_table_after_a_file_is_null_in_it() {
+        let times = TimestampMicrosecondArray::from(vec![2, 1]).with_timezone(strata_core::schema::TIMESTAMP_TZ);
+        let old = Arc::new(Schema::new(vec![schema().field(0).clone()]));
+        let old = RecordBatch::try_new(old, vec![Arc::new(times)]).unwrap();
+        let sorted = sorted_batch(&schema(), 0, std::slice::from_ref(&old)).unwrap();
+        assert_eq!(rows_of(&sorted), vec![(1, None), (2, None)]);
+        // Unless the column cannot hold a null.
+        let strict = Arc::new(Schema::new(vec![
+            schema().field(0).clone(),
+            Field::new("id", DataType::Utf8, false),
+        ]));
+        let e = sorted_batch(&strict, 0, &[old]).unwrap_err().to_string();
+        assert!(e.contains("without column `id`"), "{e}");
     }
 
     #[test]
@@ -753,7 +863,7 @@ mod tests {
             Field::new("id", DataType::LargeUtf8, true),
         ]));
         let odd = RecordBatch::try_new(large, vec![Arc::new(times), Arc::new(ids)]).unwrap();
-        let sorted = sorted_batch(&schema(), 0, &[odd], 2).unwrap();
+        let sorted = sorted_batch(&schema(), 0, &[odd]).unwrap();
         assert_eq!(
             rows_of(&sorted),
             vec![(1, Some("y".to_string())), (2, Some("x".to_string()))]

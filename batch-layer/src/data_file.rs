@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{DataType, FieldRef, SchemaRef, TimeUnit};
+use arrow::array::ArrayRef;
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use deltalake::kernel::Add;
 use deltalake::protocol::{ColumnCountStat, ColumnValueStat, Stats};
 use parquet::arrow::ArrowWriter;
@@ -23,7 +23,7 @@ use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowColumnWriter, compute_
 use parquet::basic::Compression;
 use parquet::errors::{ParquetError, Result as ParquetResult};
 use parquet::file::metadata::ParquetMetaData;
-use parquet::file::properties::{DEFAULT_MAX_ROW_GROUP_ROW_COUNT, WriterProperties};
+use parquet::file::properties::WriterProperties;
 use parquet::file::statistics::Statistics;
 use parquet::schema::types::ColumnPath;
 use strata_core::{Error, Result};
@@ -73,22 +73,33 @@ impl StatsColumns {
     }
 }
 
-/// `batches` (of `schema`) encoded as one Parquet file, in row groups of the properties' row
-/// count, each column of each row group encoded by whichever of `threads` threads is free.
-/// The bytes are those `ArrowWriter` would write with the same properties (the Arrow schema
-/// in the footer included). Returns the file and its metadata; `capacity` is room for the
-/// file made at once (growing it would copy what it holds).
+/// A file's rows, row group by row group: how many groups, and one column of one group.
+pub(crate) trait RowGroups: Sync {
+    fn groups(&self) -> usize;
+    /// Column `column` of row group `group`, made when its job runs (so that a gathered
+    /// column is encoded while it is in the cache, then dropped).
+    fn column(&self, group: usize, column: usize) -> ParquetResult<ArrayRef>;
+}
+
+/// The row count of a row group the properties allow (unbounded without one, as for
+/// `ArrowWriter`). Row groups are cut by rows only: a byte limit in the properties is not
+/// applied.
+pub(crate) fn group_rows(properties: &WriterProperties) -> usize {
+    properties.max_row_group_row_count().unwrap_or(usize::MAX).max(1)
+}
+
+/// The row groups of `rows` (of `schema`) encoded as one Parquet file, each column of each
+/// row group made and encoded by whichever of `threads` threads is free. The bytes are those
+/// `ArrowWriter` writes with the same properties and row groups (the Arrow schema in the
+/// footer included). Returns the file and its metadata; `capacity` is room for the file
+/// made at once (growing it would copy what it holds).
 pub(crate) fn encode(
     schema: &SchemaRef,
-    batches: &[RecordBatch],
+    rows: &impl RowGroups,
     properties: WriterProperties,
     threads: usize,
     capacity: usize,
 ) -> ParquetResult<(Vec<u8>, ParquetMetaData)> {
-    let group_rows = properties
-        .max_row_group_row_count()
-        .unwrap_or(DEFAULT_MAX_ROW_GROUP_ROW_COUNT)
-        .max(1);
     let mut out = Vec::with_capacity(capacity);
     let (mut file, factory) =
         ArrowWriter::try_new(&mut out, schema.clone(), Some(properties))?.into_serialized_writer()?;
@@ -98,31 +109,24 @@ pub(crate) fn encode(
     for leaf in 0..descriptor.num_columns() {
         leaves_of[descriptor.get_column_root_idx(leaf)] += 1;
     }
-    let groups: Vec<RecordBatch> = batches
-        .iter()
-        .flat_map(|b| {
-            (0..b.num_rows())
-                .step_by(group_rows)
-                .map(move |start| b.slice(start, group_rows.min(b.num_rows() - start)))
-        })
-        .collect();
     // Jobs in file order: a row group's columns, then the next row group's.
-    let mut jobs: Vec<Mutex<Option<Job>>> = Vec::with_capacity(groups.len() * schema.fields().len());
-    for (g, group) in groups.iter().enumerate() {
-        let mut writers = factory.create_column_writers(g)?.into_iter();
-        for ((field, column), &leaves) in schema.fields().iter().zip(group.columns()).zip(&leaves_of) {
+    let columns = schema.fields().len();
+    let mut jobs: Vec<Mutex<Option<Job>>> = Vec::with_capacity(rows.groups() * columns);
+    for group in 0..rows.groups() {
+        let mut writers = factory.create_column_writers(group)?.into_iter();
+        for (column, &leaves) in leaves_of.iter().enumerate() {
             jobs.push(Mutex::new(Some(Job {
-                field: field.clone(),
-                column: column.clone(),
+                group,
+                column,
                 writers: writers.by_ref().take(leaves).collect(),
             })));
         }
     }
-    let chunks = run_jobs(&jobs, threads)?;
+    let chunks = run_jobs(schema, rows, &jobs, threads)?;
     let mut chunks = chunks.into_iter();
-    for _ in &groups {
+    for _ in 0..rows.groups() {
         let mut row_group = file.next_row_group()?;
-        for chunk in chunks.by_ref().take(schema.fields().len()).flatten() {
+        for chunk in chunks.by_ref().take(columns).flatten() {
             chunk.append_to_row_group(&mut row_group)?;
         }
         row_group.close()?;
@@ -133,18 +137,21 @@ pub(crate) fn encode(
 
 /// One column of one row group, and the writers of its Parquet leaf columns.
 struct Job {
-    field: FieldRef,
-    column: ArrayRef,
+    group: usize,
+    column: usize,
     writers: Vec<ArrowColumnWriter>,
 }
 
 impl Job {
-    fn encode(self) -> ParquetResult<Vec<ArrowColumnChunk>> {
-        let leaves = compute_leaves(&self.field, &self.column)?;
+    fn encode(self, schema: &SchemaRef, rows: &impl RowGroups) -> ParquetResult<Vec<ArrowColumnChunk>> {
+        let field = schema.field(self.column);
+        let array = rows.column(self.group, self.column)?;
+        let leaves = compute_leaves(field, &array)?;
+        drop(array);
         if leaves.len() != self.writers.len() {
             return Err(ParquetError::General(format!(
                 "column `{}`: {} Parquet leaves for {} writers",
-                self.field.name(),
+                field.name(),
                 leaves.len(),
                 self.writers.len()
             )));
@@ -163,7 +170,12 @@ impl Job {
 /// The jobs' chunks, in the jobs' order, encoded on `threads` threads (this one included),
 /// each taking the next job not yet taken. The first failure stops the others at their
 /// next job.
-fn run_jobs(jobs: &[Mutex<Option<Job>>], threads: usize) -> ParquetResult<Vec<Vec<ArrowColumnChunk>>> {
+fn run_jobs(
+    schema: &SchemaRef,
+    rows: &impl RowGroups,
+    jobs: &[Mutex<Option<Job>>],
+    threads: usize,
+) -> ParquetResult<Vec<Vec<ArrowColumnChunk>>> {
     let next = AtomicUsize::new(0);
     let work = || -> ParquetResult<Vec<(usize, Vec<ArrowColumnChunk>)>> {
         let mut done = Vec::new();
@@ -177,7 +189,7 @@ fn run_jobs(jobs: &[Mutex<Option<Job>>], threads: usize) -> ParquetResult<Vec<Ve
                 .map_err(|_| ParquetError::General("a Parquet encoding job was poisoned".into()))?
                 .take()
                 .ok_or_else(|| ParquetError::General("a Parquet encoding job taken twice".into()))?;
-            match job.encode() {
+            match job.encode(schema, rows) {
                 Ok(chunks) => done.push((i, chunks)),
                 Err(e) => {
                     next.store(jobs.len(), Ordering::Relaxed);
@@ -391,8 +403,8 @@ fn timestamp(millis: i64, utc: bool) -> Option<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use arrow::array::{
-        Array as _, BinaryArray, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, StringArray,
-        TimestampMicrosecondArray,
+        Array as _, BinaryArray, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
+        StringArray, TimestampMicrosecondArray,
     };
     use std::sync::Arc;
 
@@ -454,6 +466,40 @@ mod tests {
         RecordBatch::try_new(schema(), columns).unwrap()
     }
 
+    /// Batches as row groups of at most `rows` rows each, none spanning two batches.
+    struct Batches(Vec<RecordBatch>);
+
+    impl Batches {
+        fn new(batches: &[RecordBatch], rows: usize) -> Self {
+            Self(
+                batches
+                    .iter()
+                    .flat_map(|b| {
+                        (0..b.num_rows())
+                            .step_by(rows)
+                            .map(move |start| b.slice(start, rows.min(b.num_rows() - start)))
+                    })
+                    .collect(),
+            )
+        }
+    }
+
+    impl RowGroups for Batches {
+        fn groups(&self) -> usize {
+            self.0.len()
+        }
+
+        fn column(&self, group: usize, column: usize) -> ParquetResult<ArrayRef> {
+            Ok(self.0[group].column(column).clone())
+        }
+    }
+
+    /// `batches` encoded in row groups of the test properties' 1,000 rows.
+    fn encoded(batches: &[RecordBatch], threads: usize, capacity: usize) -> (Vec<u8>, ParquetMetaData) {
+        let rows = Batches::new(batches, group_rows(&properties()));
+        encode(&schema(), &rows, properties(), threads, capacity).unwrap()
+    }
+
     fn properties() -> WriterProperties {
         writer_properties()
             .into_builder()
@@ -473,7 +519,7 @@ mod tests {
     #[test]
     fn a_file_encoded_on_threads_is_the_file_the_arrow_writer_writes() {
         let rows = batch(10_000, 1000);
-        let (bytes, metadata) = encode(&schema(), std::slice::from_ref(&rows), properties(), 3, 0).unwrap();
+        let (bytes, metadata) = encoded(std::slice::from_ref(&rows), 3, 0);
         assert_eq!(metadata.num_row_groups(), 10);
         let mut writer = ArrowWriter::try_new(Vec::new(), schema(), Some(properties())).unwrap();
         writer.write(&rows).unwrap();
@@ -487,14 +533,14 @@ mod tests {
 
         // Several batches: row groups never span two (4,500 rows make five).
         let parts = [rows.slice(0, 4500), rows.slice(4500, 3000), rows.slice(7500, 2500)];
-        let (bytes, metadata) = encode(&schema(), &parts, properties(), 2, 0).unwrap();
+        let (bytes, metadata) = encoded(&parts, 2, 0);
         assert_eq!(metadata.num_row_groups(), 5 + 3 + 3);
         let back = read(bytes);
         assert_eq!(back[0].schema(), schema(), "the Arrow schema is kept in the footer");
         assert_eq!(arrow::compute::concat_batches(&schema(), &back).unwrap(), rows);
 
         // No rows: a file without row groups.
-        let (bytes, metadata) = encode(&schema(), &[rows.slice(0, 0)], properties(), 2, 1 << 20).unwrap();
+        let (bytes, metadata) = encoded(&[rows.slice(0, 0)], 2, 1 << 20);
         assert_eq!((metadata.num_row_groups(), metadata.file_metadata().num_rows()), (0, 0));
         assert!(read(bytes).is_empty());
     }
@@ -527,7 +573,7 @@ mod tests {
             .find_map(|a| Some(serde_json::from_str(a.get("add")?.get("stats")?.as_str()?).unwrap()))
             .unwrap();
 
-        let (bytes, metadata) = encode(&schema(), std::slice::from_ref(&rows), properties(), 2, 0).unwrap();
+        let (bytes, metadata) = encoded(std::slice::from_ref(&rows), 2, 0);
         let add = add_action(
             "event_date=2025-11-20/f.parquet".into(),
             bytes.len(),
@@ -558,7 +604,7 @@ mod tests {
 
         // Times between milliseconds: the minimum rounded down, the maximum up.
         let rows = batch(3, 1234);
-        let (_, metadata) = encode(&schema(), &[rows], properties(), 2, 0).unwrap();
+        let (_, metadata) = encoded(&[rows], 2, 0);
         let stats = serde_json::to_value(stats(&schema(), &metadata, &StatsColumns::First(1))).unwrap();
         assert_eq!(stats["minValues"], serde_json::json!({"ts": "2025-11-20T00:53:20Z"}));
         // The last time is 2,468 microseconds after the first.
@@ -590,7 +636,7 @@ mod tests {
             "{e}"
         );
 
-        let (_, metadata) = encode(&schema(), &[batch(10, 1000)], properties(), 2, 0).unwrap();
+        let (_, metadata) = encoded(&[batch(10, 1000)], 2, 0);
         let columns = |c: &StatsColumns| -> Vec<String> {
             let mut names: Vec<String> = stats(&schema(), &metadata, c).null_count.into_keys().collect();
             names.sort();
