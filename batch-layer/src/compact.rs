@@ -126,8 +126,10 @@ pub async fn compact(
     let mut work = Vec::with_capacity(bins.len());
     let properties = compaction_properties(source);
     let parallel = parallelism();
-    // The cores shared among the bins that run at once.
-    let threads = (parallel / bins.len().min(parallel)).max(1);
+    // Every bin sorts and encodes on every core: while two bins run, their threads share the
+    // cores, and the one still running when the other ends has them all (each bin with its
+    // share only, the last one's tail ran on one core).
+    let threads = parallel;
     for bin in &bins {
         if chrono::NaiveDate::parse_from_str(&bin.date, "%Y-%m-%d").is_err() {
             return Err(Error::Internal(format!(
