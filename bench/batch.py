@@ -223,6 +223,12 @@ def main():
     os.makedirs(one)
     raw_one, imported_one = small_files(a, one, ["--start", "2026-11-20T02:00:00Z", "--span", "20h"])
     compaction(a, "compaction, one partition", raw_one, imported_one, results, spark)
+    # Today's partition beside two small ones (late events, the next day's first hour): the
+    # bins of one compaction differ in size, the large one still running when the others end.
+    skewed = os.path.join(a.work, "skewed")
+    os.makedirs(skewed)
+    raw_skewed, imported_skewed = small_files(a, skewed, ["--start", "2026-11-20T01:00:00Z", "--span", "24h"])
+    compaction(a, "compaction, one large partition", raw_skewed, imported_skewed, results, spark)
 
     config = os.path.join(a.work, "strata.toml")
     env = dict(os.environ, STRATA_LOG="warn")
