@@ -36,7 +36,7 @@ use strata_core::schema::{EVENT_DATE, SourceSchema};
 use strata_core::session::parallelism;
 use strata_core::{Error, Result};
 
-use crate::data_file::{RowGroups, StatsColumns, add_action, encode, file_name, group_rows};
+use crate::data_file::{RowGroups, Slots, StatsColumns, add_action, encode, file_name, group_rows};
 use crate::writer_properties;
 
 /// What a compaction did.
@@ -130,6 +130,8 @@ pub async fn compact(
     // cores, and the one still running when the other ends has them all (each bin with its
     // share only, the last one's tail ran on one core).
     let threads = parallel;
+    // Together, no more encoding jobs at once than cores: each holds a column of a row group.
+    let slots = Slots::new(parallel);
     for bin in &bins {
         if chrono::NaiveDate::parse_from_str(&bin.date, "%Y-%m-%d").is_err() {
             return Err(Error::Internal(format!(
@@ -148,6 +150,7 @@ pub async fn compact(
             properties: properties.clone(),
             stats: stats.clone(),
             threads,
+            slots: slots.clone(),
         });
     }
     // Bins are independent: as many at once as there are cores (each holds at most one
@@ -286,8 +289,10 @@ struct BinWork {
     partition: String,
     properties: WriterProperties,
     stats: StatsColumns,
-    /// Threads gathering and encoding the columns.
+    /// Threads sorting, gathering and encoding.
     threads: usize,
+    /// The encoding jobs all bins may run at once.
+    slots: Slots,
 }
 
 impl BinWork {
@@ -337,8 +342,15 @@ impl BinWork {
         // Each column of each row group gathered and encoded by one job, on every core the
         // bin has.
         let path = format!("{EVENT_DATE}={}/{}", self.partition, file_name(&self.properties));
-        let (bytes, metadata) = encode(&file_schema, &sorted, self.properties, self.threads, self.bytes)
-            .map_err(|e| Error::lake(format!("write the compacted file {path}"), e))?;
+        let (bytes, metadata) = encode(
+            &file_schema,
+            &sorted,
+            self.properties,
+            self.threads,
+            &self.slots,
+            self.bytes,
+        )
+        .map_err(|e| Error::lake(format!("write the compacted file {path}"), e))?;
         drop(sorted);
         let add = add_action(
             path.clone(),
@@ -348,24 +360,42 @@ impl BinWork {
             &metadata,
             &self.stats,
         )?;
-        upload(store, &path, bytes)
+        upload(&store, &path, bytes)
             .await
             .map_err(|e| Error::lake(format!("write the compacted file {path}"), e))?;
         Ok((rows, Some(add)))
     }
 }
 
-/// Puts a file to the store: in parts uploaded at once when it is large (as the Delta writer
-/// does), at once when it is small.
-async fn upload(store: Arc<dyn ObjectStore>, path: &str, bytes: Vec<u8>) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt as _;
-    let mut writer = object_store::buffered::BufWriter::new(store, StorePath::from(path));
-    if let Err(e) = writer.put(bytes::Bytes::from(bytes)).await {
-        // Parts already uploaded are discarded; the error is the put's.
-        let _ = writer.abort().await;
-        return Err(e.into());
+/// The parts a large file is uploaded in (at least the 5 MiB object stores ask of a part).
+const PART_BYTES: usize = 16 << 20;
+
+/// How many parts of one file are uploaded at once.
+const PARTS_AT_ONCE: usize = 4;
+
+/// Puts a file to the store: at once when it is small, else in parts uploaded a few at a
+/// time. A failed part aborts the upload, so that no part is left on the store.
+async fn upload(store: &Arc<dyn ObjectStore>, path: &str, bytes: Vec<u8>) -> object_store::Result<()> {
+    let path = StorePath::from(path);
+    let bytes = bytes::Bytes::from(bytes);
+    if bytes.len() <= PART_BYTES {
+        store.put(&path, bytes.into()).await?;
+        return Ok(());
     }
-    writer.shutdown().await
+    let mut upload = store.put_multipart(&path).await?;
+    let parts: Vec<_> = (0..bytes.len())
+        .step_by(PART_BYTES)
+        .map(|start| upload.put_part(bytes.slice(start..(start + PART_BYTES).min(bytes.len())).into()))
+        .collect();
+    let sent: object_store::Result<Vec<()>> = futures::stream::iter(parts).buffered(PARTS_AT_ONCE).try_collect().await;
+    match sent {
+        Ok(_) => upload.complete().await.map(|_| ()),
+        Err(e) => {
+            // The error is the part's; a failed abort leaves parts the store expires.
+            let _ = upload.abort().await;
+            Err(e)
+        }
+    }
 }
 
 async fn read_file(store: &Arc<dyn ObjectStore>, path: &StorePath) -> Result<Vec<RecordBatch>> {
@@ -667,8 +697,10 @@ fn conformed(file_schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{Array as _, AsArray as _, StringArray};
+    use arrow::array::{AsArray as _, StringArray};
     use arrow::datatypes::{DataType, Field, TimestampMicrosecondType};
+    use object_store::ObjectStoreExt as _;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     use super::*;
 
@@ -838,6 +870,63 @@ mod tests {
         let files = [file(&rows[..40]), file(&rows[40..])];
         let sorted = sorted_batch(&schema(), 0, &files).unwrap();
         assert_eq!(rows_of(&sorted), expected(&files));
+    }
+
+    /// Sorted rows encoded as a file read back in event-time order across its row groups, for
+    /// files in time order (gathered in slices) and in none (row by row), nulls among them.
+    #[test]
+    fn sorted_rows_encode_as_row_groups_in_event_time_order() {
+        let ids: Vec<String> = (0..300)
+            .map(|i| if i % 7 == 0 { String::new() } else { format!("r{i}") })
+            .collect();
+        for scrambled in [false, true] {
+            let rows: Vec<(i64, &str)> = (0..300)
+                .map(|i| {
+                    (
+                        if scrambled { (i * 37 % 300) as i64 } else { i as i64 / 2 },
+                        ids[i].as_str(),
+                    )
+                })
+                .collect();
+            let files = [file(&rows[..120]), file(&rows[120..])];
+            let sorted = SortedRows::new(&schema(), 0, &files, 2, MAX_COLUMN_BYTES, 50).unwrap();
+            assert_eq!(sorted.groups(), 6);
+            assert!(
+                sorted.groups.iter().all(|g| matches!(g, Group::Rows(_)) == scrambled),
+                "scrambled: {scrambled}"
+            );
+            let (bytes, metadata) = encode(&schema(), &sorted, writer_properties(), 2, &Slots::new(1), 0).unwrap();
+            assert_eq!(metadata.num_row_groups(), 6);
+            let back: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(|b| b.unwrap())
+                .collect();
+            let rows: Vec<(i64, Option<String>)> = back.iter().flat_map(rows_of).collect();
+            assert_eq!(rows, expected(&files), "scrambled: {scrambled}");
+        }
+    }
+
+    /// A file larger than a part is uploaded in parts, and reads back whole; a small one at
+    /// once.
+    #[tokio::test]
+    async fn a_large_file_is_uploaded_in_parts_and_reads_back_whole() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        for size in [1000, 2 * PART_BYTES + 12_345] {
+            let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            upload(&store, "event_date=2026-11-20/f.parquet", bytes.clone())
+                .await
+                .unwrap();
+            let read = store
+                .get(&StorePath::from("event_date=2026-11-20/f.parquet"))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert!(read == bytes, "{size} bytes uploaded, {} read", read.len());
+        }
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use arrow::array::ArrayRef;
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
@@ -73,6 +73,39 @@ impl StatsColumns {
     }
 }
 
+/// A limit on the encoding jobs running at once, shared by the files encoded at the same
+/// time: each file may use every core (the last one still running has them all), and
+/// together they run no more jobs than there are slots (each holds a column of a row group).
+#[derive(Clone)]
+pub(crate) struct Slots(Arc<(Mutex<usize>, Condvar)>);
+
+impl Slots {
+    pub(crate) fn new(slots: usize) -> Self {
+        Self(Arc::new((Mutex::new(slots.max(1)), Condvar::new())))
+    }
+
+    /// Waits for a free slot; it is given back when the guard drops.
+    fn take(&self) -> Slot<'_> {
+        let (free, freed) = &*self.0;
+        let mut free = free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        Slot(self)
+    }
+}
+
+struct Slot<'a>(&'a Slots);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let (free, freed) = &*self.0.0;
+        *free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        freed.notify_one();
+    }
+}
+
 /// A file's rows, row group by row group: how many groups, and one column of one group.
 pub(crate) trait RowGroups: Sync {
     fn groups(&self) -> usize;
@@ -89,7 +122,8 @@ pub(crate) fn group_rows(properties: &WriterProperties) -> usize {
 }
 
 /// The row groups of `rows` (of `schema`) encoded as one Parquet file, each column of each
-/// row group made and encoded by whichever of `threads` threads is free. The bytes are those
+/// row group made and encoded by whichever of `threads` threads is free, each job in one of
+/// the `slots`. The bytes are those
 /// `ArrowWriter` writes with the same properties and row groups (the Arrow schema in the
 /// footer included). Returns the file and its metadata; `capacity` is room for the file
 /// made at once (growing it would copy what it holds).
@@ -98,6 +132,7 @@ pub(crate) fn encode(
     rows: &impl RowGroups,
     properties: WriterProperties,
     threads: usize,
+    slots: &Slots,
     capacity: usize,
 ) -> ParquetResult<(Vec<u8>, ParquetMetaData)> {
     let mut out = Vec::with_capacity(capacity);
@@ -122,7 +157,7 @@ pub(crate) fn encode(
             })));
         }
     }
-    let chunks = run_jobs(schema, rows, &jobs, threads)?;
+    let chunks = run_jobs(schema, rows, &jobs, threads, slots)?;
     let mut chunks = chunks.into_iter();
     for _ in 0..rows.groups() {
         let mut row_group = file.next_row_group()?;
@@ -175,11 +210,13 @@ fn run_jobs(
     rows: &impl RowGroups,
     jobs: &[Mutex<Option<Job>>],
     threads: usize,
+    slots: &Slots,
 ) -> ParquetResult<Vec<Vec<ArrowColumnChunk>>> {
     let next = AtomicUsize::new(0);
     let work = || -> ParquetResult<Vec<(usize, Vec<ArrowColumnChunk>)>> {
         let mut done = Vec::new();
         loop {
+            let _slot = slots.take();
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(slot) = jobs.get(i) else {
                 return Ok(done);
@@ -202,10 +239,11 @@ fn run_jobs(
     let mut done = std::thread::scope(|scope| {
         let others: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
         let mut all = work();
+        // Every thread joined, whatever the others returned.
         for other in others {
             let theirs = other
                 .join()
-                .map_err(|_| ParquetError::General("a Parquet encoding thread panicked".into()))?;
+                .unwrap_or_else(|_| Err(ParquetError::General("a Parquet encoding thread panicked".into())));
             match (&mut all, theirs) {
                 (Ok(all), Ok(theirs)) => all.extend(theirs),
                 (Ok(_), Err(e)) => all = Err(e),
@@ -497,7 +535,7 @@ mod tests {
     /// `batches` encoded in row groups of the test properties' 1,000 rows.
     fn encoded(batches: &[RecordBatch], threads: usize, capacity: usize) -> (Vec<u8>, ParquetMetaData) {
         let rows = Batches::new(batches, group_rows(&properties()));
-        encode(&schema(), &rows, properties(), threads, capacity).unwrap()
+        encode(&schema(), &rows, properties(), threads, &Slots::new(threads), capacity).unwrap()
     }
 
     fn properties() -> WriterProperties {
