@@ -31,7 +31,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use strata_core::executor::CpuRuntime;
-use strata_core::lake::COMMIT_INFO_KEY;
+use strata_core::lake::{COMMIT_INFO_KEY, column_mapped};
 use strata_core::schema::{EVENT_DATE, SourceSchema};
 use strata_core::session::parallelism;
 use strata_core::{Error, Result};
@@ -92,10 +92,7 @@ pub async fn compact(
         .snapshot()
         .map_err(|e| Error::lake("read the raw table state", e))?;
     let configuration = snapshot.metadata().configuration();
-    if configuration
-        .get("delta.columnMapping.mode")
-        .is_some_and(|mode| mode != "none")
-    {
+    if column_mapped(configuration) {
         return Err(Error::Internal(format!(
             "raw.{} uses Delta column mapping, which compaction does not write",
             source.name
@@ -129,7 +126,6 @@ pub async fn compact(
     // Every bin sorts and encodes on every core: while two bins run, their threads share the
     // cores, and the one still running when the other ends has them all (each bin with its
     // share only, the last one's tail ran on one core).
-    let threads = parallel;
     // Together, no more encoding jobs at once than cores: each holds a column of a row group.
     let slots = Slots::new(parallel);
     for bin in &bins {
@@ -141,15 +137,16 @@ pub async fn compact(
         }
         dates.insert(bin.date.clone());
         report.files_in += bin.files.len();
-        report.bytes_in += bin.files.iter().map(|f| f.size().max(0) as u64).sum::<u64>();
+        let bytes = bin.files.iter().map(|f| f.size().max(0) as u64).sum::<u64>();
+        report.bytes_in += bytes;
         removes.extend(bin.files.iter().map(|f| Action::Remove(f.remove_action(false))));
         work.push(BinWork {
-            bytes: bin.files.iter().map(|f| f.size().max(0) as usize).sum(),
+            bytes: bytes as usize,
             paths: bin.files.iter().map(|f| StorePath::from(f.path().as_ref())).collect(),
             partition: bin.date.clone(),
             properties: properties.clone(),
             stats: stats.clone(),
-            threads,
+            threads: parallel,
             slots: slots.clone(),
         });
     }

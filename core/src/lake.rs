@@ -828,6 +828,14 @@ impl datafusion::catalog::TableProvider for LimitKept {
     }
 }
 
+/// Whether a table's configuration turns on Delta column mapping (its files then name
+/// columns by physical names, which Strata's own readers and writers do not translate).
+pub fn column_mapped(configuration: &HashMap<String, String>) -> bool {
+    configuration
+        .get("delta.columnMapping.mode")
+        .is_some_and(|mode| mode != "none")
+}
+
 /// A provider of one version of a table as the Parquet files its log lists, planned without
 /// the Delta kernel; `None` for a table that needs the kernel to be read (partition columns,
 /// deletion vectors or column mapping: Strata's view tables have none of them).
@@ -847,12 +855,7 @@ pub fn parquet_provider(
     let snapshot = table
         .snapshot()
         .map_err(|e| Error::lake(format!("list the files of {}", redact(root)), e))?;
-    let mapped = snapshot
-        .metadata()
-        .configuration()
-        .get("delta.columnMapping.mode")
-        .is_some_and(|mode| mode != "none");
-    if mapped || !snapshot.metadata().partition_columns().is_empty() {
+    if column_mapped(snapshot.metadata().configuration()) || !snapshot.metadata().partition_columns().is_empty() {
         return Ok(None);
     }
     let log_store = table.log_store();
