@@ -283,7 +283,8 @@ pub struct SpeedConfig {
     /// ... or when this many events are buffered.
     #[serde(default = "default_flush_rows")]
     pub flush_rows: usize,
-    /// Events become visible to queries in micro-batches of at most this long.
+    /// A micro-batch is cut once the consumer has caught up with what Kafka fetched; while
+    /// records keep coming, at most this long after its first record.
     #[serde(default = "default_batch_interval", deserialize_with = "de_duration")]
     pub batch_interval: Duration,
     /// Where `strata speed` serves its states over Arrow Flight.

@@ -421,15 +421,22 @@ impl Poller {
                 }
             }
 
-            // Wait for records no longer than until the pending batch is due (at least 1 ms:
-            // a due batch held for a busy aggregator is no reason to spin).
-            let timeout = first_pending.map_or(poll_timeout, |t| {
-                self.batch_interval
+            // With records pending and room for a batch, take what is already fetched without
+            // waiting: once nothing is left, the consumer has caught up and the batch is cut.
+            // Otherwise wait for records no longer than until the pending batch is due (at
+            // least 1 ms: a due batch held for a busy aggregator is no reason to spin).
+            let room = self.output.capacity() > 0;
+            let timeout = match first_pending {
+                Some(_) if room => Duration::ZERO,
+                Some(t) => self
+                    .batch_interval
                     .saturating_sub(now.saturating_duration_since(t))
-                    .clamp(Duration::from_millis(1), poll_timeout)
-            });
+                    .clamp(Duration::from_millis(1), poll_timeout),
+                None => poll_timeout,
+            };
             let polled = self.consumer.poll(timeout);
             now = Instant::now();
+            let caught_up = polled.is_none();
             match polled {
                 None => {}
                 Some(Err(e)) => {
@@ -441,10 +448,12 @@ impl Poller {
                 }
                 Some(Ok(_)) => {}
             }
-            // A batch is due after its interval, but is held (and grows) while the aggregator
-            // still has one waiting: records never queue behind more than one batch, and a
-            // busy aggregator gets fewer, larger batches instead of falling further behind.
-            let due = first_pending.is_some_and(|t| now.saturating_duration_since(t) >= self.batch_interval)
+            // A batch is due once the consumer has caught up, or after its interval while
+            // records keep coming; but it is held (and grows) while the aggregator still has
+            // one waiting: records never queue behind more than one batch, and a busy
+            // aggregator gets fewer, larger batches instead of falling further behind.
+            let due = first_pending
+                .is_some_and(|t| caught_up || now.saturating_duration_since(t) >= self.batch_interval)
                 && self.output.capacity() > 0;
             if pending >= MAX_BATCH_ROWS || due {
                 if !self.cut(&mut sources, &mut next, &mut pending, &mut first_pending)? {
@@ -771,6 +780,83 @@ mod tests {
             done.recv_timeout(Duration::from_secs(30)).is_ok(),
             "the consumer did not close"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A micro-batch is cut as soon as the consumer has taken everything fetched, not when its
+    /// interval ends: with an interval of a minute, records produced to a quiet topic reach
+    /// the aggregator within seconds.
+    #[test]
+    fn a_batch_is_cut_once_the_consumer_has_caught_up() {
+        use rdkafka::ClientConfig;
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+
+        fn next(runtime: &tokio::runtime::Runtime, input: &mut mpsc::Receiver<Input>, what: &str) -> Input {
+            let within = Duration::from_secs(20);
+            runtime
+                .block_on(async { tokio::time::timeout(within, input.recv()).await })
+                .unwrap_or_else(|_| panic!("{what} not sent within {within:?}"))
+                .expect("the poller stopped")
+        }
+
+        let cluster = MockCluster::<DefaultProducerContext>::new(1).unwrap();
+        cluster.create_topic("clicks", 1, 1).unwrap();
+        let dir = std::env::temp_dir().join(format!("strata-caught-up-{}", std::process::id()));
+        let mut config = crate::fixtures::clicks_config(&dir.join("strata.toml"));
+        config.kafka.brokers = cluster.bootstrap_servers();
+        config.speed.batch_interval = Duration::from_secs(60);
+        let lake = Lake::new(&config.lake).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (output, mut input) = mpsc::channel(1);
+        let stop = CancellationToken::new();
+        let poller = Poller::new(
+            &config,
+            lake,
+            create(&config).unwrap(),
+            runtime.handle().clone(),
+            output,
+            stop.clone(),
+        );
+        let polling = std::thread::spawn(move || poller.run());
+        assert!(matches!(
+            next(&runtime, &mut input, "the assignment"),
+            Input::Assigned(list) if list.len() == 1
+        ));
+
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .unwrap();
+        for i in 0..5i64 {
+            let record = format!(
+                r#"{{"ts":{},"user":"u{i}","page":"/p","ms":{i}}}"#,
+                1_795_219_200_000 + i
+            );
+            producer
+                .send(BaseRecord::<(), str>::to("clicks").payload(&record))
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let mut offsets = Vec::new();
+        while offsets.len() < 5 {
+            let Input::Batch(batch) = next(&runtime, &mut input, "the produced records") else {
+                panic!("a micro-batch expected");
+            };
+            assert_eq!(
+                batch.events.as_ref().map_or(0, arrow::array::RecordBatch::num_rows) as i64,
+                batch.positions[0].end - batch.positions[0].start
+            );
+            offsets.extend(batch.positions[0].start..batch.positions[0].end);
+        }
+        assert_eq!(offsets, (0..5).collect::<Vec<i64>>(), "each record once, in order");
+
+        stop.cancel();
+        polling.join().unwrap().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 
