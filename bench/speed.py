@@ -12,7 +12,10 @@
              records an earlier one left on the broker. Probe records, produced alone every
              PROBE_EVERY s, are timed, not the load. Beside each figure, the broker's own
              floor: bare librdkafka consuming the same load and timing the same kind of
-             probes from their produce to their consumption (raw_consume follow).
+             probes from their produce to their consumption (raw_consume follow). And what
+             explains each figure: Strata's own consumed -> visible time (its metric
+             strata_speed_visible_seconds, by bucket bound), the probe's query time, and the
+             queries a probe took (the first, sent as it is produced, misses it).
   cost       events consumed per CPU-second of the consuming process alone (its own user +
              system time, so the broker and the load generator sharing the cores do not blur
              it): `strata speed` catching up on the produced records and under a steady load,
@@ -237,9 +240,6 @@ def probe_freshness(brokers, topic, client, metrics_port, produce_load, data, ra
     consumed = consumed_count(metrics_port)
     behind = max(0, sent[0] + len(latencies) - (consumed - consumed_before))
     visible_after = histogram(metrics_port, "strata_speed_visible_seconds")
-    visible = tuple(bucket_quantile(visible_before, visible_after, q) * 1000 for q in (0.5, 0.99))
-    query_times.sort()
-    explained = (*visible, query_times[len(query_times) // 2] * 1000, queries / len(latencies))
     load.stdin.close()
     counter.join()
     if load.wait(60) != 0:
@@ -251,9 +251,17 @@ def probe_freshness(brokers, topic, client, metrics_port, produce_load, data, ra
         if consumed - consumed_before >= sent[0] + len(latencies):
             break
         time.sleep(0.1)
+    if not latencies:
+        raise SystemExit("no probe was timed")
     latencies.sort()
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    visible = [bucket_quantile(visible_before, visible_after, q) for q in (0.5, 0.99)]
+    if None in visible:
+        raise SystemExit("strata_speed_visible_seconds observed no micro-batch during the probes")
+    query_times.sort()
+    explained = (visible[0] * 1000, visible[1] * 1000, query_times[len(query_times) // 2] * 1000,
+                 queries / len(latencies))
     return p50, p99, behind, explained
 
 

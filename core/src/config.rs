@@ -283,8 +283,9 @@ pub struct SpeedConfig {
     /// ... or when this many events are buffered.
     #[serde(default = "default_flush_rows")]
     pub flush_rows: usize,
-    /// A micro-batch is cut once the consumer has caught up with what Kafka fetched; while
-    /// records keep coming, at most this long after its first record.
+    /// A micro-batch is cut once the consumer has taken every record Kafka fetched and no
+    /// earlier batch waits for the aggregator; while records keep coming, this long after its
+    /// first record (later while the aggregator is busy).
     #[serde(default = "default_batch_interval", deserialize_with = "de_duration")]
     pub batch_interval: Duration,
     /// Where `strata speed` serves its states over Arrow Flight.
