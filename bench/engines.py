@@ -15,12 +15,13 @@ Both engines keep every window open and update it with each event, late ones inc
 Strata does (it never drops a late event and shows each one within milliseconds):
   Flink  non-windowed updating GROUP BY (window start computed from ts, FLOOR for the tumbling
          view, a correlated UNNEST of the 5 window starts for the hopping one), mini-batches of
-         10 ms (Strata's batch_interval), local-global aggregation; no watermark. Window TVFs
-         (TUMBLE/HOP with an event-time watermark) emit a window only once the watermark
-         passes its end: a minute or more, and they drop late events. Distinct users are
-         COUNT(DISTINCT user_id), exact: Flink 2.2's APPROX_COUNT_DISTINCT is for batch mode
-         only. The percentile is PERCENTILE (exact). No checkpoints (Flink's cheapest setting,
-         no fault tolerance).
+         10 ms (Strata's batch_interval: the longest a micro-batch of Strata's grows while
+         records keep coming; it cuts one sooner once caught up), local-global aggregation;
+         no watermark. Window TVFs (TUMBLE/HOP with an event-time watermark) emit a window
+         only once the watermark passes its end: a minute or more, and they drop late events.
+         Distinct users are COUNT(DISTINCT user_id), exact: Flink 2.2's APPROX_COUNT_DISTINCT
+         is for batch mode only. The percentile is PERCENTILE (exact). No checkpoints
+         (Flink's cheapest setting, no fault tolerance).
   Spark  groupBy(window(ts, ...), key) with approx_count_distinct and percentile_approx (their
          default precision, as bench/batch.py), stddev (sample), no watermark, update output
          mode, the default trigger (a micro-batch as soon as the last one ended), 2 shuffle
