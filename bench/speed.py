@@ -136,15 +136,19 @@ def reap(proc):
     return usage.ru_utime + usage.ru_stime
 
 
+def metrics_text(port):
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
 def metric(port, name):
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    text = metrics_text(port)
     return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
 def histogram(port, name):
     """The cumulative bucket counts of a Prometheus histogram (summed over its labels), by
     upper bound."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    text = metrics_text(port)
     buckets = {}
     for le, count in re.findall(rf'^{name}_bucket{{(?:[^}}]*,)?le="([^"]+)"}} (\S+)$', text, re.M):
         buckets[float(le)] = buckets.get(float(le), 0) + float(count)
@@ -213,7 +217,7 @@ def probe_freshness(brokers, topic, client, metrics_port, produce_load, data, ra
         time.sleep(0.05)
     probing = time.monotonic()
     visible_before = histogram(metrics_port, "strata_speed_visible_seconds")
-    query_times, queries = [], 0
+    query_times = []
     for k in range(probes):
         if time.monotonic() - probing > 15 and latencies:
             break  # enough: the load keeps growing the broker's memory
@@ -227,7 +231,6 @@ def probe_freshness(brokers, topic, client, metrics_port, produce_load, data, ra
             queried = time.perf_counter()
             found = client.query(f"SELECT views FROM page_stats WHERE country = '{country}'").num_rows
             query_times.append(time.perf_counter() - queried)
-            queries += 1
             if found:
                 latencies.append(time.perf_counter() - started)
                 break
@@ -259,9 +262,9 @@ def probe_freshness(brokers, topic, client, metrics_port, produce_load, data, ra
     visible = [bucket_quantile(visible_before, visible_after, q) for q in (0.5, 0.99)]
     if None in visible:
         raise SystemExit("strata_speed_visible_seconds observed no micro-batch during the probes")
+    queries = len(query_times)
     query_times.sort()
-    explained = (visible[0] * 1000, visible[1] * 1000, query_times[len(query_times) // 2] * 1000,
-                 queries / len(latencies))
+    explained = (visible[0] * 1000, visible[1] * 1000, query_times[queries // 2] * 1000, queries / len(latencies))
     return p50, p99, behind, explained
 
 

@@ -146,7 +146,6 @@ pub async fn compact(
             partition: bin.date.clone(),
             properties: properties.clone(),
             stats: stats.clone(),
-            threads: parallel,
             slots: slots.clone(),
         });
     }
@@ -286,8 +285,6 @@ struct BinWork {
     partition: String,
     properties: WriterProperties,
     stats: StatsColumns,
-    /// Threads sorting, gathering and encoding.
-    threads: usize,
     /// The encoding jobs all bins may run at once.
     slots: Slots,
 }
@@ -301,7 +298,8 @@ impl BinWork {
         event_time: usize,
         cpu: CpuRuntime,
     ) -> Result<(u64, Option<Add>)> {
-        // The bin's files decoded at once, one per core, in their order.
+        // The bin's files decoded at once, one per core, in their order; then sorted,
+        // gathered and encoded on every core.
         let parallel = parallelism();
         let files: Vec<Vec<RecordBatch>> = futures::stream::iter(self.paths.clone())
             .map(|path| {
@@ -317,7 +315,7 @@ impl BinWork {
             &file_schema,
             event_time,
             &batches,
-            self.threads,
+            parallel,
             MAX_COLUMN_BYTES,
             group_rows(&self.properties),
         )
@@ -336,14 +334,13 @@ impl BinWork {
         if rows == 0 {
             return Ok((0, None));
         }
-        // Each column of each row group gathered and encoded by one job, on every core the
-        // bin has.
+        // Each column of each row group gathered and encoded by one job.
         let path = format!("{EVENT_DATE}={}/{}", self.partition, file_name(&self.properties));
         let (bytes, metadata) = encode(
             &file_schema,
             &sorted,
             self.properties,
-            self.threads,
+            parallel,
             &self.slots,
             self.bytes,
         )

@@ -425,8 +425,8 @@ impl Poller {
             // waiting: once nothing is left, the consumer has caught up and the batch is cut.
             // (librdkafka also returns nothing after serving an event of its own, an offset
             // commit's result or a rebalance: that batch is cut a little early, its positions
-            // as exact.) Otherwise wait for records no longer than until the pending batch is due (at
-            // least 1 ms: a due batch held for a busy aggregator is no reason to spin).
+            // as exact.) Otherwise wait for records no longer than until the pending batch is
+            // due (at least 1 ms: a due batch held for a busy aggregator is no reason to spin).
             let room = self.output.capacity() > 0;
             let timeout = match first_pending {
                 Some(_) if room => Duration::ZERO,
@@ -733,18 +733,31 @@ impl Poller {
 mod tests {
     use super::*;
 
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
+
+    /// A mock cluster with the topic `clicks` of `partitions`, and the clicks config on it,
+    /// its lake in a directory of its own (`name` and the process id), emptied first: a lake
+    /// left by an earlier process of the same id would start the partitions above 0.
+    fn on_mock_cluster(
+        name: &str,
+        partitions: i32,
+    ) -> (MockCluster<'static, DefaultProducerContext>, std::path::PathBuf, Config) {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("clicks", partitions, 1).unwrap();
+        let dir = std::env::temp_dir().join(format!("strata-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = crate::fixtures::clicks_config(&dir.join("strata.toml"));
+        config.kafka.brokers = cluster.bootstrap_servers();
+        (cluster, dir, config)
+    }
+
     /// The polling loop ends (a stop, a failure) with a rebalance it recorded and did not
     /// act on: librdkafka waits for that rebalance to be answered, and closing the consumer
     /// would wait for ever. The loop answers it as it ends, and the consumer closes.
     #[test]
     fn a_consumer_with_a_rebalance_left_unanswered_still_closes() {
-        use rdkafka::mocking::MockCluster;
-        use rdkafka::producer::DefaultProducerContext;
-        let cluster = MockCluster::<DefaultProducerContext>::new(1).unwrap();
-        cluster.create_topic("clicks", 2, 1).unwrap();
-        let dir = std::env::temp_dir().join(format!("strata-close-{}", std::process::id()));
-        let mut config = crate::fixtures::clicks_config(&dir.join("strata.toml"));
-        config.kafka.brokers = cluster.bootstrap_servers();
+        let (_cluster, dir, mut config) = on_mock_cluster("close", 2);
         config
             .kafka
             .properties
@@ -790,9 +803,7 @@ mod tests {
     /// the aggregator within seconds.
     #[test]
     fn a_batch_is_cut_once_the_consumer_has_caught_up() {
-        use rdkafka::ClientConfig;
-        use rdkafka::mocking::MockCluster;
-        use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
         fn next(runtime: &tokio::runtime::Runtime, input: &mut mpsc::Receiver<Input>, what: &str) -> Input {
             let within = Duration::from_secs(30);
@@ -802,13 +813,7 @@ mod tests {
                 .expect("the poller stopped")
         }
 
-        let cluster = MockCluster::<DefaultProducerContext>::new(1).unwrap();
-        cluster.create_topic("clicks", 1, 1).unwrap();
-        let dir = std::env::temp_dir().join(format!("strata-caught-up-{}", std::process::id()));
-        // A lake left by an earlier process of the same id would start the partition above 0.
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut config = crate::fixtures::clicks_config(&dir.join("strata.toml"));
-        config.kafka.brokers = cluster.bootstrap_servers();
+        let (cluster, dir, mut config) = on_mock_cluster("caught-up", 1);
         config.speed.batch_interval = Duration::from_secs(60);
         let lake = Lake::new(&config.lake).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
