@@ -404,7 +404,6 @@ mod tests {
         let source = SourceSchema::new(&config.sources[0]);
         for plan in config.view_plans().unwrap() {
             let engine = ViewEngine::new(plan, "clicks", source.raw.clone()).await.unwrap();
-            let mut all_states = Vec::new();
             let mut rounds = Vec::new();
             for round in 0..4i64 {
                 let mut decoder = JsonDecoder::new(source.clone());
@@ -455,9 +454,9 @@ mod tests {
                     engine.plan.name
                 );
                 assert!(prepared_all.iter().map(RecordBatch::num_rows).sum::<usize>() > 0);
-                all_states.extend(prepared_all.clone());
                 rounds.push((events, prepared_all));
             }
+            let all_states: Vec<RecordBatch> = rounds.iter().flat_map(|(_, states)| states.clone()).collect();
             let fresh_fold = engine
                 .run(
                     "__states",
