@@ -181,10 +181,20 @@ impl StrataServer {
     /// `strata <command> --address 127.0.0.1:0` for a command that serves Flight SQL
     /// (`serve`, `run`).
     pub fn start_command(config: &Path, command: &str, extra_env: &[(&str, &str)]) -> StrataServer {
+        Self::spawn(config, command, extra_env, Stdio::inherit())
+    }
+
+    /// `strata serve` with its log written to `log` (for the test to read).
+    pub fn start_logging(config: &Path, extra_env: &[(&str, &str)], log: &Path) -> StrataServer {
+        let file = std::fs::File::create(log).expect("create the server's log");
+        Self::spawn(config, "serve", extra_env, Stdio::from(file))
+    }
+
+    fn spawn(config: &Path, command: &str, extra_env: &[(&str, &str)], stderr: Stdio) -> StrataServer {
         let mut cmd = strata(config);
         cmd.args([command, "--address", "127.0.0.1:0"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in extra_env {
             cmd.env(k, v);
         }

@@ -702,6 +702,12 @@ pub async fn cache_page_indexes(ctx: &datafusion::prelude::SessionContext, table
     use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
     use futures::{StreamExt, TryStreamExt};
     use parquet::file::metadata::PageIndexPolicy;
+    // The table's store, under the name its scans use, may not be in the runtime yet (a
+    // query registers it when it first makes the table's provider): on S3 or HDFS the
+    // footers could not be read.
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| Error::lake("register the lake's store", e))?;
     let runtime = ctx.runtime_env();
     let cache = runtime.cache_manager.get_file_metadata_cache();
     let root = table.table_url();
