@@ -125,8 +125,15 @@ def create_topics(brokers, topics, partitions=4):
 
 def cpu_seconds(pid):
     """User + system CPU time of a running process (all its threads) so far."""
+    return sum(cpu_split(pid)[:2])
+
+
+def cpu_split(pid):
+    """User and system CPU seconds of a running process (all its threads) so far, and its
+    minor page faults."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick, int(fields[7])
 
 
 def reap(proc):
@@ -502,7 +509,7 @@ def main():
         while True:
             done = consumed_count(metrics_port)
             if done > 0 and first is None:
-                first = (time.perf_counter(), done, cpu_seconds(speed.pid))
+                first = (time.perf_counter(), done, cpu_split(speed.pid))
                 if args.profile:
                     profiler = subprocess.Popen(["perf", "record", "-F", "499", *os.environ.get("PERF_EXTRA", "").split(), "-p", str(speed.pid), "-o",
                                                  os.path.join(args.work, "perf.data")],
@@ -512,10 +519,12 @@ def main():
             time.sleep(0.05)
         seconds = time.perf_counter() - first[0]
         ingest = (n - first[1]) / seconds
-        per_cpu = (n - first[1]) / (cpu_seconds(speed.pid) - first[2])
+        user, system, faults = (b - a for a, b in zip(first[2], cpu_split(speed.pid)))
+        per_cpu = (n - first[1]) / (user + system)
         cores = os.cpu_count()
-        print(f"strata speed: {ingest:,.0f} events/s ({ingest / cores:,.0f} per core), {per_cpu:,.0f} per CPU-second",
-              flush=True)
+        print(f"strata speed: {ingest:,.0f} events/s ({ingest / cores:,.0f} per core), {per_cpu:,.0f} per CPU-second "
+              f"({system / (user + system):.0%} of it in the kernel; {faults * 1000 / (n - first[1]):.0f} minor page "
+              f"faults per 1,000 records)", flush=True)
         if profiler:
             profiler.send_signal(2)
             profiler.wait(120)
