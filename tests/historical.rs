@@ -162,7 +162,6 @@ pub fn historical_round_trip(scratch: &Scratch, lake_url: &str, extra_config: &s
     // lake it can read, the server warns of nothing (the footers of the view tables' files
     // were cached with their page indexes, which on S3 once failed on the first query).
     let log = std::fs::read_to_string(&log).expect("the server's log");
-    print!("{log}");
     assert!(
         !log.contains("WARN") && !log.contains("ERROR"),
         "strata serve warned:\n{log}"

@@ -670,15 +670,20 @@ pub fn redact(url: &Url) -> String {
     url.to_string()
 }
 
+/// Registers `table`'s object store in `ctx`'s runtime, under the name its scans use.
+fn register_store(ctx: &datafusion::prelude::SessionContext, table: &DeltaTable) -> Result<()> {
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| Error::lake("register the lake's store", e))
+}
+
 /// A DataFusion provider of `table` for queries in `ctx` (whose runtime learns the table's
 /// object store).
 pub async fn table_provider(
     ctx: &datafusion::prelude::SessionContext,
     table: &DeltaTable,
 ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|e| Error::lake("register the lake's store", e))?;
+    register_store(ctx, table)?;
     let delta = table
         .table_provider()
         .with_session(Arc::new(ctx.state()))
@@ -702,12 +707,9 @@ pub async fn cache_page_indexes(ctx: &datafusion::prelude::SessionContext, table
     use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
     use futures::{StreamExt, TryStreamExt};
     use parquet::file::metadata::PageIndexPolicy;
-    // The table's store, under the name its scans use, may not be in the runtime yet (a
-    // query registers it when it first makes the table's provider): on S3 or HDFS the
-    // footers could not be read.
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|e| Error::lake("register the lake's store", e))?;
+    // The table's store may not be in the runtime yet (a query registers it when it first
+    // makes the table's provider): on S3 or HDFS the footers could not be read.
+    register_store(ctx, table)?;
     let runtime = ctx.runtime_env();
     let cache = runtime.cache_manager.get_file_metadata_cache();
     let root = table.table_url();
