@@ -161,11 +161,15 @@ pub fn historical_round_trip(scratch: &Scratch, lake_url: &str, extra_config: &s
     // Every query above was answered, and none of them had to work around a fault: on a
     // lake it can read, the server warns of nothing (the footers of the view tables' files
     // were cached with their page indexes, which on S3 once failed on the first query).
+    // Nothing but that Kafka is not there: this test runs no broker, and a server that
+    // cannot read the topics' partitions says so once its metadata lookup times out.
     let log = std::fs::read_to_string(&log).expect("the server's log");
-    assert!(
-        !log.contains("WARN") && !log.contains("ERROR"),
-        "strata serve warned:\n{log}"
-    );
+    let faults: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .filter(|l| !l.contains("cannot read the topics' partitions from Kafka"))
+        .collect();
+    assert!(faults.is_empty(), "strata serve warned:\n{log}");
 }
 
 #[test]

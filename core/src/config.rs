@@ -288,6 +288,10 @@ pub struct SpeedConfig {
     /// first record (later while the aggregator is busy).
     #[serde(default = "default_batch_interval", deserialize_with = "de_duration")]
     pub batch_interval: Duration,
+    /// Micro-batches are aggregated together, once a query asks for their states, once this
+    /// many events wait, or when they are archived: a bound on what a query waits for.
+    #[serde(default = "default_aggregate_rows")]
+    pub aggregate_rows: usize,
     /// Where `strata speed` serves its states over Arrow Flight.
     #[serde(default = "default_speed_address", deserialize_with = "de_address")]
     pub address: SocketAddr,
@@ -315,6 +319,9 @@ fn default_flush_rows() -> usize {
 fn default_batch_interval() -> Duration {
     Duration::from_millis(10)
 }
+fn default_aggregate_rows() -> usize {
+    4096
+}
 fn default_speed_address() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 50052))
 }
@@ -331,6 +338,7 @@ impl Default for SpeedConfig {
             flush_interval: default_flush_interval(),
             flush_rows: default_flush_rows(),
             batch_interval: default_batch_interval(),
+            aggregate_rows: default_aggregate_rows(),
             address: default_speed_address(),
             coverage_refresh: default_coverage_refresh(),
             retention_grace: default_retention_grace(),
@@ -995,6 +1003,9 @@ impl Config {
     fn check_speed(&self) -> Result<()> {
         if self.speed.flush_rows == 0 {
             return Err(self.err("speed.flush_rows", "must be greater than 0"));
+        }
+        if self.speed.aggregate_rows == 0 {
+            return Err(self.err("speed.aggregate_rows", "must be greater than 0"));
         }
         Ok(())
     }

@@ -191,12 +191,12 @@ impl Metrics {
         let r = &mut self.registry;
         r.register(
             "strata_speed_visible_seconds",
-            "From an event's consumption to its visibility in queries.",
+            "From a micro-batch's first record to its states in the store (aggregated when a query asks, or once speed.aggregate_rows events wait).",
             self.speed_visible.clone(),
         );
         r.register(
             "strata_speed_batch_seconds",
-            "Time to compute the view states of a micro-batch and publish them.",
+            "Time to compute the view states of the waiting micro-batches and publish them.",
             self.speed_batch.clone(),
         );
         r.register(

@@ -5,11 +5,20 @@
 //! ```text
 //!  consumer ──Input──► aggregator ──ArchiveJob──► archiver ──► lake (raw, rejected)
 //!                          │ states per view, per partition segment
-//!                          ▼
-//!                        Store ◄── queries (states beyond a batch coverage)
+//!                          ▼                ▲ Demand: aggregate what has been received
+//!                        Store ◄── queries ─┘ (states beyond a batch coverage)
 //! ```
+//!
+//! Micro-batches are aggregated together, not one by one: a micro-batch's events wait
+//! until a query asks for the states ([`Demand`]), `speed.aggregate_rows` events wait, or
+//! the segment is cut. Under a steady load a micro-batch holds a few hundred events, and
+//! aggregating each alone made one state row (with its sketches) per group for every few
+//! events; the states of what waits are not in the store yet, and the store's position says
+//! so (a partition's consumed offset is the end of its states), so a query that does not
+//! wait for them still counts every event it reports exactly once.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +46,47 @@ const FOLD_AT: usize = 32;
 /// commit of ours out).
 const REVOKE_ARCHIVE_WAIT: Duration = Duration::from_secs(30);
 
+/// How long a query waits for the aggregator to aggregate what it has received; past it (the
+/// aggregator is recovering partitions, or waiting for the archive), the query reads the
+/// states already in the store.
+pub const DEMAND_WAIT: Duration = Duration::from_millis(100);
+
+/// Lets a query ask the aggregator for the states of every micro-batch it has received.
+#[derive(Debug, Clone)]
+pub struct Demand {
+    asks: mpsc::UnboundedSender<oneshot::Sender<()>>,
+    /// Micro-batches received and not aggregated yet.
+    waiting: Arc<AtomicUsize>,
+    /// How long a query waits at most.
+    wait: Duration,
+}
+
+impl Demand {
+    /// Returns once the states of every micro-batch the aggregator had received are in the
+    /// store, or after its wait ([`DEMAND_WAIT`] for queries); at once when none waits.
+    pub async fn fresh(&self) {
+        if self.waiting.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let (ask, answered) = oneshot::channel();
+        if self.asks.send(ask).is_ok() {
+            let _ = tokio::time::timeout(self.wait, answered).await;
+        }
+    }
+}
+
+/// Micro-batches of one source received and not aggregated yet.
+#[derive(Debug, Default)]
+struct Waiting {
+    events: Vec<RecordBatch>,
+    rejects: Vec<RecordBatch>,
+    rows: usize,
+    /// Per partition, from the first offset they consumed to the next one.
+    positions: BTreeMap<TopicPartition, (i64, i64)>,
+    /// When each batch's first record was consumed.
+    consumed_at: Vec<Instant>,
+}
+
 pub struct Aggregator {
     pub engines: Vec<Arc<ViewEngine>>,
     pub view_source: Vec<usize>,
@@ -45,13 +95,22 @@ pub struct Aggregator {
     pub lake: Lake,
     pub flush_interval: Duration,
     pub flush_rows: usize,
+    /// Aggregate the waiting micro-batches once they hold this many events.
+    pub aggregate_rows: usize,
     pub archive: mpsc::Sender<ArchiveMessage>,
     /// Buffered since the last flush, per source.
     pub events: Vec<Vec<RecordBatch>>,
     pub rejects: Vec<Vec<RecordBatch>>,
     pub buffered_rows: usize,
+    /// Per source: micro-batches not aggregated yet.
+    waiting: Vec<Waiting>,
+    /// How many micro-batches wait, over all sources (read by [`Demand`]).
+    waiting_batches: Arc<AtomicUsize>,
+    asks: mpsc::UnboundedSender<oneshot::Sender<()>>,
+    asked: Option<mpsc::UnboundedReceiver<oneshot::Sender<()>>>,
+    /// Time from a micro-batch's first record to its states in the store.
     pub visible: Histogram,
-    /// Time to turn one micro-batch into states and publish them.
+    /// Time to turn the waiting micro-batches into states and publish them.
     pub compute: Histogram,
     /// Fold jobs for the folder (while running), and those not done yet.
     folds: Option<mpsc::UnboundedSender<FoldJob>>,
@@ -65,10 +124,11 @@ impl Aggregator {
         sources: Vec<Arc<SourceSchema>>,
         store: Arc<Mutex<Store>>,
         lake: Lake,
-        (flush_interval, flush_rows): (Duration, usize),
+        (flush_interval, flush_rows, aggregate_rows): (Duration, usize, usize),
         archive: mpsc::Sender<ArchiveMessage>,
     ) -> Self {
         let n = sources.len();
+        let (asks, asked) = mpsc::unbounded_channel();
         Aggregator {
             engines,
             view_source,
@@ -77,14 +137,28 @@ impl Aggregator {
             lake,
             flush_interval,
             flush_rows,
+            aggregate_rows,
             archive,
             events: vec![Vec::new(); n],
             rejects: vec![Vec::new(); n],
             buffered_rows: 0,
+            waiting: (0..n).map(|_| Waiting::default()).collect(),
+            waiting_batches: Arc::default(),
+            asks,
+            asked: Some(asked),
             folds: None,
             fold_pending: Arc::default(),
             visible: metrics().speed_visible.clone(),
             compute: metrics().speed_batch.clone(),
+        }
+    }
+
+    /// The handle queries ask for fresh states through, waiting at most `wait`.
+    pub fn demand(&self, wait: Duration) -> Demand {
+        Demand {
+            asks: self.asks.clone(),
+            waiting: self.waiting_batches.clone(),
+            wait,
         }
     }
 
@@ -98,28 +172,28 @@ impl Aggregator {
         };
         let mut folder = tokio::spawn(folder.run(jobs));
         self.folds = Some(folds);
+        let mut asked = self.asked.take().expect("an aggregator runs once");
         let mut last_flush = Instant::now();
         loop {
             let wait = self.flush_interval.saturating_sub(last_flush.elapsed());
             tokio::select! {
-                next = input.recv() => match next {
-                    Some(Input::Batch(batch)) => self.batch(batch).await?,
-                    Some(Input::Assigned(list)) => self.assigned(list).await?,
-                    Some(Input::Revoked { partitions: keys, done }) => {
-                        // What the partitions consumed is archived before they go: their new
-                        // owner starts where this process stopped, and nothing is consumed twice.
-                        self.flush().await?;
-                        last_flush = Instant::now();
-                        self.archived().await;
-                        self.revoked(&keys);
-                        let _ = done.send(());
-                    }
-                    None => {
-                        self.flush().await?;
-                        self.folds = None;
-                        return join_folder(folder).await;
-                    }
+                next = input.recv() => if !self.input(next, &mut last_flush).await? {
+                    self.folds = None;
+                    return join_folder(folder).await;
                 },
+                Some(ask) = asked.recv() => {
+                    // What the consumer had sent when the query asked is received first (no
+                    // more: a consumer catching up refills the channel at once).
+                    for _ in 0..input.len() {
+                        let Ok(next) = input.try_recv() else { break };
+                        self.input(Some(next), &mut last_flush).await?;
+                    }
+                    self.aggregate_all().await?;
+                    let _ = ask.send(());
+                    while let Ok(ask) = asked.try_recv() {
+                        let _ = ask.send(());
+                    }
+                }
                 // The folder only ends early on an error.
                 ended = &mut folder => return ended.map_err(|e| Error::Internal(format!("folder: {e}")))?,
                 () = tokio::time::sleep(wait) => {}
@@ -129,6 +203,34 @@ impl Aggregator {
                 last_flush = Instant::now();
             }
         }
+    }
+
+    /// Handles one message of the consumer; false once its channel has closed (everything
+    /// received is then archived).
+    async fn input(&mut self, next: Option<Input>, last_flush: &mut Instant) -> Result<bool> {
+        match next {
+            Some(Input::Batch(batch)) => self.batch(batch).await?,
+            Some(Input::Assigned(list)) => {
+                // Recovery replaces the states of the partitions it rebuilds: what waits
+                // goes into the store before.
+                self.aggregate_all().await?;
+                self.assigned(list).await?;
+            }
+            Some(Input::Revoked { partitions: keys, done }) => {
+                // What the partitions consumed is archived before they go: their new
+                // owner starts where this process stopped, and nothing is consumed twice.
+                self.flush().await?;
+                *last_flush = Instant::now();
+                self.archived().await;
+                self.revoked(&keys);
+                let _ = done.send(());
+            }
+            None => {
+                self.flush().await?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Asks the folder to fold a segment's states of view `v` (once while pending).
@@ -156,40 +258,27 @@ impl Aggregator {
         }
     }
 
+    /// Buffers a micro-batch for the archive; its states wait (see the module's documentation).
     async fn batch(&mut self, batch: MicroBatch) -> Result<()> {
-        let started = Instant::now();
         let source = batch.source;
-        let states = match &batch.events {
-            Some(events) => self.states(source, events).await?,
-            None => Vec::new(),
-        };
-        let event_time = self.sources[source].event_time;
-        let times = batch
-            .events
-            .as_ref()
-            .map(|e| per_partition_times(e, event_time))
-            .unwrap_or_default();
-        let windows: Vec<(usize, WindowSpec)> = self
-            .engines
-            .iter()
-            .enumerate()
-            .filter(|(v, _)| self.view_source[*v] == source)
-            .map(|(v, e)| (v, e.plan.window.clone()))
-            .collect();
-        let to_fold = {
-            let mut store = self.store.lock().expect("store lock");
-            let to_fold = add_states(&mut store, source, &batch.positions, &states);
-            count_events(&mut store, times, &windows);
-            if let Some(r) = &batch.rejects {
-                count_rejects(&mut store, r);
-            }
-            to_fold
-        };
-        self.visible.observe(batch.consumed_at.elapsed().as_secs_f64());
-        self.compute.observe(started.elapsed().as_secs_f64());
-        for (key, start, v) in to_fold {
-            self.fold_later(&key, start, v);
+        let waiting = &mut self.waiting[source];
+        for r in &batch.positions {
+            waiting
+                .positions
+                .entry(r.partition.clone())
+                .and_modify(|(_, end)| *end = r.end)
+                .or_insert((r.start, r.end));
         }
+        waiting.consumed_at.push(batch.consumed_at);
+        if let Some(e) = &batch.events {
+            waiting.rows += e.num_rows();
+            waiting.events.push(e.clone());
+        }
+        if let Some(r) = &batch.rejects {
+            waiting.rejects.push(r.clone());
+        }
+        let aggregate = waiting.rows >= self.aggregate_rows;
+        self.waiting_batches.fetch_add(1, Ordering::Release);
         let rows = batch.events.as_ref().map_or(0, RecordBatch::num_rows)
             + batch.rejects.as_ref().map_or(0, RecordBatch::num_rows);
         self.buffered_rows += rows;
@@ -199,12 +288,73 @@ impl Aggregator {
         if let Some(r) = batch.rejects {
             self.rejects[source].push(r);
         }
+        if aggregate {
+            self.aggregate(source).await?;
+        }
+        Ok(())
+    }
+
+    /// Turns the waiting micro-batches of every source into states in the store.
+    async fn aggregate_all(&mut self) -> Result<()> {
+        for s in 0..self.sources.len() {
+            self.aggregate(s).await?;
+        }
+        Ok(())
+    }
+
+    /// Turns the waiting micro-batches of `source` into states in the open segments of their
+    /// partitions, which then end where the batches do, and counts their events (with the
+    /// states, so that a partition's counts and its position agree).
+    async fn aggregate(&mut self, source: usize) -> Result<()> {
+        let waiting = std::mem::take(&mut self.waiting[source]);
+        if waiting.consumed_at.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let states = if waiting.rows > 0 {
+            self.states(source, waiting.events.clone()).await?
+        } else {
+            Vec::new()
+        };
+        let positions: Vec<OffsetRange> = waiting
+            .positions
+            .into_iter()
+            .map(|(partition, (start, end))| OffsetRange { partition, start, end })
+            .collect();
+        let event_time = self.sources[source].event_time;
+        let windows: Vec<(usize, WindowSpec)> = self
+            .engines
+            .iter()
+            .enumerate()
+            .filter(|(v, _)| self.view_source[*v] == source)
+            .map(|(v, e)| (v, e.plan.window.clone()))
+            .collect();
+        let to_fold = {
+            let mut store = self.store.lock().expect("store lock");
+            let to_fold = add_states(&mut store, source, &positions, &states);
+            for events in &waiting.events {
+                count_events(&mut store, per_partition_times(events, event_time), &windows);
+            }
+            for rejects in &waiting.rejects {
+                count_rejects(&mut store, rejects);
+            }
+            to_fold
+        };
+        self.waiting_batches
+            .fetch_sub(waiting.consumed_at.len(), Ordering::Release);
+        for consumed_at in &waiting.consumed_at {
+            self.visible.observe(consumed_at.elapsed().as_secs_f64());
+        }
+        self.compute.observe(started.elapsed().as_secs_f64());
+        for (key, start, v) in to_fold {
+            self.fold_later(&key, start, v);
+        }
         Ok(())
     }
 
     /// States of every view of `source` over `events`, per partition; the views at once, each
     /// on a worker of the CPU runtime (events are visible when the slowest view is done).
-    async fn states(&self, source: usize, events: &RecordBatch) -> Result<Vec<ViewStates>> {
+    async fn states(&self, source: usize, events: Vec<RecordBatch>) -> Result<Vec<ViewStates>> {
         let mut views = tokio::task::JoinSet::new();
         for (v, engine) in self
             .engines
@@ -226,6 +376,7 @@ impl Aggregator {
 
     /// Closes every open segment and hands what they hold to the archiver.
     pub async fn flush(&mut self) -> Result<()> {
+        self.aggregate_all().await?;
         let mut jobs = Vec::new();
         let mut closed = Vec::new();
         {
@@ -855,7 +1006,7 @@ mod tests {
             vec![source.clone()],
             store.clone(),
             lake.clone(),
-            (Duration::from_secs(1), 1000),
+            (Duration::from_secs(1), 1000, 1000),
             archive,
         );
         aggregator
@@ -958,7 +1109,7 @@ mod tests {
             let events = decoder.finish();
             let segment = p.open_segment(views);
             for (v, engine) in engines.iter().enumerate() {
-                let states = engine.states_by_partition(events.clone()).await.unwrap();
+                let states = engine.states_by_partition(vec![events.clone()]).await.unwrap();
                 segment.states[v].extend(states[&key].iter().cloned());
             }
         }
@@ -998,5 +1149,153 @@ mod tests {
             };
             assert_eq!(show(states), show(want), "{}", engines[v].plan.name);
         }
+    }
+
+    /// Micro-batches wait to be aggregated together: their states reach the store (and their
+    /// events its counts) only when a query asks, and then every batch received by then, or
+    /// once `aggregate_rows` events wait; until then the store's position stays where its
+    /// states end, so what it reports is exact either way.
+    #[tokio::test]
+    async fn states_wait_until_a_query_asks_or_enough_events_wait() {
+        use arrow::array::Int64Array;
+        use strata_core::decode::{JsonDecoder, KafkaPosition};
+
+        let dir = std::env::temp_dir().join(format!("strata-demand-{}", std::process::id()));
+        let config = crate::fixtures::clicks_config(&dir.join("strata.toml"));
+        let (source, engines) = crate::fixtures::clicks_engines(&config).await;
+        let views = engines.len();
+        let names = engines.iter().map(|e| e.plan.name.clone()).collect();
+        let store = Arc::new(Mutex::new(Store::new(names, vec![0; views])));
+        let (archive, _jobs) = mpsc::channel(8);
+        let aggregator = Aggregator::new(
+            engines,
+            vec![0; views],
+            vec![source.clone()],
+            store.clone(),
+            Lake::new(&config.lake).unwrap(),
+            (Duration::from_secs(3600), 1_000_000, 250),
+            archive,
+        );
+        // Long enough for a loaded machine: a query that gave up would fail the test.
+        let demand = aggregator.demand(Duration::from_secs(60));
+        let (input, received) = mpsc::channel(1);
+        let running = tokio::spawn(aggregator.run(received));
+        // A micro-batch of `n` events on each of partitions 0 and 1, from `offset` on.
+        let micro_batch = |offset: i64, n: i64| {
+            let mut decoder = JsonDecoder::new(source.clone());
+            for partition in 0..2 {
+                for o in offset..offset + n {
+                    let record = format!(
+                        r#"{{"ts":{},"user":"u{o}","page":"/p{partition}","ms":50}}"#,
+                        1_795_219_200_000i64 + o
+                    );
+                    let position = KafkaPosition {
+                        topic: "clicks",
+                        partition,
+                        offset: o,
+                    };
+                    decoder.decode(record.as_bytes(), Some(position)).unwrap();
+                }
+            }
+            Input::Batch(MicroBatch {
+                source: 0,
+                events: Some(decoder.finish()),
+                rejects: None,
+                positions: (0..2)
+                    .map(|p| OffsetRange {
+                        partition: TopicPartition::new("clicks", p),
+                        start: offset,
+                        end: offset + n,
+                    })
+                    .collect(),
+                consumed_at: Instant::now(),
+            })
+        };
+        // Per partition: events counted, the end of the states, and `n` summed over them.
+        let seen = |store: &Mutex<Store>| -> Vec<(u64, i64, i64)> {
+            let store = store.lock().unwrap();
+            (0..2)
+                .map(|p| {
+                    let key = TopicPartition::new("clicks", p);
+                    let held = store.partitions.get(&key);
+                    let parts = store.states("per_page", &Offsets::new()).unwrap();
+                    let n = parts
+                        .iter()
+                        .filter(|part| part.range.offsets.partition == key)
+                        .flat_map(|part| &part.batches)
+                        .map(|b| {
+                            let n = b
+                                .column_by_name("n__count")
+                                .unwrap()
+                                .as_any()
+                                .downcast_ref::<Int64Array>()
+                                .unwrap();
+                            n.iter().flatten().sum::<i64>()
+                        })
+                        .sum();
+                    (
+                        held.map_or(0, |h| h.events),
+                        held.map_or(0, PartitionStates::consumed),
+                        n,
+                    )
+                })
+                .collect()
+        };
+        let until = |want: Vec<(u64, i64, i64)>| {
+            let store = store.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while seen(&store) != want {
+                    assert!(Instant::now() < deadline, "{:?}, not {want:?}", seen(&store));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+
+        let waiting = |n: usize| {
+            let waiting = demand.waiting.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while waiting.load(Ordering::Acquire) != n {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{} micro-batches wait, not {n}",
+                        waiting.load(Ordering::Acquire)
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        input.send(micro_batch(0, 40)).await.unwrap();
+        waiting(1).await;
+        // Received (80 events: below 250), not aggregated: no states, nothing counted, no
+        // position.
+        assert_eq!(seen(&store), [(0, 0, 0), (0, 0, 0)]);
+        // The last of these is in the channel when the query asks, or received just before.
+        input.send(micro_batch(40, 40)).await.unwrap();
+        input.send(micro_batch(80, 40)).await.unwrap();
+        demand.fresh().await;
+        assert_eq!(seen(&store), [(120, 120, 120), (120, 120, 120)]);
+        // Nothing waits: the next query does not ask.
+        assert_eq!(demand.waiting.load(Ordering::Acquire), 0);
+
+        // 2 x 130 events wait: aggregated without being asked.
+        input.send(micro_batch(120, 65)).await.unwrap();
+        input.send(micro_batch(185, 65)).await.unwrap();
+        until(vec![(250, 250, 250), (250, 250, 250)]).await;
+        let segments: Vec<usize> = store
+            .lock()
+            .unwrap()
+            .partitions
+            .values()
+            .map(|p| p.segments[0].states[0].len())
+            .collect();
+        assert_eq!(segments, [2, 2], "one state batch per aggregation and partition");
+
+        // Closing the channel archives what waits, its states in the store first.
+        input.send(micro_batch(250, 10)).await.unwrap();
+        drop(input);
+        running.await.unwrap().unwrap();
+        assert_eq!(seen(&store), [(260, 260, 260), (260, 260, 260)]);
     }
 }

@@ -106,12 +106,15 @@ impl ViewEngine {
         Ok(out?)
     }
 
-    /// The states of a batch of raw events, per Kafka partition (`topic/partition` key).
-    pub async fn states_by_partition(&self, events: RecordBatch) -> Result<BTreeMap<TopicPartition, Vec<RecordBatch>>> {
-        if events.num_rows() == 0 {
+    /// The states of batches of raw events, per Kafka partition (`topic/partition` key).
+    pub async fn states_by_partition(
+        &self,
+        events: Vec<RecordBatch>,
+    ) -> Result<BTreeMap<TopicPartition, Vec<RecordBatch>>> {
+        if events.iter().all(|e| e.num_rows() == 0) {
             return Ok(BTreeMap::new());
         }
-        let keyed = self.by_partition.run(vec![events]).await?;
+        let keyed = self.by_partition.run(events).await?;
         let mut out: BTreeMap<TopicPartition, Vec<RecordBatch>> = BTreeMap::new();
         for batch in keyed {
             for (key, part) in self.split(&batch, |b, row| {
@@ -424,7 +427,7 @@ mod tests {
                     decoder.decode(record.as_bytes(), Some(position)).unwrap();
                 }
                 let events = decoder.finish();
-                let prepared = engine.states_by_partition(events.clone()).await.unwrap();
+                let prepared = engine.states_by_partition(vec![events.clone()]).await.unwrap();
                 let sql = engine.plan.state_sql_keyed(
                     "clicks",
                     &[(&quote(TOPIC), KEY_TOPIC), (&quote(PARTITION), KEY_PARTITION)],
@@ -476,7 +479,7 @@ mod tests {
                     tokio::spawn(async move {
                         for i in 0..25 {
                             let (events, alone) = &rounds[(task + i) % rounds.len()];
-                            let again = engine.states_by_partition(events.clone()).await.unwrap();
+                            let again = engine.states_by_partition(vec![events.clone()]).await.unwrap();
                             let again: Vec<RecordBatch> = again.values().flatten().cloned().collect();
                             assert_eq!(sorted_rows(alone), sorted_rows(&again));
                             let folded = engine.fold(all_states.to_vec()).await.unwrap();

@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregate::Aggregator;
+use crate::aggregate::{Aggregator, Demand};
 use crate::archive::Archiver;
 use crate::consumer::{KafkaConsumer, Poller};
 use crate::engine::ViewEngine;
@@ -50,6 +50,8 @@ use crate::store::Store;
 pub struct SpeedLayer {
     name: String,
     store: Arc<Mutex<Store>>,
+    /// Asks the aggregator for the states of what it has received, before a query reads them.
+    demand: Demand,
     sources: Vec<Arc<SourceSchema>>,
     state_schemas: Vec<arrow::datatypes::SchemaRef>,
     consumer: Arc<KafkaConsumer>,
@@ -105,9 +107,14 @@ impl SpeedLayer {
             sources.clone(),
             store.clone(),
             lake.clone(),
-            (config.speed.flush_interval, config.speed.flush_rows),
+            (
+                config.speed.flush_interval,
+                config.speed.flush_rows,
+                config.speed.aggregate_rows,
+            ),
             archive_tx,
         );
+        let demand = aggregator.demand(aggregate::DEMAND_WAIT);
         let aggregator = cpu.handle().spawn(watch(
             aggregator.run(input_rx),
             "aggregator",
@@ -126,7 +133,7 @@ impl SpeedLayer {
         let refresher = tokio::spawn(refresh(
             lake,
             fingerprints,
-            store.clone(),
+            (store.clone(), demand.clone()),
             consumer.clone(),
             config.speed.coverage_refresh,
             config.speed.retention_grace,
@@ -135,6 +142,7 @@ impl SpeedLayer {
         Ok(Arc::new(SpeedLayer {
             name: format!("speed@{}", config.speed.address),
             store,
+            demand: demand.clone(),
             sources,
             state_schemas,
             consumer,
@@ -267,7 +275,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 async fn refresh(
     lake: Lake,
     fingerprints: Vec<String>,
-    store: Arc<Mutex<Store>>,
+    (store, demand): (Arc<Mutex<Store>>, Demand),
     consumer: Arc<KafkaConsumer>,
     every: Duration,
     grace: Duration,
@@ -320,6 +328,8 @@ async fn refresh(
         })
         .await
         .unwrap_or_default();
+        // The lag is counted from the end of the states.
+        demand.fresh().await;
         let mut store = store.lock().expect("store lock");
         for (tp, high) in marks {
             if let Some(ps) = store.partitions.get_mut(&tp) {
@@ -390,10 +400,12 @@ impl SpeedSource for SpeedLayer {
                 message: format!("stopped: {f}"),
             });
         }
+        self.demand.fresh().await;
         self.store.lock().expect("store lock").states(view, coverage)
     }
 
     async fn status(&self) -> Result<SpeedStatus> {
+        self.demand.fresh().await;
         let store = self.store.lock().expect("store lock");
         let mut partitions = store.partition_status();
         for p in &mut partitions {
