@@ -223,7 +223,7 @@ fn status_line(status: &strata_core::speed::SpeedStatus, rate: f64, elapsed: Dur
     let late: u64 = status.partitions.iter().map(|p| p.late_events).sum();
     let rejected: u64 = status.partitions.iter().map(|p| p.rejected).sum();
     format!(
-        "[{:>4.0}s] {rate:>8.0} events/s  {events} events ({late} late, {rejected} rejected)  visible p99 <= {p99}",
+        "[{:>4.0}s] {rate:>8.0} events/s  {events} events ({late} late, {rejected} rejected)  aggregated p99 <= {p99}",
         elapsed.as_secs_f64()
     )
 }
@@ -242,7 +242,9 @@ async fn live_view(
     let p50 = metrics()
         .quantile("strata_speed_visible_seconds", 0.5)
         .map_or("-".to_string(), |s| format!("{:.1} ms", s * 1000.0));
-    out.push_str(&format!("freshness: consumed -> visible p50 <= {p50}\n"));
+    out.push_str(&format!(
+        "freshness: consumed -> aggregated p50 <= {p50} (a query aggregates what waits: it counts every event consumed before it)\n"
+    ));
     for v in &status.views {
         out.push_str(&format!(
             "  {:<11} {:>3} generations, {:>7} live states, {:>6.0} bytes/state\n",
