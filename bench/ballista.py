@@ -52,6 +52,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 from batch import active_files, run  # bench/batch.py, beside this script
+from speed import free_port  # bench/speed.py
 
 VIEWS = ("page_stats", "device_5m")
 
@@ -283,12 +284,6 @@ def parse_jobs(batch_log, view_seconds, scheduler_log, executor_logs):
 
 
 # --- processes ------------------------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def listening(port):
     try:

@@ -57,6 +57,11 @@ Measures:
              output topic (librdkafka, fetch.wait.max.ms 5) receives the row of the probe's
              country. p50/p99 over the probes, and the p50 of the first and of the last tenth
              of them: one growing over the measure means the engine fell behind the load.
+             Strata's rows (unless --skip-strata), under the same loads: `strata run` (speed
+             and serving in one process) on a topic of its own, timed as bench/speed.py times
+             it: from the probe's produce call until a Flight SQL query of page_stats returns
+             its row (queries 5 ms apart; each probe's first query, sent as it is produced,
+             misses it), probes for up to 15 s once Strata keeps pace with the load.
 
 Run it with scripts/bench.sh engines [EVENTS]. Prints Markdown tables for BENCHMARKS.md.
 """
@@ -79,8 +84,8 @@ JOB = len(sys.argv) > 1 and sys.argv[1] in ("flink-job", "spark-job")
 if not JOB:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
 
-    from speed import (PROBE_EVERY, LOAD_LINGER_MS, TOPIC, create_topics, free_port, metric, probe_record,  # bench/speed.py
-                       produce_file, start_kafka, stop, wait_port)
+    from speed import (PROBE_EVERY, LOAD_LINGER_MS, TOPIC, PyArrowFlightSql, create_topics, free_port, metric,  # bench/speed.py
+                       probe_freshness, probe_record, produce_file, start_kafka, stop, wait_assigned, wait_port)
 
 VIEWS = ("page_stats", "device_5m")
 PARTITIONS = 4
@@ -417,15 +422,22 @@ def engine_consume(name, a, brokers, topic, out, markers):
         reader.stop()
 
 
-def strata_consume(a, brokers, topic, records):
-    """`strata speed` (the example config's views, the archive on) consuming `topic` from the
-    start: (CPU seconds of its process, wall seconds since its start) once it has consumed
-    `records` (valid and rejected)."""
+def strata_config(a, topic):
+    """The example config (its views, the archive on; no batch schedule) on `topic`, a lake of
+    its own, fetches waited for at most 5 ms as the other engines' (bench/speed.py's too)."""
     config = os.path.join(a.work, f"strata-{topic}.toml")
     text = (open(os.path.join(a.repo, "strata.example.toml")).read().replace('interval = "5m"\n', "")
             .replace('"auto.offset.reset" = "earliest"', '"auto.offset.reset" = "earliest"\n"fetch.wait.max.ms" = "5"')
             .replace('topics = ["page_views"]', f'topics = ["{topic}"]').replace('url = "./lake"', f'url = "./lake-{topic}"'))
     open(config, "w").write(text)
+    return config
+
+
+def strata_consume(a, brokers, topic, records):
+    """`strata speed` (the example config's views, the archive on) consuming `topic` from the
+    start: (CPU seconds of its process, wall seconds since its start) once it has consumed
+    `records` (valid and rejected)."""
+    config = strata_config(a, topic)
     metrics_port = free_port()
     started = time.perf_counter()
     speed = subprocess.Popen([a.strata, "--config", config, "speed", "--address", f"127.0.0.1:{free_port()}",
@@ -487,6 +499,31 @@ def freshness(name, a, brokers, data, rate, k):
             load.wait(60)
         engine.stop()
         reader.stop()
+
+
+def strata_freshness(a, brokers, data, rate, k):
+    """Strata's freshness as bench/speed.py times it, under the same load as the other engines:
+    `strata run` (speed and serving in one process) on a topic of its own; once it keeps pace
+    with the load, a probe record every PROBE_EVERY s for up to 15 s, each timed from its
+    produce call until a Flight SQL query of page_stats (pyarrow.flight) returns its row: a
+    query, a pause of 5 ms, again. Returns the latencies in ms, in the order the probes were
+    sent, and the number of probes sent."""
+    topic = f"fresh{k}_strata"
+    create_topics(brokers, [topic])
+    serve_port, metrics_port = free_port(), free_port()
+    run = subprocess.Popen([a.strata, "--config", strata_config(a, topic), "run", "--address", f"127.0.0.1:{serve_port}",
+                            "--metrics-address", f"127.0.0.1:{metrics_port}"],
+                           env=dict(os.environ, STRATA_LOG="warn", STRATA_KAFKA_BROKERS=brokers), cwd=a.work,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(serve_port, run, "strata run")
+        wait_assigned(brokers, [topic], metrics_port)
+        client = PyArrowFlightSql(f"grpc://127.0.0.1:{serve_port}")
+        probes = int(a.probe_seconds / PROBE_EVERY)
+        *_, latencies = probe_freshness(brokers, topic, client, metrics_port, a.produce_load, data, rate, probes)
+        return latencies, len(latencies)
+    finally:
+        stop(run)
 
 
 def percentile(values, q):
@@ -567,8 +604,9 @@ def main():
                                if name != "strata"])
         fresh = []
         for load_rate in sorted({min(a.light_rate, rate), rate}):
-            for name in a.engines:
-                latencies, sent = freshness(name, a, brokers, data, load_rate, len(fresh))
+            for name in ([] if a.skip_strata else ["strata"]) + a.engines:
+                latencies, sent = (strata_freshness(a, brokers, data, load_rate, len(fresh)) if name == "strata"
+                                   else freshness(name, a, brokers, data, load_rate, len(fresh)))
                 if latencies:
                     print(f"{name}: freshness at {load_rate:,.0f} events/s: p50 {percentile(latencies, 0.5):.0f} ms, "
                           f"p99 {percentile(latencies, 0.99):.0f} ms, first -> last tenth {trend(latencies)} "
@@ -589,7 +627,8 @@ def main():
             print(f"| {name} | {cpu:.1f} | {wall:.1f} | {per(cpu)} | {fixed_cpu:.1f} / {fixed_wall:.1f} | "
                   f"{per(cpu - fixed_cpu)} | {per(wall - fixed_wall)} | {counted} |")
         print()
-        print("| freshness: probe produced -> its row read from the page_stats output topic | p50 | p99 | max "
+        print("| freshness: probe produced -> its row in page_stats as a client reads it (Flink, Spark: from the output "
+              "topic; Strata: a Flight SQL query) | p50 | p99 | max "
               "| p50, first -> last tenth of the probes | probes seen |")
         print("|---|---:|---:|---:|---:|---:|")
         for name, load_rate, latencies, sent in fresh:

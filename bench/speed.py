@@ -61,10 +61,20 @@ def probe_record(country, who="probe"):
                        "country": country, "url": f"/{who}", "device": who, "latency_ms": 1}).encode()
 
 
+_HANDED_OUT = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, never one this process handed out before: the kernel may give the
+    same ephemeral port to two binds in a row once the first socket is closed, and two
+    servers of a run would then race for it."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_port(port, proc, what):
@@ -201,7 +211,7 @@ def probe_freshness(brokers, topic, client, metrics_port, produce_load, data, ra
     explains the figures: the p50 and p99 of Strata's own consumed -> visible time
     (`strata_speed_visible_seconds`, bucket bounds in ms), the probe's queries' p50 in ms,
     and the queries a probe took on average (the first is sent as it is produced, and
-    misses it)."""
+    misses it); and every probe's latency in ms, in the order they were sent."""
     sent = [0]
     load = subprocess.Popen([produce_load, brokers, topic, "4", data, str(int(rate)), str(LOAD_LINGER_MS)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -247,6 +257,7 @@ def probe_freshness(brokers, topic, client, metrics_port, produce_load, data, ra
             # POLL_PAUSE adds at most that to a measure.
             time.sleep(POLL_PAUSE)
         time.sleep(max(0.0, PROBE_EVERY - (time.perf_counter() - started)))
+    probe.flush(30)  # delivery reports served: every probe was seen already
     consumed = consumed_count(metrics_port)
     behind = max(0, sent[0] + len(latencies) - (consumed - consumed_before))
     visible_after = histogram(metrics_port, "strata_speed_visible_seconds")
@@ -263,6 +274,7 @@ def probe_freshness(brokers, topic, client, metrics_port, produce_load, data, ra
         time.sleep(0.1)
     if not latencies:
         raise SystemExit("no probe was timed")
+    in_order = [t * 1000 for t in latencies]
     latencies.sort()
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
@@ -272,7 +284,7 @@ def probe_freshness(brokers, topic, client, metrics_port, produce_load, data, ra
     queries = len(query_times)
     query_times.sort()
     explained = (visible[0] * 1000, visible[1] * 1000, query_times[queries // 2] * 1000, queries / len(latencies))
-    return p50, p99, behind, explained
+    return p50, p99, behind, explained, in_order
 
 
 def floor_delay(brokers, topic, raw_consume, produce_load, data, rate, seconds):
@@ -397,7 +409,7 @@ def freshness_on(broker, brokers, args, text, data, rates, env):
         wait_assigned(brokers, fresh, metrics_port)
         client = PyArrowFlightSql(f"grpc://127.0.0.1:{serve_port}")
         for rate, topic in zip(rates, fresh):
-            p50, p99, behind, explained = probe_freshness(brokers, topic, client, metrics_port, args.produce_load,
+            p50, p99, behind, explained, _ = probe_freshness(brokers, topic, client, metrics_port, args.produce_load,
                                                           data, rate, args.probes)
             print(f"{broker}: freshness at {rate:,.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
                   f"consumer behind the producer by {behind:,.0f} events at the end; consumed -> visible "

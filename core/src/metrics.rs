@@ -161,27 +161,27 @@ impl Metrics {
         let r = &mut self.registry;
         r.register(
             "strata_events_consumed",
-            "Valid events consumed from Kafka.",
+            "Valid events consumed from Kafka",
             self.events_consumed.clone(),
         );
         r.register(
             "strata_events_rejected",
-            "Records rejected (unparsable, wrong type, no event time, too large).",
+            "Records rejected (unparsable, wrong type, no event time, too large)",
             self.events_rejected.clone(),
         );
         r.register(
             "strata_kafka_delay_seconds",
-            "From a record's Kafka timestamp (its produce, under CreateTime) to its consumption.",
+            "From a record's Kafka timestamp (its produce, under CreateTime) to its consumption",
             self.kafka_delay.clone(),
         );
         r.register(
             "strata_consumer_offsets_out_of_range",
-            "Offsets between a partition's position in the lake and what Kafka holds, never consumed (retention deleted them, or the topic was recreated).",
+            "Offsets between a partition's position in the lake and what Kafka holds, never consumed (retention deleted them, or the topic was recreated)",
             self.offsets_out_of_range.clone(),
         );
         r.register(
             "strata_consumer_lag",
-            "Messages in Kafka not yet consumed.",
+            "Messages in Kafka not yet consumed",
             self.consumer_lag.clone(),
         );
     }
@@ -191,27 +191,27 @@ impl Metrics {
         let r = &mut self.registry;
         r.register(
             "strata_speed_visible_seconds",
-            "From a micro-batch's first record to its states in the store (aggregated when a query asks, or once speed.aggregate_rows events wait).",
+            "From a micro-batch's first record to its states in the store (aggregated when a query asks, or once speed.aggregate_rows events wait)",
             self.speed_visible.clone(),
         );
         r.register(
             "strata_speed_batch_seconds",
-            "Time to compute the view states of the waiting micro-batches and publish them.",
+            "Time to compute the view states of the waiting micro-batches and publish them",
             self.speed_batch.clone(),
         );
         r.register(
             "strata_speed_generations",
-            "Speed-layer generations held.",
+            "Speed-layer generations held",
             self.speed_generations.clone(),
         );
         r.register(
             "strata_speed_states",
-            "Live (window, group) states in the speed layer.",
+            "Live (window, group) states in the speed layer",
             self.speed_states.clone(),
         );
         r.register(
             "strata_speed_state_bytes",
-            "Memory of the speed layer's states.",
+            "Memory of the speed layer's states",
             self.speed_state_bytes.clone(),
         );
     }
@@ -221,17 +221,17 @@ impl Metrics {
         let r = &mut self.registry;
         r.register(
             "strata_archive_commit_seconds",
-            "Time to commit a flush of consumed events to the lake.",
+            "Time to commit a flush of consumed events to the lake",
             self.archive_commit.clone(),
         );
         r.register(
             "strata_archive_failures",
-            "Archive commits that failed (and were retried).",
+            "Archive commits that failed (and were retried)",
             self.archive_failures.clone(),
         );
         r.register(
             "strata_archive_fenced",
-            "Archive ranges not committed because another speed process owns their partition now.",
+            "Archive ranges not committed because another speed process owns their partition now",
             self.archive_fenced.clone(),
         );
     }
@@ -242,7 +242,7 @@ impl Metrics {
         r.register("strata_batch_runs", "Batch runs.", self.batch_runs.clone());
         r.register(
             "strata_batch_run_seconds",
-            "Duration of batch runs.",
+            "Duration of batch runs",
             self.batch_run_seconds.clone(),
         );
     }
@@ -253,17 +253,17 @@ impl Metrics {
         r.register("strata_queries", "Queries answered.", self.queries.clone());
         r.register(
             "strata_query_seconds",
-            "Time from a query's arrival to its last batch.",
+            "Time from a query's arrival to its last batch",
             self.query_seconds.clone(),
         );
         r.register(
             "strata_partitions_unowned",
-            "Kafka partitions of the sources no live speed process has owned for longer than serve.unowned_partition_grace.",
+            "Kafka partitions of the sources no live speed process has owned for longer than serve.unowned_partition_grace",
             self.partitions_unowned.clone(),
         );
         r.register(
             "strata_speed_unavailable",
-            "Queries whose speed layer did not answer: its partitions came from the lake.",
+            "Queries whose speed layer did not answer: its partitions came from the lake",
             self.speed_unavailable.clone(),
         );
     }
@@ -411,6 +411,12 @@ mod tests {
         assert!(text.contains("strata_speed_visible_seconds_count 3\n"), "{text}");
         assert!(text.contains("strata_partitions_unowned 0\n"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+        // The library ends each help text with a period: the texts here carry none.
+        let helps: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
+        assert!(helps.len() >= 10, "{text}");
+        for help in helps {
+            assert!(help.ends_with('.') && !help.ends_with(".."), "{help}");
+        }
         assert_eq!(m.quantile("strata_speed_visible_seconds", 0.3), Some(0.0001));
         assert_eq!(m.quantile("strata_speed_visible_seconds", 0.6), Some(0.02));
         assert_eq!(m.quantile("strata_speed_visible_seconds", 1.0), Some(f64::INFINITY));

@@ -438,9 +438,15 @@ fn select_partitions(
     };
     let t = t.as_string::<i32>();
     let p = p.as_primitive::<Int32Type>();
-    let mask: BooleanArray = (0..batch.num_rows())
-        .map(|row| Some(keys.contains(&TopicPartition::new(t.value(row), p.value(row))) == keep))
-        .collect();
+    // Compared in place, without a key per row: a flush selects every row of its batches.
+    let selected = |row: usize| {
+        let (topic, partition) = (t.value(row), p.value(row));
+        keys.iter().any(|k| k.partition == partition && k.topic == topic) == keep
+    };
+    if (0..batch.num_rows()).all(selected) {
+        return batch.clone();
+    }
+    let mask: BooleanArray = (0..batch.num_rows()).map(|row| Some(selected(row))).collect();
     filter_record_batch(batch, &mask).unwrap_or_else(|_| batch.clone())
 }
 
@@ -485,6 +491,48 @@ mod tests {
     use super::*;
 
     const TOPIC_NAME: &str = "clicks";
+
+    #[test]
+    fn partitions_are_kept_or_dropped_row_by_row() {
+        use arrow::array::{Int32Array, StringArray};
+        use arrow::datatypes::{DataType, Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("t", DataType::Utf8, true),
+            Field::new("p", DataType::Int32, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["a", "a", "b", "a", "b"])),
+                Arc::new(Int32Array::from(vec![0, 1, 0, 0, 1])),
+            ],
+        )
+        .unwrap();
+        let rows = |b: &RecordBatch| -> Vec<(String, i32)> {
+            let (t, p) = (b.column(0).as_string::<i32>(), b.column(1).as_primitive::<Int32Type>());
+            (0..b.num_rows())
+                .map(|r| (t.value(r).to_string(), p.value(r)))
+                .collect()
+        };
+        let keys =
+            |k: &[(&str, i32)]| -> Vec<TopicPartition> { k.iter().map(|(t, p)| TopicPartition::new(*t, *p)).collect() };
+        let a0 = keys(&[("a", 0)]);
+        let want_a0 = vec![("a".to_string(), 0), ("a".to_string(), 0)];
+        assert_eq!(rows(&keep_partitions(&batch, &a0, "t", "p")), want_a0);
+        assert_eq!(
+            rows(&drop_partitions(&batch, &a0, "t", "p")),
+            vec![("a".to_string(), 1), ("b".to_string(), 0), ("b".to_string(), 1)]
+        );
+        // A topic's name and a partition's number match together, not each on its own.
+        assert_eq!(
+            rows(&keep_partitions(&batch, &keys(&[("a", 1)]), "t", "p")),
+            vec![("a".to_string(), 1)]
+        );
+        assert_eq!(keep_partitions(&batch, &keys(&[("c", 0)]), "t", "p").num_rows(), 0);
+        let every = keys(&[("a", 0), ("a", 1), ("b", 0), ("b", 1)]);
+        assert_eq!(rows(&keep_partitions(&batch, &every, "t", "p")), rows(&batch));
+        assert_eq!(drop_partitions(&batch, &every, "t", "p").num_rows(), 0);
+    }
 
     struct Scratch(PathBuf);
 
