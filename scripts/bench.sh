@@ -14,6 +14,8 @@
 #                                        live speed states merged, vs DuckDB reading the view's Parquet
 #   scripts/bench.sh transfer [EVENTS]   SELECT * of a raw table over Flight SQL vs a pyarrow.flight
 #                                        server streaming the same Parquet files
+#   scripts/bench.sh decode [EVENTS]     the speed layer's JSON decoding alone, on one core: ns per
+#                                        record of the example config's generated events
 #
 # Figures go to BENCHMARKS.md with the command that produced them.
 set -euo pipefail
@@ -60,8 +62,13 @@ case "${1:-batch}" in
   transfer)
     .venv/bin/python bench/transfer.py --strata "$strata" --repo "$PWD" --work "$work/transfer" --events "${2:-5000000}"
     ;;
+  decode)
+    mkdir -p "$work/decode"
+    "$strata" --config strata.example.toml generate --events "${2:-1000000}" --out "$work/decode/events.jsonl"
+    "$CARGO_TARGET_DIR/release/examples/decode_rate" strata.example.toml "$work/decode/events.jsonl"
+    ;;
   *)
-    echo "usage: scripts/bench.sh batch|speed|ballista|engines|history|transfer [EVENTS|DAYS]" >&2
+    echo "usage: scripts/bench.sh batch|speed|ballista|engines|history|transfer|decode [EVENTS|DAYS]" >&2
     exit 2
     ;;
 esac
