@@ -15,7 +15,7 @@
 #   scripts/bench.sh transfer [EVENTS]   SELECT * of a raw table over Flight SQL vs a pyarrow.flight
 #                                        server streaming the same Parquet files
 #   scripts/bench.sh decode [EVENTS]     the speed layer's JSON decoding alone, on one core: ns per
-#                                        record of the example config's generated events
+#                                        record of a generated clickstream
 #
 # Figures go to BENCHMARKS.md with the command that produced them.
 set -euo pipefail
@@ -64,7 +64,7 @@ case "${1:-batch}" in
     ;;
   decode)
     mkdir -p "$work/decode"
-    "$strata" --config strata.example.toml generate --events "${2:-1000000}" --out "$work/decode/events.jsonl"
+    "$strata" generate --events "${2:-1000000}" --out "$work/decode/events.jsonl"
     "$CARGO_TARGET_DIR/release/examples/decode_rate" strata.example.toml "$work/decode/events.jsonl"
     ;;
   *)

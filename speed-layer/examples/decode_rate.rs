@@ -3,9 +3,9 @@
 //!
 //! decode_rate CONFIG EVENTS_FILE [ROUNDS]
 //!     decodes every line of EVENTS_FILE (JSON records, as `strata generate` writes them) as
-//!     records of CONFIG's first source, cutting a batch every 4,096 rows as the consumer
-//!     does under load, ROUNDS times (5 by default)
-//!     ->  per round "rows rejected ns_per_row", then "best ns_per_row rows_per_second"
+//!     records of CONFIG's first source, cutting a batch every 4,096 rows (a fixed size: the
+//!     consumer cuts its own when it has caught up), ROUNDS times (5 by default)
+//!     ->  per round "rows rejected ns_per_record", then "best ns_per_record records_per_second"
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,7 +15,7 @@ use strata_core::config::Config;
 use strata_core::decode::JsonDecoder;
 use strata_core::schema::SourceSchema;
 
-/// Rows per batch cut, as the consumer cuts them while it has records to take.
+/// Rows per batch cut.
 const BATCH_ROWS: usize = 4096;
 
 fn main() {
