@@ -2,11 +2,11 @@
 //! [`ViewPlan::state_sql`] the batch layer runs over the lake, run by DataFusion over each
 //! micro-batch of consumed events (one definition, two executions).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use arrow::array::{AsArray, RecordBatch};
-use arrow::compute::filter_record_batch;
+use arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
 use arrow::datatypes::{Int32Type, Int64Type, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result as DFResult, internal_err};
@@ -117,14 +117,14 @@ impl ViewEngine {
         let keyed = self.by_partition.run(events).await?;
         let mut out: BTreeMap<TopicPartition, Vec<RecordBatch>> = BTreeMap::new();
         for batch in keyed {
-            for (key, part) in self.split(&batch, |b, row| {
-                let t = b.column_by_name(KEY_TOPIC).expect("topic key").as_string::<i32>();
-                let p = b
-                    .column_by_name(KEY_PARTITION)
-                    .expect("partition key")
-                    .as_primitive::<Int32Type>();
-                TopicPartition::new(t.value(row), p.value(row))
-            })? {
+            let t = key_column(&batch, KEY_TOPIC)?.as_string::<i32>();
+            let p = key_column(&batch, KEY_PARTITION)?.as_primitive::<Int32Type>();
+            let parts = self.split(
+                &batch,
+                |row| (t.value(row), p.value(row)),
+                |(t, p)| TopicPartition::new(t, p),
+            )?;
+            for (key, part) in parts {
                 out.entry(key).or_default().push(part);
             }
         }
@@ -151,34 +151,45 @@ impl ViewEngine {
         let keyed = self.run(&self.source, events, schema, &sql).await?;
         let mut out: BTreeMap<(TopicPartition, i64), Vec<RecordBatch>> = BTreeMap::new();
         for batch in keyed {
-            for (key, part) in self.split(&batch, |b, row| {
-                let t = b.column_by_name(KEY_TOPIC).expect("topic key").as_string::<i32>();
-                let p = b
-                    .column_by_name(KEY_PARTITION)
-                    .expect("partition key")
-                    .as_primitive::<Int32Type>();
-                let s = b
-                    .column_by_name(KEY_SEGMENT)
-                    .expect("segment key")
-                    .as_primitive::<Int64Type>();
-                (TopicPartition::new(t.value(row), p.value(row)), s.value(row))
-            })? {
+            let t = key_column(&batch, KEY_TOPIC)?.as_string::<i32>();
+            let p = key_column(&batch, KEY_PARTITION)?.as_primitive::<Int32Type>();
+            let s = key_column(&batch, KEY_SEGMENT)?.as_primitive::<Int64Type>();
+            let parts = self.split(
+                &batch,
+                |row| (t.value(row), p.value(row), s.value(row)),
+                |(t, p, s)| (TopicPartition::new(t, p), s),
+            )?;
+            for (key, part) in parts {
                 out.entry(key).or_default().push(part);
             }
         }
         Ok(out)
     }
 
-    /// Splits keyed state rows by key and projects them to the state schema.
-    fn split<K: Ord + Clone>(
+    /// Splits keyed state rows by key and projects them to the state schema. `raw(row)` is a
+    /// row's key as borrowed from the batch (compared without allocating), `key` its owned
+    /// form, made once per key.
+    fn split<R: Copy + Eq + std::hash::Hash, K>(
         &self,
         batch: &RecordBatch,
-        key: impl Fn(&RecordBatch, usize) -> K,
+        raw: impl Fn(usize) -> R,
+        key: impl Fn(R) -> K,
     ) -> Result<Vec<(K, RecordBatch)>> {
-        let mut rows: BTreeMap<K, Vec<bool>> = BTreeMap::new();
+        let mut index: HashMap<R, usize> = HashMap::new();
+        let mut rows: Vec<(R, Vec<u32>)> = Vec::new();
+        let mut last: Option<usize> = None;
         for row in 0..batch.num_rows() {
-            let k = key(batch, row);
-            rows.entry(k).or_insert_with(|| vec![false; batch.num_rows()])[row] = true;
+            let r = raw(row);
+            // States come in runs of a key: compare with the last row's key before hashing.
+            let i = match last {
+                Some(i) if rows[i].0 == r => i,
+                _ => *index.entry(r).or_insert_with(|| {
+                    rows.push((r, Vec::new()));
+                    rows.len() - 1
+                }),
+            };
+            last = Some(i);
+            rows[i].1.push(u32::try_from(row).expect("a batch's rows fit in u32"));
         }
         let projection: Vec<usize> = self
             .state_schema
@@ -189,13 +200,13 @@ impl ViewEngine {
         let projected = batch.project(&projection)?;
         let projected = RecordBatch::try_new(self.state_schema.clone(), projected.columns().to_vec())?;
         let mut out = Vec::with_capacity(rows.len());
-        for (k, mask) in rows {
-            let part = if rows_all(&mask) {
+        for (r, indices) in rows {
+            let part = if indices.len() == batch.num_rows() {
                 projected.clone()
             } else {
-                filter_record_batch(&projected, &arrow::array::BooleanArray::from(mask))?
+                take_record_batch(&projected, &UInt32Array::from(indices))?
             };
-            out.push((k, part));
+            out.push((key(r), part));
         }
         Ok(out)
     }
@@ -360,8 +371,11 @@ fn memory_source(node: &Arc<dyn ExecutionPlan>) -> Option<&MemorySourceConfig> {
         .and_then(|exec| exec.data_source().downcast_ref::<MemorySourceConfig>())
 }
 
-fn rows_all(mask: &[bool]) -> bool {
-    mask.iter().all(|m| *m)
+/// A key column of a keyed state batch.
+fn key_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::Internal(format!("keyed states without their key column {name}")))
 }
 
 fn quote(name: &str) -> String {
@@ -456,6 +470,23 @@ mod tests {
                     "{} round {round}",
                     engine.plan.name
                 );
+                // Each partition's states are exactly the rows of its key.
+                for (key, parts) in &prepared {
+                    let own: Vec<RecordBatch> = fresh
+                        .iter()
+                        .zip(&fresh_projected)
+                        .map(|(keyed, projected)| {
+                            let t = keyed.column_by_name(KEY_TOPIC).unwrap().as_string::<i32>();
+                            let p = keyed.column_by_name(KEY_PARTITION).unwrap().as_primitive::<Int32Type>();
+                            let mask: arrow::array::BooleanArray = (0..keyed.num_rows())
+                                .map(|row| Some(t.value(row) == key.topic && p.value(row) == key.partition))
+                                .collect();
+                            arrow::compute::filter_record_batch(projected, &mask).unwrap()
+                        })
+                        .collect();
+                    assert!(own.iter().map(RecordBatch::num_rows).sum::<usize>() > 0, "{key}");
+                    assert_eq!(sorted_rows(parts), sorted_rows(&own), "{} {key}", engine.plan.name);
+                }
                 assert!(prepared_all.iter().map(RecordBatch::num_rows).sum::<usize>() > 0);
                 rounds.push((events, prepared_all));
             }
