@@ -384,6 +384,8 @@ fn quote(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use arrow::array::Int64Array;
+    use arrow::datatypes::DataType;
     use arrow::util::pretty::pretty_format_batches;
     use strata_core::decode::{JsonDecoder, KafkaPosition};
     use strata_core::schema::SourceSchema;
@@ -525,6 +527,74 @@ mod tests {
             }
             for prepared in [&engine.by_partition, &engine.merge] {
                 assert_eq!(metrics_kept(&prepared.plan), 0, "{name}: a run leaves its metrics");
+            }
+        }
+    }
+
+    /// States per recovery segment, over several partitions and segments, are per (partition,
+    /// segment) the states of exactly that partition's events in that segment.
+    #[tokio::test]
+    async fn states_by_segment_are_the_states_of_each_segments_events() {
+        let config = crate::fixtures::clicks_config(std::path::Path::new("/tmp/strata.toml"));
+        let source = SourceSchema::new(&config.sources[0]);
+        let mut decoder = JsonDecoder::new(source.clone());
+        for i in 0..600i64 {
+            let k = i * 7919;
+            let record = format!(
+                r#"{{"ts":{},"user":"u{}","page":"/p{}","ms":{}}}"#,
+                1_795_219_200_000 + k % 600_000,
+                k % 37,
+                k % 5,
+                k % 100
+            );
+            let position = KafkaPosition {
+                topic: "clicks",
+                partition: (i % 3) as i32,
+                offset: i / 3,
+            };
+            decoder.decode(record.as_bytes(), Some(position)).unwrap();
+        }
+        let events = decoder.finish();
+        // Segments end at offsets 50, 120 and 200 (an event's segment is the first end above
+        // its offset).
+        let offsets = events
+            .column_by_name(strata_core::schema::OFFSET)
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        let segment_of = |o: i64| [50i64, 120, 200].into_iter().find(|end| o < *end).unwrap();
+        let segments: Int64Array = offsets.iter().map(|o| o.map(segment_of)).collect();
+        let mut fields = events.schema().fields().to_vec();
+        fields.push(Arc::new(arrow::datatypes::Field::new(
+            SEGMENT_COLUMN,
+            DataType::Int64,
+            true,
+        )));
+        let mut columns = events.columns().to_vec();
+        columns.push(Arc::new(segments.clone()));
+        let with_segments = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns).unwrap();
+        let partitions = events
+            .column_by_name(PARTITION)
+            .unwrap()
+            .as_primitive::<Int32Type>()
+            .clone();
+        for plan in config.view_plans().unwrap() {
+            let engine = ViewEngine::new(plan, "clicks", source.raw.clone()).await.unwrap();
+            let by_segment = engine.states_by_segment(vec![with_segments.clone()]).await.unwrap();
+            assert_eq!(by_segment.len(), 9, "{}: 3 partitions x 3 segments", engine.plan.name);
+            for ((key, end), parts) in &by_segment {
+                let mask: arrow::array::BooleanArray = (0..events.num_rows())
+                    .map(|row| Some(partitions.value(row) == key.partition && segments.value(row) == *end))
+                    .collect();
+                let own = arrow::compute::filter_record_batch(&events, &mask).unwrap();
+                assert!(own.num_rows() > 0, "{key} {end}");
+                let alone = engine.states_by_partition(vec![own]).await.unwrap();
+                assert_eq!(alone.len(), 1, "{key} {end}");
+                assert_eq!(
+                    sorted_rows(parts),
+                    sorted_rows(&alone[key]),
+                    "{} {key} segment ending at {end}",
+                    engine.plan.name
+                );
             }
         }
     }
