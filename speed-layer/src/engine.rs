@@ -403,6 +403,17 @@ mod tests {
         kept
     }
 
+    /// A click record whose fields are drawn from `k`: ten minutes of times, 37 users, 5 pages.
+    fn click_record(k: i64) -> String {
+        format!(
+            r#"{{"ts":{},"user":"u{}","page":"/p{}","ms":{}}}"#,
+            1_795_219_200_000 + k % 600_000,
+            k % 37,
+            k % 5,
+            k % 100
+        )
+    }
+
     fn sorted_rows(batches: &[RecordBatch]) -> Vec<String> {
         let text = pretty_format_batches(batches).unwrap().to_string();
         let mut rows: Vec<String> = text
@@ -428,13 +439,7 @@ mod tests {
                 let mut decoder = JsonDecoder::new(source.clone());
                 for i in 0..300i64 {
                     let k = i * 7919 + round * 104_729;
-                    let record = format!(
-                        r#"{{"ts":{},"user":"u{}","page":"/p{}","ms":{}}}"#,
-                        1_795_219_200_000 + k % 600_000,
-                        k % 37,
-                        k % 5,
-                        k % 100
-                    );
+                    let record = click_record(k);
                     let position = KafkaPosition {
                         topic: "clicks",
                         partition: (i % 3) as i32,
@@ -540,13 +545,7 @@ mod tests {
         let mut decoder = JsonDecoder::new(source.clone());
         for i in 0..600i64 {
             let k = i * 7919;
-            let record = format!(
-                r#"{{"ts":{},"user":"u{}","page":"/p{}","ms":{}}}"#,
-                1_795_219_200_000 + k % 600_000,
-                k % 37,
-                k % 5,
-                k % 100
-            );
+            let record = click_record(k);
             let position = KafkaPosition {
                 topic: "clicks",
                 partition: (i % 3) as i32,
