@@ -600,20 +600,32 @@ pub async fn append(
     use deltalake::protocol::DeltaOperation;
     use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 
+    let partition_by = table
+        .snapshot()
+        .map_err(|e| Error::lake("read the table state", e))?
+        .metadata()
+        .partition_columns()
+        .to_vec();
     let mut writer = RecordBatchWriter::for_table(table)
         .map_err(|e| Error::lake("open a writer", e))?
         .with_writer_properties(writer_properties());
     for batch in batches {
-        if batch.num_rows() > 0 {
-            writer
-                .write(batch)
-                .await
-                .map_err(|e| Error::lake("write a data file", e))?;
+        if batch.num_rows() == 0 {
+            continue;
         }
+        // A batch of one partition (the common case: one day's events) goes straight to
+        // its file; the writer would hash and copy every row to split it.
+        let written = match one_partition(&batch, &partition_by)? {
+            Some(values) => writer
+                .write_partition(batch, &values, deltalake::writer::WriteMode::Default)
+                .await
+                .map(drop),
+            None => writer.write(batch).await,
+        };
+        written.map_err(|e| Error::lake("write a data file", e))?;
     }
     let adds = writer.flush().await.map_err(|e| Error::lake("write a data file", e))?;
     let snapshot = table.snapshot().map_err(|e| Error::lake("read the table state", e))?;
-    let partition_by = snapshot.metadata().partition_columns().to_vec();
     let properties = CommitProperties::default()
         .with_application_transactions(txns)
         .with_metadata([(COMMIT_INFO_KEY.to_string(), info)]);
@@ -636,6 +648,36 @@ pub async fn append(
         .await
         .map_err(|e| Error::lake("reload the table", e))?;
     Ok(version)
+}
+
+/// The values of the partition columns `partition_by` when every row of `batch` has the
+/// same ones (NULL included), as the Delta writer reads a row's; `None` when the rows
+/// differ, when the table has no partition columns, or when one is missing from the batch
+/// (the writer's own split then names the error).
+fn one_partition<S: deltalake::kernel::scalars::ScalarExt>(
+    batch: &arrow::array::RecordBatch,
+    partition_by: &[String],
+) -> Result<Option<indexmap::IndexMap<String, S>>> {
+    use arrow::array::{Array, Scalar};
+    if partition_by.is_empty() || batch.num_rows() == 0 {
+        return Ok(None);
+    }
+    let mut values = indexmap::IndexMap::with_capacity(partition_by.len());
+    for name in partition_by {
+        let Some(column) = batch.column_by_name(name) else {
+            return Ok(None);
+        };
+        let first = Scalar::new(column.slice(0, 1));
+        let same = arrow::compute::kernels::cmp::not_distinct(column, &first)?;
+        if same.true_count() != column.len() {
+            return Ok(None);
+        }
+        let Some(value) = S::from_array(column.as_ref(), 0) else {
+            return Ok(None);
+        };
+        values.insert(name.clone(), value);
+    }
+    Ok(Some(values))
 }
 
 /// A failed commit: a conflict with another writer's commit (to decide anew on a fresh
@@ -1070,6 +1112,118 @@ mod tests {
             let got: usize = batches.iter().map(|b| b.num_rows()).sum();
             assert_eq!(got, rows, "{sql}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A partition value as the test reads it: the row's value shown, "" for NULL.
+    struct Shown(String);
+
+    impl deltalake::kernel::scalars::ScalarExt for Shown {
+        fn serialize(&self) -> String {
+            self.0.clone()
+        }
+        fn serialize_encoded(&self) -> String {
+            self.0.clone()
+        }
+        fn from_array(array: &dyn arrow::array::Array, index: usize) -> Option<Self> {
+            arrow::util::display::array_value_to_string(array, index)
+                .ok()
+                .map(Shown)
+        }
+        fn to_json(&self) -> serde_json::Value {
+            self.0.clone().into()
+        }
+    }
+
+    /// Rows land in the partition of their own values, whether their batch holds one
+    /// partition (written straight to its file) or several (split by the Delta writer),
+    /// NULL partition values included.
+    #[tokio::test]
+    async fn appended_rows_land_in_their_own_partitions() {
+        use arrow::array::{Array, AsArray, Int64Array, StringArray};
+        use arrow::datatypes::{DataType, Field, Schema};
+
+        let (dir, lake) = scratch_lake("one-partition");
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("day", DataType::Utf8, true),
+        ]));
+        let batch = |rows: &[(i64, Option<&str>)]| {
+            arrow::array::RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                    Arc::new(StringArray::from_iter(rows.iter().map(|r| r.1))),
+                ],
+            )
+            .unwrap()
+        };
+        let batches = [
+            batch(&[(1, Some("d0")), (2, Some("d0")), (3, Some("d0"))]),
+            batch(&[(10, Some("d1")), (20, Some("d1"))]),
+            batch(&[(100, Some("d0")), (200, Some("d1")), (300, None), (400, Some("d1"))]),
+            batch(&[(1000, None), (2000, None)]),
+            batch(&[(5, Some("d0")), (6, None)]),
+            batch(&[(7, Some("d2"))]),
+        ];
+        // The truth, from the input: per day, the rows and their sum.
+        let mut truth: BTreeMap<Option<String>, (i64, i64)> = BTreeMap::new();
+        for b in &batches {
+            let (n, day) = (
+                b.column(0).as_primitive::<arrow::datatypes::Int64Type>(),
+                b.column(1).as_string::<i32>(),
+            );
+            for row in 0..b.num_rows() {
+                let at = truth
+                    .entry(day.is_valid(row).then(|| day.value(row).to_string()))
+                    .or_default();
+                *at = (at.0 + 1, at.1 + n.value(row));
+            }
+        }
+        // The batches of one partition are found so (and written straight to its file).
+        let one: Vec<Option<String>> = batches
+            .iter()
+            .map(|b| {
+                one_partition::<Shown>(b, &["day".to_string()])
+                    .unwrap()
+                    .map(|values| values["day"].0.clone())
+            })
+            .collect();
+        let expected = [Some("d0"), Some("d1"), None, Some(""), None, Some("d2")];
+        assert_eq!(one, expected.map(|d| d.map(str::to_string)));
+        assert_eq!(one_partition::<Shown>(&batches[0], &[]).unwrap().map(|v| v.len()), None);
+        let url = lake.raw_url("t");
+        let mut table = lake.open_or_create(&url, &schema, &["day"], "t").await.unwrap();
+        append(&mut table, batches.to_vec(), vec![], serde_json::json!({}))
+            .await
+            .unwrap();
+
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table("t", table_provider(&ctx, &table).await.unwrap())
+            .unwrap();
+        let read = ctx
+            .sql("SELECT day, count(*) AS c, sum(n) AS s FROM t GROUP BY day")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut got: BTreeMap<Option<String>, (i64, i64)> = BTreeMap::new();
+        for b in &read {
+            let day = arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+            let day = day.as_string::<i32>();
+            let (c, s) = (
+                b.column(1).as_primitive::<arrow::datatypes::Int64Type>(),
+                b.column(2).as_primitive::<arrow::datatypes::Int64Type>(),
+            );
+            for row in 0..b.num_rows() {
+                got.insert(
+                    day.is_valid(row).then(|| day.value(row).to_string()),
+                    (c.value(row), s.value(row)),
+                );
+            }
+        }
+        assert_eq!(got, truth);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -321,7 +321,6 @@ impl Archiver {
     /// Writes the rejects and events of `ranges` (all this process's, as of the raw table's
     /// loaded snapshot, on which the raw commit is made).
     async fn write(&mut self, s: usize, job: &ArchiveJob, ranges: &[ArchiveRange]) -> Result<()> {
-        let raw_schema = self.sources[s].raw.clone();
         let tables = self.tables(s).await?;
         let keys: Vec<TopicPartition> = ranges.iter().map(|r| r.offsets.partition.clone()).collect();
         let info = serde_json::json!({ "archive": {
@@ -365,11 +364,6 @@ impl Archiver {
             .map(|b| keep_partitions(b, &keys, TOPIC, PARTITION))
             .filter(|b| b.num_rows() > 0)
             .collect();
-        let events = if events.is_empty() {
-            events
-        } else {
-            vec![arrow::compute::concat_batches(&raw_schema, &events)?]
-        };
         let txns = ranges
             .iter()
             .flat_map(|r| {
