@@ -196,6 +196,10 @@ enum Input {
 enum Sketch {
     Hll(Box<HllUnion>),
     Kll(Box<KllSketch<KllFloat<f64>>>),
+    /// A group's only sketch so far, kept as it came: one that a merge of it alone would
+    /// leave holding the same values ([`merges_unchanged`]), so it is written out again
+    /// without being parsed, merged and serialized. A second sketch makes it a live one.
+    Received(SketchKind, Box<[u8]>),
 }
 
 impl Sketch {
@@ -212,14 +216,21 @@ impl Sketch {
             Sketch::Kll(s) => s
                 .merge(&KllSketch::<KllFloat<f64>>::deserialize(bytes).map_err(sketch_err)?)
                 .map_err(sketch_err)?,
+            Sketch::Received(kind, first) => {
+                let mut live = Sketch::new(*kind);
+                live.merge_bytes(first)?;
+                live.merge_bytes(bytes)?;
+                *self = live;
+            }
         }
         Ok(())
     }
 
-    fn to_bytes(&self) -> Vec<u8> {
+    fn to_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
         match self {
-            Sketch::Hll(u) => u.to_sketch(HllType::Hll4).serialize(),
-            Sketch::Kll(s) => s.serialize(),
+            Sketch::Hll(u) => u.to_sketch(HllType::Hll4).serialize().into(),
+            Sketch::Kll(s) => s.serialize().into(),
+            Sketch::Received(_, bytes) => bytes.as_ref().into(),
         }
     }
 
@@ -227,6 +238,90 @@ impl Sketch {
         match self {
             Sketch::Hll(u) => size_of::<HllUnion>() + u.estimated_size(),
             Sketch::Kll(s) => size_of::<KllSketch<KllFloat<f64>>>() + s.num_retained() * 8,
+            Sketch::Received(_, bytes) => bytes.len(),
+        }
+    }
+}
+
+/// The live sketch of a slot, made when it has none, and parsed from the bytes it holds
+/// when it holds a received one.
+fn live(slot: &mut Option<Sketch>, kind: SketchKind) -> Result<&mut Sketch> {
+    if let Some(Sketch::Received(_, first)) = slot {
+        let mut sketch = Sketch::new(kind);
+        sketch.merge_bytes(first)?;
+        *slot = Some(sketch);
+    }
+    Ok(slot.get_or_insert_with(|| Sketch::new(kind)))
+}
+
+/// Merges the sketch `bytes` into a slot; an empty slot keeps it as it came when merging
+/// it alone would not change what it holds.
+fn merge_into(slot: &mut Option<Sketch>, kind: SketchKind, bytes: &[u8]) -> Result<()> {
+    match slot {
+        Some(sketch) => sketch.merge_bytes(bytes),
+        None if merges_unchanged(kind, bytes) => {
+            *slot = Some(Sketch::Received(kind, bytes.into()));
+            Ok(())
+        }
+        None => live(slot, kind)?.merge_bytes(bytes),
+    }
+}
+
+/// Whether a merge of the serialized sketch `b` alone holds what `b` holds, read from its
+/// header: an HLL of lg_k [`HLL_LG_K`] stored as HLL_4 (a union into an empty one copies its
+/// coupons, or its registers with its estimator's state), or a KLL of k [`KLL_K`] that never
+/// compacted (the merge copies its items, each of weight one), empty or not. A compacted KLL
+/// is left to the merge, which compacts it again. The length must be the one the header
+/// gives, so a truncated sketch is still parsed, and rejected, by the merge.
+fn merges_unchanged(kind: SketchKind, b: &[u8]) -> bool {
+    // DataSketches' family ids; the layouts below are its serialization version 1 (version
+    // 2: a KLL of one item).
+    const HLL_FAMILY: u8 = 7;
+    const KLL_FAMILY: u8 = 15;
+    if b.len() < 8 {
+        return false;
+    }
+    match kind {
+        SketchKind::Hll => {
+            if b[1] != 1 || b[2] != HLL_FAMILY || b[3] != HLL_LG_K {
+                return false;
+            }
+            // Byte 0: preamble ints (2 list, 3 set, 10 array); byte 7: the current mode (bits
+            // 0-1: 0 list, 1 set, 2 array) and the target type (bits 2-3: 0 HLL_4).
+            let count_at = |at: usize| {
+                b.get(at..at + 4)
+                    .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            };
+            match (b[0], b[7]) {
+                // The coupons, as many as byte 6 says.
+                (2, 0) => b.len() == 8 + 4 * b[6] as usize,
+                // A coupon count, then the coupons.
+                (3, 1) => count_at(8).is_some_and(|n| b.len() as u64 == 12 + 4 * n),
+                // The estimator's state, the auxiliary count at 36, the 4-bit registers, then
+                // the auxiliary coupons.
+                (10, 2) => count_at(36).is_some_and(|n| b.len() as u64 == 40 + (1 << (HLL_LG_K - 1)) + 4 * n),
+                _ => false,
+            }
+        }
+        SketchKind::Kll => {
+            // Bytes 4-5: k; byte 6: m (8, the only one DataSketches writes); byte 3: flags
+            // (1 empty, 4 a single item).
+            if b[2] != KLL_FAMILY || u16::from_le_bytes([b[4], b[5]]) != KLL_K || b[6] != 8 {
+                return false;
+            }
+            match (b[0], b[1]) {
+                (2, 1) => b[3] & 1 != 0 && b.len() == 8,
+                (2, 2) => b[3] & 4 != 0 && b.len() == 16,
+                // Bytes 8-15: n; byte 18: the levels (one: never compacted); then one level
+                // offset, the minimum and maximum, and the n items.
+                (5, 1) => {
+                    b.len() >= 20 && b[18] == 1 && {
+                        let n = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
+                        n.checked_mul(8).and_then(|items| items.checked_add(40)) == Some(b.len() as u64)
+                    }
+                }
+                _ => false,
+            }
         }
     }
 }
@@ -244,7 +339,7 @@ fn feed_values(
         ($iter:expr, $update:expr) => {
             for (row, v) in $iter.enumerate() {
                 if let (Some(v), Some(g)) = (v, group(row)) {
-                    let slot = slots[g].get_or_insert_with(|| Sketch::new(kind));
+                    let slot = live(&mut slots[g], kind)?;
                     #[allow(clippy::redundant_closure_call)]
                     ($update)(slot, v);
                 }
@@ -254,7 +349,7 @@ fn feed_values(
     fn hll(s: &mut Sketch) -> &mut HllUnion {
         match s {
             Sketch::Hll(u) => u,
-            Sketch::Kll(_) => unreachable!("an HLL slot"),
+            Sketch::Kll(_) | Sketch::Received(..) => unreachable!("a live HLL slot"),
         }
     }
     let kll = |s: &mut Sketch, v: f64| match s {
@@ -263,7 +358,7 @@ fn feed_values(
                 k.update(v)
             }
         }
-        Sketch::Hll(_) => unreachable!("a KLL slot"),
+        Sketch::Hll(_) | Sketch::Received(..) => unreachable!("a live KLL slot"),
     };
     match (kind, array.data_type()) {
         (SketchKind::Hll, DataType::Utf8) => each!(array.as_string::<i32>().iter(), |s: &mut Sketch, v: &str| hll(s)
@@ -321,9 +416,7 @@ fn feed_sketches(
     let bytes: &BinaryArray = array.as_binary::<i32>();
     for (row, b) in bytes.iter().enumerate() {
         if let Some(b) = b {
-            slots[group(row)]
-                .get_or_insert_with(|| Sketch::new(kind))
-                .merge_bytes(b)?;
+            merge_into(&mut slots[group(row)], kind, b)?;
         }
     }
     Ok(())
@@ -447,7 +540,9 @@ impl Accumulator for SketchAccumulator {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        Ok(ScalarValue::Binary(self.slot[0].as_ref().map(Sketch::to_bytes)))
+        Ok(ScalarValue::Binary(
+            self.slot[0].as_ref().map(|s| s.to_bytes().into_owned()),
+        ))
     }
 
     fn size(&self) -> usize {
@@ -521,9 +616,7 @@ impl GroupsAccumulator for SketchGroups {
                 let bytes = values[0].as_binary::<i32>();
                 for row in 0..bytes.len() {
                     if let (true, Some(g)) = (bytes.is_valid(row), groups(row)) {
-                        self.slots[g]
-                            .get_or_insert_with(|| Sketch::new(self.kind))
-                            .merge_bytes(bytes.value(row))?;
+                        merge_into(&mut self.slots[g], self.kind, bytes.value(row))?;
                     }
                 }
             }
@@ -704,7 +797,7 @@ mod tests {
         let mut slot = [None];
         for p in parts {
             if let Some(s) = sketch_of(kind, p) {
-                let bytes: ArrayRef = Arc::new(BinaryArray::from(vec![s.to_bytes().as_slice()]));
+                let bytes: ArrayRef = Arc::new(BinaryArray::from(vec![&*s.to_bytes()]));
                 feed_sketches(&bytes, &mut slot, kind, |_| 0).unwrap();
             }
         }
@@ -715,6 +808,7 @@ mod tests {
     fn hll_estimate(s: &Option<Sketch>) -> f64 {
         match s {
             Some(Sketch::Hll(u)) => u.estimate(),
+            Some(Sketch::Received(SketchKind::Hll, b)) => HllSketch::deserialize(b).unwrap().estimate(),
             None => 0.0,
             _ => unreachable!(),
         }
@@ -722,6 +816,9 @@ mod tests {
 
     fn kll_quantiles(s: &Option<Sketch>) -> Option<(u64, f64, f64)> {
         match s {
+            Some(Sketch::Received(SketchKind::Kll, b)) => {
+                kll_quantiles(&Some(Sketch::Kll(Box::new(KllSketch::deserialize(b).unwrap()))))
+            }
             Some(Sketch::Kll(k)) => Some((
                 k.n(),
                 k.quantile(0.0, SearchCriteria::Inclusive)
@@ -736,6 +833,86 @@ mod tests {
             None => None,
             _ => unreachable!(),
         }
+    }
+
+    /// A merge of one sketch as DataSketches makes it: parsed, merged into an empty union or
+    /// sketch.
+    fn merged_alone(kind: SketchKind, bytes: &[u8]) -> Sketch {
+        let mut live = Sketch::new(kind);
+        live.merge_bytes(bytes).unwrap();
+        live
+    }
+
+    /// A group's only sketch is kept as it came exactly where a merge of it alone holds the
+    /// same values: HLLs in every mode (same estimate, alone and merged with another), KLLs
+    /// that never compacted (same count, extremes and quantiles); larger KLLs are merged as
+    /// before.
+    #[test]
+    fn a_groups_only_sketch_is_kept_as_it_came_where_a_merge_would_not_change_it() {
+        let received = |kind: SketchKind, bytes: &[u8]| {
+            let mut slot = [None];
+            let array: ArrayRef = Arc::new(BinaryArray::from(vec![bytes]));
+            feed_sketches(&array, &mut slot, kind, |_| 0).unwrap();
+            let [s] = slot;
+            s.unwrap()
+        };
+        let other = sketch_of(SketchKind::Hll, &(0..400).map(|i| i * 3).collect::<Vec<_>>()).unwrap();
+        for n in [1i64, 3, 8, 9, 50, 300, 384, 385, 700, 5000] {
+            let values: Vec<i64> = (0..n).map(|i| i * 7 + 1).collect();
+            let bytes = sketch_of(SketchKind::Hll, &values).unwrap().to_bytes().into_owned();
+            let kept = merges_unchanged(SketchKind::Hll, &bytes);
+            assert!(kept, "n {n}");
+            let mut slot = Some(received(SketchKind::Hll, &bytes));
+            let old = merged_alone(SketchKind::Hll, &bytes);
+            match &slot {
+                Some(Sketch::Received(_, b)) => assert!(kept && **b == *bytes, "n {n}"),
+                Some(Sketch::Hll(_)) => assert!(!kept, "n {n}"),
+                _ => unreachable!(),
+            }
+            assert_eq!(hll_estimate(&slot), hll_estimate(&Some(old.clone())), "n {n}");
+            // Merged with another sketch, as the union of the two is.
+            let mut both = Some(old);
+            for s in [&mut slot, &mut both] {
+                s.as_mut().unwrap().merge_bytes(&other.to_bytes()).unwrap();
+            }
+            assert!(matches!(slot, Some(Sketch::Hll(_))));
+            assert_eq!(hll_estimate(&slot), hll_estimate(&both), "n {n}");
+        }
+        for n in [1i64, 2, 100, 200, 201, 1000] {
+            let values: Vec<i64> = (0..n).map(|i| (i * 37) % 1009).collect();
+            let bytes = sketch_of(SketchKind::Kll, &values).unwrap().to_bytes().into_owned();
+            let kept = merges_unchanged(SketchKind::Kll, &bytes);
+            assert_eq!(kept, n <= 200, "n {n}");
+            let slot = received(SketchKind::Kll, &bytes);
+            assert_eq!(matches!(&slot, Sketch::Received(_, b) if **b == *bytes), kept, "n {n}");
+            let old = merged_alone(SketchKind::Kll, &bytes);
+            assert_eq!(
+                kll_quantiles(&Some(slot.clone())),
+                kll_quantiles(&Some(old.clone())),
+                "n {n}"
+            );
+            if kept {
+                let [a, b] = [&slot, &old].map(|s| match s {
+                    Sketch::Received(_, b) => KllSketch::<KllFloat<f64>>::deserialize(b).unwrap(),
+                    Sketch::Kll(k) => (**k).clone(),
+                    Sketch::Hll(_) => unreachable!(),
+                });
+                for rank in [0.05, 0.25, 0.5, 0.75, 0.95] {
+                    assert_eq!(
+                        a.quantile(rank, SearchCriteria::Inclusive).unwrap(),
+                        b.quantile(rank, SearchCriteria::Inclusive).unwrap(),
+                        "n {n} rank {rank}"
+                    );
+                }
+            }
+        }
+        // A sketch shorter than its header says is parsed, and rejected, as before.
+        let bytes = sketch_of(SketchKind::Hll, &[1, 2, 3]).unwrap().to_bytes().into_owned();
+        let cut = &bytes[..bytes.len() - 4];
+        assert!(!merges_unchanged(SketchKind::Hll, cut));
+        let array: ArrayRef = Arc::new(BinaryArray::from(vec![cut]));
+        let err = feed_sketches(&array, &mut [None], SketchKind::Hll, |_| 0).unwrap_err();
+        assert!(err.to_string().contains("corrupt or incompatible sketch"), "{err}");
     }
 
     proptest! {
