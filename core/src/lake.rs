@@ -614,8 +614,14 @@ pub async fn append(
             continue;
         }
         // A batch of one partition (the common case: one day's events) goes straight to
-        // its file; the writer would hash and copy every row to split it.
-        let written = match one_partition(&batch, &partition_by)? {
+        // its file; the writer would hash and copy every row to split it. Only a batch of
+        // the table's very schema: the writer casts and checks any other one first.
+        let one = if batch.schema() == writer.arrow_schema() {
+            one_partition(&batch, &partition_by)
+        } else {
+            None
+        };
+        let written = match one {
             Some(values) => writer
                 .write_partition(batch, &values, deltalake::writer::WriteMode::Default)
                 .await
@@ -652,32 +658,28 @@ pub async fn append(
 
 /// The values of the partition columns `partition_by` when every row of `batch` has the
 /// same ones (NULL included), as the Delta writer reads a row's; `None` when the rows
-/// differ, when the table has no partition columns, or when one is missing from the batch
-/// (the writer's own split then names the error).
+/// differ, when the table has no partition columns, or when a column is missing from the
+/// batch or cannot be compared (the writer's own split then takes the batch, or names the
+/// error).
 fn one_partition<S: deltalake::kernel::scalars::ScalarExt>(
     batch: &arrow::array::RecordBatch,
     partition_by: &[String],
-) -> Result<Option<indexmap::IndexMap<String, S>>> {
+) -> Option<indexmap::IndexMap<String, S>> {
     use arrow::array::{Array, Scalar};
     if partition_by.is_empty() || batch.num_rows() == 0 {
-        return Ok(None);
+        return None;
     }
     let mut values = indexmap::IndexMap::with_capacity(partition_by.len());
     for name in partition_by {
-        let Some(column) = batch.column_by_name(name) else {
-            return Ok(None);
-        };
+        let column = batch.column_by_name(name)?;
         let first = Scalar::new(column.slice(0, 1));
-        let same = arrow::compute::kernels::cmp::not_distinct(column, &first)?;
+        let same = arrow::compute::kernels::cmp::not_distinct(column, &first).ok()?;
         if same.true_count() != column.len() {
-            return Ok(None);
+            return None;
         }
-        let Some(value) = S::from_array(column.as_ref(), 0) else {
-            return Ok(None);
-        };
-        values.insert(name.clone(), value);
+        values.insert(name.clone(), S::from_array(column.as_ref(), 0)?);
     }
-    Ok(Some(values))
+    Some(values)
 }
 
 /// A failed commit: a conflict with another writer's commit (to decide anew on a fresh
@@ -1183,17 +1185,16 @@ mod tests {
         // The batches of one partition are found so (and written straight to its file).
         let one: Vec<Option<String>> = batches
             .iter()
-            .map(|b| {
-                one_partition::<Shown>(b, &["day".to_string()])
-                    .unwrap()
-                    .map(|values| values["day"].0.clone())
-            })
+            .map(|b| one_partition::<Shown>(b, &["day".to_string()]).map(|values| values["day"].0.clone()))
             .collect();
         let expected = [Some("d0"), Some("d1"), None, Some(""), None, Some("d2")];
         assert_eq!(one, expected.map(|d| d.map(str::to_string)));
-        assert_eq!(one_partition::<Shown>(&batches[0], &[]).unwrap().map(|v| v.len()), None);
+        assert_eq!(one_partition::<Shown>(&batches[0], &[]).map(|v| v.len()), None);
         let url = lake.raw_url("t");
         let mut table = lake.open_or_create(&url, &schema, &["day"], "t").await.unwrap();
+        // Batches of the table's own schema, which alone take the straight way.
+        let writer = deltalake::writer::RecordBatchWriter::for_table(&table).unwrap();
+        assert_eq!(writer.arrow_schema(), schema);
         append(&mut table, batches.to_vec(), vec![], serde_json::json!({}))
             .await
             .unwrap();

@@ -553,6 +553,17 @@ mod tests {
         Archiver::new(lake.clone(), vec![source.clone()], Arc::new(Mutex::new(store)), None)
     }
 
+    /// The raw table's writer takes the archive's batches (of the source's raw schema) as
+    /// they are: a flush of one day's events goes straight to that day's file
+    /// (`strata_core::lake::append` takes that way only for the table's very schema).
+    #[tokio::test]
+    async fn the_raw_tables_writer_takes_the_archives_batches_as_they_are() {
+        let (_scratch, lake, source) = setup("raw-schema");
+        let raw = open_raw(&lake, &source).await.unwrap();
+        let writer = deltalake::writer::RecordBatchWriter::for_table(&raw).unwrap();
+        assert_eq!(writer.arrow_schema(), source.raw);
+    }
+
     /// Claims partitions for a process; a partition new to the lake starts at 0.
     async fn claim_all(lake: &Lake, source: &SourceSchema, partitions: &[i32]) -> BTreeMap<i32, Claim> {
         let list: Vec<TopicPartition> = partitions.iter().map(|p| TopicPartition::new(TOPIC_NAME, *p)).collect();

@@ -271,8 +271,10 @@ fn merge_into(slot: &mut Option<Sketch>, kind: SketchKind, bytes: &[u8]) -> Resu
 /// header: an HLL of lg_k [`HLL_LG_K`] stored as HLL_4 (a union into an empty one copies its
 /// coupons, or its registers with its estimator's state), or a KLL of k [`KLL_K`] that never
 /// compacted (the merge copies its items, each of weight one), empty or not. A compacted KLL
-/// is left to the merge, which compacts it again. The length must be the one the header
-/// gives, so a truncated sketch is still parsed, and rejected, by the merge.
+/// is left to the merge, which compacts it again. The header's layout and the length it
+/// gives are checked, so a truncated sketch is still parsed, and rejected, by the merge; the
+/// body is taken as it is, and checked when it is next parsed (merged with a second sketch,
+/// or estimated).
 fn merges_unchanged(kind: SketchKind, b: &[u8]) -> bool {
     // DataSketches' family ids; the layouts below are its serialization version 1 (version
     // 2: a KLL of one item).
@@ -292,14 +294,15 @@ fn merges_unchanged(kind: SketchKind, b: &[u8]) -> bool {
                 b.get(at..at + 4)
                     .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
             };
-            match (b[0], b[7]) {
+            // Byte 4: the coupon table's lg size (list 3, set 5 to lg_k - 3, array 0).
+            match (b[0], b[7], b[4]) {
                 // The coupons, as many as byte 6 says.
-                (2, 0) => b.len() == 8 + 4 * b[6] as usize,
+                (2, 0, 3) => b.len() == 8 + 4 * b[6] as usize,
                 // A coupon count, then the coupons.
-                (3, 1) => count_at(8).is_some_and(|n| b.len() as u64 == 12 + 4 * n),
+                (3, 1, 5..) if b[4] <= HLL_LG_K - 3 => count_at(8).is_some_and(|n| b.len() as u64 == 12 + 4 * n),
                 // The estimator's state, the auxiliary count at 36, the 4-bit registers, then
                 // the auxiliary coupons.
-                (10, 2) => count_at(36).is_some_and(|n| b.len() as u64 == 40 + (1 << (HLL_LG_K - 1)) + 4 * n),
+                (10, 2, 0) => count_at(36).is_some_and(|n| b.len() as u64 == 40 + (1 << (HLL_LG_K - 1)) + 4 * n),
                 _ => false,
             }
         }
