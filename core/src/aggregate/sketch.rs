@@ -210,6 +210,13 @@ impl Sketch {
         }
     }
 
+    /// The live sketch of serialized `bytes`: parsed, and merged into an empty one.
+    fn from_bytes(kind: SketchKind, bytes: &[u8]) -> Result<Self> {
+        let mut live = Sketch::new(kind);
+        live.merge_bytes(bytes)?;
+        Ok(live)
+    }
+
     fn merge_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         match self {
             Sketch::Hll(u) => u.update(&HllSketch::deserialize(bytes).map_err(sketch_err)?),
@@ -217,8 +224,7 @@ impl Sketch {
                 .merge(&KllSketch::<KllFloat<f64>>::deserialize(bytes).map_err(sketch_err)?)
                 .map_err(sketch_err)?,
             Sketch::Received(kind, first) => {
-                let mut live = Sketch::new(*kind);
-                live.merge_bytes(first)?;
+                let mut live = Sketch::from_bytes(*kind, first)?;
                 live.merge_bytes(bytes)?;
                 *self = live;
             }
@@ -246,10 +252,8 @@ impl Sketch {
 /// The live sketch of a slot, made when it has none, and parsed from the bytes it holds
 /// when it holds a received one.
 fn live(slot: &mut Option<Sketch>, kind: SketchKind) -> Result<&mut Sketch> {
-    if let Some(Sketch::Received(_, first)) = slot {
-        let mut sketch = Sketch::new(kind);
-        sketch.merge_bytes(first)?;
-        *slot = Some(sketch);
+    if let Some(Sketch::Received(kind, first)) = slot {
+        *slot = Some(Sketch::from_bytes(*kind, first)?);
     }
     Ok(slot.get_or_insert_with(|| Sketch::new(kind)))
 }
@@ -259,11 +263,14 @@ fn live(slot: &mut Option<Sketch>, kind: SketchKind) -> Result<&mut Sketch> {
 fn merge_into(slot: &mut Option<Sketch>, kind: SketchKind, bytes: &[u8]) -> Result<()> {
     match slot {
         Some(sketch) => sketch.merge_bytes(bytes),
-        None if merges_unchanged(kind, bytes) => {
-            *slot = Some(Sketch::Received(kind, bytes.into()));
+        None => {
+            *slot = Some(if merges_unchanged(kind, bytes) {
+                Sketch::Received(kind, bytes.into())
+            } else {
+                Sketch::from_bytes(kind, bytes)?
+            });
             Ok(())
         }
-        None => live(slot, kind)?.merge_bytes(bytes),
     }
 }
 
@@ -838,14 +845,6 @@ mod tests {
         }
     }
 
-    /// A merge of one sketch as DataSketches makes it: parsed, merged into an empty union or
-    /// sketch.
-    fn merged_alone(kind: SketchKind, bytes: &[u8]) -> Sketch {
-        let mut live = Sketch::new(kind);
-        live.merge_bytes(bytes).unwrap();
-        live
-    }
-
     /// A group's only sketch is kept as it came exactly where a merge of it alone holds the
     /// same values: HLLs in every mode (same estimate, alone and merged with another), KLLs
     /// that never compacted (same count, extremes and quantiles); larger KLLs are merged as
@@ -866,7 +865,7 @@ mod tests {
             let kept = merges_unchanged(SketchKind::Hll, &bytes);
             assert!(kept, "n {n}");
             let mut slot = Some(received(SketchKind::Hll, &bytes));
-            let old = merged_alone(SketchKind::Hll, &bytes);
+            let old = Sketch::from_bytes(SketchKind::Hll, &bytes).unwrap();
             match &slot {
                 Some(Sketch::Received(_, b)) => assert!(kept && **b == *bytes, "n {n}"),
                 Some(Sketch::Hll(_)) => assert!(!kept, "n {n}"),
@@ -888,7 +887,7 @@ mod tests {
             assert_eq!(kept, n <= 200, "n {n}");
             let slot = received(SketchKind::Kll, &bytes);
             assert_eq!(matches!(&slot, Sketch::Received(_, b) if **b == *bytes), kept, "n {n}");
-            let old = merged_alone(SketchKind::Kll, &bytes);
+            let old = Sketch::from_bytes(SketchKind::Kll, &bytes).unwrap();
             assert_eq!(
                 kll_quantiles(&Some(slot.clone())),
                 kll_quantiles(&Some(old.clone())),
