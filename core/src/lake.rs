@@ -649,10 +649,18 @@ pub async fn append(
         .await
         .map_err(commit_error)?;
     let version = committed.version();
-    table
-        .update_incremental(Some(version))
-        .await
-        .map_err(|e| Error::lake("reload the table", e))?;
+    if committed.metrics.new_checkpoint_created {
+        // The commit's state was read before its checkpoint was written: reloaded, the
+        // table starts from the checkpoint, and later commits replay the log from there.
+        table
+            .update_incremental(Some(version))
+            .await
+            .map_err(|e| Error::lake("reload the table", e))?;
+    } else {
+        // The commit brought its own state to its version already: reloading it would
+        // replay the log a second time.
+        table.state = Some(committed.snapshot);
+    }
     Ok(version)
 }
 
@@ -1225,6 +1233,79 @@ mod tests {
             }
         }
         assert_eq!(got, truth);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// After each append the table holds the state of the version it committed, as the log
+    /// reads from scratch: its files and its positions, through the commits that write a
+    /// checkpoint (the table's state is reloaded there, to start from it) and the others
+    /// (the commit's own state is kept).
+    #[tokio::test]
+    async fn an_append_leaves_the_table_at_the_state_it_committed() {
+        use arrow::array::{Int64Array, StringArray};
+        use arrow::datatypes::{DataType, Field, Schema};
+        use deltalake::TableProperty;
+        use deltalake::kernel::Transaction;
+
+        let (dir, lake) = scratch_lake("append-state");
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("day", DataType::Utf8, true),
+        ]));
+        let url = lake.raw_url("t");
+        lake.ensure_local_dir(&url).unwrap();
+        let kernel: StructType = schema.as_ref().try_into_kernel().unwrap();
+        let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())
+            .unwrap()
+            .build()
+            .unwrap()
+            .create()
+            .with_columns(kernel.fields().cloned())
+            .with_partition_columns(["day"])
+            .with_configuration_property(TableProperty::CheckpointInterval, Some("3"))
+            .await
+            .unwrap();
+        for i in 0..8i64 {
+            let days = if i % 4 == 1 {
+                vec![Some("d0"), Some("d1")]
+            } else {
+                vec![Some("d0")]
+            };
+            let batch = arrow::array::RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from_iter_values((0..days.len() as i64).map(|k| i * 10 + k))),
+                    Arc::new(StringArray::from(days)),
+                ],
+            )
+            .unwrap();
+            let txns = vec![Transaction::new(format!("p{}", i % 2), i)];
+            let version = append(&mut table, vec![batch], txns, serde_json::json!({ "i": i }))
+                .await
+                .unwrap();
+            let fresh = lake.open(&url).await.unwrap().expect("the table");
+            assert_eq!((table.version(), fresh.version()), (Some(version), Some(version)));
+            let files = |t: &DeltaTable| {
+                let mut f: Vec<String> = t.get_file_uris().unwrap().collect();
+                f.sort();
+                f
+            };
+            assert_eq!(files(&table), files(&fresh), "after commit {version}");
+            for app in ["p0", "p1"] {
+                let (held_store, read_store) = (table.log_store(), fresh.log_store());
+                let held = table.snapshot().unwrap().transaction_version(held_store.as_ref(), app);
+                let read = fresh.snapshot().unwrap().transaction_version(read_store.as_ref(), app);
+                assert_eq!(held.await.unwrap(), read.await.unwrap(), "{app} after commit {version}");
+            }
+        }
+        // Versions 2, 5 and 8 were checkpointed: both kinds of commit were taken.
+        let log = dir.join("raw").join("t").join("_delta_log");
+        for v in [2, 5, 8] {
+            assert!(
+                log.join(format!("{v:020}.checkpoint.parquet")).exists(),
+                "checkpoint {v}"
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
