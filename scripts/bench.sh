@@ -16,13 +16,15 @@
 #                                        server streaming the same Parquet files
 #   scripts/bench.sh decode [EVENTS]     the speed layer's JSON decoding alone, on one core: ns per
 #                                        record of a generated clickstream
+#   scripts/bench.sh plan [SEGMENTS...]  a point query of a view planned and run, phase by phase,
+#                                        as the speed layer's state batches grow (10 100 400 1000)
 #
 # Figures go to BENCHMARKS.md with the command that produced them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strata-target}"
-cargo build --release --quiet -p strata -p strata-speed --bins --examples
+cargo build --release --quiet -p strata -p strata-speed -p strata-serving --bins --examples
 strata="$CARGO_TARGET_DIR/release/strata"
 work="${TMPDIR:-/tmp}/strata-bench"
 case "${1:-batch}" in
@@ -67,8 +69,12 @@ case "${1:-batch}" in
     "$strata" generate --events "${2:-1000000}" --out "$work/decode/events.jsonl"
     "$CARGO_TARGET_DIR/release/examples/decode_rate" strata.example.toml "$work/decode/events.jsonl"
     ;;
+  plan)
+    shift
+    "$CARGO_TARGET_DIR/release/examples/plan_rate" strata.example.toml "$@"
+    ;;
   *)
-    echo "usage: scripts/bench.sh batch|speed|ballista|engines|history|transfer|decode [EVENTS|DAYS]" >&2
+    echo "usage: scripts/bench.sh batch|speed|ballista|engines|history|transfer|decode|plan [EVENTS|DAYS|SEGMENTS...]" >&2
     exit 2
     ;;
 esac

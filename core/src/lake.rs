@@ -1239,7 +1239,9 @@ mod tests {
     /// After each append the table holds the state of the version it committed, as the log
     /// reads from scratch: its files and its positions, through the commits that write a
     /// checkpoint (the table's state is reloaded there, to start from it) and the others
-    /// (the commit's own state is kept).
+    /// (the commit's own state is kept), and through commits made after another writer's
+    /// (a second handle on the table, as another process has, whose commits land later
+    /// than the version it last read).
     #[tokio::test]
     async fn an_append_leaves_the_table_at_the_state_it_committed() {
         use arrow::array::{Int64Array, StringArray};
@@ -1265,6 +1267,7 @@ mod tests {
             .with_configuration_property(TableProperty::CheckpointInterval, Some("3"))
             .await
             .unwrap();
+        let mut other = lake.open(&url).await.unwrap().expect("the table");
         for i in 0..8i64 {
             let days = if i % 4 == 1 {
                 vec![Some("d0"), Some("d1")]
@@ -1279,10 +1282,22 @@ mod tests {
                 ],
             )
             .unwrap();
-            let txns = vec![Transaction::new(format!("p{}", i % 2), i)];
-            let version = append(&mut table, vec![batch], txns, serde_json::json!({ "i": i }))
+            // Every third commit is the other writer's, its handle behind the table's
+            // versions since its last one.
+            let (writer, app) = if i % 3 == 2 {
+                (&mut other, "q".to_string())
+            } else {
+                (&mut table, format!("p{}", i % 2))
+            };
+            let behind = writer.version();
+            let txns = vec![Transaction::new(app, i)];
+            let version = append(writer, vec![batch], txns, serde_json::json!({ "i": i }))
                 .await
                 .unwrap();
+            let table = &*writer;
+            if i % 3 == 2 {
+                assert!(behind < Some(version - 1), "commit {version} came after another's");
+            }
             let fresh = lake.open(&url).await.unwrap().expect("the table");
             assert_eq!((table.version(), fresh.version()), (Some(version), Some(version)));
             let files = |t: &DeltaTable| {
@@ -1290,8 +1305,11 @@ mod tests {
                 f.sort();
                 f
             };
-            assert_eq!(files(&table), files(&fresh), "after commit {version}");
-            for app in ["p0", "p1"] {
+            assert_eq!(files(table), files(&fresh), "after commit {version}");
+            let (held, read) = (table.snapshot().unwrap(), fresh.snapshot().unwrap());
+            assert_eq!(held.metadata(), read.metadata(), "after commit {version}");
+            assert_eq!(held.protocol(), read.protocol(), "after commit {version}");
+            for app in ["p0", "p1", "q"] {
                 let (held_store, read_store) = (table.log_store(), fresh.log_store());
                 let held = table.snapshot().unwrap().transaction_version(held_store.as_ref(), app);
                 let read = fresh.snapshot().unwrap().transaction_version(read_store.as_ref(), app);

@@ -43,6 +43,7 @@ use strata_core::speed::{Offsets, PartitionStatus, SpeedPart, SpeedSource, Speed
 use strata_core::view::{ViewPlan, WINDOW_START, WindowKind};
 
 use crate::compose::{Composition, LakeRange, compose};
+use crate::state_rows::StateRows;
 use strata_core::{Error, Result};
 use url::Url;
 
@@ -483,7 +484,9 @@ impl Catalog {
         };
         let mut plan = LogicalPlanBuilder::from(templates.finalize.over(alone.build()?)?);
         if let Some(recent) = merged {
-            let others = scan_of(Arc::new(MemTable::try_new(schema.clone(), vec![others])?))?;
+            // The query's filters on the window and group columns reach these rows (see
+            // `StateRows`): a query reads its groups' rows, not the speed layer's batches.
+            let others = scan_of(Arc::new(StateRows::new(schema.clone(), others)))?;
             let states = match recent {
                 Some(recent) => recent.union(others.build()?)?,
                 None => others,

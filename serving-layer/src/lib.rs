@@ -17,6 +17,7 @@ pub mod metadata;
 pub mod partitions;
 pub mod service;
 pub mod sql;
+mod state_rows;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
