@@ -159,15 +159,17 @@ mod tests {
             Field::new("k", DataType::Utf8, true),
             Field::new("n", DataType::Int64, true),
         ]));
+        // Every tenth batch is empty.
         let batches = (0..50)
-            .map(|b| {
+            .map(|b| if b % 10 == 9 { (b, 0) } else { (b, 20) })
+            .map(|(b, len)| {
                 RecordBatch::try_new(
                     schema.clone(),
                     vec![
                         Arc::new(StringArray::from_iter(
-                            (0..20).map(|r| (r % 7 != 6).then(|| format!("k{}", (b + r) % 5))),
+                            (0..len).map(|r| (r % 7 != 6).then(|| format!("k{}", (b + r) % 5))),
                         )),
-                        Arc::new(Int64Array::from_iter_values((0..20).map(|r| b * 100 + r))),
+                        Arc::new(Int64Array::from_iter_values((0..len).map(|r| b * 100 + r))),
                     ],
                 )
                 .unwrap()
@@ -198,6 +200,7 @@ mod tests {
             async move {
                 let plan = table.scan(state, None, &filters, None).await.unwrap();
                 let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx()).await.unwrap();
+                assert!(batches.iter().all(|b| b.schema() == table.schema()));
                 let rows: Vec<(Option<String>, i64)> = batches
                     .iter()
                     .flat_map(|b| {
@@ -218,10 +221,39 @@ mod tests {
             .collect();
         assert!(!expected.is_empty() && expected.len() < all.len() / 5);
         assert_eq!(read(filters).await, (1, expected));
-        assert_eq!(read(vec![]).await, (50, all.clone()));
-        assert_eq!(read(vec![col("n").gt_eq(lit(0i64))]).await, (50, all.clone()));
-        assert_eq!(read(vec![col("missing").eq(lit(1i64))]).await, (50, all.clone()));
-        let none = read(vec![col("n").lt(lit(0i64))]).await;
-        assert!(none.1.is_empty(), "{none:?}");
+        // A row whose key is NULL makes `NOT (k = 'k3')` NULL: it is not kept.
+        let not_k3: Vec<_> = all
+            .iter()
+            .filter(|(k, _)| k.is_some() && k.as_deref() != Some("k3"))
+            .cloned()
+            .collect();
+        assert!(all.iter().any(|(k, _)| k.is_none()));
+        assert_eq!(read(vec![!qualified("k").eq(lit("k3"))]).await, (1, not_k3));
+        let batches = table.batches.len();
+        assert_eq!(read(vec![]).await, (batches, all.clone()));
+        assert_eq!(read(vec![col("n").gt_eq(lit(0i64))]).await, (batches, all.clone()));
+        assert_eq!(read(vec![col("missing").eq(lit(1i64))]).await, (batches, all.clone()));
+        assert_eq!(read(vec![col("n").lt(lit(0i64))]).await, (1, vec![]));
+        // A projection reads its columns of the rows kept.
+        let plan = table
+            .scan(&state, Some(&vec![1]), &[col("k").eq(lit("k3"))], None)
+            .await
+            .unwrap();
+        let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx()).await.unwrap();
+        let n: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        let expected: Vec<i64> = all
+            .iter()
+            .filter(|(k, _)| k.as_deref() == Some("k3"))
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!((batches.len(), batches[0].num_columns(), n), (1, 1, expected));
     }
 }
