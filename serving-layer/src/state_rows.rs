@@ -178,6 +178,18 @@ mod tests {
         StateRows::new(schema, batches)
     }
 
+    /// The (k, n) of every row of `batches`, in order.
+    fn pairs(batches: &[RecordBatch]) -> Vec<(Option<String>, i64)> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let k = b.column(0).as_string::<i32>().clone();
+                let n = b.column(1).as_primitive::<arrow::datatypes::Int64Type>().clone();
+                (0..b.num_rows()).map(move |r| (k.is_valid(r).then(|| k.value(r).to_string()), n.value(r)))
+            })
+            .collect()
+    }
+
     /// The rows a scan reads are those of the batches that pass its filters (NULLs do not),
     /// in their order, as one batch; without filters, or with filters every row passes, the
     /// batches as they are; a filter that cannot be evaluated here keeps every row.
@@ -186,30 +198,14 @@ mod tests {
         let table = rows();
         let ctx = SessionContext::new();
         let state = ctx.state();
-        let all: Vec<(Option<String>, i64)> = table
-            .batches
-            .iter()
-            .flat_map(|b| {
-                let k = b.column(0).as_string::<i32>().clone();
-                let n = b.column(1).as_primitive::<arrow::datatypes::Int64Type>().clone();
-                (0..b.num_rows()).map(move |r| (k.is_valid(r).then(|| k.value(r).to_string()), n.value(r)))
-            })
-            .collect();
+        let all = pairs(&table.batches);
         let read = |filters: Vec<Expr>| {
             let (table, state, ctx) = (&table, &state, &ctx);
             async move {
                 let plan = table.scan(state, None, &filters, None).await.unwrap();
                 let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx()).await.unwrap();
                 assert!(batches.iter().all(|b| b.schema() == table.schema()));
-                let rows: Vec<(Option<String>, i64)> = batches
-                    .iter()
-                    .flat_map(|b| {
-                        let k = b.column(0).as_string::<i32>().clone();
-                        let n = b.column(1).as_primitive::<arrow::datatypes::Int64Type>().clone();
-                        (0..b.num_rows()).map(move |r| (k.is_valid(r).then(|| k.value(r).to_string()), n.value(r)))
-                    })
-                    .collect();
-                (batches.len(), rows)
+                (batches.len(), pairs(&batches))
             }
         };
         let qualified = |name: &str| Expr::Column(Column::new(Some("?table?"), name));
