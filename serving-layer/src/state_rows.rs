@@ -19,11 +19,11 @@ use arrow::compute::{concat_batches, interleave};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Column, DFSchema};
+use datafusion::common::DFSchema;
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result;
+use datafusion::logical_expr::expr_rewriter::unnormalize_col;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
@@ -44,17 +44,8 @@ impl StateRows {
     /// The rows of every batch that pass `filters`, as one batch; `None` when the filters
     /// keep every row (the batches are read as they are) or cannot be evaluated here.
     fn filtered(&self, state: &dyn Session, filters: &[Expr]) -> Option<RecordBatch> {
-        let predicate = conjunction(filters.iter().cloned())?;
         // The filters name the scan's columns, qualified by its table; these rows are not.
-        let predicate = predicate
-            .transform(|e| {
-                Ok(match e {
-                    Expr::Column(c) => Transformed::yes(Expr::Column(Column::new_unqualified(c.name))),
-                    e => Transformed::no(e),
-                })
-            })
-            .ok()?
-            .data;
+        let predicate = unnormalize_col(conjunction(filters.iter().cloned())?);
         // Only the columns the filters read are put together to evaluate them.
         let mut columns: Vec<usize> = predicate
             .column_refs()
@@ -84,11 +75,12 @@ impl StateRows {
             Some(nulls) => keep.values() & nulls.inner(),
             None => keep.values().clone(),
         };
-        if keep.count_set_bits() == together.num_rows() {
+        let kept = keep.count_set_bits();
+        if kept == together.num_rows() {
             return None;
         }
         // (batch, row) of each row kept, in order.
-        let mut rows = Vec::with_capacity(keep.count_set_bits());
+        let mut rows = Vec::with_capacity(kept);
         let (mut batch, mut first) = (0, 0);
         for at in keep.set_indices() {
             while at >= first + self.batches[batch].num_rows() {
@@ -208,7 +200,7 @@ mod tests {
                 (batches.len(), pairs(&batches))
             }
         };
-        let qualified = |name: &str| Expr::Column(Column::new(Some("?table?"), name));
+        let qualified = |name: &str| Expr::Column(datafusion::common::Column::new(Some("?table?"), name));
         let filters = vec![qualified("k").eq(lit("k3")), qualified("n").gt_eq(lit(1_000i64))];
         let expected: Vec<_> = all
             .iter()
