@@ -5,17 +5,20 @@
 //! ```text
 //!  consumer ──Input──► aggregator ──ArchiveJob──► archiver ──► lake (raw, rejected)
 //!                          │ states per view, per partition segment
-//!                          ▼                ▲ Demand: aggregate what has been received
+//!                          ▼                ▲ Demand: publish what has been received
 //!                        Store ◄── queries ─┘ (states beyond a batch coverage)
 //! ```
 //!
-//! Micro-batches are aggregated together, not one by one: a micro-batch's events wait
-//! until a query asks for the states ([`Demand`]), `speed.aggregate_rows` events wait, or
-//! the segment is cut. Under a steady load a micro-batch holds a few hundred events, and
+//! Micro-batches are published together, not one by one: a micro-batch's events are added
+//! to each view's open states (the `live` module) once `speed.aggregate_rows` events
+//! wait, and the open states go to the store when a query asks for them ([`Demand`]) or the
+//! segment is cut. Under a steady load a micro-batch holds a few hundred events, and
 //! aggregating each alone made one state row (with its sketches) per group for every few
-//! events; the states of what waits are not in the store yet, and the store's position says
-//! so (a partition's consumed offset is the end of its states), so a query that does not
-//! wait for them still counts every event it reports exactly once.
+//! events; publishing at every `aggregate_rows` still emitted each group's sketches about
+//! twenty times a second, and a segment's fold merged them again. The states of what waits
+//! are not in the store yet, and the store's position says so (a partition's consumed
+//! offset is the end of its states), so a query that does not wait for them still counts
+//! every event it reports exactly once.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -75,16 +78,20 @@ impl Demand {
     }
 }
 
-/// Micro-batches of one source received and not aggregated yet.
+/// Micro-batches of one source received and not published yet.
 #[derive(Debug, Default)]
 struct Waiting {
     events: Vec<RecordBatch>,
+    /// The events not added to the views' open states yet, and how many.
+    unadded: Vec<RecordBatch>,
+    unadded_rows: usize,
     rejects: Vec<RecordBatch>,
-    rows: usize,
     /// Per partition, from the first offset they consumed to the next one.
     positions: BTreeMap<TopicPartition, (i64, i64)>,
     /// When each batch's first record was consumed.
     consumed_at: Vec<Instant>,
+    /// How many of them were added to the open states (and observed as such).
+    added: usize,
 }
 
 pub struct Aggregator {
@@ -271,13 +278,14 @@ impl Aggregator {
         }
         waiting.consumed_at.push(batch.consumed_at);
         if let Some(e) = &batch.events {
-            waiting.rows += e.num_rows();
+            waiting.unadded_rows += e.num_rows();
+            waiting.unadded.push(e.clone());
             waiting.events.push(e.clone());
         }
         if let Some(r) = &batch.rejects {
             waiting.rejects.push(r.clone());
         }
-        let aggregate = waiting.rows >= self.aggregate_rows;
+        let add = waiting.unadded_rows >= self.aggregate_rows;
         self.waiting_batches.fetch_add(1, Ordering::Release);
         let rows = batch.events.as_ref().map_or(0, RecordBatch::num_rows)
             + batch.rejects.as_ref().map_or(0, RecordBatch::num_rows);
@@ -288,8 +296,8 @@ impl Aggregator {
         if let Some(r) = batch.rejects {
             self.rejects[source].push(r);
         }
-        if aggregate {
-            self.aggregate(source).await?;
+        if add {
+            self.add(source).await?;
         }
         Ok(())
     }
@@ -302,20 +310,52 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Turns the waiting micro-batches of `source` into states in the open segments of their
-    /// partitions, which then end where the batches do, and counts their events (with the
-    /// states, so that a partition's counts and its position agree).
+    /// Adds the waiting events of `source` to its views' open states, each view on a worker
+    /// of the CPU runtime; they are not in the store yet (see [`Self::aggregate`]).
+    async fn add(&mut self, source: usize) -> Result<()> {
+        let waiting = &mut self.waiting[source];
+        let events = std::mem::take(&mut waiting.unadded);
+        let rows = std::mem::take(&mut waiting.unadded_rows);
+        let consumed_at = waiting.consumed_at[waiting.added..].to_vec();
+        waiting.added = waiting.consumed_at.len();
+        let started = Instant::now();
+        if rows > 0 {
+            let mut views = tokio::task::JoinSet::new();
+            for (_, engine) in self.source_engines(source) {
+                let (engine, events) = (engine.clone(), events.clone());
+                views.spawn(async move { engine.add(events).await });
+            }
+            while let Some(done) = views.join_next().await {
+                done.map_err(|e| Error::Internal(format!("the states of a view: {e}")))??;
+            }
+            self.compute.observe(started.elapsed().as_secs_f64());
+        }
+        for consumed_at in &consumed_at {
+            self.visible.observe(consumed_at.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// The engines of the views of `source`, with their indices.
+    fn source_engines(&self, source: usize) -> impl Iterator<Item = (usize, &Arc<ViewEngine>)> {
+        self.engines
+            .iter()
+            .enumerate()
+            .filter(move |(v, _)| self.view_source[*v] == source)
+    }
+
+    /// Publishes the waiting micro-batches of `source`: their states (added to the views'
+    /// open states first, if they are not yet) go to the open segments of their partitions,
+    /// which then end where the batches do, and their events are counted (with the states,
+    /// so that a partition's counts and its position agree).
     async fn aggregate(&mut self, source: usize) -> Result<()> {
-        let waiting = std::mem::take(&mut self.waiting[source]);
-        if waiting.consumed_at.is_empty() {
+        if self.waiting[source].consumed_at.is_empty() {
             return Ok(());
         }
+        self.add(source).await?;
+        let waiting = std::mem::take(&mut self.waiting[source]);
         let started = Instant::now();
-        let states = if waiting.rows > 0 {
-            self.states(source, waiting.events.clone()).await?
-        } else {
-            Vec::new()
-        };
+        let states = self.publish(source).await?;
         let positions: Vec<OffsetRange> = waiting
             .positions
             .into_iter()
@@ -323,10 +363,7 @@ impl Aggregator {
             .collect();
         let event_time = self.sources[source].event_time;
         let windows: Vec<(usize, WindowSpec)> = self
-            .engines
-            .iter()
-            .enumerate()
-            .filter(|(v, _)| self.view_source[*v] == source)
+            .source_engines(source)
             .map(|(v, e)| (v, e.plan.window.clone()))
             .collect();
         let to_fold = {
@@ -342,9 +379,6 @@ impl Aggregator {
         };
         self.waiting_batches
             .fetch_sub(waiting.consumed_at.len(), Ordering::Release);
-        for consumed_at in &waiting.consumed_at {
-            self.visible.observe(consumed_at.elapsed().as_secs_f64());
-        }
         self.compute.observe(started.elapsed().as_secs_f64());
         for (key, start, v) in to_fold {
             self.fold_later(&key, start, v);
@@ -352,18 +386,13 @@ impl Aggregator {
         Ok(())
     }
 
-    /// States of every view of `source` over `events`, per partition; the views at once, each
-    /// on a worker of the CPU runtime (events are visible when the slowest view is done).
-    async fn states(&self, source: usize, events: Vec<RecordBatch>) -> Result<Vec<ViewStates>> {
+    /// The open states of every view of `source`, per partition, published at once (each
+    /// view's emitted on a worker of the CPU runtime).
+    async fn publish(&self, source: usize) -> Result<Vec<ViewStates>> {
         let mut views = tokio::task::JoinSet::new();
-        for (v, engine) in self
-            .engines
-            .iter()
-            .enumerate()
-            .filter(|(v, _)| self.view_source[*v] == source)
-        {
-            let (engine, events) = (engine.clone(), events.clone());
-            views.spawn(async move { (v, engine.states_by_partition(events).await) });
+        for (v, engine) in self.source_engines(source) {
+            let engine = engine.clone();
+            views.spawn(async move { (v, engine.publish().await) });
         }
         let mut states = Vec::new();
         while let Some(done) = views.join_next().await {
@@ -1109,7 +1138,7 @@ mod tests {
             let events = decoder.finish();
             let segment = p.open_segment(views);
             for (v, engine) in engines.iter().enumerate() {
-                let states = engine.states_by_partition(vec![events.clone()]).await.unwrap();
+                let states = crate::fixtures::states_of(engine, &events, 1).await;
                 segment.states[v].extend(states[&key].iter().cloned());
             }
         }
@@ -1151,12 +1180,13 @@ mod tests {
         }
     }
 
-    /// Micro-batches wait to be aggregated together: their states reach the store (and their
+    /// Micro-batches wait to be published together: their states reach the store (and their
     /// events its counts) only when a query asks, and then every batch received by then, or
-    /// once `aggregate_rows` events wait; until then the store's position stays where its
-    /// states end, so what it reports is exact either way.
+    /// when they are archived; once `aggregate_rows` events wait they are added to the views'
+    /// open states, still unpublished. Until then the store's position stays where its states
+    /// end, so what it reports is exact either way.
     #[tokio::test]
-    async fn states_wait_until_a_query_asks_or_enough_events_wait() {
+    async fn states_wait_until_a_query_asks_or_they_are_archived() {
         use arrow::array::Int64Array;
         use strata_core::decode::{JsonDecoder, KafkaPosition};
 
@@ -1241,17 +1271,6 @@ mod tests {
                 })
                 .collect()
         };
-        let until = |want: Vec<(u64, i64, i64)>| {
-            let store = store.clone();
-            async move {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while seen(&store) != want {
-                    assert!(Instant::now() < deadline, "{:?}, not {want:?}", seen(&store));
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        };
-
         let waiting = |n: usize| {
             let waiting = demand.waiting.clone();
             async move {
@@ -1279,10 +1298,15 @@ mod tests {
         // Nothing waits: the next query does not ask.
         assert_eq!(demand.waiting.load(Ordering::Acquire), 0);
 
-        // 2 x 130 events wait: aggregated without being asked.
+        // 2 x 130 events wait: added to the views' open states without a query asking, but
+        // not published: the store still ends where the query left it, until the next asks.
         input.send(micro_batch(120, 65)).await.unwrap();
         input.send(micro_batch(185, 65)).await.unwrap();
-        until(vec![(250, 250, 250), (250, 250, 250)]).await;
+        input.send(micro_batch(250, 10)).await.unwrap();
+        waiting(3).await;
+        assert_eq!(seen(&store), [(120, 120, 120), (120, 120, 120)]);
+        demand.fresh().await;
+        assert_eq!(seen(&store), [(260, 260, 260), (260, 260, 260)]);
         let segments: Vec<usize> = store
             .lock()
             .unwrap()
@@ -1290,12 +1314,12 @@ mod tests {
             .values()
             .map(|p| p.segments[0].states[0].len())
             .collect();
-        assert_eq!(segments, [2, 2], "one state batch per aggregation and partition");
+        assert_eq!(segments, [2, 2], "one state batch per publication and partition");
 
         // Closing the channel archives what waits, its states in the store first.
-        input.send(micro_batch(250, 10)).await.unwrap();
+        input.send(micro_batch(260, 10)).await.unwrap();
         drop(input);
         running.await.unwrap().unwrap();
-        assert_eq!(seen(&store), [(260, 260, 260), (260, 260, 260)]);
+        assert_eq!(seen(&store), [(270, 270, 270), (270, 270, 270)]);
     }
 }

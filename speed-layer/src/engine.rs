@@ -28,6 +28,8 @@ use strata_core::speed::TopicPartition;
 use strata_core::view::ViewPlan;
 use strata_core::{Error, Result};
 
+use crate::live::Live;
+
 const KEY_TOPIC: &str = "__topic";
 const KEY_PARTITION: &str = "__partition";
 /// Key of a recovery segment (see [`ViewEngine::states_by_segment`]).
@@ -43,8 +45,9 @@ pub struct ViewEngine {
     /// Schema of the state rows (the view table's).
     pub state_schema: SchemaRef,
     ctx: SessionContext,
-    /// The states of raw events keyed by partition, planned once.
-    by_partition: Prepared,
+    /// The states of raw events keyed by partition, planned once and kept open between
+    /// micro-batches until they are published.
+    live: Live,
     /// The merge of state rows, planned once.
     merge: Prepared,
 }
@@ -72,8 +75,9 @@ impl ViewEngine {
         ctx.deregister_table(source)?;
         let keys = [(quote(TOPIC), KEY_TOPIC), (quote(PARTITION), KEY_PARTITION)];
         let keys: Vec<(&str, &str)> = keys.iter().map(|(e, a)| (e.as_str(), *a)).collect();
-        let by_partition =
-            Prepared::new(&ctx, source, raw_schema.clone(), &plan.state_sql_keyed(source, &keys)).await?;
+        let keyed = plan.state_sql_keyed(source, &keys);
+        let (by_partition, input) = plan_over(&ctx, source, raw_schema.clone(), &keyed).await?;
+        let live = Live::new(by_partition, input, ctx.task_ctx(), &format!("view `{}`", plan.name))?;
         let merge = Prepared::new(
             &ctx,
             "__states",
@@ -86,7 +90,7 @@ impl ViewEngine {
             source: source.to_string(),
             state_schema,
             ctx,
-            by_partition,
+            live,
             merge,
         })
     }
@@ -106,15 +110,18 @@ impl ViewEngine {
         Ok(out?)
     }
 
-    /// The states of batches of raw events, per Kafka partition (`topic/partition` key).
-    pub async fn states_by_partition(
-        &self,
-        events: Vec<RecordBatch>,
-    ) -> Result<BTreeMap<TopicPartition, Vec<RecordBatch>>> {
+    /// Adds batches of raw events to the view's open states (the `live` module).
+    pub async fn add(&self, events: Vec<RecordBatch>) -> Result<()> {
         if events.iter().all(|e| e.num_rows() == 0) {
-            return Ok(BTreeMap::new());
+            return Ok(());
         }
-        let keyed = self.by_partition.run(events).await?;
+        self.live.add(events).await
+    }
+
+    /// The open states of every event added since the last call, per Kafka partition
+    /// (`topic/partition` key); the view's states are then open again with none.
+    pub async fn publish(&self) -> Result<BTreeMap<TopicPartition, Vec<RecordBatch>>> {
+        let keyed = self.live.emit().await?;
         let mut out: BTreeMap<TopicPartition, Vec<RecordBatch>> = BTreeMap::new();
         for batch in keyed {
             let t = key_column(&batch, KEY_TOPIC)?.as_string::<i32>();
@@ -231,7 +238,7 @@ impl ViewEngine {
 /// places in the slot they share, so a run copies the plan's nodes but keeps their properties
 /// (rebuilding the nodes around new batches recomputed every node's properties, 13% of the
 /// speed layer's CPU under a steady load).
-struct Prepared {
+pub(crate) struct Prepared {
     plan: Arc<dyn ExecutionPlan>,
     /// Where a run places its batches for the plan's [`Input`].
     input: Slot,
@@ -240,49 +247,79 @@ struct Prepared {
     task: Arc<TaskContext>,
 }
 
-type Slot = Arc<Mutex<Option<Vec<RecordBatch>>>>;
+pub(crate) type Slot = Arc<Mutex<Option<Vec<RecordBatch>>>>;
+
+/// The physical plan of `sql` over `table` (of `schema`), its in-memory table replaced by
+/// an [`Input`] reading the batches placed in the slot returned with it.
+async fn plan_over(
+    ctx: &SessionContext,
+    table: &str,
+    schema: SchemaRef,
+    sql: &str,
+) -> Result<(Arc<dyn ExecutionPlan>, Slot)> {
+    ctx.register_table(table, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
+    let planned = match ctx.sql(sql).await {
+        Ok(df) => df.create_physical_plan().await,
+        Err(e) => Err(e),
+    };
+    ctx.deregister_table(table)?;
+    let input = Slot::default();
+    let mut inputs = 0;
+    let plan = planned?
+        .transform_down(|node| {
+            let Some(source) = memory_source(&node) else {
+                return Ok(Transformed::no(node));
+            };
+            inputs += 1;
+            let leaf = Input {
+                projection: source.projection().clone(),
+                fetch: source.fetch(),
+                properties: Arc::clone(node.properties()),
+                slot: Arc::clone(&input),
+            };
+            Ok(Transformed::yes(Arc::new(leaf) as Arc<dyn ExecutionPlan>))
+        })
+        .map_err(|e: DataFusionError| Error::from(e))?
+        .data;
+    if inputs != 1 {
+        return Err(Error::Internal(format!(
+            "a prepared query reads its table {inputs} times (once expected): {sql}"
+        )));
+    }
+    Ok((plan, input))
+}
+
+/// A leaf reading the batches placed in `slot`, in place of a node with `properties`.
+pub(crate) fn input_leaf(properties: Arc<PlanProperties>, slot: Slot) -> Arc<dyn ExecutionPlan> {
+    Arc::new(Input {
+        projection: None,
+        fetch: None,
+        properties,
+        slot,
+    })
+}
+
+/// The name of a prepared plan's leaf.
+pub(crate) const INPUT_NODE: &str = "PreparedInput";
 
 impl Prepared {
     async fn new(ctx: &SessionContext, table: &str, schema: SchemaRef, sql: &str) -> Result<Self> {
-        ctx.register_table(table, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
-        let planned = match ctx.sql(sql).await {
-            Ok(df) => df.create_physical_plan().await,
-            Err(e) => Err(e),
-        };
-        ctx.deregister_table(table)?;
-        let input = Slot::default();
-        let mut inputs = 0;
-        let plan = planned?
-            .transform_down(|node| {
-                let Some(source) = memory_source(&node) else {
-                    return Ok(Transformed::no(node));
-                };
-                inputs += 1;
-                let leaf = Input {
-                    projection: source.projection().clone(),
-                    fetch: source.fetch(),
-                    properties: Arc::clone(node.properties()),
-                    slot: Arc::clone(&input),
-                };
-                Ok(Transformed::yes(Arc::new(leaf) as Arc<dyn ExecutionPlan>))
-            })
-            .map_err(|e: DataFusionError| Error::from(e))?
-            .data;
-        if inputs != 1 {
-            return Err(Error::Internal(format!(
-                "a prepared query reads its table {inputs} times (once expected): {sql}"
-            )));
-        }
-        Ok(Prepared {
+        let (plan, input) = plan_over(ctx, table, schema, sql).await?;
+        Ok(Prepared::from_plan(plan, input, ctx.task_ctx()))
+    }
+
+    /// `plan`, whose one leaf is an [`Input`] reading `input`, run by `task`.
+    pub(crate) fn from_plan(plan: Arc<dyn ExecutionPlan>, input: Slot, task: Arc<TaskContext>) -> Self {
+        Prepared {
             plan,
             input,
             running: Mutex::new(()),
-            task: ctx.task_ctx(),
-        })
+            task,
+        }
     }
 
     /// Runs the plan over `batches` in place of its (empty) table.
-    async fn run(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    pub(crate) async fn run(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
         // The nodes copied, their properties kept: a node registers its metrics in its own
         // set on each execution, which would grow run after run.
         let plan = reset_plan_states(Arc::clone(&self.plan))?;
@@ -329,7 +366,7 @@ impl DisplayAs for Input {
 
 impl ExecutionPlan for Input {
     fn name(&self) -> &str {
-        "PreparedInput"
+        INPUT_NODE
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -426,15 +463,17 @@ mod tests {
         rows
     }
 
-    /// The plans prepared once give, run after run and in runs at the same time, what planning
-    /// the same SQL afresh gives.
+    /// A view's open states, added to in pieces and published, run after run, are what
+    /// planning its SQL afresh gives over the same events at once; the fold prepared once
+    /// gives, run after run and in runs at the same time, what the fold's SQL planned afresh
+    /// gives.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn prepared_plans_equal_fresh_plans_run_after_run() {
+    async fn open_states_and_folds_equal_fresh_plans_run_after_run() {
         let config = crate::fixtures::clicks_config(std::path::Path::new("/tmp/strata.toml"));
         let source = SourceSchema::new(&config.sources[0]);
         for plan in config.view_plans().unwrap() {
             let engine = ViewEngine::new(plan, "clicks", source.raw.clone()).await.unwrap();
-            let mut rounds = Vec::new();
+            let mut all_states = Vec::new();
             for round in 0..4i64 {
                 let mut decoder = JsonDecoder::new(source.clone());
                 for i in 0..300i64 {
@@ -448,56 +487,30 @@ mod tests {
                     decoder.decode(record.as_bytes(), Some(position)).unwrap();
                 }
                 let events = decoder.finish();
-                let prepared = engine.states_by_partition(vec![events.clone()]).await.unwrap();
-                let sql = engine.plan.state_sql_keyed(
-                    "clicks",
-                    &[(&quote(TOPIC), KEY_TOPIC), (&quote(PARTITION), KEY_PARTITION)],
-                );
-                let fresh = engine
-                    .run("clicks", vec![events.clone()], source.raw.clone(), &sql)
-                    .await
-                    .unwrap();
-                let prepared_all: Vec<RecordBatch> = prepared.values().flatten().cloned().collect();
-                assert_eq!(prepared.len(), 3, "{}: one entry per partition", engine.plan.name);
-                let fresh_projected: Vec<RecordBatch> = fresh
-                    .iter()
-                    .map(|b| {
-                        let columns = engine
-                            .state_schema
-                            .fields()
-                            .iter()
-                            .map(|f| b.column_by_name(f.name()).unwrap().clone())
-                            .collect();
-                        RecordBatch::try_new(engine.state_schema.clone(), columns).unwrap()
-                    })
-                    .collect();
+                let live = crate::fixtures::states_of(&engine, &events, 1 + round as usize * 2).await;
+                let fresh = fresh_states(&engine, "clicks", &source, &events).await;
+                assert_eq!(live.len(), 3, "{}: one entry per partition", engine.plan.name);
+                let live_all: Vec<RecordBatch> = live.values().flatten().cloned().collect();
+                let fresh_all: Vec<RecordBatch> = fresh.values().flatten().cloned().collect();
                 assert_eq!(
-                    sorted_rows(&prepared_all),
-                    sorted_rows(&fresh_projected),
+                    sorted_rows(&live_all),
+                    sorted_rows(&fresh_all),
                     "{} round {round}",
                     engine.plan.name
                 );
-                // Each partition's states are exactly the rows of its key.
-                for (key, parts) in &prepared {
-                    let own: Vec<RecordBatch> = fresh
-                        .iter()
-                        .zip(&fresh_projected)
-                        .map(|(keyed, projected)| {
-                            let t = keyed.column_by_name(KEY_TOPIC).unwrap().as_string::<i32>();
-                            let p = keyed.column_by_name(KEY_PARTITION).unwrap().as_primitive::<Int32Type>();
-                            let mask: arrow::array::BooleanArray = (0..keyed.num_rows())
-                                .map(|row| Some(t.value(row) == key.topic && p.value(row) == key.partition))
-                                .collect();
-                            arrow::compute::filter_record_batch(projected, &mask).unwrap()
-                        })
-                        .collect();
-                    assert!(own.iter().map(RecordBatch::num_rows).sum::<usize>() > 0, "{key}");
-                    assert_eq!(sorted_rows(parts), sorted_rows(&own), "{} {key}", engine.plan.name);
+                for (key, parts) in &live {
+                    assert!(parts.iter().map(RecordBatch::num_rows).sum::<usize>() > 0, "{key}");
+                    assert_eq!(
+                        sorted_rows(parts),
+                        sorted_rows(&fresh[key]),
+                        "{} {key}",
+                        engine.plan.name
+                    );
                 }
-                assert!(prepared_all.iter().map(RecordBatch::num_rows).sum::<usize>() > 0);
-                rounds.push((events, prepared_all));
+                all_states.extend(live_all);
             }
-            let all_states: Vec<RecordBatch> = rounds.iter().flat_map(|(_, states)| states.clone()).collect();
+            // Published: open again with nothing.
+            assert!(engine.publish().await.unwrap().is_empty(), "{}", engine.plan.name);
             let fresh_fold = engine
                 .run(
                     "__states",
@@ -508,18 +521,14 @@ mod tests {
                 .await
                 .unwrap();
             let name = engine.plan.name.clone();
-            let (engine, rounds) = (Arc::new(engine), Arc::new(rounds));
+            let engine = Arc::new(engine);
             let (all_states, fresh_fold) = (Arc::new(all_states), Arc::new(sorted_rows(&fresh_fold)));
             let tasks: Vec<_> = (0..4)
-                .map(|task| {
-                    let (engine, rounds) = (Arc::clone(&engine), Arc::clone(&rounds));
+                .map(|_| {
+                    let engine = Arc::clone(&engine);
                     let (all_states, fresh_fold) = (Arc::clone(&all_states), Arc::clone(&fresh_fold));
                     tokio::spawn(async move {
-                        for i in 0..25 {
-                            let (events, alone) = &rounds[(task + i) % rounds.len()];
-                            let again = engine.states_by_partition(vec![events.clone()]).await.unwrap();
-                            let again: Vec<RecordBatch> = again.values().flatten().cloned().collect();
-                            assert_eq!(sorted_rows(alone), sorted_rows(&again));
+                        for _ in 0..25 {
                             let folded = engine.fold(all_states.to_vec()).await.unwrap();
                             assert_eq!(sorted_rows(&folded), *fresh_fold);
                         }
@@ -530,10 +539,102 @@ mod tests {
                 task.await
                     .unwrap_or_else(|e| panic!("{name}: runs at the same time: {e}"));
             }
-            for prepared in [&engine.by_partition, &engine.merge] {
+            let mut prepared = vec![&engine.live.below, &engine.merge];
+            prepared.extend(&engine.live.above);
+            for prepared in prepared {
                 assert_eq!(metrics_kept(&prepared.plan), 0, "{name}: a run leaves its metrics");
             }
         }
+    }
+
+    /// The example config's views (a FILTER clause, sketches of both kinds, a hopping window
+    /// over a filtered source) keep their states open, and their states added in pieces are
+    /// those their SQL gives over the events at once, NULL values included.
+    #[tokio::test]
+    async fn the_example_views_open_states_equal_a_fresh_plans() {
+        let text = include_str!("../../strata.example.toml");
+        let config =
+            strata_core::config::Config::parse(text, std::path::Path::new("strata.example.toml"), &BTreeMap::new())
+                .unwrap();
+        let source = SourceSchema::new(&config.sources[0]);
+        let mut decoder = JsonDecoder::new(source.clone());
+        for i in 0..2_000i64 {
+            let k = i * 7919;
+            let device = ["\"mobile\"", "\"desktop\"", "null"][(k % 3) as usize];
+            let url = if k % 4 == 0 { "/checkout/1" } else { "/home" };
+            let record = format!(
+                r#"{{"ts":"2026-12-05T10:{:02}:{:02}Z","user_id":"u{}","country":"C{}","url":"{url}","device":{device},"latency_ms":{},"amount":{}}}"#,
+                (k / 60) % 60,
+                k % 60,
+                k % 150,
+                k % 4,
+                k % 97,
+                (k % 13) as f64 * 0.5
+            );
+            let position = KafkaPosition {
+                topic: "page_views",
+                partition: (i % 2) as i32,
+                offset: i,
+            };
+            decoder.decode(record.as_bytes(), Some(position)).unwrap();
+        }
+        let events = decoder.finish();
+        assert_eq!(events.num_rows(), 2_000);
+        for plan in config.view_plans().unwrap() {
+            let engine = ViewEngine::new(plan, "page_views", source.raw.clone()).await.unwrap();
+            let live = crate::fixtures::states_of(&engine, &events, 7).await;
+            let fresh = fresh_states(&engine, "page_views", &source, &events).await;
+            assert_eq!(live.len(), 2, "{}", engine.plan.name);
+            for (key, parts) in &live {
+                assert!(parts.iter().map(RecordBatch::num_rows).sum::<usize>() > 10, "{key}");
+                assert_eq!(
+                    sorted_rows(parts),
+                    sorted_rows(&fresh[key]),
+                    "{} {key}",
+                    engine.plan.name
+                );
+            }
+        }
+    }
+
+    /// The states of `events` per partition, from the view's keyed state SQL planned afresh
+    /// and run over them at once.
+    async fn fresh_states(
+        engine: &ViewEngine,
+        table: &str,
+        source: &SourceSchema,
+        events: &RecordBatch,
+    ) -> BTreeMap<TopicPartition, Vec<RecordBatch>> {
+        let sql = engine
+            .plan
+            .state_sql_keyed(table, &[(&quote(TOPIC), KEY_TOPIC), (&quote(PARTITION), KEY_PARTITION)]);
+        let fresh = engine
+            .run(table, vec![events.clone()], source.raw.clone(), &sql)
+            .await
+            .unwrap();
+        let mut out: BTreeMap<TopicPartition, Vec<RecordBatch>> = BTreeMap::new();
+        for keyed in &fresh {
+            let t = keyed.column_by_name(KEY_TOPIC).unwrap().as_string::<i32>();
+            let p = keyed.column_by_name(KEY_PARTITION).unwrap().as_primitive::<Int32Type>();
+            let keys: std::collections::BTreeSet<TopicPartition> = (0..keyed.num_rows())
+                .map(|row| TopicPartition::new(t.value(row), p.value(row)))
+                .collect();
+            let columns = engine
+                .state_schema
+                .fields()
+                .iter()
+                .map(|f| keyed.column_by_name(f.name()).unwrap().clone())
+                .collect();
+            let projected = RecordBatch::try_new(engine.state_schema.clone(), columns).unwrap();
+            for key in keys {
+                let mask: arrow::array::BooleanArray = (0..keyed.num_rows())
+                    .map(|row| Some(t.value(row) == key.topic && p.value(row) == key.partition))
+                    .collect();
+                let own = arrow::compute::filter_record_batch(&projected, &mask).unwrap();
+                out.entry(key).or_default().push(own);
+            }
+        }
+        out
     }
 
     /// States per recovery segment, over several partitions and segments, are per (partition,
@@ -586,7 +687,7 @@ mod tests {
                     .collect();
                 let own = arrow::compute::filter_record_batch(&events, &mask).unwrap();
                 assert!(own.num_rows() > 0, "{key} {end}");
-                let alone = engine.states_by_partition(vec![own]).await.unwrap();
+                let alone = crate::fixtures::states_of(&engine, &own, 1).await;
                 assert_eq!(alone.len(), 1, "{key} {end}");
                 assert_eq!(
                     sorted_rows(parts),

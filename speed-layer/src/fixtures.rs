@@ -8,6 +8,7 @@ use arrow::array::{AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use strata_core::config::Config;
 use strata_core::schema::SourceSchema;
+use strata_core::speed::TopicPartition;
 
 use crate::engine::ViewEngine;
 
@@ -46,6 +47,24 @@ pub async fn clicks_engines(config: &Config) -> (Arc<SourceSchema>, Vec<Arc<View
         engines.push(Arc::new(engine.expect("an engine of a test view")));
     }
     (source, engines)
+}
+
+/// The states of `events` alone, per partition: added to the engine's open states in
+/// `pieces` slices of about equal size, then published.
+pub async fn states_of(
+    engine: &ViewEngine,
+    events: &RecordBatch,
+    pieces: usize,
+) -> BTreeMap<TopicPartition, Vec<RecordBatch>> {
+    let size = events.num_rows().div_ceil(pieces.max(1)).max(1);
+    for start in (0..events.num_rows()).step_by(size) {
+        let piece = events.slice(start, size.min(events.num_rows() - start));
+        engine
+            .add(vec![piece])
+            .await
+            .expect("events added to a view's open states");
+    }
+    engine.publish().await.expect("a view's open states published")
 }
 
 /// A batch of one Int64 column `n` (a stand-in for state rows).

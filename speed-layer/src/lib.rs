@@ -20,6 +20,7 @@ pub mod engine;
 #[cfg(test)]
 mod fixtures;
 pub mod flight;
+mod live;
 pub mod store;
 
 use std::collections::HashMap;
