@@ -513,12 +513,7 @@ impl AggregateUDFImpl for SketchAgg {
     }
 
     fn create_groups_accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(SketchGroups {
-            kind: self.kind,
-            input: self.input,
-            slots: Vec::new(),
-            bytes: 0,
-        }))
+        Ok(Box::new(SketchGroups::new(self.kind, self.input)))
     }
 
     fn default_value(&self, _: &DataType) -> Result<ScalarValue> {
@@ -564,11 +559,28 @@ struct SketchGroups {
     kind: SketchKind,
     input: Input,
     slots: Vec<Option<Sketch>>,
-    /// Memory of the sketches, tracked approximately for DataFusion's memory accounting.
+    /// Per slot, its sketch's memory as last measured, and their sum, for DataFusion's
+    /// memory accounting: an update measures only the slots its rows touched (measuring
+    /// every slot per batch grew with the groups held, and a speed layer holds its open
+    /// states' groups across many batches).
+    sizes: Vec<usize>,
     bytes: usize,
+    /// Per slot, whether the batch being added touched it (reset by [`Self::track`]).
+    touched: Vec<bool>,
 }
 
 impl SketchGroups {
+    fn new(kind: SketchKind, input: Input) -> Self {
+        SketchGroups {
+            kind,
+            input,
+            slots: Vec::new(),
+            sizes: Vec::new(),
+            bytes: 0,
+            touched: Vec::new(),
+        }
+    }
+
     fn emit(&mut self, emit_to: EmitTo) -> ArrayRef {
         let taken = emit_to.take_needed(&mut self.slots);
         let mut b = BinaryBuilder::with_capacity(taken.len(), taken.len() * 16);
@@ -578,19 +590,34 @@ impl SketchGroups {
                 None => b.append_null(),
             }
         }
-        self.bytes = self.slots.iter().flatten().map(Sketch::size).sum();
+        self.bytes -= emit_to.take_needed(&mut self.sizes).iter().sum::<usize>();
+        emit_to.take_needed(&mut self.touched);
         Arc::new(b.finish())
     }
 
     fn resize(&mut self, n: usize) {
         if self.slots.len() < n {
             self.slots.resize_with(n, || None);
+            self.sizes.resize(n, 0);
+            self.touched.resize(n, false);
         }
     }
 
-    fn track(&mut self) {
-        // Recount occasionally: exact sizes per update would cost more than the sketches.
-        self.bytes = self.slots.iter().flatten().map(Sketch::size).sum();
+    /// Measures again the slots of `groups` (the groups of a batch's rows).
+    fn track(&mut self, groups: &[usize]) {
+        let mut measure = Vec::new();
+        for &g in groups {
+            if !self.touched[g] {
+                self.touched[g] = true;
+                measure.push(g);
+            }
+        }
+        for g in measure {
+            self.touched[g] = false;
+            let size = self.slots[g].as_ref().map_or(0, Sketch::size);
+            self.bytes = self.bytes - self.sizes[g] + size;
+            self.sizes[g] = size;
+        }
     }
 }
 
@@ -631,14 +658,14 @@ impl GroupsAccumulator for SketchGroups {
                 }
             }
         }
-        self.track();
+        self.track(group_indices);
         Ok(())
     }
 
     fn merge_batch(&mut self, values: &[ArrayRef], group_indices: &[usize], total_num_groups: usize) -> Result<()> {
         self.resize(total_num_groups);
         feed_sketches(&values[0], &mut self.slots, self.kind, |row| group_indices[row])?;
-        self.track();
+        self.track(group_indices);
         Ok(())
     }
 
@@ -669,7 +696,7 @@ impl GroupsAccumulator for SketchGroups {
     }
 
     fn size(&self) -> usize {
-        self.bytes + self.slots.capacity() * size_of::<Option<Sketch>>()
+        self.bytes + self.slots.capacity() * (size_of::<Option<Sketch>>() + size_of::<usize>() + 1)
     }
 }
 
@@ -732,6 +759,46 @@ mod tests {
         let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         let c = batches[0].column(0).as_primitive::<Float64Type>();
         c.is_valid(0).then(|| c.value(0))
+    }
+
+    /// The memory a sketch accumulator reports is its sketches' as they are, measured only
+    /// where a batch's rows went, through updates, merges and emissions of some groups.
+    #[test]
+    fn an_accumulators_memory_follows_the_groups_its_batches_touch() {
+        for (kind, values) in [
+            (
+                SketchKind::Hll,
+                Arc::new(StringArray::from_iter_values((0..600).map(|i| format!("u{i}")))) as ArrayRef,
+            ),
+            (
+                SketchKind::Kll,
+                Arc::new(Float64Array::from_iter_values((0..600).map(f64::from))) as ArrayRef,
+            ),
+        ] {
+            let mut acc = SketchGroups::new(kind, Input::Values);
+            let measured = |acc: &SketchGroups| acc.slots.iter().flatten().map(Sketch::size).sum::<usize>();
+            // Batches of 100 values over a growing number of groups; group 0 gets most.
+            for batch in 0..6 {
+                let groups: Vec<usize> = (0..100)
+                    .map(|i| if i % 3 == 0 { 0 } else { 1 + (i + batch) % (2 + batch) })
+                    .collect();
+                acc.update_batch(&[values.slice(batch * 100, 100)], &groups, None, 3 + batch)
+                    .unwrap();
+                assert_eq!(acc.bytes, measured(&acc), "{kind:?} batch {batch}");
+            }
+            let other = {
+                let mut b = SketchGroups::new(kind, Input::Values);
+                b.update_batch(&[values.slice(0, 300)], &[0; 300], None, 1).unwrap();
+                b.state(EmitTo::All).unwrap().remove(0)
+            };
+            acc.merge_batch(&[other], &[2], 8).unwrap();
+            assert_eq!(acc.bytes, measured(&acc), "{kind:?} merged");
+            acc.evaluate(EmitTo::First(2)).unwrap();
+            assert_eq!(acc.bytes, measured(&acc), "{kind:?} after emitting two groups");
+            assert!(acc.bytes > 0);
+            acc.evaluate(EmitTo::All).unwrap();
+            assert_eq!((acc.bytes, acc.sizes.len()), (0, 0), "{kind:?}");
+        }
     }
 
     #[tokio::test]
