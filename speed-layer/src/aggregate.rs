@@ -277,6 +277,14 @@ impl Aggregator {
                 .or_insert((r.start, r.end));
         }
         waiting.consumed_at.push(batch.consumed_at);
+        {
+            let mut store = self.store.lock().expect("store lock");
+            for r in &batch.positions {
+                if let Some(p) = store.partitions.get_mut(&r.partition) {
+                    p.received = p.received.max(r.end);
+                }
+            }
+        }
         if let Some(e) = &batch.events {
             waiting.unadded_rows += e.num_rows();
             waiting.unadded.push(e.clone());
@@ -586,6 +594,7 @@ fn new_partition(source: usize, partition: &TopicPartition, archived: i64, views
         late: 0,
         max_event_time: None,
         high_watermark: None,
+        received: archived,
     }
 }
 
@@ -1305,6 +1314,8 @@ mod tests {
         input.send(micro_batch(250, 10)).await.unwrap();
         waiting(3).await;
         assert_eq!(seen(&store), [(120, 120, 120), (120, 120, 120)]);
+        let received: Vec<i64> = store.lock().unwrap().partitions.values().map(|p| p.received).collect();
+        assert_eq!(received, [260, 260], "what was received, for the consumer lag");
         demand.fresh().await;
         assert_eq!(seen(&store), [(260, 260, 260), (260, 260, 260)]);
         let segments: Vec<usize> = store

@@ -134,7 +134,7 @@ impl SpeedLayer {
         let refresher = tokio::spawn(refresh(
             lake,
             fingerprints,
-            (store.clone(), demand.clone()),
+            store.clone(),
             consumer.clone(),
             config.speed.coverage_refresh,
             config.speed.retention_grace,
@@ -276,7 +276,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 async fn refresh(
     lake: Lake,
     fingerprints: Vec<String>,
-    (store, demand): (Arc<Mutex<Store>>, Demand),
+    store: Arc<Mutex<Store>>,
     consumer: Arc<KafkaConsumer>,
     every: Duration,
     grace: Duration,
@@ -329,8 +329,9 @@ async fn refresh(
         })
         .await
         .unwrap_or_default();
-        // The lag is counted from the end of the states.
-        demand.fresh().await;
+        // The lag is counted from the last micro-batch received, published or not (asking for
+        // the states to be published would cut the open segments' states in two every
+        // refresh, and their fold would merge them again).
         let mut store = store.lock().expect("store lock");
         for (tp, high) in marks {
             if let Some(ps) = store.partitions.get_mut(&tp) {
@@ -373,11 +374,11 @@ impl StatusGauges {
             held
         });
         for (tp, p) in &store.partitions {
-            if let Some(high) = p.high_watermark {
+            if let Some(lag) = p.lag() {
                 self.lag
                     .entry(tp.clone())
                     .or_insert_with_key(|tp| metrics().consumer_lag.get_or_create_owned(&PartitionLabel::from(tp)))
-                    .set((high - p.consumed()).max(0));
+                    .set(lag);
             }
         }
         for (status, [generations, states, bytes]) in store.view_status().iter().zip(&self.views) {

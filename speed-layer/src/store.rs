@@ -71,12 +71,22 @@ pub struct PartitionStates {
     pub late: u64,
     pub max_event_time: Option<i64>,
     pub high_watermark: Option<i64>,
+    /// The end of the last micro-batch received of the partition, whose states may not be
+    /// published yet: where its consumer lag is counted from.
+    pub received: i64,
 }
 
 impl PartitionStates {
     /// The next offset to consume.
     pub fn consumed(&self) -> i64 {
         self.segments.back().map_or(self.archived, |s| s.end)
+    }
+
+    /// How many records the partition holds beyond the last micro-batch received (published
+    /// or not), once its high watermark is known.
+    pub fn lag(&self) -> Option<i64> {
+        self.high_watermark
+            .map(|high| (high - self.consumed().max(self.received)).max(0))
     }
 
     /// The open segment, opened at the consumed position if there is none.
@@ -289,6 +299,7 @@ mod tests {
             late: 0,
             max_event_time: None,
             high_watermark: None,
+            received: 0,
         };
         for (i, (start, end)) in [(100, 250), (250, 400), (400, 520)].into_iter().enumerate() {
             let mut s = Segment::new(start, 2);
@@ -314,6 +325,21 @@ mod tests {
         assert_eq!(parts.len(), 1);
         let r = &parts[0].range;
         (r.generation, r.offsets.start, r.offsets.end)
+    }
+
+    /// A partition's lag counts from the last micro-batch received, published or not, and
+    /// from its states' end when nothing newer was received.
+    #[test]
+    fn lag_counts_from_what_was_received() {
+        let mut store = store_with_segments();
+        let p = store.partitions.get_mut(&TopicPartition::new("t", 0)).unwrap();
+        assert_eq!(p.lag(), None, "no high watermark yet");
+        p.high_watermark = Some(700);
+        assert_eq!(p.lag(), Some(100), "from the states' end, 600");
+        p.received = 650;
+        assert_eq!(p.lag(), Some(50));
+        p.received = 720;
+        assert_eq!(p.lag(), Some(0), "a watermark read before the last batch");
     }
 
     #[test]
