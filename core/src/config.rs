@@ -288,8 +288,9 @@ pub struct SpeedConfig {
     /// first record (later while the aggregator is busy).
     #[serde(default = "default_batch_interval", deserialize_with = "de_duration")]
     pub batch_interval: Duration,
-    /// Micro-batches are aggregated together, once a query asks for their states, once this
-    /// many events wait, or when they are archived: a bound on what a query waits for.
+    /// Micro-batches are added to the views' open states together once this many events
+    /// wait (or before the states are published: when a query asks, or when they are
+    /// archived): a bound on what a query waits to have added.
     #[serde(default = "default_aggregate_rows")]
     pub aggregate_rows: usize,
     /// Where `strata speed` serves its states over Arrow Flight.

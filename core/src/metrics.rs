@@ -191,12 +191,12 @@ impl Metrics {
         let r = &mut self.registry;
         r.register(
             "strata_speed_visible_seconds",
-            "From a micro-batch's first record to its states in the store (aggregated when a query asks, or once speed.aggregate_rows events wait)",
+            "From a micro-batch's first record until its events are in the views' states (added once speed.aggregate_rows events wait, or when a query asks for the states: a query counts every event received before it)",
             self.speed_visible.clone(),
         );
         r.register(
             "strata_speed_batch_seconds",
-            "Time to compute the view states of the waiting micro-batches and publish them",
+            "Time to add the waiting micro-batches to the views' open states, and to publish these when a query asks or they are archived",
             self.speed_batch.clone(),
         );
         r.register(

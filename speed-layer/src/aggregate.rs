@@ -305,7 +305,8 @@ impl Aggregator {
             self.rejects[source].push(r);
         }
         if add {
-            self.add(source).await?;
+            // Added to the views' open states, not published (see `aggregate`).
+            self.run_views(source, false).await?;
         }
         Ok(())
     }
@@ -318,30 +319,45 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Adds the waiting events of `source` to its views' open states, each view on a worker
-    /// of the CPU runtime; they are not in the store yet (see [`Self::aggregate`]).
-    async fn add(&mut self, source: usize) -> Result<()> {
+    /// Runs every view of `source` on a worker of the CPU runtime at once: adds the events
+    /// not added yet to its open states, then, with `publish`, emits them. Returns the
+    /// emitted states per view and partition.
+    async fn run_views(&mut self, source: usize, publish: bool) -> Result<Vec<ViewStates>> {
         let waiting = &mut self.waiting[source];
         let events = std::mem::take(&mut waiting.unadded);
         let rows = std::mem::take(&mut waiting.unadded_rows);
         let consumed_at = waiting.consumed_at[waiting.added..].to_vec();
         waiting.added = waiting.consumed_at.len();
         let started = Instant::now();
-        if rows > 0 {
+        let mut states = Vec::new();
+        if rows > 0 || publish {
             let mut views = tokio::task::JoinSet::new();
-            for (_, engine) in self.source_engines(source) {
+            for (v, engine) in self.source_engines(source) {
                 let (engine, events) = (engine.clone(), events.clone());
-                views.spawn(async move { engine.add(events).await });
+                views.spawn(async move {
+                    if rows > 0 {
+                        engine.add(events).await?;
+                    }
+                    Ok::<_, Error>((
+                        v,
+                        if publish {
+                            engine.publish().await?
+                        } else {
+                            BTreeMap::new()
+                        },
+                    ))
+                });
             }
             while let Some(done) = views.join_next().await {
-                done.map_err(|e| Error::Internal(format!("the states of a view: {e}")))??;
+                states.push(done.map_err(|e| Error::Internal(format!("the states of a view: {e}")))??);
             }
+            states.sort_by_key(|(v, _)| *v);
             self.compute.observe(started.elapsed().as_secs_f64());
         }
         for consumed_at in &consumed_at {
             self.visible.observe(consumed_at.elapsed().as_secs_f64());
         }
-        Ok(())
+        Ok(states)
     }
 
     /// The engines of the views of `source`, with their indices.
@@ -360,10 +376,8 @@ impl Aggregator {
         if self.waiting[source].consumed_at.is_empty() {
             return Ok(());
         }
-        self.add(source).await?;
+        let states = self.run_views(source, true).await?;
         let waiting = std::mem::take(&mut self.waiting[source]);
-        let started = Instant::now();
-        let states = self.publish(source).await?;
         let positions: Vec<OffsetRange> = waiting
             .positions
             .into_iter()
@@ -387,28 +401,10 @@ impl Aggregator {
         };
         self.waiting_batches
             .fetch_sub(waiting.consumed_at.len(), Ordering::Release);
-        self.compute.observe(started.elapsed().as_secs_f64());
         for (key, start, v) in to_fold {
             self.fold_later(&key, start, v);
         }
         Ok(())
-    }
-
-    /// The open states of every view of `source`, per partition, published at once (each
-    /// view's emitted on a worker of the CPU runtime).
-    async fn publish(&self, source: usize) -> Result<Vec<ViewStates>> {
-        let mut views = tokio::task::JoinSet::new();
-        for (v, engine) in self.source_engines(source) {
-            let engine = engine.clone();
-            views.spawn(async move { (v, engine.publish().await) });
-        }
-        let mut states = Vec::new();
-        while let Some(done) = views.join_next().await {
-            let (v, computed) = done.map_err(|e| Error::Internal(format!("the states of a view: {e}")))?;
-            states.push((v, computed?));
-        }
-        states.sort_by_key(|(v, _)| *v);
-        Ok(states)
     }
 
     /// Closes every open segment and hands what they hold to the archiver.
