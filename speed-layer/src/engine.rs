@@ -498,15 +498,7 @@ mod tests {
                     "{} round {round}",
                     engine.plan.name
                 );
-                for (key, parts) in &live {
-                    assert!(parts.iter().map(RecordBatch::num_rows).sum::<usize>() > 0, "{key}");
-                    assert_eq!(
-                        sorted_rows(parts),
-                        sorted_rows(&fresh[key]),
-                        "{} {key}",
-                        engine.plan.name
-                    );
-                }
+                assert_same_states(&engine.plan.name, &live, &fresh, 0);
                 all_states.extend(live_all);
             }
             // Published: open again with nothing.
@@ -585,15 +577,24 @@ mod tests {
             let live = crate::fixtures::states_of(&engine, &events, 7).await;
             let fresh = fresh_states(&engine, "page_views", &source, &events).await;
             assert_eq!(live.len(), 2, "{}", engine.plan.name);
-            for (key, parts) in &live {
-                assert!(parts.iter().map(RecordBatch::num_rows).sum::<usize>() > 10, "{key}");
-                assert_eq!(
-                    sorted_rows(parts),
-                    sorted_rows(&fresh[key]),
-                    "{} {key}",
-                    engine.plan.name
-                );
-            }
+            assert_same_states(&engine.plan.name, &live, &fresh, 10);
+        }
+    }
+
+    /// Each partition's open states hold more than `rows` rows, and the rows its fresh
+    /// states hold.
+    fn assert_same_states(
+        view: &str,
+        live: &BTreeMap<TopicPartition, Vec<RecordBatch>>,
+        fresh: &BTreeMap<TopicPartition, Vec<RecordBatch>>,
+        rows: usize,
+    ) {
+        for (key, parts) in live {
+            assert!(
+                parts.iter().map(RecordBatch::num_rows).sum::<usize>() > rows,
+                "{view} {key}"
+            );
+            assert_eq!(sorted_rows(parts), sorted_rows(&fresh[key]), "{view} {key}");
         }
     }
 
