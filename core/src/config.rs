@@ -289,8 +289,8 @@ pub struct SpeedConfig {
     #[serde(default = "default_batch_interval", deserialize_with = "de_duration")]
     pub batch_interval: Duration,
     /// Micro-batches are added to the views' open states together once this many events
-    /// wait (or before the states are published: when a query asks, or when they are
-    /// archived): a bound on what a query waits to have added.
+    /// wait (or before the states are published: when a query asks, when they are archived,
+    /// or before partitions are assigned): a bound on what a query waits to have added.
     #[serde(default = "default_aggregate_rows")]
     pub aggregate_rows: usize,
     /// Where `strata speed` serves its states over Arrow Flight.

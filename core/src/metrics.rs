@@ -191,7 +191,7 @@ impl Metrics {
         let r = &mut self.registry;
         r.register(
             "strata_speed_visible_seconds",
-            "From a micro-batch's first record until its events are in the views' states (added once speed.aggregate_rows events wait, or when a query asks for the states: a query counts every event received before it)",
+            "From a micro-batch's first record until its events are in the views' states (added once speed.aggregate_rows events wait, or when the states are published: when a query asks, and a query counts every event received before it)",
             self.speed_visible.clone(),
         );
         r.register(
@@ -206,12 +206,12 @@ impl Metrics {
         );
         r.register(
             "strata_speed_states",
-            "Live (window, group) states in the speed layer",
+            "Published (window, group) states in the speed layer (not the open states the views add to between publications)",
             self.speed_states.clone(),
         );
         r.register(
             "strata_speed_state_bytes",
-            "Memory of the speed layer's states",
+            "Memory of the speed layer's published states",
             self.speed_state_bytes.clone(),
         );
     }

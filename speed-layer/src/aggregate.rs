@@ -49,7 +49,7 @@ const FOLD_AT: usize = 32;
 /// commit of ours out).
 const REVOKE_ARCHIVE_WAIT: Duration = Duration::from_secs(30);
 
-/// How long a query waits for the aggregator to aggregate what it has received; past it (the
+/// How long a query waits for the aggregator to publish what it has received; past it (the
 /// aggregator is recovering partitions, or waiting for the archive), the query reads the
 /// states already in the store.
 pub const DEMAND_WAIT: Duration = Duration::from_millis(100);
@@ -58,7 +58,7 @@ pub const DEMAND_WAIT: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub struct Demand {
     asks: mpsc::UnboundedSender<oneshot::Sender<()>>,
-    /// Micro-batches received and not aggregated yet.
+    /// Micro-batches received and not published yet.
     waiting: Arc<AtomicUsize>,
     /// How long a query waits at most.
     wait: Duration,
@@ -102,22 +102,23 @@ pub struct Aggregator {
     pub lake: Lake,
     pub flush_interval: Duration,
     pub flush_rows: usize,
-    /// Aggregate the waiting micro-batches once they hold this many events.
+    /// Add the waiting micro-batches to the views' open states once they hold this many
+    /// events.
     pub aggregate_rows: usize,
     pub archive: mpsc::Sender<ArchiveMessage>,
     /// Buffered since the last flush, per source.
     pub events: Vec<Vec<RecordBatch>>,
     pub rejects: Vec<Vec<RecordBatch>>,
     pub buffered_rows: usize,
-    /// Per source: micro-batches not aggregated yet.
+    /// Per source: micro-batches not published yet.
     waiting: Vec<Waiting>,
     /// How many micro-batches wait, over all sources (read by [`Demand`]).
     waiting_batches: Arc<AtomicUsize>,
     asks: mpsc::UnboundedSender<oneshot::Sender<()>>,
     asked: Option<mpsc::UnboundedReceiver<oneshot::Sender<()>>>,
-    /// Time from a micro-batch's first record to its states in the store.
+    /// Time from a micro-batch's first record until its events are in the views' states.
     pub visible: Histogram,
-    /// Time to turn the waiting micro-batches into states and publish them.
+    /// Time to add the waiting micro-batches to the views' open states (and publish them).
     pub compute: Histogram,
     /// Fold jobs for the folder (while running), and those not done yet.
     folds: Option<mpsc::UnboundedSender<FoldJob>>,
