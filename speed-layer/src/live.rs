@@ -33,8 +33,9 @@ use strata_core::{Error, Result};
 
 use crate::engine::{Prepared, Slot};
 
-/// The nodes a plan may hold below the aggregate kept live: each maps a batch's rows on
-/// their own, so running them batch by batch gives the rows running them once would.
+/// The nodes a plan may hold below the aggregate kept live, without a limit (`fetch`): each
+/// maps a batch's rows on their own, so running them batch by batch gives the rows running
+/// them once would.
 const ROW_WISE: &[&str] = &[
     "ProjectionExec",
     "FilterExec",
@@ -90,8 +91,8 @@ impl Live {
             .expect("the node was found as an aggregate");
         let mut below = None;
         aggregate.input().apply(|n| {
-            if !ROW_WISE.contains(&n.name()) {
-                below = Some(n.name().to_string());
+            if !ROW_WISE.contains(&n.name()) || n.fetch().is_some() {
+                below = Some(format!("{} (fetch {:?})", n.name(), n.fetch()));
                 return Ok(TreeNodeRecursion::Stop);
             }
             Ok(TreeNodeRecursion::Continue)
