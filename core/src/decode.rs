@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Values go straight from the parser into growable column buffers; a record that fails
-//! half way is rolled back by truncating them. No allocation per record.
+//! half way is rolled back by truncating them. No allocation per record. A record of the
+//! shape producers write (a flat object, no escapes) is read by [`flat`] without serde_json's
+//! machinery, into the same visitors; any other goes to serde_json.
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,13 +22,15 @@ use arrow::array::{
     TimestampMicrosecondBuilder,
 };
 use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
-use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 
 use crate::config::{ColumnType, TimeFormat};
 use crate::schema::{SourceSchema, TIMESTAMP_TZ, rejected_schema};
 
 use crate::schema::MICROS_PER_DAY;
+
+mod flat;
 
 /// Where a record in Kafka came from.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +48,9 @@ pub struct JsonDecoder {
     /// The column matched by the previous key: JSON producers keep keys in order, so the
     /// next key is usually the next column.
     last_key: usize,
+    /// Whether records of the common shape are read by [`flat`] (false only in the tests that
+    /// compare it with serde_json).
+    flat: bool,
     topic: StringBuilder,
     partition: Int32Builder,
     offset: Int64Builder,
@@ -70,6 +77,7 @@ impl JsonDecoder {
             columns,
             seen: vec![false; n],
             last_key: 0,
+            flat: true,
             topic: StringBuilder::new(),
             partition: Int32Builder::new(),
             offset: Int64Builder::new(),
@@ -105,25 +113,19 @@ impl JsonDecoder {
         self.seen.fill(false);
         let result = self.decode_row(record);
         if let Err(e) = result {
-            for c in &mut self.columns {
-                c.truncate(self.rows);
-            }
+            self.roll_back();
             return Err(e);
         }
         let micros = self.columns[self.schema.event_time].last_timestamp();
         let Some(micros) = micros else {
-            for c in &mut self.columns {
-                c.truncate(self.rows);
-            }
+            self.roll_back();
             return Err(format!(
                 "no event time: field `{}` is missing or null",
                 self.schema.event_time_column()
             ));
         };
         if let Err(reason) = crate::schema::check_event_time(micros) {
-            for c in &mut self.columns {
-                c.truncate(self.rows);
-            }
+            self.roll_back();
             return Err(format!("field `{}`: {reason}", self.schema.event_time_column()));
         }
         self.event_dates.push(micros.div_euclid(MICROS_PER_DAY) as i32);
@@ -144,20 +146,61 @@ impl JsonDecoder {
         Ok(())
     }
 
+    /// Drops what the current record pushed.
+    fn roll_back(&mut self) {
+        for c in &mut self.columns {
+            c.truncate(self.rows);
+        }
+        self.seen.fill(false);
+    }
+
     fn decode_row(&mut self, record: &[u8]) -> Result<(), String> {
         // One check that the whole record is UTF-8 costs less than serde_json's check of each
         // string it reads from bytes; a record that fails it is parsed from its bytes, which
         // says where (or accepts it as before: an ignored field's string is not checked).
         match std::str::from_utf8(record) {
-            Ok(text) => self.parse(serde_json::Deserializer::from_str(text)),
-            Err(_) => self.parse(serde_json::Deserializer::from_slice(record)),
-        }?;
+            Ok(text) if self.flat && flat::decode(self, text).is_some() => {}
+            Ok(text) => {
+                self.roll_back();
+                self.parse(serde_json::Deserializer::from_str(text))?;
+            }
+            Err(_) => self.parse(serde_json::Deserializer::from_slice(record))?,
+        }
         for (i, seen) in self.seen.iter().enumerate() {
             if !seen {
                 self.columns[i].push_null();
             }
         }
         Ok(())
+    }
+
+    /// The column a key names: usually the one after the previous key's (JSON producers keep
+    /// keys in order).
+    fn column_of(&self, key: &str) -> Option<usize> {
+        let columns = &self.schema.columns;
+        if let Some((name, _)) = columns.get(self.last_key)
+            && name == key
+        {
+            return Some(self.last_key);
+        }
+        columns.iter().position(|(name, _)| name == key)
+    }
+
+    /// The visitor of a value of column `i`. A repeated key's earlier value is dropped: the
+    /// last value wins, as in most JSON readers.
+    fn field(&mut self, i: usize) -> ValueSeed<'_> {
+        self.last_key = i + 1;
+        if self.seen[i] {
+            self.columns[i].pop();
+        }
+        self.seen[i] = true;
+        let (name, ty) = &self.schema.columns[i];
+        ValueSeed {
+            column: &mut self.columns[i],
+            name,
+            ty: *ty,
+            time_format: &self.schema.time_format,
+        }
     }
 
     /// Parses one JSON object into the column buffers.
@@ -214,27 +257,11 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let d = self.decoder;
-        while let Some(index) = map.next_key_seed(KeySeed {
-            columns: &d.schema.columns,
-            hint: d.last_key,
-        })? {
-            let Some(i) = index else {
-                map.next_value::<serde::de::IgnoredAny>()?;
-                continue;
-            };
-            d.last_key = i + 1;
-            if d.seen[i] {
-                // A repeated key: the last value wins, as in most JSON readers.
-                d.columns[i].pop();
+        while let Some(index) = map.next_key_seed(KeySeed { decoder: d })? {
+            match index {
+                Some(i) => map.next_value_seed(d.field(i))?,
+                None => map.next_value::<serde::de::IgnoredAny>().map(drop)?,
             }
-            d.seen[i] = true;
-            let (name, ty) = &d.schema.columns[i];
-            map.next_value_seed(ValueSeed {
-                column: &mut d.columns[i],
-                name,
-                ty: *ty,
-                time_format: &d.schema.time_format,
-            })?;
         }
         Ok(())
     }
@@ -242,8 +269,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
 
 /// Maps a key to its column without allocating.
 struct KeySeed<'s> {
-    columns: &'s [(String, ColumnType)],
-    hint: usize,
+    decoder: &'s JsonDecoder,
 }
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
@@ -261,12 +287,7 @@ impl Visitor<'_> for KeySeed<'_> {
     }
 
     fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
-        if let Some((name, _)) = self.columns.get(self.hint)
-            && name == key
-        {
-            return Ok(Some(self.hint));
-        }
-        Ok(self.columns.iter().position(|(name, _)| name == key))
+        Ok(self.decoder.column_of(key))
     }
 }
 
@@ -405,9 +426,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
             }
             ColumnBuf::Ts(_) => {
                 let micros = match self.time_format {
-                    TimeFormat::Rfc3339 => DateTime::parse_from_rfc3339(v)
-                        .map(|t| t.timestamp_micros())
-                        .map_err(|e| e.to_string()),
+                    TimeFormat::Rfc3339 => rfc3339_micros(v),
                     TimeFormat::Pattern(p) => parse_with_pattern(v, p),
                     _ => return Err(self.wrong(format_args!("the string {v:?}"))),
                 }
@@ -441,6 +460,53 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
         }
     }
 }
+
+/// Microseconds since the epoch of an RFC 3339 time, as chrono reads it (fractions beyond
+/// the microsecond dropped). The form producers write, `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, is
+/// read here; any other (an offset, a leap second, anything odd) by chrono, which also says
+/// what is wrong.
+fn rfc3339_micros(v: &str) -> Result<i64, String> {
+    match utc_micros(v.as_bytes()) {
+        Some(micros) => Ok(micros),
+        None => DateTime::parse_from_rfc3339(v)
+            .map(|t| t.timestamp_micros())
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.f…]Z` (one to nine fraction digits) as microseconds, if `v` is that
+/// and a valid time.
+fn utc_micros(v: &[u8]) -> Option<i64> {
+    let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+        v.get(range)?
+            .iter()
+            .try_fold(0i64, |n, &d| d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0')))
+    };
+    if v.len() < 20 || v[4] != b'-' || v[7] != b'-' || v[10] != b'T' || v[13] != b':' || v[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    let mut micros = 0;
+    let zone = match v[19] {
+        b'.' => {
+            let fraction = v.len().checked_sub(21).filter(|n| (1..=9).contains(n))?;
+            let nanos = digits(20..20 + fraction)? * 10i64.pow(9 - fraction as u32);
+            micros = nanos / 1_000;
+            20 + fraction
+        }
+        _ => 19,
+    };
+    if zone + 1 != v.len() || v[zone] != b'Z' || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let date = NaiveDate::from_ymd_opt(year as i32, month as u32, day as u32)?;
+    let days = i64::from(date.num_days_from_ce()) - UNIX_EPOCH_DAYS_FROM_CE;
+    Some(((days * 24 + hour) * 60 + minute) * 60_000_000 + second * 1_000_000 + micros)
+}
+
+/// Days from 0001-01-01 (day 1) to 1970-01-01.
+const UNIX_EPOCH_DAYS_FROM_CE: i64 = 719_163;
 
 fn parse_with_pattern(v: &str, pattern: &str) -> Result<i64, String> {
     match NaiveDateTime::parse_from_str(v, pattern) {
@@ -959,6 +1025,236 @@ day = "date"
             .unwrap();
         assert_eq!(users.value(0), "Zürich üü");
         assert!(arrow::array::Array::is_null(users, 1));
+    }
+
+    /// Records of many shapes, decoded with the flat path where it applies and with
+    /// serde_json alone: the same rows, and the same reason for each record rejected.
+    #[test]
+    fn the_flat_path_decodes_as_serde_json_does() {
+        let times: &[&str] = &[
+            r#""2026-11-21T10:00:00Z""#,
+            r#""2026-11-21T10:00:00.123+01:00""#,
+            r#""2026-11-21T10:00:00.5Z""#,
+            r#""yesterday""#,
+            r#""2026-11-21T10:00:00\u005a""#,
+            "1795255200123",
+            "1795255200123.6",
+            "-5",
+            "null",
+        ];
+        let epoch_times: &[&str] = &[&times[5..], &times[..5]].concat();
+        let fields: &[(&str, &[&str])] = &[
+            ("ts", times),
+            (
+                "user",
+                &[
+                    r#""a""#,
+                    r#""Zürich 用户""#,
+                    r#""""#,
+                    r#""a\"b""#,
+                    r#""\u00e9""#,
+                    "\"tab\there\"",
+                    "null",
+                    "1",
+                    "true",
+                    r#"{"a":1}"#,
+                    "[1]",
+                ],
+            ),
+            (
+                "n",
+                &[
+                    "1",
+                    "0",
+                    "-0",
+                    "-5",
+                    "01",
+                    "1.0",
+                    "1.5",
+                    "1e3",
+                    "1E+2",
+                    "123456789012345678",
+                    "1234567890123456789",
+                    "99999999999999999999",
+                    "-9223372036854775808",
+                    r#""7""#,
+                    "1.",
+                    ".5",
+                    "+1",
+                    "--1",
+                    "1e",
+                    "null",
+                ],
+            ),
+            ("small", &["7", "-3", "3000000000", "2147483648", "nul", "nullx"]),
+            (
+                "amount",
+                &[
+                    "308.46",
+                    "0.1",
+                    "1e-7",
+                    "2",
+                    "-0.0",
+                    "1.7976931348623157e308",
+                    "1e400",
+                    "2.2250738585072011e-308",
+                    r#""x""#,
+                    "null",
+                ],
+            ),
+            ("ok", &["true", "false", "tru", "null", "0"]),
+            ("day", &[r#""2026-11-20""#, r#""21/11/2026""#, "null"]),
+            (
+                "extra",
+                &[
+                    r#""s""#,
+                    "12",
+                    r#""e\n""#,
+                    "-1.5e3",
+                    "01",
+                    "null",
+                    "true",
+                    "{}",
+                    r#"[1,{"a":2}]"#,
+                    "tru",
+                ],
+            ),
+        ];
+        let records = |fields: &[(&str, &[&str])]| {
+            let spaces = ["", " ", "\t", "\r\n", "  \n "];
+            // A fixed pseudo-random walk through the combinations (a linear congruential step).
+            let mut state = 0x2545_f491_4f6c_dd1du64;
+            let mut pick = |n: usize| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (state >> 33) as usize % n
+            };
+            let mut records: Vec<String> = Vec::new();
+            for k in 0..4_000 {
+                let ws = spaces[pick(spaces.len())];
+                let mut members = Vec::new();
+                for (key, values) in fields {
+                    // Mostly the first values (records that decode), sometimes any other.
+                    let value = if pick(12) == 0 {
+                        values[pick(values.len())]
+                    } else {
+                        values[pick(2.min(values.len()))]
+                    };
+                    if pick(10) == 0 {
+                        continue;
+                    }
+                    members.push(format!("{ws}\"{key}\"{ws}:{ws}{value}{ws}"));
+                    if pick(40) == 0 {
+                        members.push(format!("\"{key}\":{}", values[pick(values.len())]));
+                    }
+                }
+                if k % 2 == 1 {
+                    let other = pick(members.len());
+                    members.swap(0, other);
+                }
+                let body = format!("{ws}{{{}}}{ws}", members.join(","));
+                records.push(match pick(50) {
+                    0 => format!("{body} x"),
+                    1 => format!("{body},"),
+                    2 => body.replacen("\"user\"", r#""us\u0065r""#, 1),
+                    3 => body.replacen(':', ",", 1),
+                    4 => body.replacen('}', ",}", 1),
+                    _ => body,
+                });
+            }
+            records.extend(["{}", " { } ", "[]", "", "  ", "{", "null", "{\"ts\"}", "\u{feff}{}"].map(String::from));
+            records
+        };
+        let mut taken = 0;
+        for (time_format, times) in [("rfc3339", times), ("epoch_millis", epoch_times)] {
+            let mut fields = fields.to_vec();
+            fields[0].1 = times;
+            let records = records(&fields);
+            let mut schema = (*source(time_format)).clone();
+            schema.max_record_bytes = 1 << 20;
+            let schema = Arc::new(schema);
+            let mut fast = JsonDecoder::new(schema.clone());
+            let mut serde_only = JsonDecoder::new(schema.clone());
+            serde_only.flat = false;
+            let mut decoded = 0;
+            for record in &records {
+                let got = fast.decode(record.as_bytes(), None);
+                assert_eq!(got, serde_only.decode(record.as_bytes(), None), "{record}");
+                decoded += usize::from(got.is_ok());
+                let mut alone = JsonDecoder::new(schema.clone());
+                taken += usize::from(flat::decode(&mut alone, record).is_some());
+            }
+            assert!(decoded > 1_000, "{decoded} of {} records decoded", records.len());
+            assert_eq!(fast.finish(), serde_only.finish());
+        }
+        // The walk gives the flat path many records, and serde_json many others.
+        assert!(taken > 2_000 && taken < 6_000, "the flat path took {taken} records");
+    }
+
+    /// The producers' form of RFC 3339 read without chrono gives chrono's microseconds;
+    /// every other form, and every invalid time, is left to chrono.
+    #[test]
+    fn utc_times_read_as_chrono_reads_them() {
+        let chrono_micros = |v: &str| {
+            DateTime::parse_from_rfc3339(v)
+                .map(|t| t.timestamp_micros())
+                .map_err(|e| e.to_string())
+        };
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % n
+        };
+        let mut read_here = 0;
+        for _ in 0..20_000 {
+            // Mostly valid fields, sometimes one out of range (day 30 of February, hour 24,
+            // second 60), with 0 to 10 fraction digits.
+            let year = [1, 1600, 1900, 1969, 1970, 2000, 2024, 2026, 2100, 9999][next(10) as usize];
+            let fraction: String = (0..next(11)).map(|_| char::from(b'0' + next(10) as u8)).collect();
+            let fraction = if fraction.is_empty() {
+                fraction
+            } else {
+                format!(".{fraction}")
+            };
+            let v = format!(
+                "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}{fraction}Z",
+                1 + next(13),
+                1 + next(31),
+                next(25),
+                next(60),
+                next(61),
+            );
+            let here = utc_micros(v.as_bytes());
+            read_here += usize::from(here.is_some());
+            assert_eq!(rfc3339_micros(&v), chrono_micros(&v), "{v}");
+            if let Some(micros) = here {
+                assert_eq!(Ok(micros), chrono_micros(&v), "{v}");
+            }
+        }
+        assert!(read_here > 10_000, "{read_here} of 20,000 read without chrono");
+        for v in [
+            "2026-11-21T10:00:00Z",
+            "2026-11-21T10:00:00.123456789Z",
+            "2026-11-21t10:00:00Z",
+            "2026-11-21 10:00:00Z",
+            "2026-11-21T10:00:00z",
+            "2026-11-21T10:00:00+01:00",
+            "2026-11-21T10:00:00.Z",
+            "2026-11-21T10:00:00.1234567890Z",
+            "2026-11-21T10:00:00ZZ",
+            "2026-11-21T10:00Z",
+            "2024-02-29T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2026-11-21T23:59:60Z",
+            "0000-01-01T00:00:00Z",
+            "+2026-11-21T10:00:00Z",
+            "2026-1-21T10:00:00Z",
+        ] {
+            assert_eq!(rfc3339_micros(v), chrono_micros(v), "{v}");
+        }
     }
 
     #[test]
