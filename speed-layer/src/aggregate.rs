@@ -82,8 +82,8 @@ impl Demand {
 #[derive(Debug, Default)]
 struct Waiting {
     events: Vec<RecordBatch>,
-    /// The events not added to the views' open states yet, and how many.
-    unadded: Vec<RecordBatch>,
+    /// How many of `events` were added to the views' open states, and the rows of the rest.
+    events_added: usize,
     unadded_rows: usize,
     rejects: Vec<RecordBatch>,
     /// Per partition, from the first offset they consumed to the next one.
@@ -288,7 +288,6 @@ impl Aggregator {
         }
         if let Some(e) = &batch.events {
             waiting.unadded_rows += e.num_rows();
-            waiting.unadded.push(e.clone());
             waiting.events.push(e.clone());
         }
         if let Some(r) = &batch.rejects {
@@ -325,7 +324,8 @@ impl Aggregator {
     /// emitted states per view and partition.
     async fn run_views(&mut self, source: usize, publish: bool) -> Result<Vec<ViewStates>> {
         let waiting = &mut self.waiting[source];
-        let events = std::mem::take(&mut waiting.unadded);
+        let events = waiting.events[waiting.events_added..].to_vec();
+        waiting.events_added = waiting.events.len();
         let rows = std::mem::take(&mut waiting.unadded_rows);
         let consumed_at = waiting.consumed_at[waiting.added..].to_vec();
         waiting.added = waiting.consumed_at.len();
