@@ -29,15 +29,13 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt as _};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::properties::WriterProperties;
-use parquet::schema::types::ColumnPath;
 use strata_core::executor::CpuRuntime;
-use strata_core::lake::{COMMIT_INFO_KEY, column_mapped};
+use strata_core::lake::{COMMIT_INFO_KEY, column_mapped, raw_writer_properties};
 use strata_core::schema::{EVENT_DATE, SourceSchema};
 use strata_core::session::parallelism;
 use strata_core::{Error, Result};
 
 use crate::data_file::{RowGroups, Slots, StatsColumns, add_action, encode, file_name, group_rows};
-use crate::writer_properties;
 
 /// What a compaction did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -209,19 +207,16 @@ async fn commit(
     Ok(committed.version() as u64)
 }
 
-/// Parquet settings of compacted files: the lake's, and two for large files sorted by event
-/// time. The event time has no dictionary (sorted, its values are mostly distinct: a
-/// dictionary would be built and given up), and a column gives up its dictionary at 256 KiB,
-/// so that a column of ids does not intern a megabyte of distinct values per row group
-/// before falling back (together: the benchmark's bins of 2.5M rows written in ~420 ms
-/// instead of ~590). Encodings stay those every Parquet reader knows (DELTA_BINARY_PACKED
+/// Parquet settings of compacted files: those of a raw table's files (the event time without
+/// a dictionary: sorted, its values are mostly distinct, so a dictionary would be built and
+/// given up), and a column gives up its dictionary at 256 KiB, so that a column of ids does
+/// not intern a megabyte of distinct values per row group before falling back (together:
+/// the benchmark's bins of 2.5M rows written in ~420 ms instead of ~590). Encodings stay those every Parquet reader knows (DELTA_BINARY_PACKED
 /// would make the event time ~20% smaller, but Spark before 3.3 cannot read it).
 fn compaction_properties(source: &SourceSchema) -> WriterProperties {
-    let time = ColumnPath::from(source.raw.field(source.event_time).name().as_str());
-    writer_properties()
+    raw_writer_properties(source)
         .into_builder()
         .set_dictionary_page_size_limit(256 * 1024)
-        .set_column_dictionary_enabled(time, false)
         .build()
 }
 
@@ -697,6 +692,7 @@ mod tests {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     use super::*;
+    use crate::writer_properties;
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![

@@ -26,8 +26,9 @@ use arrow::util::display::FormatOptions;
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::properties::WriterProperties;
 use strata_core::decode::{JsonDecoder, Origin, Rejects};
-use strata_core::lake::Lake;
+use strata_core::lake::{Lake, raw_writer_properties, writer_properties};
 use strata_core::schema::{SourceSchema, rejected_schema};
 use strata_core::{Error, Result};
 use tokio::sync::mpsc;
@@ -230,13 +231,13 @@ async fn import_file(
         if let Some(rejects) = chunk.rejects {
             report.rejected += rejects.num_rows() as u64;
             state.rejected += rejects.num_rows() as u64;
-            append(rejected, rejects, txn.clone(), info.clone()).await?;
+            append(rejected, rejects, txn.clone(), info.clone(), writer_properties()).await?;
             report.commits += 1;
         }
         if let Some(batch) = chunk.raw {
             report.imported += batch.num_rows() as u64;
             state.imported += batch.num_rows() as u64;
-            append(raw, batch, txn, info).await?;
+            append(raw, batch, txn, info, raw_writer_properties(source)).await?;
             report.commits += 1;
         }
         state.bytes_read = chunk.bytes_read;
@@ -251,8 +252,14 @@ async fn import_file(
 }
 
 /// Appends one batch to a table in one commit carrying `txn`.
-async fn append(table: &mut DeltaTable, batch: RecordBatch, txn: Transaction, info: serde_json::Value) -> Result<()> {
-    strata_core::lake::append(table, vec![batch], vec![txn], info)
+async fn append(
+    table: &mut DeltaTable,
+    batch: RecordBatch,
+    txn: Transaction,
+    info: serde_json::Value,
+    properties: WriterProperties,
+) -> Result<()> {
+    strata_core::lake::append_with(table, vec![batch], vec![txn], info, properties)
         .await
         .map(|_| ())
 }

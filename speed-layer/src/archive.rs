@@ -30,11 +30,12 @@ use std::time::{Duration, Instant};
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Int32Type, Int64Type};
+use datafusion::parquet::file::properties::WriterProperties;
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
-use strata_core::lake::{AppTransactions, Lake, kafka_app_id, owner_app_id};
+use strata_core::lake::{AppTransactions, Lake, kafka_app_id, owner_app_id, raw_writer_properties};
 use strata_core::metrics::{Counter, Histogram, SourceLabel, metrics};
 use strata_core::schema::{EVENT_DATE, PARTITION, SourceSchema, TOPIC, rejected, rejected_schema};
 use strata_core::speed::{OffsetRange, TopicPartition};
@@ -164,6 +165,8 @@ pub struct Archiver {
     pub store: Arc<Mutex<Store>>,
     pub consumer: Option<Arc<KafkaConsumer>>,
     tables: Vec<Option<SourceTables>>,
+    /// The Parquet settings of each source's raw files.
+    raw_properties: Vec<WriterProperties>,
     commit_seconds: Vec<Histogram>,
     failures: Counter,
     fenced: Counter,
@@ -194,12 +197,14 @@ impl Archiver {
             })
             .collect();
         let n = sources.len();
+        let raw_properties = sources.iter().map(|s| raw_writer_properties(s)).collect();
         Archiver {
             lake,
             sources,
             store,
             consumer,
             tables: (0..n).map(|_| None).collect(),
+            raw_properties,
             commit_seconds,
             failures: metrics().archive_failures.clone(),
             fenced: metrics().archive_fenced.clone(),
@@ -321,6 +326,7 @@ impl Archiver {
     /// Writes the rejects and events of `ranges` (all this process's, as of the raw table's
     /// loaded snapshot, on which the raw commit is made).
     async fn write(&mut self, s: usize, job: &ArchiveJob, ranges: &[ArchiveRange]) -> Result<()> {
+        let properties = self.raw_properties[s].clone();
         let tables = self.tables(s).await?;
         let keys: Vec<TopicPartition> = ranges.iter().map(|r| r.offsets.partition.clone()).collect();
         let info = serde_json::json!({ "archive": {
@@ -373,7 +379,7 @@ impl Archiver {
                 ]
             })
             .collect();
-        strata_core::lake::append(&mut tables.raw, events, txns, info).await?;
+        strata_core::lake::append_with(&mut tables.raw, events, txns, info, properties).await?;
         Ok(())
     }
 
@@ -562,6 +568,43 @@ mod tests {
         let raw = open_raw(&lake, &source).await.unwrap();
         let writer = deltalake::writer::RecordBatchWriter::for_table(&raw).unwrap();
         assert_eq!(writer.arrow_schema(), source.raw);
+    }
+
+    /// The archive's files keep no dictionary of the event time or the Kafka offset (mostly
+    /// distinct values, whose dictionary costs as much as the values), and keep one of the
+    /// other columns, whose values repeat.
+    #[tokio::test]
+    async fn the_archives_files_have_no_dictionary_of_times_and_offsets() {
+        use datafusion::parquet::file::reader::{FileReader as _, SerializedFileReader};
+        let (scratch, lake, source) = setup("dictionaries");
+        let g = claim_all(&lake, &source, &[0]).await[&0].generation;
+        archiver(&lake, &source)
+            .commit(&job(&source, &[(0, g, 0, 500)], &[]))
+            .await
+            .unwrap();
+        let mut files = Vec::new();
+        let mut dirs = vec![scratch.0.join("lake/raw/clicks")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "parquet") {
+                    files.push(path);
+                }
+            }
+        }
+        assert_eq!(files.len(), 1, "{files:?}");
+        let reader = SerializedFileReader::new(std::fs::File::open(&files[0]).unwrap()).unwrap();
+        let group = reader.metadata().row_group(0);
+        assert_eq!(group.num_rows(), 500);
+        let with_dictionary: Vec<String> = group
+            .columns()
+            .iter()
+            .filter(|c| c.dictionary_page_offset().is_some())
+            .map(|c| c.column_path().string())
+            .collect();
+        assert_eq!(with_dictionary, ["user", "page", "ms", "_topic", "_partition"]);
     }
 
     /// Claims partitions for a process; a partition new to the lake starts at 0.
