@@ -15,11 +15,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::AsArray as _;
 use arrow::array::{
     Array, ArrayData, ArrayRef, MutableArrayData, RecordBatch, RecordBatchOptions, TimestampMicrosecondArray,
     make_array,
 };
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef, TimestampMicrosecondType};
 use deltalake::DeltaTable;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
 use deltalake::kernel::{Action, Add, LogicalFileView};
@@ -425,10 +426,10 @@ fn file_schema(table: &SchemaRef) -> Result<SchemaRef> {
 /// 32-bit, so a batch stops well before 2 GiB.
 const MAX_COLUMN_BYTES: usize = 1 << 30;
 
-/// A bin's rows sorted by event time (equal times in the files' order), as row groups of
-/// `file_schema`: where each group's rows are in the files' batches. A group's column is
-/// gathered when it is encoded, so each value is copied once and the sorted rows are never
-/// all in memory at once.
+/// A bin's rows sorted by event time (equal times in the order of the files' earliest events,
+/// then of their rows), as row groups of `file_schema`: where each group's rows are in the
+/// files' batches. A group's column is gathered when it is encoded, so each value is copied
+/// once and the sorted rows are never all in memory at once.
 struct SortedRows {
     /// The files' batches, as `file_schema`.
     batches: Vec<RecordBatch>,
@@ -457,14 +458,20 @@ impl SortedRows {
         max_bytes: usize,
         group_rows: usize,
     ) -> Result<Self> {
-        let batches: Vec<RecordBatch> = batches
+        let mut batches: Vec<RecordBatch> = batches
             .iter()
             .map(|b| conformed(file_schema, b))
             .collect::<Result<_>>()?;
+        // The files in the order of their earliest events (the table lists them in no order):
+        // one after the other in time, most of their rows are in order already.
+        batches.sort_by_cached_key(|b| {
+            b.column(event_time)
+                .as_primitive_opt::<TimestampMicrosecondType>()
+                .and_then(arrow::compute::min)
+        });
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        // Each file holds its events in arrival order: runs in event-time order, broken by
-        // the late ones. A stable sort finds the runs and merges them, where an unstable one
-        // would sort from scratch.
+        // Each file holds its events in arrival order (or sorted): runs in event-time order,
+        // broken by the late ones, which `sorted_by_time` takes out and merges back in.
         let mut keyed: Vec<(i64, u32, u32)> = Vec::with_capacity(rows);
         for (b, batch) in batches.iter().enumerate() {
             let column = batch.column(event_time);
@@ -541,10 +548,78 @@ impl RowGroups for SortedRows {
 /// Below this many rows, a sort is not split among threads.
 const MIN_ROWS_PER_SORT: usize = 1 << 16;
 
+/// At most this share of the rows (one in four) may be late for the rows in time order to be
+/// kept as they are and the late ones sorted and merged in.
+const LATE_SHARE: usize = 4;
+
+/// `keyed` (time, batch, row) stably sorted by time (ties keep their order). Most rows come
+/// in time order: the files of an import or of one speed process's partition follow each
+/// other, each holding its events in arrival order or sorted. A row at or after every time
+/// before it is in place among those; only the others, the late ones, are sorted, then
+/// merged in, each where it belongs, in `keyed`'s own memory. When more than one row in
+/// [`LATE_SHARE`] is late (files of several partitions interleaved in time), all are sorted
+/// ([`compared_by_time`]).
+fn sorted_by_time(mut keyed: Vec<(i64, u32, u32)>, threads: usize, min_rows: usize) -> Vec<(i64, u32, u32)> {
+    let rows = keyed.len();
+    let mut latest = i64::MIN;
+    let late = keyed
+        .iter()
+        .filter(|&&(t, _, _)| {
+            latest = latest.max(t);
+            t < latest
+        })
+        .take(rows / LATE_SHARE + 1)
+        .count();
+    if late > rows / LATE_SHARE {
+        return compared_by_time(keyed, threads, min_rows);
+    }
+    // The rows in order moved to the front, the late ones aside.
+    let mut late = Vec::with_capacity(late);
+    let mut in_order = 0;
+    let mut latest = i64::MIN;
+    for i in 0..rows {
+        let row = keyed[i];
+        if row.0 >= latest {
+            latest = row.0;
+            keyed[in_order] = row;
+            in_order += 1;
+        } else {
+            late.push(row);
+        }
+    }
+    // Stable: equal times keep the files' order, as the rows in order do.
+    late.sort_by_key(|&(t, _, _)| t);
+    // Merged from the back: the latest late row goes after the rows in order above it
+    // (later, or as late and later in the files), which move up to make room.
+    let mut end = rows;
+    for &row in late.iter().rev() {
+        let above = count_above(&keyed[..in_order], row);
+        keyed.copy_within(in_order - above..in_order, end - above);
+        in_order -= above;
+        end -= above + 1;
+        keyed[end] = row;
+    }
+    keyed
+}
+
+/// How many of `rows` (sorted, none equal to `row`) are above `row`, searched from the end
+/// inwards: a late row's place is usually near the one after it.
+fn count_above(rows: &[(i64, u32, u32)], row: (i64, u32, u32)) -> usize {
+    let n = rows.len();
+    let mut k = 1;
+    while k < n && rows[n - k] > row {
+        k *= 2;
+    }
+    // The last `k / 2` rows are above it; of the ones before them, a last few may be.
+    let (known, searched) = (k / 2, k.min(n));
+    let part = &rows[n - searched..n - known];
+    known + part.len() - part.partition_point(|&r| r < row)
+}
+
 /// `keyed` (time, batch, row) stably sorted by time: in `threads` parts of at least
 /// `min_rows` each, sorted at once, then merged in pairs. Ties keep their order: a part's
 /// rows come before the next part's.
-fn sorted_by_time(mut keyed: Vec<(i64, u32, u32)>, threads: usize, min_rows: usize) -> Vec<(i64, u32, u32)> {
+fn compared_by_time(mut keyed: Vec<(i64, u32, u32)>, threads: usize, min_rows: usize) -> Vec<(i64, u32, u32)> {
     let parts = threads.min(keyed.len() / min_rows.max(1)).max(1);
     let size = keyed.len().div_ceil(parts);
     if parts == 1 {
@@ -834,14 +909,80 @@ mod tests {
         expected.sort_by_key(|k| k.0);
         for threads in 1..=5 {
             assert_eq!(
-                sorted_by_time(keyed.clone(), threads, 10),
+                compared_by_time(keyed.clone(), threads, 10),
                 expected,
                 "{threads} threads"
             );
         }
         // Too few rows to split: one sort.
-        assert_eq!(sorted_by_time(keyed.clone(), 4, 600), expected);
-        assert!(sorted_by_time(Vec::new(), 2, 1).is_empty());
+        assert_eq!(compared_by_time(keyed.clone(), 4, 600), expected);
+        assert!(compared_by_time(Vec::new(), 2, 1).is_empty());
+    }
+
+    /// Rows in time order with late ones among them sort as the stable sort does: a day's
+    /// events in arrival order, late ones as early as others (ties between the two), times
+    /// before 1970; and those too often late to keep, sorted by comparisons: scrambled,
+    /// files interleaved in time, the extremes of i64. One row, none.
+    #[test]
+    fn rows_in_order_and_late_ones_sort_as_the_stable_sort() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let day = 86_400_000_000i64;
+        let start = 1_795_219_200_000_000i64;
+        let cases: Vec<Vec<i64>> = vec![
+            // A day's events in arrival order, one in twenty late by up to an hour, ties.
+            (0..50_000)
+                .map(|i| {
+                    let on_time = start + i * (day / 50_000) / 1000 * 1000;
+                    if next() % 20 == 0 {
+                        on_time - (next() % 3_600_000_000) as i64
+                    } else {
+                        on_time
+                    }
+                })
+                .collect(),
+            // Ten rows a time, one in fifteen late by up to three, as early as rows in order.
+            (0..30_000)
+                .map(|i| start + i / 10 - if i % 15 == 0 { (next() % 4) as i64 } else { 0 })
+                .collect(),
+            // Two files interleaved in time: half the rows late.
+            (0..20_000).map(|i| start + (i % 10_000) * 1000 + i / 10_000).collect(),
+            // Scrambled, few distinct values.
+            (0..10_000).map(|_| start + (next() % 7) as i64).collect(),
+            // Before 1970, in arrival order, one in ten late by up to 50 ms.
+            (0..10_000)
+                .map(|i| -start + i * 1000 - if next() % 10 == 0 { (next() % 50_000) as i64 } else { 0 })
+                .collect(),
+            // Before 1970, scrambled across a day.
+            (0..10_000).map(|_| -start + (next() % day as u64) as i64).collect(),
+            // All equal; one row; none.
+            vec![start; 1000],
+            vec![start],
+            Vec::new(),
+            // The extremes of i64.
+            (0..5_000)
+                .map(|i| match i % 3 {
+                    0 => i64::MIN + (next() % 4) as i64,
+                    1 => i64::MAX - (next() % 4) as i64,
+                    _ => next() as i64,
+                })
+                .collect(),
+        ];
+        for (case, times) in cases.iter().enumerate() {
+            let keyed: Vec<(i64, u32, u32)> = times
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| (t, (i / 1000) as u32, (i % 1000) as u32))
+                .collect();
+            let mut expected = keyed.clone();
+            expected.sort_by_key(|k| k.0);
+            assert_eq!(sorted_by_time(keyed, 2, 100), expected, "case {case}");
+        }
     }
 
     #[test]
