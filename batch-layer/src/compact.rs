@@ -208,11 +208,11 @@ async fn commit(
     Ok(committed.version() as u64)
 }
 
-/// Parquet settings of compacted files: those of a raw table's files (the event time without
-/// a dictionary: sorted, its values are mostly distinct, so a dictionary would be built and
-/// given up), and a column gives up its dictionary at 256 KiB, so that a column of ids does
-/// not intern a megabyte of distinct values per row group before falling back (together:
-/// the benchmark's bins of 2.5M rows written in ~420 ms instead of ~590). Encodings stay those every Parquet reader knows (DELTA_BINARY_PACKED
+/// Parquet settings of compacted files: those of a raw table's files (the event time and the
+/// Kafka offset without a dictionary: their values are mostly distinct, so a dictionary
+/// would be built and given up), and a column gives up its dictionary at 256 KiB, so that a
+/// column of ids does not intern a megabyte of distinct values per row group before falling
+/// back (together: the benchmark's bins of 2.5M rows written in ~420 ms instead of ~590). Encodings stay those every Parquet reader knows (DELTA_BINARY_PACKED
 /// would make the event time ~20% smaller, but Spark before 3.3 cannot read it).
 fn compaction_properties(source: &SourceSchema) -> WriterProperties {
     raw_writer_properties(source)
@@ -426,9 +426,9 @@ fn file_schema(table: &SchemaRef) -> Result<SchemaRef> {
 /// 32-bit, so a batch stops well before 2 GiB.
 const MAX_COLUMN_BYTES: usize = 1 << 30;
 
-/// A bin's rows sorted by event time (equal times in the order of the files' earliest events,
-/// then of their rows), as row groups of `file_schema`: where each group's rows are in the
-/// files' batches. A group's column is gathered when it is encoded, so each value is copied
+/// A bin's rows sorted by event time (equal times in the order of the files' batches' latest
+/// events, then of their rows), as row groups of `file_schema`: where each group's rows are
+/// in the files' batches. A group's column is gathered when it is encoded, so each value is copied
 /// once and the sorted rows are never all in memory at once.
 struct SortedRows {
     /// The files' batches, as `file_schema`.
@@ -462,12 +462,13 @@ impl SortedRows {
             .iter()
             .map(|b| conformed(file_schema, b))
             .collect::<Result<_>>()?;
-        // The files in the order of their earliest events (the table lists them in no order):
-        // one after the other in time, most of their rows are in order already.
+        // The files' batches in the order of their latest events (the table lists the files
+        // in no order): one after the other in time, most of their rows are in order
+        // already. Not of their earliest: a late event would move its file before others.
         batches.sort_by_cached_key(|b| {
             b.column(event_time)
                 .as_primitive_opt::<TimestampMicrosecondType>()
-                .and_then(arrow::compute::min)
+                .and_then(arrow::compute::max)
         });
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         // Each file holds its events in arrival order (or sorted): runs in event-time order,
@@ -552,7 +553,8 @@ const MIN_ROWS_PER_SORT: usize = 1 << 16;
 /// kept as they are and the late ones sorted and merged in.
 const LATE_SHARE: usize = 4;
 
-/// `keyed` (time, batch, row) stably sorted by time (ties keep their order). Most rows come
+/// `keyed` (time, batch, row), in (batch, row) order, stably sorted by time (ties keep
+/// their order: the rows in order and the late ones are merged by all three). Most rows come
 /// in time order: the files of an import or of one speed process's partition follow each
 /// other, each holding its events in arrival order or sorted. A row at or after every time
 /// before it is in place among those; only the others, the late ones, are sorted, then
@@ -861,6 +863,11 @@ mod tests {
             .collect();
         let sorted = sorted_batch(&schema(), 0, &files).unwrap();
         assert_eq!(sorted.schema(), schema());
+        assert_eq!(rows_of(&sorted), expected(&files));
+        // Listed latest first, the files are taken in the order of their latest events: the
+        // same rows, equal times in the same order.
+        let listed: Vec<RecordBatch> = files.iter().rev().cloned().collect();
+        let sorted = sorted_batch(&schema(), 0, &listed).unwrap();
         assert_eq!(rows_of(&sorted), expected(&files));
     }
 

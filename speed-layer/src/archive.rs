@@ -598,13 +598,16 @@ mod tests {
         let reader = SerializedFileReader::new(std::fs::File::open(&files[0]).unwrap()).unwrap();
         let group = reader.metadata().row_group(0);
         assert_eq!(group.num_rows(), 500);
-        let with_dictionary: Vec<String> = group
-            .columns()
-            .iter()
-            .filter(|c| c.dictionary_page_offset().is_some())
-            .map(|c| c.column_path().string())
-            .collect();
-        assert_eq!(with_dictionary, ["user", "page", "ms", "_topic", "_partition"]);
+        let columns = |dictionary: bool| -> Vec<String> {
+            group
+                .columns()
+                .iter()
+                .filter(|c| c.dictionary_page_offset().is_some() == dictionary)
+                .map(|c| c.column_path().string())
+                .collect()
+        };
+        assert_eq!(columns(true), ["user", "page", "ms", "_topic", "_partition"]);
+        assert_eq!(columns(false), ["ts", "_offset"]);
     }
 
     /// Claims partitions for a process; a partition new to the lake starts at 0.
