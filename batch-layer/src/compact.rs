@@ -212,8 +212,9 @@ async fn commit(
 /// Kafka offset without a dictionary: their values are mostly distinct, so a dictionary
 /// would be built and given up), and a column gives up its dictionary at 256 KiB, so that a
 /// column of ids does not intern a megabyte of distinct values per row group before falling
-/// back (together: the benchmark's bins of 2.5M rows written in ~420 ms instead of ~590). Encodings stay those every Parquet reader knows (DELTA_BINARY_PACKED
-/// would make the event time ~20% smaller, but Spark before 3.3 cannot read it).
+/// back (together: the benchmark's bins of 2.5M rows written in ~420 ms instead of ~590).
+/// Encodings stay those every Parquet reader knows (DELTA_BINARY_PACKED would make the event
+/// time ~20% smaller, but Spark before 3.3 cannot read it).
 fn compaction_properties(source: &SourceSchema) -> WriterProperties {
     raw_writer_properties(source)
         .into_builder()
@@ -428,8 +429,8 @@ const MAX_COLUMN_BYTES: usize = 1 << 30;
 
 /// A bin's rows sorted by event time (equal times in the order of the files' batches' latest
 /// events, then of their rows), as row groups of `file_schema`: where each group's rows are
-/// in the files' batches. A group's column is gathered when it is encoded, so each value is copied
-/// once and the sorted rows are never all in memory at once.
+/// in the files' batches. A group's column is gathered when it is encoded, so each value is
+/// copied once and the sorted rows are never all in memory at once.
 struct SortedRows {
     /// The files' batches, as `file_schema`.
     batches: Vec<RecordBatch>,
@@ -564,31 +565,23 @@ const LATE_SHARE: usize = 4;
 fn sorted_by_time(mut keyed: Vec<(i64, u32, u32)>, threads: usize, min_rows: usize) -> Vec<(i64, u32, u32)> {
     let rows = keyed.len();
     let mut latest = i64::MIN;
-    let late = keyed
+    let mut late: Vec<(i64, u32, u32)> = keyed
         .iter()
         .filter(|&&(t, _, _)| {
             latest = latest.max(t);
             t < latest
         })
         .take(rows / LATE_SHARE + 1)
-        .count();
-    if late > rows / LATE_SHARE {
+        .copied()
+        .collect();
+    if late.len() > rows / LATE_SHARE {
         return compared_by_time(keyed, threads, min_rows);
     }
-    // The rows in order moved to the front, the late ones aside.
-    let mut late = Vec::with_capacity(late);
-    let mut in_order = 0;
-    let mut latest = i64::MIN;
-    for i in 0..rows {
-        let row = keyed[i];
-        if row.0 >= latest {
-            latest = row.0;
-            keyed[in_order] = row;
-            in_order += 1;
-        } else {
-            late.push(row);
-        }
-    }
+    // The rows in order moved to the front: all but the late ones, met in the same order.
+    let mut next_late = late.iter().peekable();
+    keyed.retain(|row| next_late.next_if_eq(&row).is_none());
+    let mut in_order = keyed.len();
+    keyed.resize(rows, (0, 0, 0));
     // Stable: equal times keep the files' order, as the rows in order do.
     late.sort_by_key(|&(t, _, _)| t);
     // Merged from the back: the latest late row goes after the rows in order above it

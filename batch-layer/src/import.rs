@@ -214,6 +214,7 @@ async fn import_file(
         file_bytes,
         ..Default::default()
     };
+    let raw_properties = raw_writer_properties(source);
     let mut result = Ok(());
     while let Some(chunk) = rx.recv().await {
         let chunk = match chunk {
@@ -237,7 +238,7 @@ async fn import_file(
         if let Some(batch) = chunk.raw {
             report.imported += batch.num_rows() as u64;
             state.imported += batch.num_rows() as u64;
-            append(raw, batch, txn, info, raw_writer_properties(source)).await?;
+            append(raw, batch, txn, info, raw_properties.clone()).await?;
             report.commits += 1;
         }
         state.bytes_read = chunk.bytes_read;
