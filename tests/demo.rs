@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::common::{Process, Scratch, StrataServer, free_port, python, repo, run_ok, strata, wait_for_port};
+use crate::common::{Process, Scratch, StrataServer, free_port, http_get, python, repo, run_ok, strata, wait_for_port};
 
 /// The first ```sh block of the README: the quick start.
 fn quick_start() -> Vec<String> {
@@ -53,19 +53,6 @@ fn scalar(endpoint: &str, sql: &str) -> i64 {
     } else {
         value.parse().unwrap_or_else(|_| panic!("{sql}: not a number: {value}"))
     }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the ops endpoint");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    response
 }
 
 #[test]

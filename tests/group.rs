@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::common::{Process, Scratch, StrataServer, free_port, python, repo, run_ok, strata};
+use crate::common::{Process, Scratch, StrataServer, free_port, http_get, python, repo, run_ok, strata};
 use crate::historical::{example_config, generate};
 use crate::kafka::Kafka;
 use crate::speed::{oracle, oracle_with, produce_with, wait_consumed, wait_produced};
@@ -62,7 +62,7 @@ fn query(config: &Path, endpoint: &str, sql: &str) -> String {
 }
 
 /// Polls until `check` holds on the CSV of `sql` (at most `within`).
-fn wait_query(config: &Path, endpoint: &str, sql: &str, within: Duration, check: impl Fn(&str) -> bool) -> String {
+pub fn wait_query(config: &Path, endpoint: &str, sql: &str, within: Duration, check: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + within;
     loop {
         let out = strata(config)
@@ -80,15 +80,6 @@ fn wait_query(config: &Path, endpoint: &str, sql: &str, within: Duration, check:
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn http_get(address: SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).expect("connect to /health");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).unwrap();
-    out
 }
 
 /// The monitor of visible vs archived events, in the background.

@@ -372,3 +372,64 @@ fn speed_layer_equals_duckdb_through_kills_with_serve_in_another_process() {
         &[],
     );
 }
+
+/// `serve.real_time_recency` on Apache Kafka: once a producer's records are acknowledged, the
+/// next query counts them, with no wait for the consumer in between. Plain and transactional
+/// chunks alternate (each committed transaction followed by an aborted one), so a
+/// partition's last offsets are transaction markers that the consumer never sees as records;
+/// no query waits out its bound for them (`strata_speed_recency_missed_total` stays 0).
+#[test]
+fn real_time_recency_counts_every_record_acknowledged_before_the_query() {
+    let _heavy = crate::common::heavy();
+    let scratch = Scratch::new("speed-recency");
+    let broker = Kafka::start(&scratch);
+    broker.create_topic(TOPIC, 3);
+    let lake = scratch.path("lake");
+    let config = example_config(&scratch.0, lake.to_str().unwrap(), "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let with_recency = text.replace("real_time_recency = false", "real_time_recency = true");
+    assert_ne!(with_recency, text, "the example config sets serve.real_time_recency");
+    std::fs::write(&config, with_recency).unwrap();
+    let total = 20_000u64;
+    let data = scratch.path("events.jsonl");
+    generate(&config, &data, total, 5);
+    let positions = scratch.path("positions.jsonl");
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics_text = metrics.to_string();
+    let env = [
+        ("STRATA_KAFKA_BROKERS", broker.brokers.as_str()),
+        ("STRATA_METRICS_ADDRESS", metrics_text.as_str()),
+    ];
+    let mut run = StrataServer::start_command(&config, "run", &env);
+    let endpoint = run.endpoint();
+    // Recency is for the partitions a process owns: the test starts once it owns them all.
+    crate::group::wait_query(
+        &config,
+        &endpoint,
+        "SELECT count(owner) AS owned FROM system.partitions",
+        std::time::Duration::from_secs(60),
+        |csv| csv == "owned\n3\n",
+    );
+    let chunks = 4u64;
+    for chunk in 0..chunks {
+        let (from, to) = (chunk * total / chunks + 1, (chunk + 1) * total / chunks + 1);
+        let extra: &[&str] = if chunk % 2 == 1 {
+            &["--transactional", "strata-recency", "--txn-lines", "700"]
+        } else {
+            &[]
+        };
+        wait_produced(produce_with(&broker.brokers, &data, &positions, from, to, extra));
+        oracle_with(&endpoint, &scratch, &data, &positions, to - 1, false, &[]);
+    }
+    let page = crate::common::http_get(metrics, "/metrics");
+    assert!(
+        page.contains("strata_speed_recency_missed_total 0\n"),
+        "{}",
+        page.lines()
+            .filter(|l| l.contains("recency"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(run.process.terminate(), "strata run did not stop cleanly on SIGTERM");
+    broker.stop();
+}

@@ -677,6 +677,15 @@ pub struct ServeConfig {
     /// partitions are answered from the lake's archived events.
     #[serde(default = "default_speed_timeout", deserialize_with = "de_duration")]
     pub speed_timeout: Duration,
+    /// Before a query reads a speed layer's states, that speed layer asks Kafka for the end of
+    /// each partition it owns and waits until it has consumed up to it: the answer counts
+    /// every event the broker had acknowledged when the query arrived. Off by default (a
+    /// query then counts what was consumed before it arrived, a few milliseconds behind).
+    #[serde(default)]
+    pub real_time_recency: bool,
+    /// How long a query waits for that at most; past it, it reads what was consumed.
+    #[serde(default = "default_recency_timeout", deserialize_with = "de_duration")]
+    pub real_time_recency_timeout: Duration,
     /// A Kafka partition of a source that no live speed process has owned for this long is
     /// an alarm (metric, /health degraded, system.partitions).
     #[serde(default = "default_unowned_grace", deserialize_with = "de_duration")]
@@ -697,6 +706,9 @@ pub struct ServeConfig {
 
 fn default_speed_timeout() -> Duration {
     Duration::from_secs(5)
+}
+fn default_recency_timeout() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_unowned_grace() -> Duration {
     Duration::from_secs(60)
@@ -726,6 +738,8 @@ impl Default for ServeConfig {
             speed_tls_ca: None,
             speed_endpoints: Vec::new(),
             speed_timeout: default_speed_timeout(),
+            real_time_recency: false,
+            real_time_recency_timeout: default_recency_timeout(),
             unowned_partition_grace: default_unowned_grace(),
             partition_check_interval: default_partition_check(),
             query_memory: None,
@@ -877,6 +891,7 @@ impl Config {
         self.check_views()?;
         self.check_batch()?;
         self.check_speed()?;
+        self.check_serve()?;
         self.check_kafka()?;
         self.check_topics()?;
         self.check_users()?;
@@ -1007,6 +1022,21 @@ impl Config {
         }
         if self.speed.aggregate_rows == 0 {
             return Err(self.err("speed.aggregate_rows", "must be greater than 0"));
+        }
+        Ok(())
+    }
+
+    /// `[serve]`: a query waits for a speed layer's catching up less long than for its states.
+    fn check_serve(&self) -> Result<()> {
+        let serve = &self.serve;
+        if serve.real_time_recency && serve.real_time_recency_timeout >= serve.speed_timeout {
+            return Err(self.err(
+                "serve.real_time_recency_timeout",
+                format!(
+                    "must be shorter than serve.speed_timeout ({:?}): a speed layer still catching up when that ends would be answered from the lake",
+                    serve.speed_timeout
+                ),
+            ));
         }
         Ok(())
     }
@@ -1271,6 +1301,31 @@ address = "127.0.0.1:50051"
         assert!(msg.contains("unknown field `adress`"), "{msg}");
     }
 
+    /// Real-time recency is off unless asked for, and its wait must end before the speed
+    /// layer's: a speed layer still waiting when the serving layer gives up on it would be
+    /// answered from the lake, staler than without the wait.
+    #[test]
+    fn real_time_recency_waits_less_than_a_speed_layer_is_given() {
+        let c = parse(GOOD).unwrap();
+        assert!(!c.serve.real_time_recency);
+        assert_eq!(c.serve.real_time_recency_timeout, Duration::from_secs(1));
+        let on = GOOD.replace("[serve]", "[serve]\nreal_time_recency = true");
+        assert!(parse(&on).unwrap().serve.real_time_recency);
+        let msg = parse_err(&on.replace("[serve]", "[serve]\nreal_time_recency_timeout = \"5s\""));
+        assert!(
+            msg.starts_with("/etc/strata/strata.toml: serve.real_time_recency_timeout: must be shorter than serve.speed_timeout (5s)"),
+            "{msg}"
+        );
+        let longer = on.replace(
+            "[serve]",
+            "[serve]\nreal_time_recency_timeout = \"5s\"\nspeed_timeout = \"10s\"",
+        );
+        assert_eq!(
+            parse(&longer).unwrap().serve.real_time_recency_timeout,
+            Duration::from_secs(5)
+        );
+    }
+
     #[test]
     fn a_missing_key_is_named() {
         let msg = parse_err(&GOOD.replace("url = \"file:///tmp/lake\"", ""));
@@ -1481,6 +1536,8 @@ mod example_tests {
             "tls_key",
             "allow_plaintext_remote",
             "speed_tls_ca",
+            "real_time_recency",
+            "real_time_recency_timeout",
             "token",
             "token_ttl",
             "[[serve.auth.users]]",

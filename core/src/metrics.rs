@@ -96,6 +96,8 @@ pub struct Metrics {
     pub speed_visible: Histogram,
     /// `strata_speed_batch_seconds`.
     pub speed_batch: Histogram,
+    /// `strata_speed_recency_missed_total`.
+    pub speed_recency_missed: Counter,
     /// `strata_speed_generations{view}`.
     pub speed_generations: Family<ViewLabel, Gauge>,
     /// `strata_speed_states{view}`.
@@ -134,6 +136,7 @@ impl Metrics {
             offsets_out_of_range: Counter::default(),
             consumer_lag: Family::default(),
             speed_visible: latency(),
+            speed_recency_missed: Counter::default(),
             speed_batch: latency(),
             speed_generations: Family::default(),
             speed_states: Family::default(),
@@ -198,6 +201,11 @@ impl Metrics {
             "strata_speed_batch_seconds",
             "Time to add the waiting micro-batches to the views' open states, and to publish these when a query asks or they are archived",
             self.speed_batch.clone(),
+        );
+        r.register(
+            "strata_speed_recency_missed",
+            "Queries with real-time recency (serve.real_time_recency) that read what was consumed: Kafka did not give the partitions' ends, or the consumer did not reach them within serve.real_time_recency_timeout",
+            self.speed_recency_missed.clone(),
         );
         r.register(
             "strata_speed_generations",

@@ -15,6 +15,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
@@ -182,8 +183,10 @@ pub trait SpeedSource: Send + Sync + std::fmt::Debug {
     fn name(&self) -> String;
 
     /// State rows of `view` for every partition this speed layer owns: the events at offsets
-    /// at or beyond `coverage`, or beyond what it still holds if that is further.
-    async fn states(&self, view: &str, coverage: &Offsets) -> Result<Vec<SpeedPart>>;
+    /// at or beyond `coverage`, or beyond what it still holds if that is further. With
+    /// `recency`, first waits (that long at most) until it has consumed every record Kafka
+    /// held of those partitions when asked (`serve.real_time_recency`).
+    async fn states(&self, view: &str, coverage: &Offsets, recency: Option<Duration>) -> Result<Vec<SpeedPart>>;
 
     /// Positions, lateness and memory, for system tables.
     async fn status(&self) -> Result<SpeedStatus>;

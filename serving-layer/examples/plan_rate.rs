@@ -54,7 +54,12 @@ impl SpeedSource for Held {
         "held".into()
     }
 
-    async fn states(&self, view: &str, coverage: &Offsets) -> strata_core::Result<Vec<SpeedPart>> {
+    async fn states(
+        &self,
+        view: &str,
+        coverage: &Offsets,
+        _recency: Option<Duration>,
+    ) -> strata_core::Result<Vec<SpeedPart>> {
         if view != self.view {
             return Ok(Vec::new());
         }

@@ -128,6 +128,8 @@ pub struct Catalog {
     speed: Vec<Arc<dyn SpeedSource>>,
     /// How long a speed layer may take to answer before its partitions come from the lake.
     speed_timeout: Duration,
+    /// `serve.real_time_recency`: how long a speed layer may wait to catch up with Kafka.
+    recency: Option<Duration>,
     speed_unavailable: strata_core::metrics::Counter,
     /// Which partitions exist and who owns them, over time.
     watch: Arc<crate::partitions::PartitionWatch>,
@@ -193,6 +195,10 @@ impl Catalog {
                     config.serve.unowned_partition_grace,
                 )),
                 speed_timeout: config.serve.speed_timeout,
+                recency: config
+                    .serve
+                    .real_time_recency
+                    .then_some(config.serve.real_time_recency_timeout),
                 speed_unavailable: strata_core::metrics::metrics().speed_unavailable.clone(),
             }
         }))
@@ -365,7 +371,7 @@ impl Catalog {
         let asks = self
             .speed
             .iter()
-            .map(|s| tokio::time::timeout(self.speed_timeout, s.states(view, coverage)));
+            .map(|s| tokio::time::timeout(self.speed_timeout, s.states(view, coverage, self.recency)));
         let mut parts = Vec::new();
         for (s, answer) in self.speed.iter().zip(futures::future::join_all(asks).await) {
             match answer {

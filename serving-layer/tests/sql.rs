@@ -96,7 +96,12 @@ impl SpeedSource for MemorySpeed {
         "memory".into()
     }
 
-    async fn states(&self, view: &str, coverage: &strata_core::speed::Offsets) -> strata_core::Result<Vec<SpeedPart>> {
+    async fn states(
+        &self,
+        view: &str,
+        coverage: &strata_core::speed::Offsets,
+        _recency: Option<std::time::Duration>,
+    ) -> strata_core::Result<Vec<SpeedPart>> {
         let plan = self
             .plans
             .iter()

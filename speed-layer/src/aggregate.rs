@@ -71,6 +71,12 @@ impl Demand {
         if self.waiting.load(Ordering::Acquire) == 0 {
             return;
         }
+        self.sent().await;
+    }
+
+    /// Returns once the states of every micro-batch the consumer had sent are in the store
+    /// (those still in the channel too), or after its wait.
+    pub async fn sent(&self) {
         let (ask, answered) = oneshot::channel();
         if self.asks.send(ask).is_ok() {
             let _ = tokio::time::timeout(self.wait, answered).await;

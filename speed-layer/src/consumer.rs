@@ -47,6 +47,16 @@ const REVOKE_WAIT: Duration = Duration::from_secs(40);
 /// within the consumer's max.poll.interval.ms (5 minutes by default).
 const CLAIM_PATIENCE: Duration = Duration::from_secs(120);
 
+/// A query waiting until this process has consumed what Kafka held of its partitions when
+/// the query arrived (`serve.real_time_recency`): `passed` is answered once every record
+/// before `ends` (the next offset of each partition, as the broker reported it) of the
+/// partitions the process owns is in a micro-batch sent to the aggregator.
+#[derive(Debug)]
+pub struct Barrier {
+    pub ends: Vec<(TopicPartition, i64)>,
+    pub passed: tokio::sync::oneshot::Sender<()>,
+}
+
 /// What the consumer sends to the aggregator, in consumption order.
 #[derive(Debug)]
 pub enum Input {
@@ -298,6 +308,15 @@ impl NextOffsets {
         Some(o.source)
     }
 
+    /// Whether every record of `partition` before `end` was taken, or is not this consumer's
+    /// to take (a partition not owned, or owned from `end` on).
+    fn passed(&self, partition: &TopicPartition, end: i64) -> bool {
+        self.owned
+            .iter()
+            .find(|o| &o.partition == partition)
+            .is_none_or(|o| o.next >= end)
+    }
+
     /// The offsets of `source`'s partitions taken since the last drain, in partition order.
     fn drain(&mut self, source: usize) -> Vec<OffsetRange> {
         let mut ranges: Vec<OffsetRange> = self
@@ -360,6 +379,9 @@ pub struct Poller {
     pub batch_interval: Duration,
     pub output: mpsc::Sender<Input>,
     pub stop: CancellationToken,
+    /// Queries waiting for the consumer to reach Kafka's ends (see [`Barrier`]).
+    barriers: std::sync::mpsc::Receiver<Barrier>,
+    barrier_sender: std::sync::mpsc::Sender<Barrier>,
 }
 
 impl Poller {
@@ -371,6 +393,7 @@ impl Poller {
         output: mpsc::Sender<Input>,
         stop: CancellationToken,
     ) -> Poller {
+        let (barrier_sender, barriers) = std::sync::mpsc::channel();
         Poller {
             consumer,
             rebalances,
@@ -381,7 +404,14 @@ impl Poller {
             batch_interval: config.speed.batch_interval,
             output,
             stop,
+            barriers,
+            barrier_sender,
         }
+    }
+
+    /// Where queries send their [`Barrier`]s.
+    pub fn barriers(&self) -> std::sync::mpsc::Sender<Barrier> {
+        self.barrier_sender.clone()
     }
 
     pub fn run(self) -> Result<()> {
@@ -397,6 +427,7 @@ impl Poller {
             .collect();
         let mut sources = self.source_states();
         let mut next = NextOffsets::default();
+        let mut barriers: Vec<Barrier> = Vec::new();
         let mut pending = 0usize;
         let mut first_pending: Option<Instant> = None;
         // One clock read per record: the consumer's own time, and the wall time (for how
@@ -457,7 +488,13 @@ impl Poller {
             let due = first_pending
                 .is_some_and(|t| caught_up || now.saturating_duration_since(t) >= self.batch_interval)
                 && self.output.capacity() > 0;
-            if pending >= MAX_BATCH_ROWS || due {
+            barriers.extend(self.barriers.try_iter());
+            let passed = if barriers.is_empty() {
+                Vec::new()
+            } else {
+                self.passed(&mut barriers, &next, caught_up)
+            };
+            if pending >= MAX_BATCH_ROWS || due || !passed.is_empty() {
                 if !self.cut(&mut sources, &mut next, &mut pending, &mut first_pending)? {
                     return Ok(());
                 }
@@ -465,7 +502,30 @@ impl Poller {
                 now = Instant::now();
                 wall = WallClock::new(now);
             }
+            for b in passed {
+                let _ = b.passed.send(());
+            }
         }
+    }
+
+    /// The barriers passed (taken out of `barriers`): every record before their ends is
+    /// taken, or, once the consumer has caught up, librdkafka's position is past their ends
+    /// (a transaction's marker takes the last offset of a partition, and is no record). A
+    /// barrier whose query stopped waiting goes too.
+    fn passed(&self, barriers: &mut Vec<Barrier>, next: &NextOffsets, caught_up: bool) -> Vec<Barrier> {
+        let positions = caught_up.then(|| self.consumer.position().ok()).flatten();
+        let at_end = |(tp, end): &(TopicPartition, i64)| {
+            next.passed(tp, *end)
+                || positions.as_ref().is_some_and(|p| {
+                    p.find_partition(&tp.topic, tp.partition)
+                        .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= *end))
+                })
+        };
+        let (passed, waiting) = std::mem::take(barriers)
+            .into_iter()
+            .partition(|b| b.passed.is_closed() || b.ends.iter().all(at_end));
+        *barriers = waiting;
+        passed
     }
 
     /// The decoding state and metric handles of each source.
@@ -733,24 +793,7 @@ impl Poller {
 mod tests {
     use super::*;
 
-    use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::DefaultProducerContext;
-
-    /// A mock cluster with the topic `clicks` of `partitions`, and the clicks config on it,
-    /// its lake in a directory of its own (`name` and the process id), emptied first: a lake
-    /// left by an earlier process of the same id would start the partitions above 0.
-    fn on_mock_cluster(
-        name: &str,
-        partitions: i32,
-    ) -> (MockCluster<'static, DefaultProducerContext>, std::path::PathBuf, Config) {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic("clicks", partitions, 1).unwrap();
-        let dir = std::env::temp_dir().join(format!("strata-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut config = crate::fixtures::clicks_config(&dir.join("strata.toml"));
-        config.kafka.brokers = cluster.bootstrap_servers();
-        (cluster, dir, config)
-    }
+    use crate::fixtures::on_mock_cluster;
 
     /// The polling loop ends (a stop, a failure) with a rebalance it recorded and did not
     /// act on: librdkafka waits for that rebalance to be answered, and closing the consumer

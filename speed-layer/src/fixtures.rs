@@ -1,11 +1,13 @@
 //! What the unit tests of this crate share.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use strata_core::config::Config;
 use strata_core::schema::SourceSchema;
 use strata_core::speed::TopicPartition;
@@ -79,4 +81,19 @@ pub fn int64_values<'a>(batches: impl IntoIterator<Item = &'a RecordBatch>) -> V
         .into_iter()
         .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
         .collect()
+}
+
+/// A mock cluster with the topic `clicks` of `partitions`, and the clicks config on it, its
+/// lake in a directory of its own (`name` and the process id), emptied first: a lake left by
+/// an earlier process of the same id would start the partitions above 0.
+pub fn on_mock_cluster(name: &str, partitions: i32) -> (MockCluster<'static, DefaultProducerContext>, PathBuf, Config) {
+    let cluster = MockCluster::new(1).expect("a mock cluster");
+    cluster
+        .create_topic("clicks", partitions, 1)
+        .expect("the topic created");
+    let dir = std::env::temp_dir().join(format!("strata-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = clicks_config(&dir.join("strata.toml"));
+    config.kafka.brokers = cluster.bootstrap_servers();
+    (cluster, dir, config)
 }

@@ -2,7 +2,8 @@
 //! can run in other processes; [`RemoteSpeed`] is the serving side's client.
 //!
 //! ```text
-//!  DoGet(ticket = {"view": V, "coverage": {"topic/partition": offset, ...}})
+//!  DoGet(ticket = {"view": V, "coverage": {"topic/partition": offset, ...}, "recency_ms": W})
+//!      (W, present with serve.real_time_recency: catch up with Kafka first, W ms at most)
 //!      -> schema message, app_metadata = [{topic, partition, generation, from, until, rows}]
 //!         (one entry per owned partition), then the state rows of V, partition after
 //!         partition in that order
@@ -12,6 +13,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
@@ -41,6 +43,10 @@ const STATUS_ACTION: &str = "status";
 struct StatesTicket {
     view: String,
     coverage: Offsets,
+    /// `serve.real_time_recency`: how many milliseconds the speed layer may wait to catch
+    /// up with Kafka (absent from the tickets of a serving layer without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    recency_ms: Option<u64>,
 }
 
 /// One partition's part of an answer, as announced in the schema message.
@@ -127,7 +133,11 @@ impl FlightService for SpeedFlight {
             .ok_or_else(|| Status::not_found(format!("no view named `{}`", ticket.view)))?;
         let parts = self
             .speed
-            .states(&ticket.view, &ticket.coverage)
+            .states(
+                &ticket.view,
+                &ticket.coverage,
+                ticket.recency_ms.map(Duration::from_millis),
+            )
             .await
             .map_err(|e| strata_core::status::status(&e))?;
         let headers: Vec<PartHeader> = parts
@@ -278,7 +288,7 @@ impl RemoteSpeed {
             None
         };
         let written = endpoint.as_written();
-        let channel = strata_core::tls::channel(endpoint, ca.as_deref(), std::time::Duration::from_secs(5))
+        let channel = strata_core::tls::channel(endpoint, ca.as_deref(), Duration::from_secs(5))
             .map_err(|m| Error::config(&config.file, "serve.speed_endpoints", format!("`{written}`: {m}")))?;
         Ok(RemoteSpeed {
             endpoint: endpoint.url().to_string(),
@@ -311,10 +321,11 @@ impl SpeedSource for RemoteSpeed {
         self.endpoint.clone()
     }
 
-    async fn states(&self, view: &str, coverage: &Offsets) -> Result<Vec<SpeedPart>> {
+    async fn states(&self, view: &str, coverage: &Offsets, recency: Option<Duration>) -> Result<Vec<SpeedPart>> {
         let ticket = serde_json::to_vec(&StatesTicket {
             view: view.to_string(),
             coverage: coverage.clone(),
+            recency_ms: recency.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         })
         .map_err(|e| Error::Internal(e.to_string()))?;
         let mut client = FlightServiceClient::new(self.channel.clone()).max_decoding_message_size(64 << 20);

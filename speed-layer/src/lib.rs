@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::{Aggregator, Demand};
 use crate::archive::Archiver;
-use crate::consumer::{KafkaConsumer, Poller};
+use crate::consumer::{Barrier, KafkaConsumer, Poller};
 use crate::engine::ViewEngine;
 use crate::store::Store;
 
@@ -56,6 +56,8 @@ pub struct SpeedLayer {
     sources: Vec<Arc<SourceSchema>>,
     state_schemas: Vec<arrow::datatypes::SchemaRef>,
     consumer: Arc<KafkaConsumer>,
+    /// Where queries with real-time recency wait for the consumer (see [`Barrier`]).
+    barriers: std::sync::mpsc::Sender<Barrier>,
     stop: CancellationToken,
     tasks: Mutex<Option<Tasks>>,
     failed: Arc<Mutex<Option<String>>>,
@@ -130,6 +132,7 @@ impl SpeedLayer {
             input_tx,
             stop.clone(),
         );
+        let barriers = poller.barriers();
         let poller = spawn_poller(poller, failed.clone(), stop.clone())?;
         let refresher = tokio::spawn(refresh(
             lake,
@@ -147,6 +150,7 @@ impl SpeedLayer {
             sources,
             state_schemas,
             consumer,
+            barriers,
             stop,
             tasks: Mutex::new(Some(Tasks {
                 poller,
@@ -168,6 +172,61 @@ impl SpeedLayer {
     pub fn state_schema(&self, view: &str) -> Option<arrow::datatypes::SchemaRef> {
         let store = self.store.lock().expect("store lock");
         store.view_index(view).map(|v| self.state_schemas[v].clone())
+    }
+
+    /// Real-time recency: asks Kafka for the end of each partition this process owns (for a
+    /// `read_committed` consumer, the last stable offset), waits until the consumer has taken
+    /// every record before them, then until their states are in the store; `within` bounds
+    /// the whole, past it the query reads what was consumed. Partitions being assigned, not
+    /// claimed yet, are not waited for: the lake answers for them.
+    async fn catch_up(&self, within: Duration) {
+        let started = Instant::now();
+        let consumer = self.consumer.clone();
+        let asked = tokio::task::spawn_blocking(move || {
+            let mut owned = consumer.assignment()?;
+            if owned.count() == 0 {
+                return Ok(owned);
+            }
+            owned.set_all_offsets(rdkafka::Offset::End)?;
+            consumer.offsets_for_times(owned, within)
+        })
+        .await;
+        let ends = match asked {
+            Ok(Ok(list)) => list
+                .elements()
+                .iter()
+                .filter_map(|e| match (e.error(), e.offset()) {
+                    (Ok(()), rdkafka::Offset::Offset(end)) => {
+                        Some((TopicPartition::new(e.topic(), e.partition()), end))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            Ok(Err(e)) => {
+                self.recency_missed(started, &format!("Kafka did not give the partitions' ends: {e}"));
+                return self.demand.fresh().await;
+            }
+            Err(e) => {
+                self.recency_missed(started, &format!("asking Kafka for the partitions' ends: {e}"));
+                return self.demand.fresh().await;
+            }
+        };
+        let (passed, waiting) = tokio::sync::oneshot::channel();
+        if self.barriers.send(Barrier { ends, passed }).is_err() {
+            return self.demand.fresh().await;
+        }
+        match tokio::time::timeout(within.saturating_sub(started.elapsed()), waiting).await {
+            Ok(Ok(())) => self.demand.sent().await,
+            _ => {
+                self.recency_missed(started, "the consumer did not reach the partitions' ends in time");
+                self.demand.fresh().await;
+            }
+        }
+    }
+
+    fn recency_missed(&self, started: Instant, why: &str) {
+        metrics().speed_recency_missed.inc();
+        tracing::debug!(after = ?started.elapsed(), why, "a query with real-time recency reads what was consumed");
     }
 
     /// Stops consuming, archives everything consumed, and waits until it is committed.
@@ -395,14 +454,17 @@ impl SpeedSource for SpeedLayer {
         self.name.clone()
     }
 
-    async fn states(&self, view: &str, coverage: &Offsets) -> Result<Vec<SpeedPart>> {
+    async fn states(&self, view: &str, coverage: &Offsets, recency: Option<Duration>) -> Result<Vec<SpeedPart>> {
         if let Some(f) = self.failure() {
             return Err(Error::Speed {
                 endpoint: self.name.clone(),
                 message: format!("stopped: {f}"),
             });
         }
-        self.demand.fresh().await;
+        match recency {
+            Some(within) => self.catch_up(within).await,
+            None => self.demand.fresh().await,
+        }
         self.store.lock().expect("store lock").states(view, coverage)
     }
 
@@ -438,6 +500,73 @@ impl SpeedSource for SpeedLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With real-time recency, a query counts every record Kafka acknowledged before it was
+    /// sent: twenty times, records are produced and acknowledged and at once the states are
+    /// asked for, with no wait in between. No query waits out its bound either (a barrier
+    /// that never passes would still be answered, late, when the bound ends).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_query_with_real_time_recency_counts_every_record_acknowledged_before_it() {
+        use arrow::array::{AsArray, RecordBatch};
+        use arrow::datatypes::Int64Type;
+        use rdkafka::config::ClientConfig;
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+
+        let (_cluster, dir, config) = fixtures::on_mock_cluster("recency", 2);
+        let speed = SpeedLayer::start(&config, CpuRuntime::new(Some(1)).unwrap())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while speed.status().await.unwrap().partitions.len() < 2 {
+            assert!(Instant::now() < deadline, "the partitions were not claimed within 60 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &config.kafka.brokers)
+            .set("linger.ms", "0")
+            .create()
+            .unwrap();
+        let missed = metrics().speed_recency_missed.get();
+        let mut produced = 0i64;
+        for round in 0..20i64 {
+            for i in 0..=round % 5 {
+                let record = format!(
+                    r#"{{"ts":{},"user":"u{i}","page":"/p{}","ms":{i}}}"#,
+                    1_795_219_200_000 + produced,
+                    round % 3
+                );
+                let key = format!("k{produced}");
+                producer
+                    .send(BaseRecord::to("clicks").key(&key).payload(&record))
+                    .unwrap();
+                produced += 1;
+            }
+            producer.flush(Duration::from_secs(10)).unwrap();
+            let parts = speed
+                .states("per_page", &Offsets::new(), Some(Duration::from_secs(30)))
+                .await
+                .unwrap();
+            let counted: i64 = parts
+                .iter()
+                .flat_map(|p| &p.batches)
+                .map(|b: &RecordBatch| {
+                    let n = b.column_by_name("n__count").expect("a count state");
+                    n.as_primitive::<Int64Type>().iter().flatten().sum::<i64>()
+                })
+                .sum();
+            assert_eq!(
+                counted, produced,
+                "round {round}: the records acknowledged before the query"
+            );
+        }
+        assert_eq!(
+            metrics().speed_recency_missed.get(),
+            missed,
+            "a query waited out its bound"
+        );
+        speed.shutdown().await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// A task of the speed layer that panics is a failure like one that returns an error:
     /// recorded (for /health and the exit code) and the whole layer told to stop, never a
