@@ -15,7 +15,10 @@
              probes from their produce to their consumption (raw_consume follow). And what
              explains each figure: Strata's own consumed -> visible time (its metric
              strata_speed_visible_seconds, by bucket bound), the probe's query time, and the
-             queries a probe took (the first, sent as it is produced, misses it).
+             queries a probe took (the first, sent as it is produced, misses it). Strata is
+             measured twice: as configured by default, and with serve.real_time_recency (a
+             query first waits until the speed layer has consumed what Kafka held of its
+             partitions when the query arrived).
   cost       events consumed per CPU-second of the consuming process alone (its own user +
              system time, so the broker and the load generator sharing the cores do not blur
              it): `strata speed` catching up on the produced records and under a steady load,
@@ -373,9 +376,15 @@ def wait_assigned(brokers, topics, metrics_port):
 
 
 def phase_topics(rates):
-    """Per load: a topic for the broker's floor and one for Strata, each load on topics of
-    its own (no load pays for the records an earlier one left on the broker)."""
-    return [(f"floor_{i}", f"fresh_{i}") for i in range(len(rates))]
+    """Per load: a topic for the broker's floor, one for Strata and one for Strata with
+    real-time recency, each load on topics of its own (no load pays for the records an
+    earlier one left on the broker)."""
+    return [(f"floor_{i}", f"fresh_{i}", f"recent_{i}") for i in range(len(rates))]
+
+
+# Strata's freshness is measured twice: as configured by default, and with
+# serve.real_time_recency (a query waits until the speed layer has consumed what Kafka held).
+RECENCY_MODES = (("default", False), ("real_time_recency", True))
 
 
 # The topic of the steady-load cost measure (steady_cost).
@@ -389,38 +398,46 @@ def freshness_on(broker, brokers, args, text, data, rates, env):
     rows = []
     topics = phase_topics(rates)
     floors = {rate: floor_delay(brokers, floor, args.raw_consume, args.produce_load, data, rate, 15)
-              for rate, (floor, _) in zip(rates, topics)}
+              for rate, (floor, *_) in zip(rates, topics)}
     for rate, (p50, p99, per_cpu) in floors.items():
         print(f"{broker}: floor (bare librdkafka) at {rate:,.0f} events/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms; "
               f"{per_cpu:,.0f} records per CPU-second", flush=True)
     cost = steady_cost(brokers, COST_TOPIC, args, text, data, rates[-1], env, broker)
     print(f"{broker}: strata speed under {rates[-1]:,.0f} events/s: {cost:,.0f} records per CPU-second", flush=True)
-    config = os.path.join(args.work, f"fresh-{broker}.toml")
-    fresh = [t for _, t in topics]
-    open(config, "w").write(text.replace('topics = ["page_views"]', f"topics = {json.dumps(fresh)}")
-                            .replace('url = "./lake"', f'url = "./fresh-lake-{broker}"'))
-    serve_port, metrics_port = free_port(), free_port()
-    run = subprocess.Popen([args.strata, "--config", config, "run", "--address", f"127.0.0.1:{serve_port}",
-                            "--metrics-address", f"127.0.0.1:{metrics_port}"],
-                           env=dict(env, STRATA_KAFKA_BROKERS=brokers), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    try:
-        wait_port(serve_port, run, "strata run")
-        wait_assigned(brokers, fresh, metrics_port)
-        client = PyArrowFlightSql(f"grpc://127.0.0.1:{serve_port}")
-        for rate, topic in zip(rates, fresh):
-            p50, p99, behind, explained, _ = probe_freshness(brokers, topic, client, metrics_port, args.produce_load,
-                                                          data, rate, args.probes)
-            print(f"{broker}: freshness at {rate:,.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
-                  f"consumer behind the producer by {behind:,.0f} events at the end; consumed -> visible "
-                  f"p50 <= {explained[0]:g} ms, p99 <= {explained[1]:g} ms; the probe's queries p50 "
-                  f"{explained[2]:.1f} ms, {explained[3]:.1f} per probe", flush=True)
-            rows.append((broker, rate, p50, p99, behind, *floors[rate][:2], explained))
-        memory = client.query("SELECT view, speed_states, speed_state_bytes, bytes_per_state FROM system.freshness "
-                              "ORDER BY view").to_pylist()
-    finally:
-        run.terminate()
-        run.wait(60)
+    memory = None
+    for m, (mode, recency) in enumerate(RECENCY_MODES):
+        mode_topics = [t[1 + m] for t in topics]
+        config = os.path.join(args.work, f"fresh-{broker}-{mode}.toml")
+        open(config, "w").write(text.replace('topics = ["page_views"]', f"topics = {json.dumps(mode_topics)}")
+                                .replace('url = "./lake"', f'url = "./fresh-lake-{broker}-{mode}"')
+                                .replace("real_time_recency = false", f"real_time_recency = {str(recency).lower()}"))
+        serve_port, metrics_port = free_port(), free_port()
+        run = subprocess.Popen([args.strata, "--config", config, "run", "--address", f"127.0.0.1:{serve_port}",
+                                "--metrics-address", f"127.0.0.1:{metrics_port}"],
+                               env=dict(env, STRATA_KAFKA_BROKERS=brokers), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        try:
+            wait_port(serve_port, run, "strata run")
+            wait_assigned(brokers, mode_topics, metrics_port)
+            client = PyArrowFlightSql(f"grpc://127.0.0.1:{serve_port}")
+            for rate, topic in zip(rates, mode_topics):
+                p50, p99, behind, explained, _ = probe_freshness(brokers, topic, client, metrics_port,
+                                                              args.produce_load, data, rate, args.probes)
+                print(f"{broker} ({mode}): freshness at {rate:,.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
+                      f"consumer behind the producer by {behind:,.0f} events at the end; consumed -> visible "
+                      f"p50 <= {explained[0]:g} ms, p99 <= {explained[1]:g} ms; the probe's queries p50 "
+                      f"{explained[2]:.1f} ms, {explained[3]:.1f} per probe", flush=True)
+                rows.append((broker, mode, rate, p50, p99, behind, *floors[rate][:2], explained))
+            if memory is None:
+                memory = client.query("SELECT view, speed_states, speed_state_bytes, bytes_per_state "
+                                      "FROM system.freshness ORDER BY view").to_pylist()
+            if recency:
+                missed = metric(metrics_port, "strata_speed_recency_missed_total")
+                print(f"{broker} ({mode}): queries that waited out serve.real_time_recency_timeout: {missed:.0f}",
+                      flush=True)
+        finally:
+            run.terminate()
+            run.wait(60)
     return rows, memory, (rates[-1], cost, floors[rates[-1]][2])
 
 
@@ -487,6 +504,8 @@ def main():
         config = os.path.join(args.work, "strata.toml")
         text = (open(os.path.join(args.repo, "strata.example.toml")).read().replace('interval = "5m"\n', "")
                 .replace('"auto.offset.reset" = "earliest"', '"auto.offset.reset" = "earliest"\n"fetch.wait.max.ms" = "5"'))
+        if "real_time_recency = false" not in text:
+            raise SystemExit("strata.example.toml no longer sets serve.real_time_recency: update bench/speed.py")
         open(config, "w").write(text)
         env = dict(os.environ, STRATA_LOG="warn", STRATA_KAFKA_BROKERS=brokers)
         data = os.path.join(args.work, "events.jsonl")
@@ -574,8 +593,8 @@ def main():
               "broker floor p99 | p99 / floor p99 (goal <= 2) | strata's consumed -> visible p50 / p99 | "
               "probe query p50, queries per probe |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for broker, rate, p50, p99, behind, f50, f99, (v50, v99, q50, per_probe) in freshness:
-            print(f"| {broker}, {rate:,.0f} events/s (strata behind at the end: {behind:,.0f}) | {p50:.1f} ms | "
+        for broker, mode, rate, p50, p99, behind, f50, f99, (v50, v99, q50, per_probe) in freshness:
+            print(f"| {broker}, {mode}, {rate:,.0f} events/s (strata behind at the end: {behind:,.0f}) | {p50:.1f} ms | "
                   f"{p99:.1f} ms | {f50:.0f} ms | {f99:.0f} ms | {p99 / max(f99, 1):.1f} | <= {v50:g} / <= {v99:g} ms | "
                   f"{q50:.1f} ms, {per_probe:.1f} |")
         print()

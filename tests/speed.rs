@@ -373,11 +373,12 @@ fn speed_layer_equals_duckdb_through_kills_with_serve_in_another_process() {
     );
 }
 
-/// `serve.real_time_recency` on Apache Kafka: once a producer's records are acknowledged, the
-/// next query counts them, with no wait for the consumer in between. Plain and transactional
-/// chunks alternate (each committed transaction followed by an aborted one), so a
-/// partition's last offsets are transaction markers that the consumer never sees as records;
-/// no query waits out its bound for them (`strata_speed_recency_missed_total` stays 0).
+/// `serve.real_time_recency` on Apache Kafka. Plain and transactional chunks alternate (each
+/// committed transaction followed by an aborted one), each then checked against DuckDB with
+/// no wait for the consumer; then, from one client, twenty times an event is produced and
+/// acknowledged (plain, or committed in a transaction) and at once one query must count it.
+/// A partition's last offsets are then transaction markers, which the consumer never sees as
+/// records: no query waits out its bound for them (`strata_speed_recency_missed_total` 0).
 #[test]
 fn real_time_recency_counts_every_record_acknowledged_before_the_query() {
     let _heavy = crate::common::heavy();
@@ -421,6 +422,20 @@ fn real_time_recency_counts_every_record_acknowledged_before_the_query() {
         wait_produced(produce_with(&broker.brokers, &data, &positions, from, to, extra));
         oracle_with(&endpoint, &scratch, &data, &positions, to - 1, false, &[]);
     }
+    let out = run_python(
+        "recency.py",
+        &[
+            "--endpoint",
+            &endpoint,
+            "--brokers",
+            &broker.brokers,
+            "--topic",
+            TOPIC,
+            "--rounds",
+            "20",
+        ],
+    );
+    assert!(out.contains("recency: 20 rounds, every event counted"), "{out}");
     let page = crate::common::http_get(metrics, "/metrics");
     assert!(
         page.contains("strata_speed_recency_missed_total 0\n"),

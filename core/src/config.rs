@@ -1026,14 +1026,22 @@ impl Config {
         Ok(())
     }
 
-    /// `[serve]`: a query waits for a speed layer's catching up less long than for its states.
+    /// `[serve]`: a query's wait for a speed layer to catch up with Kafka is positive and at
+    /// most half of what the speed layer is given to answer (it must still compute and send
+    /// its states, else its partitions would be answered from the lake: staler).
     fn check_serve(&self) -> Result<()> {
         let serve = &self.serve;
-        if serve.real_time_recency && serve.real_time_recency_timeout >= serve.speed_timeout {
+        if !serve.real_time_recency {
+            return Ok(());
+        }
+        if serve.real_time_recency_timeout.is_zero() {
+            return Err(self.err("serve.real_time_recency_timeout", "must be greater than 0"));
+        }
+        if serve.real_time_recency_timeout > serve.speed_timeout / 2 {
             return Err(self.err(
                 "serve.real_time_recency_timeout",
                 format!(
-                    "must be shorter than serve.speed_timeout ({:?}): a speed layer still catching up when that ends would be answered from the lake",
+                    "must be at most half of serve.speed_timeout ({:?}): a speed layer still catching up when that ends would be answered from the lake",
                     serve.speed_timeout
                 ),
             ));
@@ -1301,7 +1309,7 @@ address = "127.0.0.1:50051"
         assert!(msg.contains("unknown field `adress`"), "{msg}");
     }
 
-    /// Real-time recency is off unless asked for, and its wait must end before the speed
+    /// Real-time recency is off unless asked for, and its wait must end well before the speed
     /// layer's: a speed layer still waiting when the serving layer gives up on it would be
     /// answered from the lake, staler than without the wait.
     #[test]
@@ -1311,9 +1319,16 @@ address = "127.0.0.1:50051"
         assert_eq!(c.serve.real_time_recency_timeout, Duration::from_secs(1));
         let on = GOOD.replace("[serve]", "[serve]\nreal_time_recency = true");
         assert!(parse(&on).unwrap().serve.real_time_recency);
-        let msg = parse_err(&on.replace("[serve]", "[serve]\nreal_time_recency_timeout = \"5s\""));
+        let msg = parse_err(&on.replace("[serve]", "[serve]\nreal_time_recency_timeout = \"2600ms\""));
         assert!(
-            msg.starts_with("/etc/strata/strata.toml: serve.real_time_recency_timeout: must be shorter than serve.speed_timeout (5s)"),
+            msg.starts_with(
+                "/etc/strata/strata.toml: serve.real_time_recency_timeout: must be at most half of serve.speed_timeout (5s)"
+            ),
+            "{msg}"
+        );
+        let msg = parse_err(&on.replace("[serve]", "[serve]\nreal_time_recency_timeout = \"0s\""));
+        assert!(
+            msg.contains("serve.real_time_recency_timeout: must be greater than 0"),
             "{msg}"
         );
         let longer = on.replace(

@@ -71,16 +71,14 @@ impl Demand {
         if self.waiting.load(Ordering::Acquire) == 0 {
             return;
         }
-        self.sent().await;
+        self.sent_within(self.wait).await;
     }
 
     /// Returns once the states of every micro-batch the consumer had sent are in the store
-    /// (those still in the channel too), or after its wait.
-    pub async fn sent(&self) {
+    /// (those still in the channel too), true; false after `wait`.
+    pub async fn sent_within(&self, wait: Duration) -> bool {
         let (ask, answered) = oneshot::channel();
-        if self.asks.send(ask).is_ok() {
-            let _ = tokio::time::timeout(self.wait, answered).await;
-        }
+        self.asks.send(ask).is_ok() && matches!(tokio::time::timeout(wait, answered).await, Ok(Ok(())))
     }
 }
 

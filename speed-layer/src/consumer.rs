@@ -40,6 +40,10 @@ use crate::archive::{Claim, claim};
 /// Rows after which a micro-batch is cut even before its interval ends.
 const MAX_BATCH_ROWS: usize = 64 * 1024;
 
+/// While a query waits at a [`Barrier`], the records taken between two checks of it (each
+/// compares the positions of the partitions it waits for).
+const BARRIER_CHECK_EVERY: usize = 32;
+
 /// How long a revocation waits for the aggregator to archive and drop the partitions.
 const REVOKE_WAIT: Duration = Duration::from_secs(40);
 
@@ -244,6 +248,28 @@ pub fn create(config: &Config) -> Result<(Arc<KafkaConsumer>, Arc<Rebalances>)> 
     Ok((Arc::new(consumer), rebalances))
 }
 
+/// A client of its own for asking Kafka where the partitions end (real-time recency): on the
+/// consumer's connections, the request would queue behind a fetch waiting for records (up to
+/// fetch.wait.max.ms), as a broker answers one request of a connection at a time. No group:
+/// it only asks; `read_committed` as the consumer, so the end it gets is the last stable
+/// offset.
+pub fn ends_client(config: &Config) -> Result<BaseConsumer> {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("isolation.level", "read_committed");
+    for (k, v) in &config.kafka.properties {
+        client.set(k, v);
+    }
+    client.create().map_err(|e| {
+        kafka_error(
+            "create the Kafka client asking for the partitions' ends",
+            &config.file,
+            e,
+        )
+    })
+}
+
 fn kafka_error(what: &str, file: &std::path::Path, e: KafkaError) -> Error {
     match &e {
         KafkaError::ClientCreation(message) => Error::config(file, "kafka", format!("cannot {what}: {message}")),
@@ -428,6 +454,7 @@ impl Poller {
         let mut sources = self.source_states();
         let mut next = NextOffsets::default();
         let mut barriers: Vec<Barrier> = Vec::new();
+        let mut unchecked = 0usize;
         let mut pending = 0usize;
         let mut first_pending: Option<Instant> = None;
         // One clock read per record: the consumer's own time, and the wall time (for how
@@ -492,7 +519,15 @@ impl Poller {
             let passed = if barriers.is_empty() {
                 Vec::new()
             } else {
-                self.passed(&mut barriers, &next, caught_up)
+                // Checked once caught up (where librdkafka's position is read too), else every
+                // BARRIER_CHECK_EVERY records: the consumer such a query waits for is busy.
+                unchecked += 1;
+                if caught_up || unchecked >= BARRIER_CHECK_EVERY {
+                    unchecked = 0;
+                    self.passed(&mut barriers, &next, caught_up)
+                } else {
+                    Vec::new()
+                }
             };
             if pending >= MAX_BATCH_ROWS || due || !passed.is_empty() {
                 if !self.cut(&mut sources, &mut next, &mut pending, &mut first_pending)? {
@@ -521,11 +556,9 @@ impl Poller {
                         .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= *end))
                 })
         };
-        let (passed, waiting) = std::mem::take(barriers)
-            .into_iter()
-            .partition(|b| b.passed.is_closed() || b.ends.iter().all(at_end));
-        *barriers = waiting;
-        passed
+        barriers
+            .extract_if(.., |b| b.passed.is_closed() || b.ends.iter().all(at_end))
+            .collect()
     }
 
     /// The decoding state and metric handles of each source.

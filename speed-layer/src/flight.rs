@@ -49,6 +49,14 @@ struct StatesTicket {
     recency_ms: Option<u64>,
 }
 
+/// The longest a ticket may ask a speed layer to wait to catch up with Kafka.
+const MAX_RECENCY_WAIT: Duration = Duration::from_secs(60);
+
+/// A ticket's recency wait, bounded by [`MAX_RECENCY_WAIT`].
+fn recency_wait(ms: u64) -> Duration {
+    Duration::from_millis(ms).min(MAX_RECENCY_WAIT)
+}
+
 /// One partition's part of an answer, as announced in the schema message.
 #[derive(Debug, Serialize, Deserialize)]
 struct PartHeader {
@@ -133,11 +141,7 @@ impl FlightService for SpeedFlight {
             .ok_or_else(|| Status::not_found(format!("no view named `{}`", ticket.view)))?;
         let parts = self
             .speed
-            .states(
-                &ticket.view,
-                &ticket.coverage,
-                ticket.recency_ms.map(Duration::from_millis),
-            )
+            .states(&ticket.view, &ticket.coverage, ticket.recency_ms.map(recency_wait))
             .await
             .map_err(|e| strata_core::status::status(&e))?;
         let headers: Vec<PartHeader> = parts

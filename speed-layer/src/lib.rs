@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::Consumer as _;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use strata_core::config::Config;
 use strata_core::executor::CpuRuntime;
 use strata_core::lake::Lake;
@@ -58,6 +58,9 @@ pub struct SpeedLayer {
     consumer: Arc<KafkaConsumer>,
     /// Where queries with real-time recency wait for the consumer (see [`Barrier`]).
     barriers: std::sync::mpsc::Sender<Barrier>,
+    /// The client that asks Kafka where the partitions end, made on the first such query.
+    ends: Mutex<Option<Arc<BaseConsumer>>>,
+    config: Arc<Config>,
     stop: CancellationToken,
     tasks: Mutex<Option<Tasks>>,
     failed: Arc<Mutex<Option<String>>>,
@@ -151,6 +154,8 @@ impl SpeedLayer {
             state_schemas,
             consumer,
             barriers,
+            ends: Mutex::new(None),
+            config: Arc::new(config.clone()),
             stop,
             tasks: Mutex::new(Some(Tasks {
                 poller,
@@ -176,57 +181,72 @@ impl SpeedLayer {
 
     /// Real-time recency: asks Kafka for the end of each partition this process owns (for a
     /// `read_committed` consumer, the last stable offset), waits until the consumer has taken
-    /// every record before them, then until their states are in the store; `within` bounds
-    /// the whole, past it the query reads what was consumed. Partitions being assigned, not
-    /// claimed yet, are not waited for: the lake answers for them.
+    /// every record before them, then until their states are in the store; all of it within
+    /// `within`, past which the query reads what is there (and the miss is counted, as is a
+    /// partition Kafka gave no end for). Partitions being assigned, not claimed yet, are not
+    /// waited for: the lake answers for them.
     async fn catch_up(&self, within: Duration) {
-        let started = Instant::now();
+        let deadline = Instant::now() + within;
         let consumer = self.consumer.clone();
+        let ends = self.ends_client();
         let asked = tokio::task::spawn_blocking(move || {
-            let mut owned = consumer.assignment()?;
+            let ends = ends.map_err(|e| e.to_string())?;
+            let mut owned = consumer.assignment().map_err(|e| e.to_string())?;
             if owned.count() == 0 {
                 return Ok(owned);
             }
-            owned.set_all_offsets(rdkafka::Offset::End)?;
-            consumer.offsets_for_times(owned, within)
+            owned.set_all_offsets(rdkafka::Offset::End).map_err(|e| e.to_string())?;
+            ends.offsets_for_times(owned, within).map_err(|e| e.to_string())
         })
-        .await;
-        let ends = match asked {
-            Ok(Ok(list)) => list
-                .elements()
-                .iter()
-                .filter_map(|e| match (e.error(), e.offset()) {
-                    (Ok(()), rdkafka::Offset::Offset(end)) => {
-                        Some((TopicPartition::new(e.topic(), e.partition()), end))
-                    }
-                    _ => None,
-                })
-                .collect(),
-            Ok(Err(e)) => {
-                self.recency_missed(started, &format!("Kafka did not give the partitions' ends: {e}"));
-                return self.demand.fresh().await;
-            }
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|asked| asked);
+        let list = match asked {
+            Ok(list) => list,
             Err(e) => {
-                self.recency_missed(started, &format!("asking Kafka for the partitions' ends: {e}"));
+                recency_missed(within, &format!("Kafka did not give the partitions' ends: {e}"));
                 return self.demand.fresh().await;
             }
         };
+        let mut ends = Vec::with_capacity(list.count());
+        for e in list.elements() {
+            match (e.error(), e.offset()) {
+                (Ok(()), rdkafka::Offset::Offset(end)) => {
+                    ends.push((TopicPartition::new(e.topic(), e.partition()), end))
+                }
+                (error, offset) => recency_missed(
+                    within,
+                    &format!(
+                        "Kafka gave no end for {}/{}: {error:?}, {offset:?}",
+                        e.topic(),
+                        e.partition()
+                    ),
+                ),
+            }
+        }
         let (passed, waiting) = tokio::sync::oneshot::channel();
         if self.barriers.send(Barrier { ends, passed }).is_err() {
             return self.demand.fresh().await;
         }
-        match tokio::time::timeout(within.saturating_sub(started.elapsed()), waiting).await {
-            Ok(Ok(())) => self.demand.sent().await,
-            _ => {
-                self.recency_missed(started, "the consumer did not reach the partitions' ends in time");
-                self.demand.fresh().await;
-            }
+        let left = || deadline.saturating_duration_since(Instant::now());
+        if !matches!(tokio::time::timeout(left(), waiting).await, Ok(Ok(()))) {
+            recency_missed(within, "the consumer did not reach the partitions' ends in time");
+            return self.demand.fresh().await;
+        }
+        if !self.demand.sent_within(left()).await {
+            recency_missed(within, "the states of what was consumed were not published in time");
         }
     }
 
-    fn recency_missed(&self, started: Instant, why: &str) {
-        metrics().speed_recency_missed.inc();
-        tracing::debug!(after = ?started.elapsed(), why, "a query with real-time recency reads what was consumed");
+    /// The client asking Kafka where the partitions end, made once.
+    fn ends_client(&self) -> Result<Arc<BaseConsumer>> {
+        let mut ends = self.ends.lock().expect("ends lock");
+        if let Some(client) = &*ends {
+            return Ok(client.clone());
+        }
+        let client = Arc::new(consumer::ends_client(&self.config)?);
+        *ends = Some(client.clone());
+        Ok(client)
     }
 
     /// Stops consuming, archives everything consumed, and waits until it is committed.
@@ -292,6 +312,12 @@ fn spawn_poller(
             result
         })
         .map_err(|e| Error::io("start the Kafka consumer thread", e))
+}
+
+/// A query with real-time recency that reads what was consumed: counted, and logged.
+fn recency_missed(within: Duration, why: &str) {
+    metrics().speed_recency_missed.inc();
+    tracing::debug!(?within, why, "a query with real-time recency reads what was consumed");
 }
 
 /// Records a task's failure, a panic included, and stops the speed layer (the process exits

@@ -1,0 +1,62 @@
+"""Real-time recency on Apache Kafka, from a client's side: round after round, one event of a
+country of its own is produced and acknowledged (plain, or committed in a transaction, whose
+marker then ends the partition), and at once, with no wait, one query must count it with
+every earlier one.
+
+Usage: recency.py --endpoint grpc://host:port --brokers host:port --topic T --rounds N
+Prints "recency: N rounds, every event counted by the first query after its acknowledgement".
+"""
+
+import argparse
+import json
+import sys
+import time
+
+from confluent_kafka import Producer
+
+from flight_clients import PyArrowFlightSql
+
+
+def event(country, k):
+    return json.dumps({"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "user_id": f"recency-{k}",
+                       "country": country, "url": "/recency", "device": "recency", "latency_ms": k}).encode()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--brokers", required=True)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args()
+
+    client = PyArrowFlightSql(args.endpoint)
+    plain = Producer({"bootstrap.servers": args.brokers, "linger.ms": 0, "acks": "all"})
+    transactional = Producer({"bootstrap.servers": args.brokers, "linger.ms": 0,
+                              "transactional.id": "strata-recency-check"})
+    transactional.init_transactions(30)
+    country = f"RECENCY-{int(time.time() * 1000)}"
+    sql = f"SELECT coalesce(sum(views), 0) AS n FROM page_stats WHERE country = '{country}'"
+    failures = []
+    for k in range(args.rounds):
+        # Each round to another partition of the topic's, by key.
+        key = f"recency-{k}".encode()
+        if k % 2 == 0:
+            plain.produce(args.topic, key=key, value=event(country, k))
+            if plain.flush(30) != 0:
+                sys.exit(f"round {k}: the event was not acknowledged within 30 s")
+        else:
+            transactional.begin_transaction()
+            transactional.produce(args.topic, key=key, value=event(country, k))
+            transactional.commit_transaction(30)
+        counted = client.query(sql).to_pylist()[0]["n"]
+        if counted != k + 1:
+            failures.append(f"round {k} ({'plain' if k % 2 == 0 else 'transactional'}): "
+                            f"the first query counted {counted} of {k + 1}")
+    if failures:
+        sys.exit("\n".join(failures))
+    print(f"recency: {args.rounds} rounds, every event counted by the first query after its acknowledgement")
+
+
+if __name__ == "__main__":
+    main()
