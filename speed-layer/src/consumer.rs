@@ -44,6 +44,11 @@ const MAX_BATCH_ROWS: usize = 64 * 1024;
 /// compares the positions of the partitions it waits for).
 const BARRIER_CHECK_EVERY: usize = 32;
 
+/// For this long after a query waited at a [`Barrier`], an idle consumer polls every
+/// BARRIER_POLL rather than every `speed.batch_interval` (10 ms at most).
+const BARRIERS_RECENT: Duration = Duration::from_secs(10);
+const BARRIER_POLL: Duration = Duration::from_millis(1);
+
 /// How long a revocation waits for the aggregator to archive and drop the partitions.
 const REVOKE_WAIT: Duration = Duration::from_secs(40);
 
@@ -455,6 +460,7 @@ impl Poller {
         let mut next = NextOffsets::default();
         let mut barriers: Vec<Barrier> = Vec::new();
         let mut unchecked = 0usize;
+        let mut last_barrier: Option<Instant> = None;
         let mut pending = 0usize;
         let mut first_pending: Option<Instant> = None;
         // One clock read per record: the consumer's own time, and the wall time (for how
@@ -492,6 +498,12 @@ impl Poller {
                     .batch_interval
                     .saturating_sub(now.saturating_duration_since(t))
                     .clamp(Duration::from_millis(1), poll_timeout),
+                // While queries with real-time recency come, an idle consumer looks at them
+                // every millisecond: one may wait for nothing but that look (what it waits for
+                // was consumed already).
+                None if last_barrier.is_some_and(|t| now.saturating_duration_since(t) < BARRIERS_RECENT) => {
+                    BARRIER_POLL.min(poll_timeout)
+                }
                 None => poll_timeout,
             };
             let polled = self.consumer.poll(timeout);
@@ -515,7 +527,11 @@ impl Poller {
             let due = first_pending
                 .is_some_and(|t| caught_up || now.saturating_duration_since(t) >= self.batch_interval)
                 && self.output.capacity() > 0;
+            let before = barriers.len();
             barriers.extend(self.barriers.try_iter());
+            if barriers.len() > before {
+                last_barrier = Some(now);
+            }
             let passed = if barriers.is_empty() {
                 Vec::new()
             } else {

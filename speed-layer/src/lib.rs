@@ -186,7 +186,8 @@ impl SpeedLayer {
     /// partition Kafka gave no end for). Partitions being assigned, not claimed yet, are not
     /// waited for: the lake answers for them.
     async fn catch_up(&self, within: Duration) {
-        let deadline = Instant::now() + within;
+        let started = Instant::now();
+        let deadline = started + within;
         let consumer = self.consumer.clone();
         let ends = self.ends_client();
         let asked = tokio::task::spawn_blocking(move || {
@@ -224,6 +225,7 @@ impl SpeedLayer {
                 ),
             }
         }
+        let asked_in = started.elapsed();
         let (passed, waiting) = tokio::sync::oneshot::channel();
         if self.barriers.send(Barrier { ends, passed }).is_err() {
             return self.demand.fresh().await;
@@ -233,9 +235,16 @@ impl SpeedLayer {
             recency_missed(within, "the consumer did not reach the partitions' ends in time");
             return self.demand.fresh().await;
         }
+        let reached_in = started.elapsed();
         if !self.demand.sent_within(left()).await {
             recency_missed(within, "the states of what was consumed were not published in time");
         }
+        tracing::debug!(
+            ?asked_in,
+            ?reached_in,
+            published_in = ?started.elapsed(),
+            "real-time recency: the partitions' ends asked, reached, and their states published"
+        );
     }
 
     /// The client asking Kafka where the partitions end, made once.
