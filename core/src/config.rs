@@ -679,7 +679,8 @@ pub struct ServeConfig {
     pub speed_timeout: Duration,
     /// Before a query reads a speed layer's states, that speed layer asks Kafka for the end of
     /// each partition it owns and waits until it has consumed up to it: the answer counts
-    /// every event the broker had acknowledged when the query arrived. Off by default (a
+    /// every event Kafka had made readable (up to the last stable offset) when the query
+    /// arrived. Off by default (a
     /// query then counts what was consumed before it arrived, a few milliseconds behind).
     #[serde(default)]
     pub real_time_recency: bool,

@@ -204,7 +204,7 @@ impl Metrics {
         );
         r.register(
             "strata_speed_recency_missed",
-            "Queries with real-time recency (serve.real_time_recency) that read what was consumed: Kafka did not give the partitions' ends, or the consumer did not reach them within serve.real_time_recency_timeout",
+            "Misses of real-time recency (serve.real_time_recency), after which a query reads what was consumed: Kafka did not give the partitions' ends (one per partition without one), the consumer did not reach them, or their states were not published, within serve.real_time_recency_timeout",
             self.speed_recency_missed.clone(),
         );
         r.register(

@@ -40,7 +40,7 @@ use crate::archive::{Claim, claim};
 /// Rows after which a micro-batch is cut even before its interval ends.
 const MAX_BATCH_ROWS: usize = 64 * 1024;
 
-/// While a query waits at a [`Barrier`], the records taken between two checks of it (each
+/// While a query waits at a [`Barrier`], the messages polled between two checks of it (each
 /// compares the positions of the partitions it waits for).
 const BARRIER_CHECK_EVERY: usize = 32;
 

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  DoGet(ticket = {"view": V, "coverage": {"topic/partition": offset, ...}, "recency_ms": W})
-//!      (W, present with serve.real_time_recency: catch up with Kafka first, W ms at most)
+//!      (W, present with serve.real_time_recency: catch up with Kafka first, W ms at most,
+//!      60 s at most)
 //!      -> schema message, app_metadata = [{topic, partition, generation, from, until, rows}]
 //!         (one entry per owned partition), then the state rows of V, partition after
 //!         partition in that order

@@ -182,8 +182,9 @@ impl SpeedLayer {
     /// Real-time recency: asks Kafka for the end of each partition this process owns (for a
     /// `read_committed` consumer, the last stable offset), waits until the consumer has taken
     /// every record before them, then until their states are in the store; all of it within
-    /// `within`, past which the query reads what is there (and the miss is counted, as is a
-    /// partition Kafka gave no end for). Partitions being assigned, not claimed yet, are not
+    /// `within`, past which the query reads what was consumed (its states published within
+    /// [`aggregate::DEMAND_WAIT`] more, as without recency), and the miss is counted, as is a
+    /// partition Kafka gave no end for. Partitions being assigned, not claimed yet, are not
     /// waited for: the lake answers for them.
     async fn catch_up(&self, within: Duration) {
         let started = Instant::now();
