@@ -376,7 +376,8 @@ fn speed_layer_equals_duckdb_through_kills_with_serve_in_another_process() {
 /// `serve.real_time_recency` on Apache Kafka. Plain and transactional chunks alternate (each
 /// committed transaction followed by an aborted one), each then checked against DuckDB with
 /// no wait for the consumer; then, from one client, twenty times an event is produced and
-/// acknowledged (plain, or committed in a transaction) and at once one query must count it.
+/// made readable (acknowledged, or committed in a transaction and its marker written: Kafka
+/// writes markers after the commit returns) and at once one query must count it.
 /// A partition's last offsets are then transaction markers, which the consumer never sees as
 /// records: no query waits out its bound for them (`strata_speed_recency_missed_total` 0).
 #[test]

@@ -1,7 +1,10 @@
 """Real-time recency on Apache Kafka, from a client's side: round after round, one event of a
-country of its own is produced and acknowledged (plain, or committed in a transaction, whose
-marker then ends the partition), and at once, with no wait, one query must count it with
-every earlier one.
+country of its own is produced and made readable, and at once, with no wait, one query must
+count it with every earlier one. A plain event is readable once acknowledged (acks=all); one
+committed in a transaction once its partition's last stable offset has passed it: Kafka
+writes the commit's markers after commit_transaction returns, so the script waits for that
+(asking Kafka, as a read_committed consumer does), not for Strata. The marker then ends the
+partition.
 
 Usage: recency.py --endpoint grpc://host:port --brokers host:port --topic T --rounds N
 Prints "recency: N rounds, every event counted by the first query after its acknowledgement".
@@ -12,7 +15,7 @@ import json
 import sys
 import time
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from flight_clients import PyArrowFlightSql
 
@@ -35,6 +38,14 @@ def main():
     transactional = Producer({"bootstrap.servers": args.brokers, "linger.ms": 0,
                               "transactional.id": "strata-recency-check"})
     transactional.init_transactions(30)
+    # Asks for the last stable offsets, as Strata's read_committed consumer does.
+    stable = Consumer({"bootstrap.servers": args.brokers, "group.id": "strata-recency-check",
+                       "isolation.level": "read_committed", "enable.auto.commit": False})
+    landed = {}
+
+    def delivered(err, msg):
+        if err is None:
+            landed["at"] = (msg.partition(), msg.offset())
     country = f"RECENCY-{int(time.time() * 1000)}"
     sql = f"SELECT coalesce(sum(views), 0) AS n FROM page_stats WHERE country = '{country}'"
     failures = []
@@ -47,12 +58,19 @@ def main():
                 sys.exit(f"round {k}: the event was not acknowledged within 30 s")
         else:
             transactional.begin_transaction()
-            transactional.produce(args.topic, key=key, value=event(country, k))
+            transactional.produce(args.topic, key=key, value=event(country, k), on_delivery=delivered)
             transactional.commit_transaction(30)
+            partition, offset = landed.pop("at")
+            deadline = time.monotonic() + 30
+            while stable.offsets_for_times([TopicPartition(args.topic, partition, -1)], 10)[0].offset <= offset:
+                if time.monotonic() > deadline:
+                    sys.exit(f"round {k}: the commit's marker was not written within 30 s")
+                time.sleep(0.001)
         counted = client.query(sql).to_pylist()[0]["n"]
         if counted != k + 1:
             failures.append(f"round {k} ({'plain' if k % 2 == 0 else 'transactional'}): "
                             f"the first query counted {counted} of {k + 1}")
+    stable.close()
     if failures:
         sys.exit("\n".join(failures))
     print(f"recency: {args.rounds} rounds, every event counted by the first query after its acknowledgement")
