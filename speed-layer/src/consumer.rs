@@ -218,17 +218,15 @@ fn starts_at_end(config: &Config) -> bool {
 /// Creates the consumer of every source's topics, subscribed, auto-commit off; partitions
 /// are assigned at the offsets the lake archived.
 pub fn create(config: &Config) -> Result<(Arc<KafkaConsumer>, Arc<Rebalances>)> {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", &config.kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed");
-    for (k, v) in &config.kafka.properties {
-        client.set(k, v);
-    }
+    let client = client_config(
+        config,
+        &[
+            ("group.id", &config.kafka.group_id),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+        ],
+    );
     let rebalances = Arc::new(Rebalances::default());
     let consumer: KafkaConsumer = client
         .create_with_context(SpeedContext {
@@ -253,20 +251,29 @@ pub fn create(config: &Config) -> Result<(Arc<KafkaConsumer>, Arc<Rebalances>)> 
     Ok((Arc::new(consumer), rebalances))
 }
 
+/// The settings of Strata's Kafka clients: the brokers, `read_committed`, then `settings`,
+/// then the user's `[kafka.properties]` (which override them).
+fn client_config(config: &Config, settings: &[(&str, &str)]) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("isolation.level", "read_committed");
+    for (k, v) in settings {
+        client.set(*k, *v);
+    }
+    for (k, v) in &config.kafka.properties {
+        client.set(k, v);
+    }
+    client
+}
+
 /// A client of its own for asking Kafka where the partitions end (real-time recency): on the
 /// consumer's connections, the request would queue behind a fetch waiting for records (up to
 /// fetch.wait.max.ms), as a broker answers one request of a connection at a time. No group:
 /// it only asks; `read_committed` as the consumer, so the end it gets is the last stable
 /// offset.
 pub fn ends_client(config: &Config) -> Result<BaseConsumer> {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set("isolation.level", "read_committed");
-    for (k, v) in &config.kafka.properties {
-        client.set(k, v);
-    }
-    client.create().map_err(|e| {
+    client_config(config, &[]).create().map_err(|e| {
         kafka_error(
             "create the Kafka client asking for the partitions' ends",
             &config.file,
