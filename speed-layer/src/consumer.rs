@@ -44,6 +44,12 @@ const MAX_BATCH_ROWS: usize = 64 * 1024;
 /// compares the positions of the partitions it waits for).
 const BARRIER_CHECK_EVERY: usize = 32;
 
+/// Messages taken in one go once one has come, as long as librdkafka has them at hand: the
+/// loop's own checks (stopping, rebalances, room for a batch, waiting queries, the clock)
+/// are made once per run of them instead of once per message. A rebalance ends a run: it
+/// comes out of a poll that returns no message.
+const POLL_RUN: usize = BARRIER_CHECK_EVERY;
+
 /// For this long after a query waited at a [`Barrier`], an idle consumer polls every
 /// BARRIER_POLL rather than every `speed.batch_interval` (10 ms at most).
 const BARRIERS_RECENT: Duration = Duration::from_secs(10);
@@ -513,19 +519,32 @@ impl Poller {
                 }
                 None => poll_timeout,
             };
-            let polled = self.consumer.poll(timeout);
-            now = Instant::now();
-            let caught_up = polled.is_none();
-            match polled {
-                None => {}
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "Kafka poll error");
+            // The first message waits up to `timeout`, the rest of the run only if fetched;
+            // one clock read for the run (it takes microseconds).
+            let mut caught_up = false;
+            let mut polled = 0;
+            let mut millis = 0;
+            while polled < POLL_RUN && pending < MAX_BATCH_ROWS {
+                let message = self.consumer.poll(if polled == 0 { timeout } else { Duration::ZERO });
+                if polled == 0 {
+                    now = Instant::now();
+                    millis = wall.millis(now);
                 }
-                Some(Ok(message)) if self.record(&message, wall.millis(now), &mut sources, &mut next) => {
-                    pending += 1;
-                    first_pending.get_or_insert(now);
+                polled += 1;
+                match message {
+                    None => {
+                        caught_up = true;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "Kafka poll error");
+                    }
+                    Some(Ok(message)) if self.record(&message, millis, &mut sources, &mut next) => {
+                        pending += 1;
+                        first_pending.get_or_insert(now);
+                    }
+                    Some(Ok(_)) => {}
                 }
-                Some(Ok(_)) => {}
             }
             // A batch is due once the consumer has caught up, or after its interval while
             // records keep coming; but it is held (and grows) while the aggregator still has
@@ -544,7 +563,7 @@ impl Poller {
             } else {
                 // Checked once caught up (where librdkafka's position is read too), else every
                 // BARRIER_CHECK_EVERY records: the consumer such a query waits for is busy.
-                unchecked += 1;
+                unchecked += polled;
                 if caught_up || unchecked >= BARRIER_CHECK_EVERY {
                     unchecked = 0;
                     self.passed(&mut barriers, &next, caught_up)
