@@ -118,6 +118,8 @@ enum Rebalance {
 #[derive(Default)]
 pub struct Rebalances {
     events: Mutex<VecDeque<Rebalance>>,
+    /// Whether `events` holds any, read without the lock after each message of a run.
+    queued: std::sync::atomic::AtomicBool,
     /// Set when the polling loop has ended: the consumer is closing, nothing is left to
     /// archive, and the callback (then called while the consumer leaves its group) assigns
     /// and unassigns by itself.
@@ -126,7 +128,20 @@ pub struct Rebalances {
 
 impl Rebalances {
     fn next(&self) -> Option<Rebalance> {
-        self.events.lock().expect("rebalance lock").pop_front()
+        let mut events = self.events.lock().expect("rebalance lock");
+        let next = events.pop_front();
+        self.queued
+            .store(!events.is_empty(), std::sync::atomic::Ordering::Release);
+        next
+    }
+
+    fn push(&self, event: Rebalance) {
+        self.events.lock().expect("rebalance lock").push_back(event);
+        self.queued.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn queued(&self) -> bool {
+        self.queued.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -204,7 +219,7 @@ impl ConsumerContext for SpeedContext {
             // The polling loop has ended (the consumer is closing): answer at once.
             answer(consumer, &event);
         } else {
-            self.rebalances.events.lock().expect("rebalance lock").push_back(event);
+            self.rebalances.push(event);
         }
     }
 }
@@ -332,6 +347,10 @@ impl NextOffsets {
         self.owned.retain(|o| &o.partition != partition);
     }
 
+    fn partitions(&self) -> Vec<TopicPartition> {
+        self.owned.iter().map(|o| o.partition.clone()).collect()
+    }
+
     /// Whether to take the record at `offset` (of a partition owned, at or beyond the next
     /// offset), and then its source; the next offset then follows it.
     fn take(&mut self, topic: &str, partition: i32, offset: i64) -> Option<usize> {
@@ -426,7 +445,13 @@ pub struct Poller {
     /// Queries waiting for the consumer to reach Kafka's ends (see [`Barrier`]).
     barriers: std::sync::mpsc::Receiver<Barrier>,
     barrier_sender: std::sync::mpsc::Sender<Barrier>,
+    /// The partitions consumed, as of the last rebalance acted on: those whose ends such a
+    /// query asks (librdkafka's own list is a round trip to its main thread).
+    owned: OwnedPartitions,
 }
+
+/// The partitions a [`Poller`] consumes, shared with the queries that wait for it.
+pub type OwnedPartitions = Arc<Mutex<Vec<TopicPartition>>>;
 
 impl Poller {
     pub fn new(
@@ -450,12 +475,18 @@ impl Poller {
             stop,
             barriers,
             barrier_sender,
+            owned: OwnedPartitions::default(),
         }
     }
 
     /// Where queries send their [`Barrier`]s.
     pub fn barriers(&self) -> std::sync::mpsc::Sender<Barrier> {
         self.barrier_sender.clone()
+    }
+
+    /// The partitions it consumes, kept up to date.
+    pub fn owned(&self) -> OwnedPartitions {
+        self.owned.clone()
     }
 
     pub fn run(self) -> Result<()> {
@@ -476,8 +507,8 @@ impl Poller {
         let mut last_barrier: Option<Instant> = None;
         let mut pending = 0usize;
         let mut first_pending: Option<Instant> = None;
-        // One clock read per record: the consumer's own time, and the wall time (for how
-        // late records arrive) derived from it, taken afresh with every batch cut.
+        // One clock read per run of records: the consumer's own time, and the wall time (for
+        // how late records arrive) derived from it, taken afresh with every batch cut.
         let mut now = Instant::now();
         let mut wall = WallClock::new(now);
         let poll_timeout = self
@@ -493,7 +524,9 @@ impl Poller {
             // Rebalances happen inside poll: act on them between polls, in order.
             while let Some(change) = self.rebalances.next() {
                 self.cut(&mut sources, &mut next, &mut pending, &mut first_pending)?;
-                if !self.rebalance(change, &mut next, &topic_source)? {
+                let acted = self.rebalance(change, &mut next, &topic_source)?;
+                *self.owned.lock().expect("owned lock") = next.partitions();
+                if !acted {
                     return Ok(());
                 }
             }
@@ -544,6 +577,13 @@ impl Poller {
                         first_pending.get_or_insert(now);
                     }
                     Some(Ok(_)) => {}
+                }
+                // librdkafka hands a rebalance to its callback inside a poll, which then
+                // returns no message (rdkafka's poll with a finite timeout), ending the run
+                // above; should one come otherwise, the run ends too: no record is taken
+                // before the loop acts on it.
+                if self.rebalances.queued() {
+                    break;
                 }
             }
             // A batch is due once the consumer has caught up, or after its interval while

@@ -58,6 +58,8 @@ pub struct SpeedLayer {
     consumer: Arc<KafkaConsumer>,
     /// Where queries with real-time recency wait for the consumer (see [`Barrier`]).
     barriers: std::sync::mpsc::Sender<Barrier>,
+    /// The partitions the consumer takes records of: those such a query asks the ends of.
+    owned: consumer::OwnedPartitions,
     /// The client that asks Kafka where the partitions end, made on the first such query.
     ends: Mutex<Option<Arc<BaseConsumer>>>,
     config: Arc<Config>,
@@ -136,6 +138,7 @@ impl SpeedLayer {
             stop.clone(),
         );
         let barriers = poller.barriers();
+        let owned = poller.owned();
         let poller = spawn_poller(poller, failed.clone(), stop.clone())?;
         let refresher = tokio::spawn(refresh(
             lake,
@@ -154,6 +157,7 @@ impl SpeedLayer {
             state_schemas,
             consumer,
             barriers,
+            owned,
             ends: Mutex::new(None),
             config: Arc::new(config.clone()),
             stop,
@@ -189,11 +193,13 @@ impl SpeedLayer {
     async fn catch_up(&self, within: Duration) {
         let started = Instant::now();
         let deadline = started + within;
-        let consumer = self.consumer.clone();
+        let mut owned = rdkafka::TopicPartitionList::new();
+        for tp in self.owned.lock().expect("owned lock").iter() {
+            owned.add_partition(&tp.topic, tp.partition);
+        }
         let ends = self.ends_client();
         let asked = tokio::task::spawn_blocking(move || {
             let ends = ends.map_err(|e| e.to_string())?;
-            let mut owned = consumer.assignment().map_err(|e| e.to_string())?;
             if owned.count() == 0 {
                 return Ok(owned);
             }
