@@ -125,17 +125,21 @@ pub mod rejected {
 /// came from (a file and line, or a topic, partition and offset) and why.
 pub fn rejected_schema() -> SchemaRef {
     use rejected::*;
-    Arc::new(Schema::new(vec![
-        Field::new(SOURCE, DataType::Utf8, false),
-        Field::new(FILE, DataType::Utf8, true),
-        Field::new(LINE, DataType::Int64, true),
-        Field::new(TOPIC, DataType::Utf8, true),
-        Field::new(PARTITION, DataType::Int32, true),
-        Field::new(OFFSET, DataType::Int64, true),
-        Field::new(RAW, DataType::Binary, false),
-        Field::new(REASON, DataType::Utf8, false),
-        Field::new(REJECTED_AT, timestamp_type(), false),
-    ]))
+    // Built once: the consumer asks for it with each micro-batch that holds a rejected record.
+    static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new(SOURCE, DataType::Utf8, false),
+            Field::new(FILE, DataType::Utf8, true),
+            Field::new(LINE, DataType::Int64, true),
+            Field::new(TOPIC, DataType::Utf8, true),
+            Field::new(PARTITION, DataType::Int32, true),
+            Field::new(OFFSET, DataType::Int64, true),
+            Field::new(RAW, DataType::Binary, false),
+            Field::new(REASON, DataType::Utf8, false),
+            Field::new(REJECTED_AT, timestamp_type(), false),
+        ]))
+    });
+    Arc::clone(&SCHEMA)
 }
 
 /// Completes the source columns of valid events (no NULL event time) into a raw-table batch:

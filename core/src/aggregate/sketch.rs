@@ -583,16 +583,9 @@ impl SketchGroups {
 
     fn emit(&mut self, emit_to: EmitTo) -> ArrayRef {
         let taken = emit_to.take_needed(&mut self.slots);
-        let mut b = BinaryBuilder::with_capacity(taken.len(), taken.len() * 16);
-        for s in &taken {
-            match s {
-                Some(s) => b.append_value(s.to_bytes()),
-                None => b.append_null(),
-            }
-        }
         self.bytes -= emit_to.take_needed(&mut self.sizes).iter().sum::<usize>();
         emit_to.take_needed(&mut self.touched);
-        Arc::new(b.finish())
+        sketches_array(taken.iter().map(|s| s.as_ref().map(Sketch::to_bytes)))
     }
 
     fn resize(&mut self, n: usize) {
@@ -619,6 +612,22 @@ impl SketchGroups {
             self.sizes[g] = size;
         }
     }
+}
+
+/// The serialized sketches (NULL for a group without one) as one array, its buffer sized
+/// once: grown from a guess, a publication's buffer of dense sketches (about 2 KiB each)
+/// was copied and its new pages zeroed at each doubling.
+fn sketches_array<'a>(sketches: impl Iterator<Item = Option<std::borrow::Cow<'a, [u8]>>>) -> ArrayRef {
+    let sketches: Vec<_> = sketches.collect();
+    let bytes = sketches.iter().flatten().map(|b| b.len()).sum();
+    let mut b = BinaryBuilder::with_capacity(sketches.len(), bytes);
+    for s in sketches {
+        match s {
+            Some(s) => b.append_value(s),
+            None => b.append_null(),
+        }
+    }
+    Arc::new(b.finish())
 }
 
 /// The group of each row, or `None` where the aggregate's FILTER drops it.
@@ -685,14 +694,9 @@ impl GroupsAccumulator for SketchGroups {
             Input::Values => feed_values(self.kind, &values[0], &mut slots, row_filter(opt_filter, &identity))?,
             Input::Sketches => feed_sketches(&values[0], &mut slots, self.kind, |row| row)?,
         }
-        let mut b = BinaryBuilder::new();
-        for s in &slots {
-            match s {
-                Some(s) => b.append_value(s.to_bytes()),
-                None => b.append_null(),
-            }
-        }
-        Ok(vec![Arc::new(b.finish())])
+        Ok(vec![sketches_array(
+            slots.iter().map(|s| s.as_ref().map(Sketch::to_bytes)),
+        )])
     }
 
     fn size(&self) -> usize {
