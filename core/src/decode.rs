@@ -213,19 +213,11 @@ impl JsonDecoder {
 
     /// The decoded rows as a batch of the raw table's schema; the decoder starts afresh.
     pub fn finish(&mut self) -> RecordBatch {
-        let rows = self.rows;
         let mut arrays: Vec<ArrayRef> = self.columns.iter_mut().map(ColumnBuf::finish).collect();
-        let topic_bytes = self.topic.values_slice().len();
-        arrays.push(Arc::new(
-            std::mem::replace(&mut self.topic, StringBuilder::with_capacity(rows, topic_bytes)).finish(),
-        ));
-        arrays.push(Arc::new(
-            std::mem::replace(&mut self.partition, Int32Builder::with_capacity(rows)).finish(),
-        ));
-        arrays.push(Arc::new(
-            std::mem::replace(&mut self.offset, Int64Builder::with_capacity(rows)).finish(),
-        ));
-        arrays.push(Arc::new(Date32Array::from(take_sized(&mut self.event_dates))));
+        arrays.push(Arc::new(self.topic.finish()));
+        arrays.push(Arc::new(self.partition.finish()));
+        arrays.push(Arc::new(self.offset.finish()));
+        arrays.push(Arc::new(Date32Array::from(std::mem::take(&mut self.event_dates))));
         self.rows = 0;
         self.bytes = 0;
         RecordBatch::try_new(self.schema.raw.clone(), arrays).expect("decoder columns match the raw schema")
@@ -651,8 +643,8 @@ impl<T: Default + Copy> PrimBuf<T> {
         self.valid.truncate(len);
     }
     fn take(&mut self) -> (Vec<T>, Option<NullBuffer>) {
-        let valid = take_sized(&mut self.valid);
-        (take_sized(&mut self.values), nulls(valid))
+        let valid = std::mem::take(&mut self.valid);
+        (std::mem::take(&mut self.values), nulls(valid))
     }
 }
 
@@ -688,21 +680,11 @@ impl StrBuf {
         self.valid.truncate(len);
     }
     fn take(&mut self) -> (Vec<i32>, Vec<u8>, Option<NullBuffer>) {
-        let offsets = take_sized(&mut self.offsets);
-        self.offsets.push(0);
-        let values = take_sized(&mut self.values);
-        let valid = take_sized(&mut self.valid);
+        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
+        let values = std::mem::take(&mut self.values);
+        let valid = std::mem::take(&mut self.valid);
         (offsets, values, nulls(valid))
     }
-}
-
-/// Takes the values of `v`, leaving it empty with room for as many: the next batch is
-/// usually about as large as the last, and a vector grown from nothing moves its values
-/// about ten times on the way (under a steady load, reallocation was about 9% of the
-/// consumer thread's time).
-fn take_sized<T>(v: &mut Vec<T>) -> Vec<T> {
-    let room = v.len();
-    std::mem::replace(v, Vec::with_capacity(room))
 }
 
 fn nulls(valid: Vec<bool>) -> Option<NullBuffer> {
@@ -1211,7 +1193,7 @@ day = "date"
     }
 
     /// A decoder gives the same batches batch after batch as a new one would: what
-    /// [`JsonDecoder::finish`] leaves behind (empty buffers with room) holds no row.
+    /// [`JsonDecoder::finish`] leaves behind holds no row.
     #[test]
     fn a_decoder_reused_batch_after_batch_gives_what_a_new_one_gives() {
         let records: Vec<String> = (0..40)
