@@ -162,20 +162,22 @@ impl Drop for Closing<'_> {
     }
 }
 
+/// `partitions` as librdkafka's list of them (without offsets).
+pub(crate) fn partition_list(partitions: &[TopicPartition]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for tp in partitions {
+        tpl.add_partition(&tp.topic, tp.partition);
+    }
+    tpl
+}
+
 /// What librdkafka's own handling of a rebalance does: assign or unassign the partitions.
 fn answer(consumer: &KafkaConsumer, change: &Rebalance) {
     let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
-    let list = |partitions: &[TopicPartition]| {
-        let mut tpl = TopicPartitionList::new();
-        for tp in partitions {
-            tpl.add_partition(&tp.topic, tp.partition);
-        }
-        tpl
-    };
     let result = match (change, cooperative) {
-        (Rebalance::Assign(p), true) => consumer.incremental_assign(&list(p)),
-        (Rebalance::Assign(p), false) => consumer.assign(&list(p)),
-        (Rebalance::Revoke(p), true) => consumer.incremental_unassign(&list(p)),
+        (Rebalance::Assign(p), true) => consumer.incremental_assign(&partition_list(p)),
+        (Rebalance::Assign(p), false) => consumer.assign(&partition_list(p)),
+        (Rebalance::Revoke(p), true) => consumer.incremental_unassign(&partition_list(p)),
         (Rebalance::Revoke(_), false) => consumer.unassign(),
     };
     if let Err(e) = result {

@@ -193,10 +193,7 @@ impl SpeedLayer {
     async fn catch_up(&self, within: Duration) {
         let started = Instant::now();
         let deadline = started + within;
-        let mut owned = rdkafka::TopicPartitionList::new();
-        for tp in self.owned.lock().expect("owned lock").iter() {
-            owned.add_partition(&tp.topic, tp.partition);
-        }
+        let mut owned = consumer::partition_list(&self.owned.lock().expect("owned lock"));
         let ends = self.ends_client();
         let asked = tokio::task::spawn_blocking(move || {
             let ends = ends.map_err(|e| e.to_string())?;
