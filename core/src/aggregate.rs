@@ -75,6 +75,10 @@ pub struct State {
     /// The state of no events where `compute` is never null (a count's `0`): a merge of
     /// states is then never null either (it is coalesced to this).
     pub empty: Option<&'static str>,
+    /// SQL computing a hopping window's pane state from events where it differs from
+    /// `compute`: a pane's state is merged into its windows' within the same plan, never
+    /// stored, so it may take a form that merges faster (the same states result).
+    pub pane: Option<String>,
 }
 
 /// An aggregate whose partial results merge associatively.
@@ -156,6 +160,7 @@ fn simple(call: &Call, suffix: &'static str, compute: &str, merge: &'static str)
         merge,
         compute: format!("{compute}({})", call.arg_sql()),
         empty: (compute == "count").then_some("0"),
+        pane: None,
     }]
 }
 

@@ -40,6 +40,8 @@ pub mod fn_names {
     pub const TUMBLE: &str = "strata_tumble";
     pub const HOP: &str = "strata_hop";
     pub const HLL_SKETCH: &str = "strata_hll_sketch";
+    /// [`HLL_SKETCH`] for a hopping window's panes (see `aggregate::sketch`).
+    pub const HLL_PANE_SKETCH: &str = "strata_hll_pane_sketch";
     pub const HLL_UNION: &str = "strata_hll_union";
     pub const HLL_ESTIMATE: &str = "strata_hll_estimate";
     pub const KLL_SKETCH: &str = "strata_kll_sketch";
@@ -103,6 +105,9 @@ pub struct StateColumn {
     pub compute: String,
     /// See [`State::empty`](crate::aggregate::State::empty).
     pub empty: Option<&'static str>,
+    /// SQL computing a hopping window's pane state from events (see
+    /// [`State::pane`](crate::aggregate::State::pane)).
+    pub pane: String,
 }
 
 /// One output column of a view, in SELECT order.
@@ -149,6 +154,7 @@ impl ViewPlan {
                     name: state_column(&a.name, state.suffix),
                     merge: state.merge,
                     compute: format!("{}{filter}", state.compute),
+                    pane: format!("{}{filter}", state.pane.as_ref().unwrap_or(&state.compute)),
                     empty: state.empty,
                 });
             }

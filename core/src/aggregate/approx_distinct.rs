@@ -19,6 +19,7 @@ impl MergeableAggregate for ApproxDistinct {
             merge: fn_names::HLL_UNION,
             compute: format!("{}({})", fn_names::HLL_SKETCH, call.arg_sql()),
             empty: None,
+            pane: Some(format!("{}({})", fn_names::HLL_PANE_SKETCH, call.arg_sql())),
         }]
     }
 

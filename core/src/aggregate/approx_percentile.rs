@@ -33,6 +33,7 @@ impl MergeableAggregate for ApproxPercentile {
             merge: fn_names::KLL_MERGE,
             compute: format!("{}({})", fn_names::KLL_SKETCH, call.arg_sql()),
             empty: None,
+            pane: None,
         }]
     }
 

@@ -17,12 +17,14 @@ impl MergeableAggregate for Avg {
                 merge: "sum",
                 compute: format!("sum({arg})"),
                 empty: None,
+                pane: None,
             },
             State {
                 suffix: "count",
                 merge: "sum",
                 compute: format!("count({arg})"),
                 empty: Some("0"),
+                pane: None,
             },
         ]
     }

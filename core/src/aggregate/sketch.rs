@@ -3,6 +3,7 @@
 //! | function                            | kind      | what                                        |
 //! |-------------------------------------|-----------|---------------------------------------------|
 //! | `strata_hll_sketch(x)`              | aggregate | HLL sketch of the values (bytes)            |
+//! | `strata_hll_pane_sketch(x)`         | aggregate | the same, for a hopping window's panes      |
 //! | `strata_hll_union(sketch)`          | aggregate | union of HLL sketches                       |
 //! | `strata_hll_estimate(sketch)`       | scalar    | distinct-count estimate (0 for NULL)        |
 //! | `strata_kll_sketch(x)`              | aggregate | KLL quantile sketch of numeric values       |
@@ -42,12 +43,17 @@ pub const HLL_LG_K: u8 = 12;
 pub const HLL_RSE: f64 = 1.04 / 64.0;
 /// KLL accuracy parameter: normalized rank error ≈ 1.33% (99% confidence).
 pub const KLL_K: u16 = 200;
-/// Registers the HLL functions: `strata_hll_sketch`, `strata_hll_union`, `strata_hll_estimate`.
+/// Registers the HLL functions: `strata_hll_sketch`, `strata_hll_pane_sketch`,
+/// `strata_hll_union`, `strata_hll_estimate`.
 pub fn register_hll(registry: &mut dyn FunctionRegistry) -> Result<()> {
     registry.register_udf(Arc::new(ScalarUDF::from(HllEstimate::new())))?;
     registry.register_udaf(Arc::new(AggregateUDF::from(SketchAgg::new(
         SketchKind::Hll,
         Input::Values,
+    ))))?;
+    registry.register_udaf(Arc::new(AggregateUDF::from(SketchAgg::new(
+        SketchKind::Hll,
+        Input::PaneValues,
     ))))?;
     registry.register_udaf(Arc::new(AggregateUDF::from(SketchAgg::new(
         SketchKind::Hll,
@@ -188,6 +194,12 @@ enum SketchKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Input {
     Values,
+    /// Values of a hopping window's pane, whose sketch the same plan merges into its
+    /// windows' and never stores: one in HLL's array mode is written as HLL_8 (its registers
+    /// a byte each, as in a union), which a union merges by taking the larger of two bytes
+    /// where an HLL_4's registers are unpacked one by one, and which the pane's emission
+    /// writes without converting. The windows' sketches come out the same.
+    PaneValues,
     Sketches,
 }
 
@@ -232,8 +244,20 @@ impl Sketch {
         Ok(())
     }
 
-    fn to_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+    /// The sketch's bytes, as an aggregate of `input` writes them.
+    fn to_bytes(&self, input: Input) -> std::borrow::Cow<'_, [u8]> {
         match self {
+            Sketch::Hll(u) if input == Input::PaneValues => {
+                // Byte 7, bits 0-1: the mode (2: array). A list or set stays HLL_4: it holds
+                // the same coupons either way, and arrives as [`Sketch::Received`] where it is
+                // a window's only one.
+                let dense = u.to_sketch(HllType::Hll8).serialize();
+                if dense.get(7).is_some_and(|m| m & 3 == 2) {
+                    dense.into()
+                } else {
+                    u.to_sketch(HllType::Hll4).serialize().into()
+                }
+            }
             Sketch::Hll(u) => u.to_sketch(HllType::Hll4).serialize().into(),
             Sketch::Kll(s) => s.serialize().into(),
             Sketch::Received(_, bytes) => bytes.as_ref().into(),
@@ -455,8 +479,9 @@ impl AggregateUDFImpl for SketchAgg {
     fn name(&self) -> &str {
         match (self.kind, self.input) {
             (SketchKind::Hll, Input::Values) => fn_names::HLL_SKETCH,
+            (SketchKind::Hll, Input::PaneValues) => fn_names::HLL_PANE_SKETCH,
             (SketchKind::Hll, Input::Sketches) => fn_names::HLL_UNION,
-            (SketchKind::Kll, Input::Values) => fn_names::KLL_SKETCH,
+            (SketchKind::Kll, Input::Values | Input::PaneValues) => fn_names::KLL_SKETCH,
             (SketchKind::Kll, Input::Sketches) => fn_names::KLL_MERGE,
         }
     }
@@ -472,11 +497,13 @@ impl AggregateUDFImpl for SketchAgg {
         };
         match (self.kind, self.input) {
             (_, Input::Sketches) => coerce_binary(name, args, &[]),
-            (SketchKind::Kll, Input::Values) if t.is_numeric() || *t == DataType::Null => Ok(vec![DataType::Float64]),
-            (SketchKind::Kll, Input::Values) => {
+            (SketchKind::Kll, Input::Values | Input::PaneValues) if t.is_numeric() || *t == DataType::Null => {
+                Ok(vec![DataType::Float64])
+            }
+            (SketchKind::Kll, Input::Values | Input::PaneValues) => {
                 plan_err!("approx_percentile needs a numeric argument, got {t}")
             }
-            (SketchKind::Hll, Input::Values) => match t {
+            (SketchKind::Hll, Input::Values | Input::PaneValues) => match t {
                 DataType::Utf8View | DataType::LargeUtf8 => Ok(vec![DataType::Utf8]),
                 DataType::BinaryView | DataType::LargeBinary => Ok(vec![DataType::Binary]),
                 DataType::Null => Ok(vec![DataType::Int64]),
@@ -531,7 +558,7 @@ struct SketchAccumulator {
 impl Accumulator for SketchAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
         match self.input {
-            Input::Values => feed_values(self.kind, &values[0], &mut self.slot, |_| Some(0)),
+            Input::Values | Input::PaneValues => feed_values(self.kind, &values[0], &mut self.slot, |_| Some(0)),
             Input::Sketches => feed_sketches(&values[0], &mut self.slot, self.kind, |_| 0),
         }
     }
@@ -546,7 +573,7 @@ impl Accumulator for SketchAccumulator {
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
         Ok(ScalarValue::Binary(
-            self.slot[0].as_ref().map(|s| s.to_bytes().into_owned()),
+            self.slot[0].as_ref().map(|s| s.to_bytes(self.input).into_owned()),
         ))
     }
 
@@ -585,7 +612,7 @@ impl SketchGroups {
         let taken = emit_to.take_needed(&mut self.slots);
         self.bytes -= emit_to.take_needed(&mut self.sizes).iter().sum::<usize>();
         emit_to.take_needed(&mut self.touched);
-        sketches_array(taken.iter().map(|s| s.as_ref().map(Sketch::to_bytes)))
+        sketches_array(taken.iter().map(|s| s.as_ref().map(|s| s.to_bytes(self.input))))
     }
 
     fn resize(&mut self, n: usize) {
@@ -651,7 +678,7 @@ impl GroupsAccumulator for SketchGroups {
     ) -> Result<()> {
         self.resize(total_num_groups);
         match self.input {
-            Input::Values => feed_values(
+            Input::Values | Input::PaneValues => feed_values(
                 self.kind,
                 &values[0],
                 &mut self.slots,
@@ -691,11 +718,13 @@ impl GroupsAccumulator for SketchGroups {
         let mut slots: Vec<Option<Sketch>> = (0..rows).map(|_| None).collect();
         let identity: Vec<usize> = (0..rows).collect();
         match self.input {
-            Input::Values => feed_values(self.kind, &values[0], &mut slots, row_filter(opt_filter, &identity))?,
+            Input::Values | Input::PaneValues => {
+                feed_values(self.kind, &values[0], &mut slots, row_filter(opt_filter, &identity))?
+            }
             Input::Sketches => feed_sketches(&values[0], &mut slots, self.kind, |row| row)?,
         }
         Ok(vec![sketches_array(
-            slots.iter().map(|s| s.as_ref().map(Sketch::to_bytes)),
+            slots.iter().map(|s| s.as_ref().map(|s| s.to_bytes(self.input))),
         )])
     }
 
@@ -878,7 +907,7 @@ mod tests {
         let mut slot = [None];
         for p in parts {
             if let Some(s) = sketch_of(kind, p) {
-                let bytes: ArrayRef = Arc::new(BinaryArray::from(vec![&*s.to_bytes()]));
+                let bytes: ArrayRef = Arc::new(BinaryArray::from(vec![&*s.to_bytes(Input::Values)]));
                 feed_sketches(&bytes, &mut slot, kind, |_| 0).unwrap();
             }
         }
@@ -916,6 +945,50 @@ mod tests {
         }
     }
 
+    /// A pane's sketch, written as `strata_hll_pane_sketch` writes it (HLL_8 once in array
+    /// mode), merges into the windows' sketches that `strata_hll_sketch`'s HLL_4 gives, byte
+    /// for byte, estimator state included: in any order, alone or with others, into an empty
+    /// window or one already holding list, set or array sketches.
+    #[test]
+    fn pane_sketches_merge_into_the_windows_the_stored_form_gives() {
+        let panes: Vec<Vec<i64>> = [(0, 5), (100, 300), (1_000, 4_000), (3_000, 60_000), (50_000, 150_000)]
+            .iter()
+            .map(|&(from, to)| (from..to).map(|v| v * 7_919 % 1_000_003).collect())
+            .collect();
+        let sketches: Vec<Sketch> = panes.iter().map(|p| sketch_of(SketchKind::Hll, p).unwrap()).collect();
+        let dense = sketches
+            .iter()
+            .filter(|s| s.to_bytes(Input::PaneValues).len() > s.to_bytes(Input::Values).len())
+            .count();
+        assert_eq!(dense, 3, "the three larger panes are in array mode, written as HLL_8");
+        let window = |order: &[usize], input: Input| {
+            let mut slot = [None];
+            for &i in order {
+                let bytes: ArrayRef = Arc::new(BinaryArray::from(vec![&*sketches[i].to_bytes(input)]));
+                feed_sketches(&bytes, &mut slot, SketchKind::Hll, |_| 0).unwrap();
+            }
+            slot[0].as_ref().unwrap().to_bytes(Input::Values).into_owned()
+        };
+        let orders: [&[usize]; 9] = [
+            &[2],
+            &[3],
+            &[4],
+            &[0, 2],
+            &[2, 0],
+            &[1, 3, 4],
+            &[4, 3, 1],
+            &[3, 0, 2, 4, 1],
+            &[1, 4, 0, 3, 2],
+        ];
+        for order in orders {
+            assert_eq!(
+                window(order, Input::PaneValues),
+                window(order, Input::Values),
+                "panes {order:?}"
+            );
+        }
+    }
+
     /// A group's only sketch is kept as it came exactly where a merge of it alone holds the
     /// same values: HLLs in every mode (same estimate, alone and merged with another), KLLs
     /// that never compacted (same count, extremes and quantiles); larger KLLs are merged as
@@ -932,7 +1005,10 @@ mod tests {
         let other = sketch_of(SketchKind::Hll, &(0..400).map(|i| i * 3).collect::<Vec<_>>()).unwrap();
         for n in [1i64, 3, 8, 9, 50, 300, 384, 385, 700, 5000] {
             let values: Vec<i64> = (0..n).map(|i| i * 7 + 1).collect();
-            let bytes = sketch_of(SketchKind::Hll, &values).unwrap().to_bytes().into_owned();
+            let bytes = sketch_of(SketchKind::Hll, &values)
+                .unwrap()
+                .to_bytes(Input::Values)
+                .into_owned();
             let kept = merges_unchanged(SketchKind::Hll, &bytes);
             assert!(kept, "n {n}");
             let mut slot = Some(received(SketchKind::Hll, &bytes));
@@ -946,14 +1022,17 @@ mod tests {
             // Merged with another sketch, as the union of the two is.
             let mut both = Some(old);
             for s in [&mut slot, &mut both] {
-                s.as_mut().unwrap().merge_bytes(&other.to_bytes()).unwrap();
+                s.as_mut().unwrap().merge_bytes(&other.to_bytes(Input::Values)).unwrap();
             }
             assert!(matches!(slot, Some(Sketch::Hll(_))));
             assert_eq!(hll_estimate(&slot), hll_estimate(&both), "n {n}");
         }
         for n in [1i64, 2, 100, 200, 201, 1000] {
             let values: Vec<i64> = (0..n).map(|i| (i * 37) % 1009).collect();
-            let bytes = sketch_of(SketchKind::Kll, &values).unwrap().to_bytes().into_owned();
+            let bytes = sketch_of(SketchKind::Kll, &values)
+                .unwrap()
+                .to_bytes(Input::Values)
+                .into_owned();
             let kept = merges_unchanged(SketchKind::Kll, &bytes);
             assert_eq!(kept, n <= 200, "n {n}");
             let slot = received(SketchKind::Kll, &bytes);
@@ -980,7 +1059,10 @@ mod tests {
             }
         }
         // A sketch shorter than its header says is parsed, and rejected, as before.
-        let bytes = sketch_of(SketchKind::Hll, &[1, 2, 3]).unwrap().to_bytes().into_owned();
+        let bytes = sketch_of(SketchKind::Hll, &[1, 2, 3])
+            .unwrap()
+            .to_bytes(Input::Values)
+            .into_owned();
         let cut = &bytes[..bytes.len() - 4];
         assert!(!merges_unchanged(SketchKind::Hll, cut));
         let array: ArrayRef = Arc::new(BinaryArray::from(vec![cut]));

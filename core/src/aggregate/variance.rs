@@ -55,6 +55,7 @@ impl MergeableAggregate for Variance {
             merge: fn_names::MOMENTS_MERGE,
             compute: format!("{}({})", fn_names::MOMENTS, call.arg_sql()),
             empty: None,
+            pane: None,
         }]
     }
 

@@ -32,6 +32,7 @@ impl ViewPlan {
         let panes = self.events_to_states_sql(
             table,
             extra,
+            true,
             &format!(
                 "{}({}, {})",
                 fn_names::TUMBLE,
@@ -69,12 +70,13 @@ impl ViewPlan {
     /// [`state_sql_keyed`](Self::state_sql_keyed) as the definition reads: each event
     /// aggregated into every window it falls in (what the view's fingerprint names).
     pub fn per_event_state_sql(&self, table: &str, extra: &[(&str, &str)]) -> String {
-        self.events_to_states_sql(table, extra, &self.window_sql())
+        self.events_to_states_sql(table, extra, false, &self.window_sql())
     }
 
     /// States of the events of `table` grouped by `window` (an expression of an event giving
-    /// a window start, or several `unnest`ed), the group columns and `extra`.
-    fn events_to_states_sql(&self, table: &str, extra: &[(&str, &str)], window: &str) -> String {
+    /// a window start, or several `unnest`ed), the group columns and `extra`; with `panes`,
+    /// in the form a hopping window's panes take.
+    fn events_to_states_sql(&self, table: &str, extra: &[(&str, &str)], panes: bool, window: &str) -> String {
         let mut keys = self.quoted_keys();
         let mut inner = format!("{window} AS {}", quote(WINDOW_START));
         for (expr, alias) in extra {
@@ -83,7 +85,8 @@ impl ViewPlan {
         }
         let mut select = keys.clone();
         for s in self.state_columns() {
-            select.push(format!("{} AS {}", s.compute, quote(&s.name)));
+            let compute = if panes { &s.pane } else { &s.compute };
+            select.push(format!("{compute} AS {}", quote(&s.name)));
         }
         let mut sql = format!(
             "SELECT {} FROM (SELECT {inner}, * FROM {}",
