@@ -37,6 +37,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::{Claim, claim};
 
+#[allow(unsafe_code)]
+mod fetch_queue;
+
+use fetch_queue::{FetchError, FetchQueue};
+
 /// Rows after which a micro-batch is cut even before its interval ends.
 const MAX_BATCH_ROWS: usize = 64 * 1024;
 
@@ -44,11 +49,11 @@ const MAX_BATCH_ROWS: usize = 64 * 1024;
 /// compares the positions of the partitions it waits for).
 const BARRIER_CHECK_EVERY: usize = 32;
 
-/// Messages taken in one go once one has come, as long as librdkafka has them at hand: the
+/// Records taken in one go once one has come, as long as librdkafka has them at hand: the
 /// loop's own checks (stopping, rebalances, room for a batch, waiting queries, the clock)
-/// are made once per run of them instead of once per message. A rebalance ends a run: it
-/// comes out of a poll that returns no message.
-const POLL_RUN: usize = BARRIER_CHECK_EVERY;
+/// are made once per run of them instead of once per record. While queries wait at a
+/// [`Barrier`], a run is [`BARRIER_CHECK_EVERY`] records.
+const POLL_RUN: usize = 1024;
 
 /// For this long after a query waited at a [`Barrier`], an idle consumer polls every
 /// BARRIER_POLL rather than every `speed.batch_interval` (10 ms at most).
@@ -241,7 +246,7 @@ fn starts_at_end(config: &Config) -> bool {
 /// Creates the consumer of every source's topics, subscribed, auto-commit off; partitions
 /// are assigned at the offsets the lake archived.
 pub fn create(config: &Config) -> Result<(Arc<KafkaConsumer>, Arc<Rebalances>)> {
-    let client = client_config(
+    let mut client = client_config(
         config,
         &[
             ("group.id", &config.kafka.group_id),
@@ -250,6 +255,12 @@ pub fn create(config: &Config) -> Result<(Arc<KafkaConsumer>, Arc<Rebalances>)> 
             ("auto.offset.reset", "earliest"),
         ],
     );
+    // The poller's batch call would move a partition's position past each end-of-partition
+    // error (see `fetch_queue`): the consumer has no use for them.
+    if client.get("enable.partition.eof").is_some_and(|v| v != "false") {
+        tracing::warn!(file = %config.file.display(), "kafka.properties sets enable.partition.eof: the speed layer's consumer turns it off");
+    }
+    client.set("enable.partition.eof", "false");
     let rebalances = Arc::new(Rebalances::default());
     let consumer: KafkaConsumer = client
         .create_with_context(SpeedContext {
@@ -373,6 +384,11 @@ impl NextOffsets {
         Some(o.source)
     }
 
+    /// The next offset to take of `partition`, if owned.
+    fn next(&self, partition: &TopicPartition) -> Option<i64> {
+        self.owned.iter().find(|o| &o.partition == partition).map(|o| o.next)
+    }
+
     /// Whether every record of `partition` before `end` was taken, or is not this consumer's
     /// to take (a partition not owned, or owned from `end` on).
     fn passed(&self, partition: &TopicPartition, end: i64) -> bool {
@@ -399,6 +415,34 @@ impl NextOffsets {
             .collect();
         ranges.sort_by(|a, b| a.partition.cmp(&b.partition));
         ranges
+    }
+}
+
+/// Reports errors librdkafka returned in place of records, and seeks each partition of
+/// this consumer's they name back to its next offset: the batch call moved the
+/// partition's position past the offset the error carries (the fetcher's, not consumed),
+/// which a real-time recency query would read as consumed, and from which librdkafka
+/// resumes fetching a partition paused by a cooperative rebalance. A seek resets that
+/// position and fetches again from where the poller is.
+fn seek_back_after(consumer: &KafkaConsumer, errors: Vec<FetchError>, next: &NextOffsets) {
+    for FetchError {
+        error,
+        detail,
+        partition,
+    } in errors
+    {
+        let Some((tp, offset)) = partition else {
+            tracing::warn!(error = %error, detail, "Kafka fetch error");
+            continue;
+        };
+        let Some(at) = next.next(&tp) else {
+            tracing::warn!(error = %error, detail, partition = %tp, offset, "Kafka fetch error, of a partition not consumed here");
+            continue;
+        };
+        tracing::warn!(error = %error, detail, partition = %tp, offset, seek_to = at, "Kafka fetch error: fetching the partition again from the poller's position");
+        if let Err(e) = consumer.seek(&tp.topic, tp.partition, Offset::Offset(at), Duration::from_secs(10)) {
+            tracing::error!(error = %e, partition = %tp, seek_to = at, "cannot seek the partition back after a fetch error: a cooperative rebalance now could resume it past a record");
+        }
     }
 }
 
@@ -429,6 +473,29 @@ struct SourceState {
     rejected: Counter,
     /// From a record's Kafka timestamp to its consumption.
     delay: Histogram,
+}
+
+/// What the poller reads of a Kafka record, from rdkafka's poll or from the [`FetchQueue`].
+#[derive(Debug)]
+struct KafkaRecord<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    /// The record's Kafka timestamp (Unix milliseconds), if it has one.
+    timestamp: Option<i64>,
+    payload: Option<&'a [u8]>,
+}
+
+impl<'a> KafkaRecord<'a> {
+    fn of(message: &'a rdkafka::message::BorrowedMessage<'_>) -> Self {
+        KafkaRecord {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message.timestamp().to_millis(),
+            payload: message.payload(),
+        }
+    }
 }
 
 /// The polling loop, run on its own thread until `stop`.
@@ -513,6 +580,8 @@ impl Poller {
         // how late records arrive) derived from it, taken afresh with every batch cut.
         let mut now = Instant::now();
         let mut wall = WallClock::new(now);
+        let mut millis = wall.millis(now);
+        let mut queue = FetchQueue::new(self.consumer.clone());
         let poll_timeout = self
             .batch_interval
             .min(Duration::from_millis(10))
@@ -526,19 +595,49 @@ impl Poller {
             // Rebalances happen inside poll: act on them between polls, in order.
             while let Some(change) = self.rebalances.next() {
                 self.cut(&mut sources, &mut next, &mut pending, &mut first_pending)?;
-                let acted = self.rebalance(change, &mut next, &topic_source)?;
+                let acted = self.rebalance(change, &mut next, &topic_source, &queue)?;
                 *self.owned.lock().expect("owned lock") = next.partitions();
                 if !acted {
                     return Ok(());
                 }
             }
 
-            // With records pending and room for a batch, take what is already fetched without
-            // waiting: once nothing is left, the consumer has caught up and the batch is cut.
-            // (librdkafka also returns nothing after serving an event of its own, an offset
-            // commit's result or a rebalance: that batch is cut a little early, its positions
-            // as exact.) Otherwise wait for records no longer than until the pending batch is
-            // due (at least 1 ms: a due batch held for a busy aggregator is no reason to spin).
+            // The consumer's queue first, without waiting: rebalances (recorded by the
+            // callback and acted on at the top of the loop, before any record is taken after
+            // them), offset commits' results, errors, and the records of a partition not
+            // routed to the fetch queue.
+            let run = if barriers.is_empty() {
+                POLL_RUN
+            } else {
+                BARRIER_CHECK_EVERY
+            };
+            let mut polled = 0;
+            while polled < run && pending < MAX_BATCH_ROWS {
+                let Some(message) = self.consumer.poll(Duration::ZERO) else {
+                    break;
+                };
+                polled += 1;
+                match message {
+                    Err(e) => tracing::warn!(error = %e, "Kafka poll error"),
+                    Ok(message) if self.record(&KafkaRecord::of(&message), millis, &mut sources, &mut next) => {
+                        pending += 1;
+                        first_pending.get_or_insert(now);
+                    }
+                    Ok(_) => {}
+                }
+                if self.rebalances.queued() {
+                    break;
+                }
+            }
+            if self.rebalances.queued() {
+                continue;
+            }
+
+            // Then the records. With records pending and room for a batch, take what is
+            // already fetched without waiting: once nothing is left, the consumer has caught
+            // up and the batch is cut. Otherwise wait for records no longer than until the
+            // pending batch is due (at least 1 ms: a due batch held for a busy aggregator is
+            // no reason to spin).
             let room = self.output.capacity() > 0;
             let timeout = match first_pending {
                 Some(_) if room => Duration::ZERO,
@@ -554,39 +653,30 @@ impl Poller {
                 }
                 None => poll_timeout,
             };
-            // The first message waits up to `timeout`, the rest of the run only if fetched;
-            // one clock read for the run (it takes microseconds).
-            let mut caught_up = false;
-            let mut polled = 0;
-            let mut millis = 0;
-            while polled < POLL_RUN && pending < MAX_BATCH_ROWS {
-                let message = self.consumer.poll(if polled == 0 { timeout } else { Duration::ZERO });
-                if polled == 0 {
-                    now = Instant::now();
-                    millis = wall.millis(now);
-                }
-                polled += 1;
-                match message {
-                    None => {
-                        caught_up = true;
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "Kafka poll error");
-                    }
-                    Some(Ok(message)) if self.record(&message, millis, &mut sources, &mut next) => {
+            // The first record waits up to `timeout`, the rest of the run only if fetched; one
+            // clock read for the run (it takes microseconds).
+            let want = run.saturating_sub(polled).min(MAX_BATCH_ROWS - pending);
+            let mut fetched = queue.fetch(timeout, want);
+            now = Instant::now();
+            millis = wall.millis(now);
+            let mut caught_up = fetched.len() < want;
+            polled += fetched.len();
+            let mut errors = Vec::new();
+            for i in 0..fetched.len() {
+                match fetched.get(i) {
+                    Err(e) => errors.push(*e),
+                    Ok(record) if self.record(&record, millis, &mut sources, &mut next) => {
                         pending += 1;
                         first_pending.get_or_insert(now);
                     }
-                    Some(Ok(_)) => {}
+                    Ok(_) => {}
                 }
-                // librdkafka hands a rebalance to its callback inside a poll, which then
-                // returns no message (rdkafka's poll with a finite timeout), ending the run
-                // above; should one come otherwise, the run ends too: no record is taken
-                // before the loop acts on it.
-                if self.rebalances.queued() {
-                    break;
-                }
+            }
+            drop(fetched);
+            if !errors.is_empty() {
+                seek_back_after(&self.consumer, errors, &next);
+                // librdkafka's positions are not to be trusted until the seeks are served.
+                caught_up = false;
             }
             // A batch is due once the consumer has caught up, or after its interval while
             // records keep coming; but it is held (and grows) while the aggregator still has
@@ -620,6 +710,7 @@ impl Poller {
                 // Both clocks read afresh: the cut may have waited for the aggregator.
                 now = Instant::now();
                 wall = WallClock::new(now);
+                millis = wall.millis(now);
             }
             for b in passed {
                 let _ = b.passed.send(());
@@ -668,6 +759,7 @@ impl Poller {
         change: Rebalance,
         next: &mut NextOffsets,
         topic_source: &HashMap<String, usize>,
+        queue: &FetchQueue,
     ) -> Result<bool> {
         match change {
             Rebalance::Revoke(list) => {
@@ -677,7 +769,7 @@ impl Poller {
                 self.revoke(&list)
             }
             Rebalance::Assign(list) => {
-                let claims = self.assign(&list)?;
+                let claims = self.assign(&list, queue)?;
                 for c in &claims {
                     next.start(c.partition.clone(), c.start, topic_source[&c.partition.topic]);
                 }
@@ -699,19 +791,22 @@ impl Poller {
     /// not taken (an offset before the partition's next, a topic of no source).
     fn record(
         &self,
-        message: &rdkafka::message::BorrowedMessage<'_>,
+        message: &KafkaRecord<'_>,
         now_millis: i64,
         sources: &mut [SourceState],
         next: &mut NextOffsets,
     ) -> bool {
-        let topic = message.topic();
-        let partition = message.partition();
-        let offset = message.offset();
+        let KafkaRecord {
+            topic,
+            partition,
+            offset,
+            ..
+        } = *message;
         let Some(s) = next.take(topic, partition, offset) else {
             return false;
         };
         let source = &mut sources[s];
-        if let Some(produced) = message.timestamp().to_millis() {
+        if let Some(produced) = message.timestamp {
             source.delay.observe((now_millis - produced).max(0) as f64 / 1000.0);
         }
         let position = KafkaPosition {
@@ -719,7 +814,7 @@ impl Poller {
             partition,
             offset,
         };
-        let result = match message.payload() {
+        let result = match message.payload {
             Some(payload) => source
                 .decoder
                 .decode(payload, Some(position))
@@ -755,9 +850,9 @@ impl Poller {
         sent
     }
 
-    /// Claims newly assigned partitions in the lake (per source, one commit) and assigns them
-    /// at the claimed starts.
-    fn assign(&self, list: &[TopicPartition]) -> Result<Vec<Claim>> {
+    /// Claims newly assigned partitions in the lake (per source, one commit), routes their
+    /// records to the fetch queue and assigns them at the claimed starts.
+    fn assign(&self, list: &[TopicPartition], queue: &FetchQueue) -> Result<Vec<Claim>> {
         let claims = self.claim_all(list);
         let claims = match claims {
             Ok(c) => c,
@@ -770,6 +865,13 @@ impl Poller {
         };
         let mut tpl = TopicPartitionList::new();
         for c in &claims {
+            if !queue.route(&c.partition) {
+                answer(&self.consumer, &Rebalance::Assign(list.to_vec()));
+                return Err(Error::kafka(
+                    format!("route the records of {} to the poller's queue", c.partition),
+                    "librdkafka has no queue for the partition",
+                ));
+            }
             tpl.add_partition_offset(&c.partition.topic, c.partition.partition, Offset::Offset(c.start))
                 .map_err(|e| Error::kafka("set a start offset", e))?;
         }
@@ -1035,6 +1137,176 @@ mod tests {
             .expect("the poller did not stop")
             .unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The batch call moves a partition's position past the offset an error in a record's
+    /// place carries (the fetcher's, not consumed); a cooperative rebalance pauses and resumes
+    /// a partition from that position, and would skip the record there. The poller seeks
+    /// the partition back to its own next offset, and the record comes. (`create` also turns
+    /// off the end-of-partition errors a user's `enable.partition.eof` would bring.)
+    #[test]
+    fn a_fetch_error_does_not_move_a_partition_past_a_record() {
+        /// Fetches until `done` says so: the offsets taken and the errors seen.
+        fn fetch_until(
+            consumer: &KafkaConsumer,
+            queue: &mut FetchQueue,
+            next: &mut NextOffsets,
+            done: impl Fn(&[i64], &[FetchError]) -> bool,
+            what: &str,
+        ) -> (Vec<i64>, Vec<FetchError>) {
+            let (mut taken, mut errors) = (Vec::new(), Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !done(&taken, &errors) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what} not within 20 s: took {taken:?}, errors {errors:?}"
+                );
+                let _ = consumer.poll(Duration::ZERO);
+                let mut fetched = queue.fetch(Duration::from_millis(50), 64);
+                for i in 0..fetched.len() {
+                    match fetched.get(i) {
+                        Ok(r) if next.take(r.topic, r.partition, r.offset).is_some() => taken.push(r.offset),
+                        Ok(_) => {}
+                        Err(e) => errors.push(*e),
+                    }
+                }
+            }
+            (taken, errors)
+        }
+
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        use rdkafka::types::RDKafkaApiKey;
+
+        let (cluster, dir, mut config) = on_mock_cluster("fetch-error", 1);
+        config
+            .kafka
+            .properties
+            .insert("enable.partition.eof".into(), "true".into());
+        let (consumer, rebalances) = create(&config).unwrap();
+        // As the poller's loop ends: the consumer then closes without waiting for answers.
+        let _closing = Closing {
+            rebalances: &rebalances,
+            consumer: &consumer,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !rebalances.queued() {
+            assert!(Instant::now() < deadline, "no assignment within 30 s");
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
+        assert!(matches!(rebalances.next(), Some(Rebalance::Assign(list)) if list.len() == 1));
+        let tp = TopicPartition::new("clicks", 0);
+        let mut queue = FetchQueue::new(consumer.clone());
+        assert!(queue.route(&tp));
+        let mut start = TopicPartitionList::new();
+        start.add_partition_offset("clicks", 0, Offset::Offset(0)).unwrap();
+        consumer.assign(&start).unwrap();
+        let mut next = NextOffsets::default();
+        next.start(tp.clone(), 0, 0);
+
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .unwrap();
+        let produce = |n: i64| {
+            producer
+                .send(
+                    BaseRecord::<(), str>::to("clicks")
+                        .payload(&format!(r#"{{"ts":{n},"user":"u","page":"/p","ms":1}}"#)),
+                )
+                .unwrap();
+            producer.flush(Duration::from_secs(10)).unwrap();
+        };
+        for n in 0..3 {
+            produce(n);
+        }
+        let (taken, errors) = fetch_until(
+            &consumer,
+            &mut queue,
+            &mut next,
+            |t, _| t.len() == 3,
+            "the first three records",
+        );
+        assert_eq!(taken, [0, 1, 2]);
+        assert!(errors.is_empty(), "no end-of-partition errors: {errors:?}");
+
+        cluster.request_errors(RDKafkaApiKey::Fetch, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_MSG]);
+        let (taken, errors) = fetch_until(
+            &consumer,
+            &mut queue,
+            &mut next,
+            |_, e| !e.is_empty(),
+            "the injected fetch error",
+        );
+        assert!(taken.is_empty());
+        let [error] = errors.as_slice() else {
+            panic!("one error expected: {errors:?}");
+        };
+        assert_eq!(error.partition, Some((tp.clone(), 3)), "{error:?}");
+        let position = |c: &KafkaConsumer| c.position().unwrap().find_partition("clicks", 0).unwrap().offset();
+        assert_eq!(
+            position(&consumer),
+            Offset::Offset(4),
+            "librdkafka's batch call moved the position past offset 3 (if this fails, it no longer does)"
+        );
+
+        seek_back_after(&consumer, errors, &next);
+        assert_ne!(position(&consumer), Offset::Offset(4));
+        // What a cooperative rebalance does to the partitions it keeps.
+        consumer.pause(&partition_list(std::slice::from_ref(&tp))).unwrap();
+        consumer.resume(&partition_list(std::slice::from_ref(&tp))).unwrap();
+        produce(3);
+        produce(4);
+        let (taken, _) = fetch_until(
+            &consumer,
+            &mut queue,
+            &mut next,
+            |t, _| t.len() == 2,
+            "the records after the error",
+        );
+        assert_eq!(taken, [3, 4], "the record at the error's offset is taken");
+
+        drop(queue);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The workspace denies unsafe code; the fetch queue (librdkafka's batch call, which
+    /// rdkafka does not wrap) is the one module allowed it.
+    #[test]
+    fn unsafe_code_is_allowed_in_the_fetch_queue_alone() {
+        fn sources(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                if path.is_dir() && !name.starts_with('.') && name != "target" {
+                    sources(&path, found);
+                } else if name.ends_with(".rs") {
+                    found.push(path);
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let mut files = Vec::new();
+        sources(root, &mut files);
+        let allowing: Vec<String> = files
+            .iter()
+            .filter(|f| {
+                std::fs::read_to_string(f).unwrap().lines().any(|l| {
+                    l.trim_start().starts_with("#[allow(unsafe_code)]")
+                        || l.trim_start().starts_with("#![allow(unsafe_code)]")
+                })
+            })
+            .map(|f| f.strip_prefix(root).unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            allowing,
+            ["speed-layer/src/consumer.rs"],
+            "the modules allowing unsafe code"
+        );
+        let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+        assert!(
+            manifest.contains("unsafe_code = \"deny\""),
+            "the workspace denies unsafe code"
+        );
     }
 
     /// Offsets a transactional producer leaves out (a commit marker after each transaction,
