@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -59,6 +59,11 @@ const POLL_RUN: usize = 1024;
 /// BARRIER_POLL rather than every `speed.batch_interval` (10 ms at most).
 const BARRIERS_RECENT: Duration = Duration::from_secs(10);
 const BARRIER_POLL: Duration = Duration::from_millis(1);
+
+/// How long a seek back after a fetch error waits for librdkafka, and how long after a failed
+/// one the next is tried.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(2);
+const SEEK_RETRY: Duration = Duration::from_secs(1);
 
 /// How long a revocation waits for the aggregator to archive and drop the partitions.
 const REVOKE_WAIT: Duration = Duration::from_secs(40);
@@ -418,30 +423,52 @@ impl NextOffsets {
     }
 }
 
-/// Reports errors librdkafka returned in place of records, and seeks each partition of
-/// this consumer's they name back to its next offset: the batch call moved the
-/// partition's position past the offset the error carries (the fetcher's, not consumed),
-/// which a real-time recency query would read as consumed, and from which librdkafka
-/// resumes fetching a partition paused by a cooperative rebalance. A seek resets that
-/// position and fetches again from where the poller is.
-fn seek_back_after(consumer: &KafkaConsumer, errors: Vec<FetchError>, next: &NextOffsets) {
-    for FetchError {
+/// Reports an error librdkafka returned in place of a record, and says which partition of
+/// this consumer's to seek back to its next offset: the batch call moved the partition's
+/// position past the offset the error carries (for a fetch error, the fetcher's, not yet
+/// consumed), which a real-time recency query would read as consumed, and from which
+/// librdkafka resumes fetching a partition a cooperative rebalance paused. A seek resets
+/// that position and fetches again from where the poller is. Not for a message librdkafka
+/// skips on purpose (one it cannot read, or of a format it does not implement): its offset is
+/// the message's own, and it would only be fetched, and skipped, again.
+fn to_seek_back(e: FetchError, next: &NextOffsets) -> Option<TopicPartition> {
+    let FetchError {
         error,
         detail,
         partition,
-    } in errors
-    {
-        let Some((tp, offset)) = partition else {
-            tracing::warn!(error = %error, detail, "Kafka fetch error");
-            continue;
-        };
-        let Some(at) = next.next(&tp) else {
-            tracing::warn!(error = %error, detail, partition = %tp, offset, "Kafka fetch error, of a partition not consumed here");
-            continue;
-        };
-        tracing::warn!(error = %error, detail, partition = %tp, offset, seek_to = at, "Kafka fetch error: fetching the partition again from the poller's position");
-        if let Err(e) = consumer.seek(&tp.topic, tp.partition, Offset::Offset(at), Duration::from_secs(10)) {
-            tracing::error!(error = %e, partition = %tp, seek_to = at, "cannot seek the partition back after a fetch error: a cooperative rebalance now could resume it past a record");
+    } = e;
+    let Some((tp, offset)) = partition else {
+        tracing::warn!(error = %error, detail, "Kafka fetch error");
+        return None;
+    };
+    let skipped = matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::BadMessage | RDKafkaErrorCode::NotImplemented)
+    );
+    match next.next(&tp) {
+        Some(at) if !skipped => {
+            tracing::warn!(error = %error, detail, partition = %tp, offset, seek_to = at, "Kafka fetch error: fetching the partition again from the poller's position");
+            Some(tp)
+        }
+        _ => {
+            tracing::warn!(error = %error, detail, partition = %tp, offset, "Kafka fetch error");
+            None
+        }
+    }
+}
+
+/// Seeks `tp` back to its next offset (see [`to_seek_back`]); true once done, or if the
+/// partition is no longer owned.
+fn seek_back(consumer: &KafkaConsumer, tp: &TopicPartition, next: &NextOffsets) -> bool {
+    let Some(at) = next.next(tp) else {
+        return true;
+    };
+    match consumer.seek(&tp.topic, tp.partition, Offset::Offset(at), SEEK_TIMEOUT) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, partition = %tp, seek_to = at, retry_in = ?SEEK_RETRY,
+                "cannot seek the partition back after a fetch error: real-time recency queries wait for records rather than for librdkafka's positions until it can");
+            false
         }
     }
 }
@@ -582,6 +609,9 @@ impl Poller {
         let mut wall = WallClock::new(now);
         let mut millis = wall.millis(now);
         let mut queue = FetchQueue::new(self.consumer.clone());
+        // Partitions to seek back after a fetch error (see `seek_back`), while the seek fails.
+        let mut unsought: Vec<TopicPartition> = Vec::new();
+        let mut sought_at = now;
         let poll_timeout = self
             .batch_interval
             .min(Duration::from_millis(10))
@@ -659,7 +689,7 @@ impl Poller {
             let mut fetched = queue.fetch(timeout, want);
             now = Instant::now();
             millis = wall.millis(now);
-            let mut caught_up = fetched.len() < want;
+            let caught_up = fetched.len() < want;
             polled += fetched.len();
             let mut errors = Vec::new();
             for i in 0..fetched.len() {
@@ -673,10 +703,18 @@ impl Poller {
                 }
             }
             drop(fetched);
-            if !errors.is_empty() {
-                seek_back_after(&self.consumer, errors, &next);
-                // librdkafka's positions are not to be trusted until the seeks are served.
-                caught_up = false;
+            // Seeks back at once after new errors, and retries failed seeks every SEEK_RETRY.
+            let before = unsought.len();
+            for tp in errors.into_iter().filter_map(|e| to_seek_back(e, &next)) {
+                if !unsought.contains(&tp) {
+                    unsought.push(tp);
+                }
+            }
+            if unsought.len() > before
+                || (!unsought.is_empty() && now.saturating_duration_since(sought_at) >= SEEK_RETRY)
+            {
+                sought_at = now;
+                unsought.retain(|tp| !seek_back(&self.consumer, tp, &next));
             }
             // A batch is due once the consumer has caught up, or after its interval while
             // records keep coming; but it is held (and grows) while the aggregator still has
@@ -698,7 +736,8 @@ impl Poller {
                 unchecked += polled;
                 if caught_up || unchecked >= BARRIER_CHECK_EVERY {
                     unchecked = 0;
-                    self.passed(&mut barriers, &next, caught_up)
+                    // librdkafka's positions are not to be trusted while a seek back is due.
+                    self.passed(&mut barriers, &next, caught_up && unsought.is_empty())
                 } else {
                     Vec::new()
                 }
@@ -719,7 +758,8 @@ impl Poller {
     }
 
     /// The barriers passed (taken out of `barriers`): every record before their ends is
-    /// taken, or, once the consumer has caught up, librdkafka's position is past their ends
+    /// taken, or, once the consumer has caught up (and `caught_up` says librdkafka's positions
+    /// can be trusted), librdkafka's position is past their ends
     /// (a transaction's marker takes the last offset of a partition, and is no record). A
     /// barrier whose query stopped waiting goes too.
     fn passed(&self, barriers: &mut Vec<Barrier>, next: &NextOffsets, caught_up: bool) -> Vec<Barrier> {
@@ -1142,8 +1182,7 @@ mod tests {
     /// The batch call moves a partition's position past the offset an error in a record's
     /// place carries (the fetcher's, not consumed); a cooperative rebalance pauses and resumes
     /// a partition from that position, and would skip the record there. The poller seeks
-    /// the partition back to its own next offset, and the record comes. (`create` also turns
-    /// off the end-of-partition errors a user's `enable.partition.eof` would bring.)
+    /// the partition back to its own next offset, and the record comes.
     #[test]
     fn a_fetch_error_does_not_move_a_partition_past_a_record() {
         /// Fetches until `done` says so: the offsets taken and the errors seen.
@@ -1177,23 +1216,15 @@ mod tests {
         use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
         use rdkafka::types::RDKafkaApiKey;
 
-        let (cluster, dir, mut config) = on_mock_cluster("fetch-error", 1);
-        config
-            .kafka
-            .properties
-            .insert("enable.partition.eof".into(), "true".into());
-        let (consumer, rebalances) = create(&config).unwrap();
-        // As the poller's loop ends: the consumer then closes without waiting for answers.
-        let _closing = Closing {
-            rebalances: &rebalances,
-            consumer: &consumer,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !rebalances.queued() {
-            assert!(Instant::now() < deadline, "no assignment within 30 s");
-            let _ = consumer.poll(Duration::from_millis(50));
-        }
-        assert!(matches!(rebalances.next(), Some(Rebalance::Assign(list)) if list.len() == 1));
+        let (cluster, dir, config) = on_mock_cluster("fetch-error", 1);
+        // Assigned, not subscribed: no rebalance of the group's can pause the partition.
+        let consumer: Arc<KafkaConsumer> = Arc::new(
+            client_config(&config, &[("group.id", "fetch-error"), ("enable.auto.commit", "false")])
+                .create_with_context(SpeedContext {
+                    rebalances: Arc::default(),
+                })
+                .unwrap(),
+        );
         let tp = TopicPartition::new("clicks", 0);
         let mut queue = FetchQueue::new(consumer.clone());
         assert!(queue.route(&tp));
@@ -1229,7 +1260,10 @@ mod tests {
         assert_eq!(taken, [0, 1, 2]);
         assert!(errors.is_empty(), "no end-of-partition errors: {errors:?}");
 
-        cluster.request_errors(RDKafkaApiKey::Fetch, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_MSG]);
+        cluster.request_errors(
+            RDKafkaApiKey::Fetch,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_MSG; 3],
+        );
         let (taken, errors) = fetch_until(
             &consumer,
             &mut queue,
@@ -1238,10 +1272,13 @@ mod tests {
             "the injected fetch error",
         );
         assert!(taken.is_empty());
-        let [error] = errors.as_slice() else {
-            panic!("one error expected: {errors:?}");
-        };
+        let error = &errors[0];
         assert_eq!(error.partition, Some((tp.clone(), 3)), "{error:?}");
+        assert_eq!(
+            error.error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::InvalidMessage),
+            "the injected error, not an end of partition: {error:?}"
+        );
         let position = |c: &KafkaConsumer| c.position().unwrap().find_partition("clicks", 0).unwrap().offset();
         assert_eq!(
             position(&consumer),
@@ -1249,7 +1286,9 @@ mod tests {
             "librdkafka's batch call moved the position past offset 3 (if this fails, it no longer does)"
         );
 
-        seek_back_after(&consumer, errors, &next);
+        let sought: Vec<TopicPartition> = errors.into_iter().filter_map(|e| to_seek_back(e, &next)).collect();
+        assert!(!sought.is_empty() && sought.iter().all(|s| s == &tp), "{sought:?}");
+        assert!(seek_back(&consumer, &tp, &next));
         assert_ne!(position(&consumer), Offset::Offset(4));
         // What a cooperative rebalance does to the partitions it keeps.
         consumer.pause(&partition_list(std::slice::from_ref(&tp))).unwrap();

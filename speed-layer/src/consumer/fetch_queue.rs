@@ -22,8 +22,9 @@
 //! returned. One thing differs: the batch call also moves a partition's position past the
 //! offset of an error it returns in a record's place (a fetch error carries the offset the
 //! fetcher was at, not yet consumed), where the poll leaves it. The poller seeks such a
-//! partition back to its own next offset (see `Poller::run`), and the consumer turns
-//! `enable.partition.eof` off, whose end-of-partition errors would come at every pause.
+//! partition back to its own next offset (see `to_seek_back`), and the consumer turns
+//! `enable.partition.eof` off: an end-of-partition error comes each time fetching reaches a
+//! partition's end, and again after each seek.
 //!
 //! Routing is librdkafka's application forwarding of the partition's fetch queue: it stays
 //! marked as the application's even once fetching stops and the forwarding is cleared, so
